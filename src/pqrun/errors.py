@@ -1,0 +1,52 @@
+"""Exceptions pqrun raises, and the two a handler raises to steer its job."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class PqrunError(Exception):
+    """Base class of the errors pqrun raises itself."""
+
+
+class DatabaseUnavailable(PqrunError):
+    """PostgreSQL could not be reached. The message names the server and what to check."""
+
+
+class SchemaMissing(PqrunError):
+    """The ``jobs`` table is not in the connection's search_path: apply ddl.sql first."""
+
+
+class UnknownJobType(PqrunError, KeyError):
+    """A job type this worker has no handler for."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class JobConflict(PqrunError):
+    """A move the job's current state does not allow, such as retrying a DONE job."""
+
+
+class Retry(Exception):
+    """Raise from a handler to run the job again after ``after``.
+
+    The run counts as an attempt: when attempts are used up the job becomes FAILED.
+    """
+
+    def __init__(self, after: timedelta | float = timedelta(0), reason: str = "") -> None:
+        if isinstance(after, int | float):
+            after = timedelta(seconds=after)
+        if not isinstance(after, timedelta) or after < timedelta(0):
+            raise ValueError(f"Retry(after=...) needs a timedelta >= 0 or seconds, got {after!r}")
+        self.after = after
+        self.reason = reason
+        super().__init__(reason or f"retry requested in {after}")
+
+
+class Fail(Exception):
+    """Raise from a handler to fail the job at once, with no further attempts."""
+
+    def __init__(self, reason: str = "failed by handler") -> None:
+        self.reason = reason
+        super().__init__(reason)

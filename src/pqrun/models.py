@@ -1,0 +1,101 @@
+"""The job record and its states, as the store reads them from the ``jobs`` table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. See docs/state-machine.md for the moves between them."""
+
+    READY = "READY"
+    """Waiting for a worker; picked once ``run_after`` has passed."""
+    RUNNING = "RUNNING"
+    """Claimed by the worker named in ``locked_by`` for attempt number ``attempts``."""
+    DONE = "DONE"
+    """The handler returned; its return value is in ``result``."""
+    FAILED = "FAILED"
+    """Attempts ran out, the handler raised ``Fail``, or the reaper gave up on it."""
+    CANCELLED = "CANCELLED"
+    """Cancelled by ``store.cancel``; never runs again unless ``store.retry`` is called."""
+
+    @property
+    def is_finished(self) -> bool:
+        """True for the states a job only leaves by an explicit ``store.retry``."""
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the ``jobs`` table. ``payload`` and ``result`` are decoded JSON."""
+
+    id: int
+    job_type: str
+    payload: Any
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_after: datetime
+    timeout_seconds: int | None
+    locked_at: datetime | None
+    locked_by: str | None
+    dedupe_key: str | None
+    last_error: str | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    result: Any
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, row: Mapping[str, Any]) -> Job:
+        """Build a Job from a row whose jsonb columns were selected as text."""
+        return cls(
+            id=row["id"],
+            job_type=row["job_type"],
+            payload=json.loads(row["payload"]),
+            status=JobStatus(row["status"]),
+            priority=row["priority"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            run_after=row["run_after"],
+            timeout_seconds=row["timeout_seconds"],
+            locked_at=row["locked_at"],
+            locked_by=row["locked_by"],
+            dedupe_key=row["dedupe_key"],
+            last_error=row["last_error"],
+            finished_at=row["finished_at"],
+            duration_ms=row["duration_ms"],
+            result=None if row["result"] is None else json.loads(row["result"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+class RawJSON(str):
+    """JSON text that is stored as it is, without encoding it again.
+
+    Return one from a handler (or pass one as a payload) when you already hold the JSON
+    text, for example from ``orjson.dumps(...).decode()``.
+    """
+
+    __slots__ = ()
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Encode ``value`` for a jsonb column, or raise an error that names ``what`` and the fix."""
+    if isinstance(value, RawJSON):
+        return str(value)
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{what} is not JSON-serializable ({exc}); use dicts, lists, strings, numbers, "
+            "booleans and None, and convert other values (datetimes, sets, objects) first"
+        ) from exc

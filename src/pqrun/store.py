@@ -1,0 +1,647 @@
+"""PgJobStore: every SQL statement pqrun runs against the ``jobs`` table.
+
+Each statement that moves a job names the state it expects the job to be in and, for a
+job that is RUNNING, the attempt that owns it (``locked_by`` and ``attempts``). A move
+whose expectation no longer holds changes nothing; the caller learns it from the return
+value. docs/state-machine.md lists the moves and their guards.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from .errors import DatabaseUnavailable, JobConflict, SchemaMissing
+from .models import Job, JobStatus, encode_json
+from .schema import ddl_sql
+
+logger = logging.getLogger("pqrun")
+
+if TYPE_CHECKING:
+    Connection = asyncpg.Connection[Any]
+else:
+    Connection = asyncpg.Connection
+
+# Errors that say the connection or the server went away, rather than that a statement
+# was wrong. They become DatabaseUnavailable for the caller.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+INT32_MAX = 2**31 - 1
+
+ENQUEUE = """
+INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
+                  timeout_seconds)
+VALUES ($1, $2::text::jsonb, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7, $8)
+ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
+RETURNING id
+"""
+
+# READY -> RUNNING. SKIP LOCKED lets concurrent pickups take disjoint rows without
+# waiting; the row lock it takes is what makes the status test in the UPDATE safe.
+PICKUP = """
+WITH due AS (
+    SELECT id
+    FROM jobs
+    WHERE status = 'READY'
+      AND run_after <= now()
+      AND ($2::text[] IS NULL OR job_type = ANY($2::text[]))
+    ORDER BY priority DESC, run_after, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET status = 'RUNNING',
+    attempts = j.attempts + 1,
+    locked_at = now(),
+    locked_by = $1,
+    updated_at = now()
+FROM due
+WHERE j.id = due.id AND j.status = 'READY'
+RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
+          j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
+          j.dedupe_key, j.last_error, j.finished_at, j.duration_ms, j.result::text AS result,
+          j.created_at, j.updated_at
+"""
+
+# RUNNING (this attempt) -> DONE.
+MARK_DONE = """
+UPDATE jobs
+SET status = 'DONE',
+    result = $4::text::jsonb,
+    duration_ms = $5,
+    finished_at = now(),
+    updated_at = now()
+WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+"""
+
+# RUNNING (this attempt) -> READY after a delay, or FAILED when the handler said so
+# ($5) or this was the last allowed attempt. A job back in READY has no owner.
+MARK_ERROR = """
+UPDATE jobs
+SET status = CASE WHEN $5 OR attempts >= max_attempts THEN 'FAILED' ELSE 'READY' END,
+    run_after = CASE WHEN $5 OR attempts >= max_attempts THEN run_after
+                     ELSE now() + $6::interval END,
+    finished_at = CASE WHEN $5 OR attempts >= max_attempts THEN now() END,
+    locked_at = CASE WHEN $5 OR attempts >= max_attempts THEN locked_at END,
+    locked_by = CASE WHEN $5 OR attempts >= max_attempts THEN locked_by END,
+    last_error = $4,
+    duration_ms = $7,
+    updated_at = now()
+WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+RETURNING status
+"""
+
+# RUNNING (these attempts) -> READY, at once, for a worker that is shutting down. The
+# interrupted run is not counted against max_attempts.
+RELEASE = """
+UPDATE jobs AS j
+SET status = 'READY',
+    attempts = j.attempts - 1,
+    run_after = now(),
+    locked_at = NULL,
+    locked_by = NULL,
+    last_error = $4,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS mine(id, locked_by, attempts)
+WHERE j.id = mine.id
+  AND j.status = 'RUNNING' AND j.locked_by = mine.locked_by AND j.attempts = mine.attempts
+RETURNING j.id
+"""
+
+# RUNNING past its lease -> READY, or FAILED when that was its last allowed attempt.
+# The CTE locks each stale row together with the owner it saw, and the UPDATE repeats
+# that owner, so a job completed or re-picked meanwhile is left alone. SKIP LOCKED: a row
+# that a worker is completing right now is not waited for; if still stale, the next pass
+# takes it.
+REAP_STALE = """
+WITH stale AS (
+    SELECT id, locked_by, attempts
+    FROM jobs
+    WHERE status = 'RUNNING'
+      AND locked_at < now() - COALESCE(make_interval(secs => timeout_seconds), $1::interval)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' END,
+    run_after = CASE WHEN j.attempts >= j.max_attempts THEN j.run_after ELSE now() END,
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    locked_at = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_at END,
+    locked_by = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_by END,
+    last_error = CASE
+        WHEN j.attempts >= j.max_attempts THEN format(
+            'abandoned: attempt %s of %s (worker %s) held the job since %s without '
+            'finishing, and no attempts are left',
+            j.attempts, j.max_attempts, j.locked_by, j.locked_at)
+        ELSE format(
+            'reaped: attempt %s of %s (worker %s) held the job since %s without '
+            'finishing; put back to READY',
+            j.attempts, j.max_attempts, j.locked_by, j.locked_at)
+    END,
+    updated_at = now()
+FROM stale
+WHERE j.id = stale.id
+  AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by AND j.attempts = stale.attempts
+RETURNING j.id, j.status, stale.locked_by, j.attempts
+"""
+
+# READY or RUNNING -> CANCELLED. A RUNNING job's worker finds it CANCELLED when it
+# answers, and its answer changes nothing.
+CANCEL = """
+UPDATE jobs
+SET status = 'CANCELLED', finished_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('READY', 'RUNNING')
+RETURNING id
+"""
+
+# FAILED or CANCELLED -> READY with a fresh count of attempts. Only an explicit call
+# does this: nothing in pqrun calls it by itself.
+RETRY = """
+UPDATE jobs
+SET status = 'READY',
+    attempts = 0,
+    run_after = now(),
+    locked_at = NULL,
+    locked_by = NULL,
+    finished_at = NULL,
+    duration_ms = NULL,
+    result = NULL,
+    updated_at = now()
+WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')
+RETURNING id
+"""
+
+GET_JOB = """
+SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
+       run_after, timeout_seconds, locked_at, locked_by, dedupe_key, last_error,
+       finished_at, duration_ms, result::text AS result, created_at, updated_at
+FROM jobs
+WHERE id = $1
+"""
+
+LIST_JOBS = """
+SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
+       run_after, timeout_seconds, locked_at, locked_by, dedupe_key, last_error,
+       finished_at, duration_ms, result::text AS result, created_at, updated_at
+FROM jobs
+WHERE ($1::text IS NULL OR status = $1::text)
+  AND ($2::text IS NULL OR job_type = $2::text)
+ORDER BY id DESC
+LIMIT $3
+"""
+
+SCHEMA_PRESENT = "SELECT to_regclass('jobs') IS NOT NULL"
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, for messages and logs."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _as_utc_aware(moment: datetime) -> datetime:
+    # A naive datetime is read as local time, which is what datetime.now() returns.
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not minimum <= value <= INT32_MAX:
+        raise ValueError(f"{name} must be between {minimum} and {INT32_MAX}, got {value}")
+    return value
+
+
+def _owner(job: Job | int, worker_id: str | None, attempt: int | None) -> tuple[int, str, int]:
+    """The (id, locked_by, attempts) that a move out of RUNNING must find on the row."""
+    if isinstance(job, Job):
+        if job.locked_by is None:
+            raise ValueError(f"job {job.id} has no owner: pass the Job that pickup() returned")
+        return job.id, worker_id or job.locked_by, job.attempts if attempt is None else attempt
+    if worker_id is None or attempt is None:
+        raise TypeError(
+            f"job {job}: pass the Job that pickup() returned, or the job id together with "
+            "worker_id= and attempt=, so that only the attempt that owns the job can move it"
+        )
+    return job, worker_id, attempt
+
+
+def _status_filter(status: JobStatus | str | None) -> str | None:
+    if status is None:
+        return None
+    try:
+        return JobStatus(status).value
+    except ValueError:
+        valid = ", ".join(s.value for s in JobStatus)
+        raise ValueError(f"unknown job status {status!r}; use one of {valid}") from None
+
+
+class PgJobStore:
+    """The jobs table, reached through an asyncpg connection pool.
+
+    ``PgJobStore(dsn)`` does not connect yet: the pool opens on ``start()`` or on first
+    use, and ``close()`` (or leaving ``async with store:``) closes it. Without a ``dsn``
+    the store reads ``PQRUN_DSN``, then ``DATABASE_URL``.
+
+    ``min_size``/``max_size`` size the pool; ``max_size`` defaults to at least 10 and to
+    enough for the concurrency of the workers built on this store. Further keyword
+    arguments go to ``asyncpg.create_pool`` (``server_settings``, ``ssl``,
+    ``statement_cache_size=0`` behind a transaction-mode pooler, ...).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int | None = None,
+        connect_timeout: float = 10.0,
+        **pool_kwargs: Any,
+    ) -> None:
+        dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
+        if not dsn:
+            raise ValueError(
+                "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
+                "or set PQRUN_DSN or DATABASE_URL"
+            )
+        self.dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._connections_wanted = 0
+        self._connect_timeout = connect_timeout
+        self._pool_kwargs = pool_kwargs
+        self._pool: asyncpg.Pool[Any] | None = None
+        # The connection of the transaction() block the current task is in, if any, so
+        # that store calls inside the block join it instead of taking a second connection.
+        self._current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+            f"pqrun_store_{id(self)}_connection", default=None
+        )
+
+    def __repr__(self) -> str:
+        return f"PgJobStore({redact_dsn(self.dsn)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """True while the connection pool is open."""
+        return self._pool is not None
+
+    def want_connections(self, count: int) -> None:
+        """Ask for a pool of at least ``count`` + 2 connections (Workers call this).
+
+        Has no effect once the pool is open or when ``max_size`` was given explicitly.
+        """
+        self._connections_wanted += count
+
+    async def start(self) -> None:
+        """Open the pool and check that the schema is there. Calling it again does nothing."""
+        if self._pool is not None:
+            return
+        max_size = self._max_size or max(10, self._connections_wanted + 2)
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=min(self._min_size, max_size),
+                max_size=max_size,
+                timeout=self._connect_timeout,
+                **self._pool_kwargs,
+            )
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: {exc}. "
+                "Create the database or fix the DSN"
+            ) from exc
+        except (*CONNECTION_ERRORS, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: "
+                f"{type(exc).__name__}: {exc}. Check that the server is running and that "
+                "the DSN (dsn=, PQRUN_DSN or DATABASE_URL) names the right host, port, "
+                "user and database"
+            ) from exc
+        if self._pool is not None:  # another task opened one while this one connected
+            await pool.close()
+            return
+        self._pool = pool
+        try:
+            async with pool.acquire() as conn:
+                present = await conn.fetchval(SCHEMA_PRESENT)
+        except BaseException:
+            await self.close()
+            raise
+        if not present:
+            await self.close()
+            raise SchemaMissing(
+                f"the table 'jobs' is not in the search_path of {redact_dsn(self.dsn)}; "
+                'apply the schema first: psql "$DATABASE_URL" -f ddl.sql, or '
+                "`pqrun setup`, or `await store.setup()`"
+            )
+
+    async def close(self) -> None:
+        """Close the pool. The store opens a new one if it is used again."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> PgJobStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def setup(self) -> None:
+        """Apply ddl.sql to the database (safe to repeat), then open the pool."""
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: {exc}"
+            ) from exc
+        try:
+            await conn.execute(ddl_sql())
+        finally:
+            await conn.close()
+        await self.start()
+
+    # -- connections -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
+        """A connection: the one given, the current transaction()'s, or one from the pool."""
+        conn = conn or self._current.get()
+        if conn is not None:
+            yield conn
+            return
+        if self._pool is None:
+            await self.start()
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as pooled:
+                yield pooled
+        except asyncpg.UndefinedTableError as exc:
+            if '"jobs"' not in str(exc):
+                raise
+            raise SchemaMissing(
+                f"the table 'jobs' is gone from {redact_dsn(self.dsn)}: apply ddl.sql again"
+            ) from exc
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection for your own queries (inside ``transaction()``: its one)."""
+        async with self._acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A connection inside a transaction: committed on success, rolled back on error.
+
+        Store calls made inside the block by the same task (``enqueue``, ``cancel``, ...)
+        join this transaction, so a job enqueued here exists if and only if it commits,
+        and a handler never needs a second pooled connection. Nested blocks become
+        savepoints.
+        """
+        async with self._acquire() as conn, conn.transaction():
+            token = self._current.set(conn)
+            try:
+                yield conn
+            finally:
+                self._current.reset(token)
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        priority: int = 0,
+        run_after: datetime | timedelta | None = None,
+        dedupe_key: str | None = None,
+        max_attempts: int = 5,
+        timeout_seconds: int | timedelta | None = None,
+        conn: Connection | None = None,
+    ) -> int:
+        """Add a job and return its id.
+
+        ``run_after`` is a datetime (a naive one is read as local time) or a delay from
+        the database's ``now()``. With a ``dedupe_key`` that an active (READY or RUNNING)
+        job already has, nothing is added and that job's id is returned. ``conn`` (or an
+        enclosing ``store.transaction()``) makes the job part of your transaction.
+        ``timeout_seconds`` is how long one run may hold the job before the reaper takes
+        it back (default: the worker's ``default_stale_after``).
+        """
+        if not isinstance(job_type, str) or not job_type:
+            raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
+        payload_json = encode_json({} if payload is None else payload, f"payload of {job_type!r}")
+        _check_int("priority", priority, -INT32_MAX)
+        _check_int("max_attempts", max_attempts, 1)
+        if isinstance(timeout_seconds, timedelta):
+            timeout_seconds = max(1, round(timeout_seconds.total_seconds()))
+        if timeout_seconds is not None:
+            _check_int("timeout_seconds", timeout_seconds, 1)
+        if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
+            raise ValueError(f"dedupe_key must be a non-empty string or None, got {dedupe_key!r}")
+        run_at: datetime | None = None
+        delay = timedelta(0)
+        if isinstance(run_after, datetime):
+            run_at = _as_utc_aware(run_after)
+        elif isinstance(run_after, timedelta):
+            delay = run_after
+        elif run_after is not None:
+            raise TypeError(f"run_after must be a datetime, a timedelta or None, got {run_after!r}")
+        async with self._acquire(conn) as c:
+            job_id: int = await c.fetchval(
+                ENQUEUE,
+                job_type,
+                payload_json,
+                priority,
+                run_at,
+                delay,
+                dedupe_key,
+                max_attempts,
+                timeout_seconds,
+            )
+        return job_id
+
+    # -- the worker's moves ----------------------------------------------------------
+
+    async def pickup_batch(
+        self, worker_id: str, job_types: Sequence[str] | None, limit: int
+    ) -> list[Job]:
+        """Claim up to ``limit`` due READY jobs of ``job_types`` (None: any type)."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                PICKUP, worker_id, None if job_types is None else list(job_types), limit
+            )
+        jobs = [Job.from_record(row) for row in rows]
+        # RETURNING does not keep the order of the CTE.
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        return jobs
+
+    async def pickup(self, worker_id: str, job_types: Sequence[str] | None = None) -> Job | None:
+        """Claim the next due READY job for ``worker_id``, or return None."""
+        jobs = await self.pickup_batch(worker_id, job_types, 1)
+        return jobs[0] if jobs else None
+
+    async def mark_done(
+        self,
+        job: Job | int,
+        result: Any = None,
+        duration_ms: int | None = None,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """RUNNING -> DONE, storing ``result`` as JSON.
+
+        Pass the Job that ``pickup`` returned (or its id with ``worker_id`` and
+        ``attempt``). Returns False, changing nothing, when that attempt no longer owns
+        the job (it was reaped, cancelled or picked again).
+        """
+        job_id, owner, attempt_no = _owner(job, worker_id, attempt)
+        result_json = encode_json(result, f"result of job {job_id}")
+        async with self._acquire() as conn:
+            status = await conn.execute(
+                MARK_DONE, job_id, owner, attempt_no, result_json, duration_ms
+            )
+        return status == "UPDATE 1"
+
+    async def mark_error(
+        self,
+        job: Job | int,
+        error: str,
+        retry_after: timedelta | None = None,
+        terminal: bool = False,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        duration_ms: int | None = None,
+    ) -> JobStatus | None:
+        """RUNNING -> READY again after ``retry_after``, or FAILED.
+
+        The job fails when ``terminal`` is true or its attempts are used up. Returns the
+        new status, or None (changing nothing) when this attempt no longer owns the job.
+        """
+        job_id, owner, attempt_no = _owner(job, worker_id, attempt)
+        async with self._acquire() as conn:
+            status = await conn.fetchval(
+                MARK_ERROR,
+                job_id,
+                owner,
+                attempt_no,
+                error,
+                terminal,
+                retry_after or timedelta(0),
+                duration_ms,
+            )
+        return None if status is None else JobStatus(status)
+
+    async def release(self, jobs: Sequence[Job], reason: str) -> list[int]:
+        """RUNNING -> READY at once for jobs this worker claimed but will not finish.
+
+        Used on shutdown. Returns the ids that were still owned and so were released.
+        """
+        if not jobs:
+            return []
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                RELEASE,
+                [j.id for j in jobs],
+                [j.locked_by for j in jobs],
+                [j.attempts for j in jobs],
+                reason,
+            )
+        return [row["id"] for row in rows]
+
+    async def reap_stale(
+        self, default_stale_after: timedelta = timedelta(minutes=20)
+    ) -> list[tuple[int, JobStatus]]:
+        """Take back RUNNING jobs held longer than their lease.
+
+        The lease is the job's ``timeout_seconds``, else ``default_stale_after``. A job
+        with attempts left goes back to READY; one on its last attempt becomes FAILED.
+        Returns (id, new status) for each job taken back.
+        """
+        async with self._acquire() as conn:
+            rows = await conn.fetch(REAP_STALE, default_stale_after)
+        for row in rows:
+            logger.warning(
+                "reaped job %s: attempt %s by %s outlived its lease; now %s",
+                row["id"],
+                row["attempts"],
+                row["locked_by"],
+                row["status"],
+                extra={"job_id": row["id"], "attempt": row["attempts"]},
+            )
+        return [(row["id"], JobStatus(row["status"])) for row in rows]
+
+    # -- inspect and manage ----------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job with this id, or None."""
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(GET_JOB, job_id)
+        return None if row is None else Job.from_record(row)
+
+    async def list_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """The newest jobs first, optionally of one status and/or job type."""
+        _check_int("limit", limit, 1)
+        async with self._acquire() as conn:
+            rows = await conn.fetch(LIST_JOBS, _status_filter(status), job_type, limit)
+        return [Job.from_record(row) for row in rows]
+
+    async def cancel(self, job_id: int) -> bool:
+        """READY or RUNNING -> CANCELLED. False if the job was not active (or not found).
+
+        A RUNNING job's handler is not interrupted; whatever it answers is ignored.
+        """
+        async with self._acquire() as conn:
+            row = await conn.fetchval(CANCEL, job_id)
+        return row is not None
+
+    async def retry(self, job_id: int) -> bool:
+        """FAILED or CANCELLED -> READY, due now, with its attempts counted from zero.
+
+        False if the job is in another state (or not found). Raises JobConflict when an
+        active job holds the same dedupe_key.
+        """
+        async with self._acquire() as conn:
+            try:
+                row = await conn.fetchval(RETRY, job_id)
+            except asyncpg.UniqueViolationError as exc:
+                raise JobConflict(
+                    f"job {job_id} cannot be retried while another job with the same "
+                    f"dedupe_key is READY or RUNNING ({exc.detail}); cancel that job or "
+                    "let it finish first"
+                ) from exc
+        return row is not None

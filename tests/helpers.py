@@ -1,0 +1,40 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from pqrun import Job, PgJobStore
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.02
+) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)
+
+
+async def status_of(store: PgJobStore, job_id: int) -> str:
+    job = await store.get_job(job_id)
+    assert job is not None
+    return job.status.value
+
+
+async def counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    return {row["status"]: row["n"] for row in rows}
+
+
+async def picked(store: PgJobStore, worker_id: str, job_types: Any = None) -> Job:
+    job = await store.pickup(worker_id, job_types)
+    assert job is not None, "expected a job to pick"
+    return job
