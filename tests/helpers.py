@@ -12,14 +12,14 @@ from pqrun import Job, PgJobStore
 
 
 async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.02
+    predicate: Callable[[], Awaitable[bool]], within: float = 10.0, every: float = 0.02
 ) -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    """Poll ``predicate`` until it is true; fail the test after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not await predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(every)
 
 

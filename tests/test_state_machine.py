@@ -245,6 +245,7 @@ async def test_error_schedules_retry_on_the_database_clock(
         "SELECT run_after - updated_at AS delay, locked_by, status FROM jobs WHERE id = $1",
         job_id,
     )
+    assert row is not None
     assert row["delay"] == timedelta(minutes=5)
     assert row["locked_by"] is None
     assert await store.pickup("w") is None  # not due for five minutes

@@ -119,6 +119,7 @@ async def test_exception_retries_after_backoff_then_fails(
         "WHERE id = $1",
         job_id,
     )
+    assert row is not None
     assert (row["status"], row["attempts"]) == ("READY", 1)
     assert row["delay"] == BackoffPolicy().retry_delay(1) == timedelta(minutes=1)
     assert row["last_error"].startswith("ValueError: boom 1\n")
@@ -309,7 +310,7 @@ async def test_idle_poll_policy_base_interval_is_used(store: PgJobStore) -> None
         await asyncio.sleep(0.5)
         job_id = await store.enqueue("t")
         enqueued = time.monotonic()
-        await wait_until(lambda: _is_done(store, job_id), timeout=5)
+        await wait_until(lambda: _is_done(store, job_id), within=5)
         waited = time.monotonic() - enqueued
     finally:
         await worker.stop()
@@ -428,9 +429,7 @@ async def test_shutdown_is_bounded_when_a_handler_swallows_cancellation(
         return "too late"
 
     job_id = await store.enqueue("stubborn")
-    worker = make_worker(
-        store, {"stubborn": stubborn}, shutdown_grace=0.2, shutdown_timeout=0.8
-    )
+    worker = make_worker(store, {"stubborn": stubborn}, shutdown_grace=0.2, shutdown_timeout=0.8)
     await worker.start()
     await asyncio.wait_for(started.wait(), 5)
     began = time.monotonic()

@@ -33,10 +33,10 @@ class NoPostgres(RuntimeError):
     """No PostgreSQL could be found or started; the message says how to get one."""
 
 
-async def can_connect(dsn: str, timeout: float = 3.0) -> bool:
-    """True if a connection to ``dsn`` opens within ``timeout`` seconds."""
+async def can_connect(dsn: str, within: float = 3.0) -> bool:
+    """True if a connection to ``dsn`` opens within ``within`` seconds."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout)
+        conn = await asyncpg.connect(dsn, timeout=within)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     await conn.close()
@@ -45,9 +45,7 @@ async def can_connect(dsn: str, timeout: float = 3.0) -> bool:
 
 def find_server_binaries() -> Path | None:
     """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``, newest version first."""
-    candidates = [
-        Path(p).parent for p in (shutil.which("pg_ctl"), shutil.which("initdb")) if p
-    ]
+    candidates = [Path(p).parent for p in (shutil.which("pg_ctl"), shutil.which("initdb")) if p]
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
     for directory in candidates:
         real = directory.resolve()
@@ -170,7 +168,7 @@ async def find_or_start(*, allow_embedded: bool = True) -> tuple[str, str, Any]:
         if os.environ.get(variable):
             return os.environ[variable], f"${variable}", None
     for dsn in LOCAL_CANDIDATES:
-        if await can_connect(dsn, timeout=2.0):
+        if await can_connect(dsn, within=2.0):
             return dsn, "the server on 127.0.0.1:5432", None
     if find_server_binaries() is not None:
         cluster = ThrowawayCluster()

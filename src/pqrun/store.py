@@ -26,7 +26,10 @@ from .schema import ddl_sql
 logger = logging.getLogger("pqrun")
 
 if TYPE_CHECKING:
-    Connection = asyncpg.Connection[Any]
+    from asyncpg.pool import PoolConnectionProxy
+
+    #: A connection from ``store.connection()`` / ``store.transaction()``, or your own.
+    Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 else:
     Connection = asyncpg.Connection
 
@@ -40,6 +43,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
+)
+
+# Errors of opening a connection that say the server is not there (or not for us).
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.InvalidAuthorizationSpecificationError,
 )
 
 INT32_MAX = 2**31 - 1
@@ -317,6 +326,22 @@ class PgJobStore:
         """Open the pool and check that the schema is there. Calling it again does nothing."""
         if self._pool is not None:
             return
+        pool = await self._open_pool()
+        try:
+            async with pool.acquire() as conn:
+                present = await conn.fetchval(SCHEMA_PRESENT)
+        except BaseException:
+            await self.close()
+            raise
+        if not present:
+            await self.close()
+            raise SchemaMissing(
+                f"the table 'jobs' is not in the search_path of {redact_dsn(self.dsn)}; "
+                'apply the schema first: psql "$DATABASE_URL" -f ddl.sql, or '
+                "`pqrun setup`, or `await store.setup()`"
+            )
+
+    async def _open_pool(self) -> asyncpg.Pool[Any]:
         max_size = self._max_size or max(10, self._connections_wanted + 2)
         try:
             pool = await asyncpg.create_pool(
@@ -331,7 +356,7 @@ class PgJobStore:
                 f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: {exc}. "
                 "Create the database or fix the DSN"
             ) from exc
-        except (*CONNECTION_ERRORS, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        except CONNECT_ERRORS as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: "
                 f"{type(exc).__name__}: {exc}. Check that the server is running and that "
@@ -340,21 +365,9 @@ class PgJobStore:
             ) from exc
         if self._pool is not None:  # another task opened one while this one connected
             await pool.close()
-            return
+            return self._pool
         self._pool = pool
-        try:
-            async with pool.acquire() as conn:
-                present = await conn.fetchval(SCHEMA_PRESENT)
-        except BaseException:
-            await self.close()
-            raise
-        if not present:
-            await self.close()
-            raise SchemaMissing(
-                f"the table 'jobs' is not in the search_path of {redact_dsn(self.dsn)}; "
-                'apply the schema first: psql "$DATABASE_URL" -f ddl.sql, or '
-                "`pqrun setup`, or `await store.setup()`"
-            )
+        return pool
 
     async def close(self) -> None:
         """Close the pool. The store opens a new one if it is used again."""
@@ -370,18 +383,10 @@ class PgJobStore:
         await self.close()
 
     async def setup(self) -> None:
-        """Apply ddl.sql to the database (safe to repeat), then open the pool."""
-        try:
-            conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: {exc}"
-            ) from exc
-        try:
+        """Apply ddl.sql in the store's search_path (safe to repeat) and open the pool."""
+        pool = self._pool or await self._open_pool()
+        async with pool.acquire() as conn:
             await conn.execute(ddl_sql())
-        finally:
-            await conn.close()
-        await self.start()
 
     # -- connections -----------------------------------------------------------------
 

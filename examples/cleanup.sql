@@ -1,0 +1,33 @@
+-- Retention for the jobs table: pqrun keeps finished jobs until you delete them.
+-- Applied by tests/test_examples.py. Schedule one of these with pg_cron or any scheduler.
+
+-- 1. The simple way: finished jobs older than 7 days. Fine for small tables.
+DELETE FROM jobs
+WHERE status IN ('DONE', 'FAILED', 'CANCELLED')
+  AND finished_at < now() - interval '7 days';
+
+-- 2. Keep successes briefly and failures longer, for inspection and retry.
+DELETE FROM jobs
+WHERE (status = 'DONE' AND finished_at < now() - interval '1 day')
+   OR (status IN ('FAILED', 'CANCELLED') AND finished_at < now() - interval '30 days');
+
+-- 3. Big tables: delete in batches of 5,000 so no statement holds many locks or bloats
+--    the WAL at once. Run it repeatedly until it reports DELETE 0.
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE status IN ('DONE', 'FAILED', 'CANCELLED')
+      AND finished_at < now() - interval '7 days'
+    ORDER BY id
+    LIMIT 5000
+);
+
+-- 4. Archive before deleting: move old failures to a table of their own.
+CREATE TABLE IF NOT EXISTS jobs_archive (LIKE jobs INCLUDING DEFAULTS);
+
+WITH moved AS (
+    DELETE FROM jobs
+    WHERE status = 'FAILED' AND finished_at < now() - interval '30 days'
+    RETURNING *
+)
+INSERT INTO jobs_archive SELECT * FROM moved;

@@ -1,0 +1,11 @@
+-- The least privileges a pqrun application role needs, for both the API side (enqueue)
+-- and workers (pickup, completion, reaper). Replace pqrun_app with your role.
+-- Applied and exercised by tests/test_examples.py with a role that has nothing else.
+--
+-- Run as the owner of the jobs table (whoever applied ddl.sql):
+--   psql "$DATABASE_URL" -v role=pqrun_app -f examples/grants.sql
+
+GRANT USAGE ON SCHEMA public TO :"role";
+GRANT SELECT, INSERT, UPDATE ON TABLE jobs TO :"role";
+-- DELETE only for a role that prunes finished jobs (examples/cleanup.sql):
+-- GRANT DELETE ON TABLE jobs TO :"role";

@@ -1,0 +1,3 @@
+from pqrun.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""The ``pqrun`` command (also ``python -m pqrun``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import PqrunError
+from .localpg import NoPostgres
+from .schema import ddl_sql
+from .store import PgJobStore
+
+
+def _dsn(given: str | None) -> str:
+    dsn = given or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        raise SystemExit(
+            "pqrun: no database given: pass --dsn postgresql://user@host/db, "
+            "or set PQRUN_DSN or DATABASE_URL"
+        )
+    return dsn
+
+
+async def _setup(dsn: str) -> None:
+    store = PgJobStore(dsn)
+    try:
+        await store.setup()
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pqrun", description="PostgreSQL job queue.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    setup = commands.add_parser("setup", help="apply ddl.sql to the database (safe to repeat)")
+    setup.add_argument("--dsn", help="PostgreSQL DSN (default: $PQRUN_DSN, then $DATABASE_URL)")
+    setup.add_argument("--dry-run", action="store_true", help="print the SQL, apply nothing")
+    commands.add_parser("demo", help="enqueue and run a few jobs on a local or private PostgreSQL")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "setup":
+            if args.dry_run:
+                sys.stdout.write(ddl_sql())
+                return 0
+            asyncio.run(_setup(_dsn(args.dsn)))
+            print("pqrun: schema applied")
+            return 0
+        from .demo import run_demo
+
+        logging.basicConfig(level=logging.WARNING, format="  (log) %(levelname)s %(message)s")
+        asyncio.run(run_demo())
+        return 0
+    except (PqrunError, NoPostgres) as exc:
+        print(f"pqrun: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

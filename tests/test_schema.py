@@ -1,0 +1,132 @@
+"""ddl.sql: applies cleanly (twice), installs where search_path points, and serves the queries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import pqrun
+from pqrun import PgJobStore
+from pqrun.store import PICKUP, REAP_STALE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_packaged_ddl_is_the_repository_ddl() -> None:
+    assert pqrun.ddl_sql() == (ROOT / "ddl.sql").read_text()
+    assert (ROOT / "src/pqrun/ddl.sql").read_text() == (ROOT / "ddl.sql").read_text()
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_psql_applies_ddl_twice_into_the_search_path_schema(dsn: str) -> None:
+    env_dsn = dsn + ("&" if "?" in dsn else "?") + "options=-csearch_path%3Dtenant_a"
+    subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-c", "CREATE SCHEMA IF NOT EXISTS tenant_a"],
+        check=True,
+        capture_output=True,
+    )
+    for _ in range(2):  # the second run is a no-op, not an error
+        done = subprocess.run(
+            ["psql", env_dsn, "-v", "ON_ERROR_STOP=1", "-f", str(ROOT / "ddl.sql")],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    found = subprocess.run(
+        ["psql", dsn, "-Atc", "SELECT to_regclass('tenant_a.jobs') IS NOT NULL"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert found.stdout.strip() == "t"
+    subprocess.run(["psql", dsn, "-c", "DROP SCHEMA tenant_a CASCADE"], check=True)
+
+
+async def test_store_setup_applies_schema_in_its_search_path(dsn: str) -> None:
+    admin = await asyncpg.connect(dsn)
+    await admin.execute("DROP SCHEMA IF EXISTS tenant_b CASCADE; CREATE SCHEMA tenant_b")
+    try:
+        store = PgJobStore(dsn, server_settings={"search_path": "tenant_b"})
+        await store.setup()
+        await store.setup()  # again: no error
+        job_id = await store.enqueue("t")
+        await store.close()
+        assert await admin.fetchval("SELECT count(*) FROM tenant_b.jobs WHERE id = $1", job_id)
+    finally:
+        await admin.execute("DROP SCHEMA tenant_b CASCADE")
+        await admin.close()
+
+
+async def test_sql_enqueue_with_on_conflict_infers_the_dedupe_index(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    insert = """
+        INSERT INTO jobs (job_type, payload, dedupe_key)
+        SELECT 'summarize', jsonb_build_object('conversation_id', n), 'summarize:conv:' || n
+        FROM generate_series(1, 3) AS n
+        ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+        DO NOTHING
+    """
+    assert await conn.execute(insert) == "INSERT 0 3"
+    assert await conn.execute(insert) == "INSERT 0 0"
+    from_code = await store.enqueue("summarize", dedupe_key="summarize:conv:2")
+    assert await conn.fetchval("SELECT count(*) FROM jobs") == 3
+    assert from_code == await conn.fetchval(
+        "SELECT id FROM jobs WHERE dedupe_key = 'summarize:conv:2'"
+    )
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += _nodes(child)
+    return found
+
+
+async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO jobs (job_type, status, finished_at)
+        SELECT 'done_kind', 'DONE', now() FROM generate_series(1, 100000);
+        INSERT INTO jobs (job_type, run_after)
+        SELECT 'later', now() + interval '1 day' FROM generate_series(1, 30000);
+        INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 500);
+        INSERT INTO jobs (job_type, status, locked_by, locked_at, attempts)
+        SELECT 't', 'RUNNING', 'w', now(), 1 FROM generate_series(1, 50);
+        ANALYZE jobs;
+        """
+    )
+    plans = []
+    for sql, args in (
+        (PICKUP, ("w", ["t", "later"], 10)),
+        (PICKUP, ("w", None, 10)),
+        (REAP_STALE, (timedelta(minutes=20),)),
+    ):
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+        finally:
+            await tx.rollback()  # the analyzed UPDATE leaves no trace
+        plans.append(_nodes(json.loads(raw)[0]["Plan"]))
+    for nodes in plans[:2]:
+        kinds = [n["Node Type"] for n in nodes]
+        assert "Sort" not in kinds
+        assert "Seq Scan" not in kinds
+        assert any(n.get("Index Name") == "jobs_ready_pickup" for n in nodes)
+        scan = next(n for n in nodes if n.get("Index Name") == "jobs_ready_pickup")
+        # A top-N walk of the index, not a pass over the 30,000 rows that are not due.
+        assert scan["Actual Rows"] <= 10
+        assert scan.get("Rows Removed by Filter", 0) <= 10
+    reaper = plans[2]
+    assert "Seq Scan" not in [n["Node Type"] for n in reaper]
+    assert any(n.get("Index Name") == "jobs_running" for n in reaper)
