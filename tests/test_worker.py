@@ -22,6 +22,7 @@ from pqrun import (
     LoopErrorPolicy,
     PgJobStore,
     Retry,
+    UnknownJobType,
     Worker,
 )
 
@@ -538,3 +539,13 @@ def test_bad_worker_arguments_are_named(dsn: str) -> None:
         Worker(store=store, handlers={"t": ok}, shutdown_grace=60, shutdown_timeout=30)
     with pytest.raises(TypeError, match="needs a PgJobStore"):
         Worker(store="postgresql://x", handlers={"t": ok})  # type: ignore[arg-type]
+
+
+def test_unknown_job_type_names_the_fix(dsn: str) -> None:
+    async def ok(ctx: JobContext) -> None:
+        return None
+
+    worker = Worker(store=PgJobStore(dsn), handlers={"a": ok, "b": ok}, worker_id="w9")
+    assert worker.handler_for("a").func is ok
+    with pytest.raises(UnknownJobType, match=r"no handler for job type 'c' \(it handles: a, b\)"):
+        worker.handler_for("c")

@@ -428,7 +428,8 @@ class PgJobStore:
         Store calls made inside the block by the same task (``enqueue``, ``cancel``, ...)
         join this transaction, so a job enqueued here exists if and only if it commits,
         and a handler never needs a second pooled connection. Nested blocks become
-        savepoints.
+        savepoints. One connection runs one statement at a time: inside the block, await
+        store calls one after another rather than gathering them.
         """
         async with self._acquire() as conn, conn.transaction():
             token = self._current.set(conn)

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from .config import env_bool, env_duration, env_int
-from .errors import DatabaseUnavailable, Fail, Retry
+from .errors import DatabaseUnavailable, Fail, Retry, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
 from .models import Job, JobStatus, RawJSON, encode_json
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
@@ -178,6 +178,17 @@ class Worker:
             f"Worker({self.worker_id!r}, job_types={self.job_types}, "
             f"concurrency={self.concurrency})"
         )
+
+    def handler_for(self, job_type: str) -> Handler:
+        """The handler this worker runs for ``job_type``; UnknownJobType if it has none."""
+        try:
+            return self.handlers[job_type]
+        except KeyError:
+            raise UnknownJobType(
+                f"worker {self.worker_id} has no handler for job type {job_type!r} "
+                f"(it handles: {', '.join(self.job_types)}); add one to handlers=... in "
+                "this worker or run a worker that has it. Jobs of that type wait in READY"
+            ) from None
 
     # -- public lifecycle ------------------------------------------------------------
 
@@ -362,6 +373,13 @@ class Worker:
         flight.task.add_done_callback(lambda _task: self._landed(flight))
 
     def _landed(self, flight: _InFlight) -> None:
+        task = flight.task
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "job %s: the worker's task for it failed; the reaper will recover the job",
+                flight.job.id,
+                exc_info=task.exception(),
+            )
         if self._in_flight.get(flight.job.id) is flight:
             del self._in_flight[flight.job.id]
         if self._slot_freed is not None:
@@ -369,7 +387,7 @@ class Worker:
 
     async def _execute(self, flight: _InFlight) -> None:
         job = flight.job
-        handler = self.handlers[job.job_type]
+        handler = self.handler_for(job.job_type)
         ctx = JobContext(job=job, store=self.store, worker_id=self.worker_id)
         started = time.monotonic()
         outcome = _Outcome()
@@ -549,7 +567,7 @@ class Worker:
 
     async def _interrupt_and_release(self, remaining: Callable[[], float]) -> None:
         """Cancel the handlers still running and put their jobs back to READY at once."""
-        interrupted = [f for f in self._in_flight.values() if not f.recording]
+        interrupted = [f for f in self._in_flight.values() if not f.recording and not f.task.done()]
         if not interrupted:
             return
         for flight in interrupted:
