@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,18 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
     reaper = plans[2]
     assert "Seq Scan" not in [n["Node Type"] for n in reaper]
     assert any(n.get("Index Name") == "jobs_running" for n in reaper)
+
+
+@pytest.mark.slow
+def test_wheel_ships_ddl_and_type_marker(tmp_path: Path) -> None:
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("pqrun-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("pqrun/ddl.sql").decode() == (ROOT / "ddl.sql").read_text()
+        assert "pqrun/py.typed" in archive.namelist()
