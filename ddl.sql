@@ -51,3 +51,39 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedupe_active
 CREATE INDEX IF NOT EXISTS jobs_running
     ON jobs (locked_by)
     WHERE status = 'RUNNING';
+
+-- Wake idle workers when jobs are inserted, however they are inserted (enqueue(),
+-- enqueue_many(), plain SQL, triggers, pg_cron). One notification per statement, not per
+-- row: a bulk insert costs one. The payload is empty when a new job is due now, else the
+-- epoch of the earliest run_after, so a worker can sleep until then. The channel names
+-- the schema, so queues in different schemas do not wake each other.
+CREATE OR REPLACE FUNCTION pqrun_notify_inserted_jobs() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    first_due timestamptz;
+BEGIN
+    SELECT min(run_after) INTO first_due FROM inserted_jobs;
+    IF first_due IS NOT NULL THEN
+        PERFORM pg_notify(
+            'pqrun:' || TG_TABLE_SCHEMA,
+            CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END
+        );
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'jobs_notify_inserted' AND tgrelid = to_regclass('jobs')
+    ) THEN
+        CREATE TRIGGER jobs_notify_inserted
+            AFTER INSERT ON jobs
+            REFERENCING NEW TABLE AS inserted_jobs
+            FOR EACH STATEMENT
+            EXECUTE FUNCTION pqrun_notify_inserted_jobs();
+    END IF;
+END
+$$;

@@ -234,16 +234,16 @@ async def test_failed_completion_write_is_retried_not_rerun(
     # A fake only for the failure: a real database cannot be made to fail one write on cue.
     runs = 0
     failures_left = 3
-    real_mark_done = store.mark_done
+    real_mark_done_batch = store.mark_done_batch
 
-    async def flaky_mark_done(*args: Any, **kwargs: Any) -> bool:
+    async def flaky_mark_done_batch(*args: Any, **kwargs: Any) -> set[int]:
         nonlocal failures_left
         if failures_left:
             failures_left -= 1
             raise DatabaseUnavailable("connection reset (simulated)")
-        return await real_mark_done(*args, **kwargs)
+        return await real_mark_done_batch(*args, **kwargs)
 
-    monkeypatch.setattr(store, "mark_done", flaky_mark_done)
+    monkeypatch.setattr(store, "mark_done_batch", flaky_mark_done_batch)
 
     async def handler(ctx: JobContext) -> str:
         nonlocal runs
@@ -339,7 +339,9 @@ async def test_database_errors_back_off_and_log_once_per_outage(
         return None
 
     dead = PgJobStore("postgresql://postgres@127.0.0.1:1/none", connect_timeout=0.5)
-    worker = Worker(store=dead, handlers={"t": handler}, loop_error_policy=Recording())
+    worker = Worker(
+        store=dead, handlers={"t": handler}, loop_error_policy=Recording(), listen=False
+    )
     caplog.set_level(logging.INFO, logger="pqrun")
     await worker.start()
     await asyncio.sleep(2.0)

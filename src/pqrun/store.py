@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,9 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 INT32_MAX = 2**31 - 1
+
+# create_pool arguments that asyncpg.connect does not take.
+POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
 
 ENQUEUE = """
 INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
@@ -100,6 +103,23 @@ SET status = 'DONE',
 WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
 """
 
+# RUNNING -> DONE for many jobs in one statement, each row guarded by its own owner.
+# Returns the ids that moved; the others were no longer owned by the given attempt.
+MARK_DONE_BATCH = """
+UPDATE jobs AS j
+SET status = 'DONE',
+    result = d.result::jsonb,
+    duration_ms = d.duration_ms,
+    finished_at = now(),
+    updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::integer[])
+     AS d(id, locked_by, attempts, result, duration_ms)
+WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
+  AND j.id = d.id
+  AND j.status = 'RUNNING' AND j.locked_by = d.locked_by AND j.attempts = d.attempts
+RETURNING j.id
+"""
+
 # RUNNING (this attempt) -> READY after a delay, or FAILED when the handler said so
 # ($5) or this was the last allowed attempt. A job back in READY has no owner.
 MARK_ERROR = """
@@ -120,18 +140,24 @@ RETURNING status
 # RUNNING (these attempts) -> READY, at once, for a worker that is shutting down. The
 # interrupted run is not counted against max_attempts.
 RELEASE = """
-UPDATE jobs AS j
-SET status = 'READY',
-    attempts = j.attempts - 1,
-    run_after = now(),
-    locked_at = NULL,
-    locked_by = NULL,
-    last_error = $4,
-    updated_at = now()
-FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS mine(id, locked_by, attempts)
-WHERE j.id = mine.id
-  AND j.status = 'RUNNING' AND j.locked_by = mine.locked_by AND j.attempts = mine.attempts
-RETURNING j.id
+WITH released AS (
+    UPDATE jobs AS j
+    SET status = 'READY',
+        attempts = j.attempts - 1,
+        run_after = now(),
+        locked_at = NULL,
+        locked_by = NULL,
+        last_error = $4,
+        updated_at = now()
+    FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS mine(id, locked_by, attempts)
+    WHERE j.id = ANY($1::bigint[])
+      AND j.id = mine.id
+      AND j.status = 'RUNNING' AND j.locked_by = mine.locked_by AND j.attempts = mine.attempts
+    RETURNING j.id
+),
+-- Other workers may take these at once: wake them.
+woken AS (SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM released))
+SELECT released.id FROM released LEFT JOIN woken ON true
 """
 
 # RUNNING past its lease -> READY, or FAILED when that was its last allowed attempt.
@@ -182,18 +208,22 @@ RETURNING id
 # FAILED or CANCELLED -> READY with a fresh count of attempts. Only an explicit call
 # does this: nothing in pqrun calls it by itself.
 RETRY = """
-UPDATE jobs
-SET status = 'READY',
-    attempts = 0,
-    run_after = now(),
-    locked_at = NULL,
-    locked_by = NULL,
-    finished_at = NULL,
-    duration_ms = NULL,
-    result = NULL,
-    updated_at = now()
-WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')
-RETURNING id
+WITH moved AS (
+    UPDATE jobs
+    SET status = 'READY',
+        attempts = 0,
+        run_after = now(),
+        locked_at = NULL,
+        locked_by = NULL,
+        finished_at = NULL,
+        duration_ms = NULL,
+        result = NULL,
+        updated_at = now()
+    WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')
+    RETURNING id
+),
+woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))
+SELECT moved.id FROM moved LEFT JOIN woken ON true
 """
 
 GET_JOB = """
@@ -215,7 +245,13 @@ ORDER BY id DESC
 LIMIT $3
 """
 
-SCHEMA_PRESENT = "SELECT to_regclass('jobs') IS NOT NULL"
+# The schema holding the jobs table (NULL: not in the search_path). Notifications go to
+# the channel 'pqrun:<schema>', so queues in different schemas do not wake each other.
+JOBS_SCHEMA = """
+SELECT n.nspname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('jobs')
+"""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -297,8 +333,19 @@ class PgJobStore:
         self._max_size = max_size
         self._connections_wanted = 0
         self._connect_timeout = connect_timeout
+        # pqrun's batch statements take arrays whose length changes from call to call; a
+        # generic plan (what PostgreSQL switches to after five runs of a prepared
+        # statement) picks scans sized for no array in particular and made batch
+        # completion ten times slower in docs/benchmarks.md. Plan each run for its
+        # arrays. A server_settings of yours overrides this.
+        pool_kwargs["server_settings"] = {
+            "plan_cache_mode": "force_custom_plan",
+            **(pool_kwargs.get("server_settings") or {}),
+        }
         self._pool_kwargs = pool_kwargs
         self._pool: asyncpg.Pool[Any] | None = None
+        #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
+        self.channel = "pqrun:public"
         # The connection of the transaction() block the current task is in, if any, so
         # that store calls inside the block join it instead of taking a second connection.
         self._current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
@@ -329,11 +376,13 @@ class PgJobStore:
         pool = await self._open_pool()
         try:
             async with pool.acquire() as conn:
-                present = await conn.fetchval(SCHEMA_PRESENT)
+                schema = await conn.fetchval(JOBS_SCHEMA)
         except BaseException:
             await self.close()
             raise
-        if not present:
+        if schema is not None:
+            self.channel = f"pqrun:{schema}"
+        else:
             await self.close()
             raise SchemaMissing(
                 f"the table 'jobs' is not in the search_path of {redact_dsn(self.dsn)}; "
@@ -381,6 +430,25 @@ class PgJobStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def listen(self, on_payload: Callable[[str], None]) -> Connection:
+        """A dedicated connection LISTENing on this store's channel (for workers).
+
+        ``on_payload`` gets each notification's payload: empty when jobs are due now,
+        else the epoch of the earliest ``run_after`` of a batch of future jobs.
+        """
+        await self.start()
+        connect_kwargs = {k: v for k, v in self._pool_kwargs.items() if k not in POOL_ONLY}
+        try:
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                self.dsn, timeout=self._connect_timeout, **connect_kwargs
+            )
+        except CONNECT_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"cannot open a LISTEN connection to {redact_dsn(self.dsn)}: {exc}"
+            ) from exc
+        await conn.add_listener(self.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+        return conn
 
     async def setup(self) -> None:
         """Apply ddl.sql in the store's search_path (safe to repeat) and open the pool."""
@@ -537,6 +605,25 @@ class PgJobStore:
             )
         return status == "UPDATE 1"
 
+    async def mark_done_batch(self, done: Sequence[tuple[Job, str, int]]) -> set[int]:
+        """RUNNING -> DONE for many jobs in one statement: (job, result JSON text, duration_ms).
+
+        Each row is guarded by its own attempt. Returns the ids that moved; a job missing
+        from the set was no longer owned by that attempt, and was left as it was.
+        """
+        if not done:
+            return set()
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                MARK_DONE_BATCH,
+                [job.id for job, _, _ in done],
+                [job.locked_by for job, _, _ in done],
+                [job.attempts for job, _, _ in done],
+                [result for _, result, _ in done],
+                [duration for _, _, duration in done],
+            )
+        return {row["id"] for row in rows}
+
     async def mark_error(
         self,
         job: Job | int,
@@ -581,6 +668,7 @@ class PgJobStore:
                 [j.locked_by for j in jobs],
                 [j.attempts for j in jobs],
                 reason,
+                self.channel,
             )
         return [row["id"] for row in rows]
 
@@ -643,7 +731,7 @@ class PgJobStore:
         """
         async with self._acquire() as conn:
             try:
-                row = await conn.fetchval(RETRY, job_id)
+                row = await conn.fetchval(RETRY, job_id, self.channel)
             except asyncpg.UniqueViolationError as exc:
                 raise JobConflict(
                     f"job {job_id} cannot be retried while another job with the same "

@@ -1,38 +1,53 @@
 """Worker: claims due jobs for the job types it has handlers for and runs them.
 
-One fetch loop per worker claims up to as many jobs as it has free slots, in one
-statement, and runs each in its own task. Each task records its job's outcome through
-the store's guarded moves, retrying that write through database hiccups. See
-docs/state-machine.md for the moves and docs/configuration.md for the settings.
+Inside a worker:
+
+- one **fetch loop** claims jobs in one statement per batch (``FOR UPDATE SKIP LOCKED
+  LIMIT n``) into a local buffer: up to the free slots, plus a prefetch sized to about
+  50 ms of work at the handlers' measured speed (none for slow handlers);
+- ``concurrency`` **slots** take jobs from the buffer and run their handlers;
+- the **outcome writer** records what each run came to, many jobs per statement;
+- a **listener** (LISTEN on the store's channel) wakes the fetch loop when jobs are
+  inserted, and tells it when delayed jobs come due; idle polling is the fallback;
+- the **reaper** takes back jobs whose lease passed.
+
+See docs/state-machine.md for the moves and docs/configuration.md for the settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-
-import asyncpg
 
 from .config import env_bool, env_duration, env_int
 from .errors import DatabaseUnavailable, Fail, Retry, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
-from .models import Job, JobStatus, RawJSON, encode_json
+from .models import Job, JobStatus, encode_json
+from .outcomes import Outcome, OutcomeWriter
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .store import INT32_MAX, PgJobStore
 
 logger = logging.getLogger("pqrun")
 
 _worker_numbers = itertools.count(1)
+
+# The prefetch holds about this much work, at the handlers' average speed.
+PREFETCH_SECONDS = 0.05
+DEFAULT_PREFETCH_LIMIT = 256
+# Weight of the newest run in the average handler duration.
+DURATION_SMOOTHING = 0.1
 
 
 def default_worker_id() -> str:
@@ -77,23 +92,13 @@ class _OutageLog:
         self.since, self.failures = None, 0
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What a run came to, before it is written."""
-
-    result_json: str | None = None  # set when the handler returned
-    error: str = ""
-    retry_after: timedelta | None = None
-    terminal: bool = False
-
-
 @dataclass(slots=True, eq=False)
 class _InFlight:
+    """A job whose handler a slot is running."""
+
     job: Job
-    task: asyncio.Task[None] = field(init=False)
-    # Past the handler, writing the outcome: shutdown lets this finish rather than cancel.
-    recording: bool = False
-    # Put back to READY by shutdown: whatever the task does later must not be written.
+    task: asyncio.Task[Any]
+    # Put back to READY by shutdown: whatever the handler returns later is dropped.
     released: bool = False
 
 
@@ -109,6 +114,8 @@ class Worker:
     process (stops on SIGTERM/SIGINT or ``worker.stop()``), or ``await worker.drain()`` to
     run every due job and return.
     """
+
+    _background: list[asyncio.Task[None]]
 
     def __init__(
         self,
@@ -126,6 +133,8 @@ class Worker:
         shutdown_grace: timedelta | float | None = None,
         shutdown_timeout: timedelta | float | None = None,
         enabled: bool | None = None,
+        prefetch: int | None = None,
+        listen: bool = True,
     ) -> None:
         if not isinstance(store, PgJobStore):
             raise TypeError(f"Worker(store=...) needs a PgJobStore, got {store!r}")
@@ -135,6 +144,8 @@ class Worker:
         self.enabled = env_bool("WORKER_ENABLED", enabled, True)
         self.enable_reaper = env_bool("WORKER_REAPER_ENABLED", enable_reaper, True)
         self.concurrency = env_int("WORKER_CONCURRENCY", concurrency, 1)
+        self.prefetch_limit = env_int("WORKER_PREFETCH", prefetch, DEFAULT_PREFETCH_LIMIT, 0)
+        self.listen = listen
         self.reap_interval = env_duration(
             "WORKER_REAP_INTERVAL", reap_stale_every_seconds, timedelta(seconds=60)
         )
@@ -165,13 +176,10 @@ class Worker:
         store.want_connections(self.concurrency)
 
         self._outage = _OutageLog(self.worker_id)
-        self._in_flight: dict[int, _InFlight] = {}
-        self._background: list[asyncio.Task[None]] = []
         self._started = False
-        self._stopping: asyncio.Event | None = None
-        self._slot_freed: asyncio.Event | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._processed = 0
+        self._reset()
 
     def __repr__(self) -> str:
         return (
@@ -198,10 +206,10 @@ class Worker:
         return self._started
 
     async def start(self) -> None:
-        """Open the store and, if the worker is enabled, start claiming jobs in the background.
+        """Open the store and, if the worker is enabled, start running jobs in the background.
 
-        A database that cannot be reached yet is logged and retried by the fetch loop; a
-        missing schema raises SchemaMissing.
+        A database that cannot be reached yet is logged and retried; a missing schema
+        raises SchemaMissing.
         """
         if self._started:
             return
@@ -214,9 +222,12 @@ class Worker:
             return
         self._reset()
         self._started = True
+        self._start_slots()
         self._background = [asyncio.create_task(self._fetch_loop(drain=False))]
         if self.enable_reaper:
             self._background.append(asyncio.create_task(self._reap_loop()))
+        if self.listen:
+            self._background.append(asyncio.create_task(self._listen_loop()))
         logger.info(
             "worker %s started: job types %s, concurrency %d",
             self.worker_id,
@@ -226,17 +237,16 @@ class Worker:
 
     def request_stop(self) -> None:
         """Ask a running worker to stop, without waiting (safe from a signal handler)."""
-        if self._stopping is not None:
-            self._stopping.set()
-        if self._slot_freed is not None:
-            self._slot_freed.set()
+        for event in (self._stopping, self._job_ready, self._want_more, self._wakeup):
+            event.set()
 
     async def stop(self) -> None:
         """Stop claiming jobs and shut down within ``shutdown_timeout``.
 
-        Running jobs get ``shutdown_grace`` to finish; the rest are cancelled and put back
-        to READY at once. Returns within ``shutdown_timeout`` even if a handler ignores
-        cancellation. Calling it again, or concurrently, waits for the same shutdown.
+        Jobs claimed but not started go back to READY at once; running jobs get
+        ``shutdown_grace`` to finish; the rest are cancelled and put back to READY at
+        once. Returns within ``shutdown_timeout`` even if a handler ignores cancellation.
+        Calling it again, or concurrently, waits for the same shutdown.
         """
         if not self._started:
             return
@@ -260,7 +270,6 @@ class Worker:
             installed.append(sig)
         try:
             await self.start()
-            assert self._stopping is not None
             await self._stopping.wait()
         finally:
             await self.stop()
@@ -272,19 +281,27 @@ class Worker:
     async def drain(self) -> int:
         """Run every due job of this worker's types, including jobs they enqueue, and return.
 
-        Returns the number of jobs whose outcome was recorded. Jobs that are retried with
-        a delay are left for later. A database error while claiming is raised.
+        Returns the number of outcomes recorded. Jobs retried with a delay are left for
+        later. A database error while claiming is raised.
         """
         if self._started:
             raise RuntimeError("drain() needs a worker that is not running; stop() it first")
         await self.store.start()
         self._reset()
         before = self._processed
+        self._start_slots()
+        failed = True
         try:
             await self._fetch_loop(drain=True)
+            failed = False
         finally:
-            if self._in_flight:
-                await asyncio.wait([f.task for f in self._in_flight.values()])
+            self.request_stop()
+            await asyncio.gather(*self._slots, return_exceptions=True)
+            if self._buffer:
+                await self._release([job for job, _ in self._buffer], "drain stopped early")
+                self._buffer.clear()
+            # After an error the database may be gone: do not wait for it for ever.
+            await self._writer.close(within=10.0 if failed else 3600.0)
         return self._processed - before
 
     @asynccontextmanager
@@ -304,34 +321,63 @@ class Worker:
             if owns_store:
                 await self.store.close()
 
-    # -- the loops -------------------------------------------------------------------
+    # -- state -----------------------------------------------------------------------
 
     def _reset(self) -> None:
-        # Events are made here, not in __init__, so they belong to the running loop.
+        # Made here, not only in __init__, so that the events belong to the running loop.
         self._stopping = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        self._job_ready = asyncio.Event()  # the buffer has jobs (or: stopping)
+        self._want_more = asyncio.Event()  # the buffer runs low or a slot freed
+        self._wakeup = asyncio.Event()  # a notification came, or a known due time passed
+        self._buffer: deque[tuple[Job, float]] = deque()  # (job, monotonic time claimed)
+        self._running: dict[int, _InFlight] = {}
+        self._slots: list[asyncio.Task[None]] = []
+        self._background = []
+        self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
+        self._average_seconds: float | None = None
         self._shutdown = None
-        self._in_flight = {}
+        self._writer = OutcomeWriter(
+            self.store,
+            self.loop_error_policy,
+            on_failure=self._outage.failure,
+            on_recovery=self._outage.recovered,
+            on_written=self._written,
+        )
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once when a stop is requested."""
-        assert self._stopping is not None
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+    def _start_slots(self) -> None:
+        self._writer.start()
+        self._slots = [
+            asyncio.create_task(self._slot(), name=f"pqrun-slot-{n}")
+            for n in range(self.concurrency)
+        ]
+
+    def _prefetch(self) -> int:
+        """Jobs to hold beyond the free slots: about PREFETCH_SECONDS of work, no more."""
+        if self.prefetch_limit == 0 or self._average_seconds is None:
+            return 0
+        per_slot = PREFETCH_SECONDS / max(self._average_seconds, 1e-6)
+        return min(self.prefetch_limit, int(self.concurrency * per_slot))
+
+    def _claim_size(self) -> int:
+        prefetch = self._prefetch()
+        if len(self._buffer) > prefetch // 2:
+            return 0  # enough in hand; claim again when it runs low
+        return self.concurrency + prefetch - len(self._buffer) - len(self._running)
+
+    # -- the fetch loop --------------------------------------------------------------
 
     async def _fetch_loop(self, *, drain: bool) -> None:
-        assert self._stopping is not None
-        assert self._slot_freed is not None
         idle_polls = 0
         errors = 0
         while not self._stopping.is_set():
-            self._slot_freed.clear()
-            free = self.concurrency - len(self._in_flight)
-            if free <= 0:
-                await self._slot_freed.wait()
+            self._want_more.clear()
+            want = self._claim_size()
+            if want <= 0:
+                await self._want_more.wait()
                 continue
+            self._wakeup.clear()
             try:
-                jobs = await self.store.pickup_batch(self.worker_id, self.job_types, free)
+                jobs = await self.store.pickup_batch(self.worker_id, self.job_types, want)
             except Exception as exc:
                 if drain:
                     raise
@@ -344,53 +390,96 @@ class Worker:
                 self._outage.recovered()
             if jobs:
                 idle_polls = 0
-                for job in jobs:
-                    self._spawn(job)
+                claimed_at = time.monotonic()
+                self._buffer.extend((job, claimed_at) for job in jobs)
+                self._job_ready.set()
                 continue
             if drain:
-                if not self._in_flight:
-                    return
-                await self._slot_freed.wait()  # a finishing job may have enqueued more
-                continue
+                if self._buffer or self._running:
+                    await self._want_more.wait()  # a finishing job may have enqueued more
+                    continue
+                if not self._writer.idle:
+                    await self._writer.flush()  # a retry due now becomes claimable
+                    continue
+                return
             idle_polls += 1
-            await self._sleep(self.idle_policy.next_sleep(idle_polls))
+            await self._idle_sleep(idle_polls)
 
-    async def _reap_loop(self) -> None:
-        assert self._stopping is not None
-        while not self._stopping.is_set():
+    async def _idle_sleep(self, idle_polls: int) -> None:
+        """Sleep per the idle policy, but no later than the next known due time."""
+        seconds = self.idle_policy.next_sleep(idle_polls)
+        now = time.time()
+        while self._due_at and self._due_at[0] <= now:
+            heapq.heappop(self._due_at)
+        if self._due_at:
+            seconds = min(seconds, self._due_at[0] - now)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=max(seconds, 0.0))
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when a stop is requested."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    def _expect_due(self, epoch: float) -> None:
+        if len(self._due_at) < 10_000:
+            heapq.heappush(self._due_at, epoch)
+        self._wakeup.set()  # the idle sleep recomputes its deadline
+
+    # -- slots: running handlers -----------------------------------------------------
+
+    async def _slot(self) -> None:
+        while (claimed := await self._take()) is not None:
+            job, claimed_at = claimed
+            if await self._lease_too_old(job, claimed_at):
+                continue
+            task = asyncio.current_task()
+            assert task is not None
+            flight = _InFlight(job, task)
+            self._running[job.id] = flight
             try:
-                await self.store.reap_stale(self.default_stale_after)
-            except Exception as exc:
-                self._outage.failure("reaping stale jobs", exc)
-            await self._sleep(self.reap_interval.total_seconds())
+                outcome = await self._run_handler(job)
+            finally:
+                del self._running[job.id]
+                self._want_more.set()
+            if flight.released:
+                logger.warning(
+                    "job %s finished after shutdown had put it back to READY; outcome dropped",
+                    job.id,
+                    extra={"job_id": job.id},
+                )
+                continue
+            await self._writer.submit(outcome)
+            # A handler that never awaits would let this slot run the whole buffer before
+            # the fetch loop and the writer get a turn: claiming, running and writing
+            # overlap only if every job yields once.
+            await asyncio.sleep(0)
 
-    # -- one job ---------------------------------------------------------------------
+    async def _take(self) -> tuple[Job, float] | None:
+        while not self._stopping.is_set():
+            if self._buffer:
+                claimed = self._buffer.popleft()
+                if len(self._buffer) <= self._prefetch() // 2:
+                    self._want_more.set()
+                return claimed
+            self._job_ready.clear()
+            self._want_more.set()
+            await self._job_ready.wait()
+        return None
 
-    def _spawn(self, job: Job) -> None:
-        flight = _InFlight(job)
-        flight.task = asyncio.create_task(self._execute(flight), name=f"pqrun-job-{job.id}")
-        self._in_flight[job.id] = flight
-        flight.task.add_done_callback(lambda _task: self._landed(flight))
+    async def _lease_too_old(self, job: Job, claimed_at: float) -> bool:
+        """Give back a job that waited in the buffer for half its lease (handlers slowed)."""
+        lease = job.timeout_seconds or self.default_stale_after.total_seconds()
+        if time.monotonic() - claimed_at < lease / 2:
+            return False
+        await self._release([job], "waited too long in the worker's buffer; put back")
+        return True
 
-    def _landed(self, flight: _InFlight) -> None:
-        task = flight.task
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "job %s: the worker's task for it failed; the reaper will recover the job",
-                flight.job.id,
-                exc_info=task.exception(),
-            )
-        if self._in_flight.get(flight.job.id) is flight:
-            del self._in_flight[flight.job.id]
-        if self._slot_freed is not None:
-            self._slot_freed.set()
-
-    async def _execute(self, flight: _InFlight) -> None:
-        job = flight.job
+    async def _run_handler(self, job: Job) -> Outcome:
         handler = self.handler_for(job.job_type)
         ctx = JobContext(job=job, store=self.store, worker_id=self.worker_id)
         started = time.monotonic()
-        outcome = _Outcome()
+        outcome = Outcome(job=job, duration_ms=0)
         try:
             value = await handler(ctx)
         except Retry as exc:
@@ -417,69 +506,25 @@ class Worker:
                 # Running it again would return the same kind of value: fail it now.
                 outcome.error = str(exc)
                 outcome.terminal = True
-        duration_ms = min(round((time.monotonic() - started) * 1000), INT32_MAX)
-        flight.recording = True
-        if flight.released:
-            logger.warning(
-                "job %s finished after shutdown had put it back to READY; outcome dropped",
-                job.id,
-                extra={"job_id": job.id},
-            )
-            return
-        await self._record(job, outcome, duration_ms)
+        elapsed = time.monotonic() - started
+        outcome.duration_ms = min(round(elapsed * 1000), INT32_MAX)
+        if self._average_seconds is None:
+            self._average_seconds = elapsed
+        else:
+            self._average_seconds += DURATION_SMOOTHING * (elapsed - self._average_seconds)
+        return outcome
 
-    async def _record(self, job: Job, outcome: _Outcome, duration_ms: int) -> None:
-        """Write the outcome, retrying database errors: they are not the handler's fault."""
-        failures = 0
-        while True:
-            try:
-                status = await self._write_outcome(job, outcome, duration_ms)
-            except asyncpg.DataError as exc:
-                if outcome.result_json is None:
-                    logger.exception(
-                        "job %s: the database refused its error record; the reaper will "
-                        "recover the job once its lease passes",
-                        job.id,
-                    )
-                    return
-                # The database refused the result itself (say, a \u0000 in a string).
-                outcome = _Outcome(
-                    error=f"the handler's result could not be stored: {exc}", terminal=True
-                )
-                continue
-            except Exception as exc:
-                failures += 1
-                self._outage.failure(f"recording the outcome of job {job.id}", exc)
-                await asyncio.sleep(self.loop_error_policy.next_sleep(failures))
-                continue
-            break
-        if failures:
-            self._outage.recovered()
+    def _written(self, outcome: Outcome, status: JobStatus | None) -> None:
+        """Called by the outcome writer once an outcome is committed (or found moot)."""
         self._processed += 1
-        self._log_outcome(job, outcome, status, duration_ms)
-
-    async def _write_outcome(
-        self, job: Job, outcome: _Outcome, duration_ms: int
-    ) -> JobStatus | None:
-        if outcome.result_json is not None:
-            done = await self.store.mark_done(job, RawJSON(outcome.result_json), duration_ms)
-            return JobStatus.DONE if done else None
-        return await self.store.mark_error(
-            job,
-            outcome.error.replace("\x00", "\\x00"),  # text columns refuse NUL
-            retry_after=outcome.retry_after,
-            terminal=outcome.terminal,
-            duration_ms=duration_ms,
-        )
-
-    def _log_outcome(
-        self, job: Job, outcome: _Outcome, status: JobStatus | None, duration_ms: int
-    ) -> None:
+        job = outcome.job
+        if status is JobStatus.READY and outcome.retry_after is not None:
+            self._expect_due(time.time() + outcome.retry_after.total_seconds())
         extra = {
             "job_id": job.id,
             "job_type": job.job_type,
             "attempt": job.attempts,
-            "duration_ms": duration_ms,
+            "duration_ms": outcome.duration_ms,
             "outcome": status.value if status else "ignored",
         }
         headline = outcome.error.split("\n", 1)[0]
@@ -494,9 +539,14 @@ class Worker:
                 extra=extra,
             )
         elif status is JobStatus.DONE:
-            logger.debug(
-                "job %s (%s) done in %d ms", job.id, job.job_type, duration_ms, extra=extra
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "job %s (%s) done in %d ms",
+                    job.id,
+                    job.job_type,
+                    outcome.duration_ms,
+                    extra=extra,
+                )
         elif status is JobStatus.READY:
             logger.warning(
                 "job %s (%s) attempt %s/%s failed, retrying in %s: %s",
@@ -519,69 +569,61 @@ class Worker:
                 extra=extra,
             )
 
+    # -- listener and reaper ---------------------------------------------------------
+
+    def _on_notification(self, payload: str) -> None:
+        if payload:
+            with suppress(ValueError):
+                self._expect_due(float(payload))
+            return
+        self._wakeup.set()
+
+    async def _listen_loop(self) -> None:
+        """Keep a LISTEN connection open; reconnect when it drops. Polling covers the gaps."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                conn = await self.store.listen(self._on_notification)
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    logger.warning(
+                        "worker %s: cannot LISTEN for new jobs (%s: %s); polling until it can",
+                        self.worker_id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                await self._sleep(self.loop_error_policy.next_sleep(failures))
+                continue
+            failures = 0
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            self._wakeup.set()  # jobs may have come while nobody listened
+            stop_waiter = asyncio.create_task(self._stopping.wait())
+            lost_waiter = asyncio.create_task(lost.wait())
+            try:
+                await asyncio.wait({stop_waiter, lost_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_waiter.cancel()
+                lost_waiter.cancel()
+                if not conn.is_closed():
+                    with suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=2)
+
+    async def _reap_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.store.reap_stale(self.default_stale_after)
+            except Exception as exc:
+                self._outage.failure("reaping stale jobs", exc)
+            await self._sleep(self.reap_interval.total_seconds())
+
     # -- shutdown --------------------------------------------------------------------
 
-    async def _shut_down(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_timeout.total_seconds()
-
-        def remaining() -> float:
-            return max(0.0, deadline - loop.time())
-
-        self.request_stop()
+    async def _release(self, jobs: list[Job], why: str) -> None:
+        reason = f"{why} (worker {self.worker_id}); put back to READY"
         try:
-            if self._background:
-                await asyncio.wait(self._background, timeout=remaining())
-            flights = list(self._in_flight.values())
-            if flights:
-                logger.info(
-                    "worker %s stopping: waiting up to %s for %d running jobs",
-                    self.worker_id,
-                    self.shutdown_grace,
-                    len(flights),
-                )
-                grace = min(self.shutdown_grace.total_seconds(), remaining())
-                await asyncio.wait([f.task for f in flights], timeout=grace)
-            await self._interrupt_and_release(remaining)
-            leftover = [f.task for f in self._in_flight.values()]
-            if leftover and remaining() > 0:
-                await asyncio.wait(leftover, timeout=remaining())
-            stuck = [f for f in self._in_flight.values() if not f.task.done()]
-            for flight in stuck:
-                flight.task.cancel()
-            if stuck:
-                logger.error(
-                    "worker %s: %d job tasks did not end within shutdown_timeout (%s): jobs "
-                    "%s. A handler that catches CancelledError keeps running; jobs not put "
-                    "back are recovered by the reaper",
-                    self.worker_id,
-                    len(stuck),
-                    self.shutdown_timeout,
-                    [f.job.id for f in stuck],
-                )
-        finally:
-            for task in self._background:
-                task.cancel()
-            self._started = False
-            logger.info("worker %s stopped", self.worker_id)
-
-    async def _interrupt_and_release(self, remaining: Callable[[], float]) -> None:
-        """Cancel the handlers still running and put their jobs back to READY at once."""
-        interrupted = [f for f in self._in_flight.values() if not f.recording and not f.task.done()]
-        if not interrupted:
-            return
-        for flight in interrupted:
-            flight.released = True
-            flight.task.cancel()
-        jobs = [f.job for f in interrupted]
-        reason = (
-            f"interrupted: worker {self.worker_id} shut down before the handler finished; "
-            "put back to READY"
-        )
-        try:
-            released = await asyncio.wait_for(
-                self.store.release(jobs, reason), timeout=max(remaining(), 0.001)
-            )
+            released = await self.store.release(jobs, reason)
         except Exception as exc:
             logger.error(
                 "worker %s could not put jobs %s back to READY (%s: %s); the reaper will "
@@ -593,8 +635,70 @@ class Worker:
             )
             return
         logger.warning(
-            "worker %s cancelled %d running jobs at shutdown and put %s back to READY",
-            self.worker_id,
-            len(jobs),
-            released,
+            "worker %s put %d jobs back to READY: %s", self.worker_id, len(released), why
         )
+
+    async def _shut_down(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout.total_seconds()
+
+        def remaining() -> float:
+            return max(0.0, deadline - loop.time())
+
+        async def bounded(step: Any) -> None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(step, timeout=max(remaining(), 0.001))
+
+        self.request_stop()
+        try:
+            if self._background:
+                await asyncio.wait(self._background, timeout=remaining())
+            if self._buffer:
+                unstarted = [job for job, _ in self._buffer]
+                self._buffer.clear()
+                await bounded(self._release(unstarted, "claimed but not started at shutdown"))
+            if self._running:
+                logger.info(
+                    "worker %s stopping: waiting up to %s for %d running jobs",
+                    self.worker_id,
+                    self.shutdown_grace,
+                    len(self._running),
+                )
+                grace = min(self.shutdown_grace.total_seconds(), remaining())
+                await asyncio.wait(self._slots, timeout=grace)
+            interrupted = list(self._running.values())
+            for flight in interrupted:
+                flight.released = True
+                flight.task.cancel()
+            if interrupted:
+                await bounded(
+                    self._release(
+                        [f.job for f in interrupted],
+                        "interrupted: the worker shut down before the handler finished",
+                    )
+                )
+            if remaining() > 0:
+                await asyncio.wait(self._slots, timeout=remaining())
+            stuck = [f for f in self._running.values() if not f.task.done()]
+            if stuck:
+                logger.error(
+                    "worker %s: %d handlers did not end within shutdown_timeout (%s): jobs "
+                    "%s. A handler that catches CancelledError keeps running",
+                    self.worker_id,
+                    len(stuck),
+                    self.shutdown_timeout,
+                    [f.job.id for f in stuck],
+                )
+            unwritten = await self._writer.close(within=remaining())
+            if unwritten:
+                logger.error(
+                    "worker %s: could not record the outcome of jobs %s before "
+                    "shutdown_timeout; they stay RUNNING until the reaper takes them back",
+                    self.worker_id,
+                    [o.job.id for o in unwritten],
+                )
+        finally:
+            for task in [*self._background, *self._slots]:
+                task.cancel()
+            self._started = False
+            logger.info("worker %s stopped", self.worker_id)
