@@ -1,5 +1,5 @@
--- The least privileges a pqrun application role needs, for both the API side (enqueue)
--- and workers (pickup, completion, reaper). Replace pqrun_app with your role.
+-- The least privileges a pqrun application role needs, for both the API side (enqueue,
+-- enqueue_many) and workers (pickup, completion, reaper). Replace pqrun_app with your role.
 -- Applied and exercised by tests/test_examples.py with a role that has nothing else.
 --
 -- Run as the owner of the jobs table (whoever applied ddl.sql):
@@ -7,5 +7,8 @@
 
 GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT, INSERT, UPDATE ON TABLE jobs TO :"role";
+-- enqueue_many draws ids from the table's identity sequence itself.
+SELECT format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence('jobs', 'id'), :'role')
+\gexec
 -- DELETE only for a role that prunes finished jobs (examples/cleanup.sql):
 -- GRANT DELETE ON TABLE jobs TO :"role";

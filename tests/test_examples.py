@@ -208,13 +208,15 @@ async def test_least_privilege_role_can_do_everything(
 
             ok = await app_store.enqueue("t", {"a": 1}, dedupe_key="k")
             assert await app_store.enqueue("t", dedupe_key="k") == ok
+            assert await app_store.enqueue_many([{"job_type": "t", "dedupe_key": "k"}]) == [ok]
             worker = Worker(store=app_store, handlers={"t": once_more})
             assert await worker.drain() == 2
+            assert await app_store.cancel((await app_store.enqueue_many([{"job_type": "x"}]))[0])
             cancelled = await app_store.enqueue("t")
             assert await app_store.cancel(cancelled)
             assert await app_store.retry(cancelled)
             await app_store.pickup("w")
             assert await app_store.reap_stale(timedelta(0)) == [(cancelled, JobStatus.READY)]
-            assert len(await app_store.list_jobs()) == 2
+            assert len(await app_store.list_jobs()) == 3
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

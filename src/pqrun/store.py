@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,33 @@ VALUES ($1, $2::text::jsonb, $3, COALESCE($4::timestamptz, now() + $5::interval)
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
 DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
 RETURNING id
+"""
+
+# Many jobs in one statement. Ids are drawn up front so that each input row knows its
+# own, whatever order RETURNING comes back in; a row whose dedupe_key an active job holds
+# gets that job's id instead. (Duplicate keys within one batch are merged before this.)
+ENQUEUE_MANY = """
+WITH input AS (
+    SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, t.*
+    FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::interval[],
+                $6::text[], $7::integer[], $8::integer[])
+         WITH ORDINALITY AS t(job_type, payload, priority, run_at, delay, dedupe_key,
+                              max_attempts, timeout_seconds, position)
+),
+inserted AS (
+    INSERT INTO jobs (id, job_type, payload, priority, run_after, dedupe_key, max_attempts,
+                      timeout_seconds)
+    SELECT id, job_type, payload::jsonb, priority, COALESCE(run_at, now() + delay),
+           dedupe_key, max_attempts, timeout_seconds
+    FROM input
+    ORDER BY position
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+    DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
+    RETURNING id, dedupe_key
+)
+SELECT COALESCE(kept.id, input.id) AS id
+FROM input LEFT JOIN inserted AS kept ON kept.dedupe_key = input.dedupe_key
+ORDER BY input.position
 """
 
 # READY -> RUNNING. SKIP LOCKED lets concurrent pickups take disjoint rows without
@@ -274,6 +301,47 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if not minimum <= value <= INT32_MAX:
         raise ValueError(f"{name} must be between {minimum} and {INT32_MAX}, got {value}")
     return value
+
+
+def _new_job_row(
+    job_type: str,
+    payload: Any = None,
+    priority: int = 0,
+    run_after: datetime | timedelta | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 5,
+    timeout_seconds: int | timedelta | None = None,
+) -> tuple[str, str, int, datetime | None, timedelta, str | None, int, int | None]:
+    """Check enqueue's arguments and turn them into the columns ENQUEUE binds."""
+    if not isinstance(job_type, str) or not job_type:
+        raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
+    payload_json = encode_json({} if payload is None else payload, f"payload of {job_type!r}")
+    _check_int("priority", priority, -INT32_MAX)
+    _check_int("max_attempts", max_attempts, 1)
+    if isinstance(timeout_seconds, timedelta):
+        timeout_seconds = max(1, round(timeout_seconds.total_seconds()))
+    if timeout_seconds is not None:
+        _check_int("timeout_seconds", timeout_seconds, 1)
+    if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
+        raise ValueError(f"dedupe_key must be a non-empty string or None, got {dedupe_key!r}")
+    run_at: datetime | None = None
+    delay = timedelta(0)
+    if isinstance(run_after, datetime):
+        run_at = _as_utc_aware(run_after)
+    elif isinstance(run_after, timedelta):
+        delay = run_after
+    elif run_after is not None:
+        raise TypeError(f"run_after must be a datetime, a timedelta or None, got {run_after!r}")
+    return (
+        job_type,
+        payload_json,
+        priority,
+        run_at,
+        delay,
+        dedupe_key,
+        max_attempts,
+        timeout_seconds,
+    )
 
 
 def _owner(job: Job | int, worker_id: str | None, attempt: int | None) -> tuple[int, str, int]:
@@ -529,38 +597,49 @@ class PgJobStore:
         ``timeout_seconds`` is how long one run may hold the job before the reaper takes
         it back (default: the worker's ``default_stale_after``).
         """
-        if not isinstance(job_type, str) or not job_type:
-            raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
-        payload_json = encode_json({} if payload is None else payload, f"payload of {job_type!r}")
-        _check_int("priority", priority, -INT32_MAX)
-        _check_int("max_attempts", max_attempts, 1)
-        if isinstance(timeout_seconds, timedelta):
-            timeout_seconds = max(1, round(timeout_seconds.total_seconds()))
-        if timeout_seconds is not None:
-            _check_int("timeout_seconds", timeout_seconds, 1)
-        if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
-            raise ValueError(f"dedupe_key must be a non-empty string or None, got {dedupe_key!r}")
-        run_at: datetime | None = None
-        delay = timedelta(0)
-        if isinstance(run_after, datetime):
-            run_at = _as_utc_aware(run_after)
-        elif isinstance(run_after, timedelta):
-            delay = run_after
-        elif run_after is not None:
-            raise TypeError(f"run_after must be a datetime, a timedelta or None, got {run_after!r}")
+        row = _new_job_row(
+            job_type, payload, priority, run_after, dedupe_key, max_attempts, timeout_seconds
+        )
         async with self._acquire(conn) as c:
-            job_id: int = await c.fetchval(
-                ENQUEUE,
-                job_type,
-                payload_json,
-                priority,
-                run_at,
-                delay,
-                dedupe_key,
-                max_attempts,
-                timeout_seconds,
-            )
+            job_id: int = await c.fetchval(ENQUEUE, *row)
         return job_id
+
+    async def enqueue_many(
+        self, jobs: Iterable[Mapping[str, Any]], *, conn: Connection | None = None
+    ) -> list[int]:
+        """Add many jobs in one statement and return their ids, in the order given.
+
+        Each item is a dict of ``enqueue``'s arguments: ``{"job_type": "send_email",
+        "payload": {...}, "priority": 5, "dedupe_key": "..."}``; only ``job_type`` is
+        required. Dedupe keys work per item as in ``enqueue``: an item whose key an active
+        job holds, or an earlier item of the same call holds, gets that job's id.
+        All or nothing: a bad item raises before anything is written.
+        """
+        rows: list[tuple[Any, ...]] = []
+        position_of_key: dict[str, int] = {}
+        source: list[int] = []  # for each item, the row that carries it
+        for number, item in enumerate(jobs):
+            try:
+                row = _new_job_row(**item)
+            except TypeError as exc:
+                raise TypeError(f"enqueue_many item {number}: {exc}") from exc
+            except ValueError as exc:
+                raise ValueError(f"enqueue_many item {number}: {exc}") from exc
+            key = row[5]
+            if key is not None and key in position_of_key:
+                source.append(position_of_key[key])
+                continue
+            if key is not None:
+                position_of_key[key] = len(rows)
+            source.append(len(rows))
+            rows.append(row)
+        if not rows:
+            return []
+        columns = list(zip(*rows, strict=True))
+        async with self._acquire(conn) as c:
+            found = await c.fetch(ENQUEUE_MANY, *(list(column) for column in columns))
+        ids = [record["id"] for record in found]
+        return [ids[position] for position in source]
 
     # -- the worker's moves ----------------------------------------------------------
 
