@@ -13,8 +13,7 @@ CREATE TABLE IF NOT EXISTS jobs (
                     CHECK (status IN ('READY', 'RUNNING', 'DONE', 'FAILED', 'CANCELLED')),
     -- Higher runs sooner.
     priority        integer     NOT NULL DEFAULT 0,
-    -- Runs started so far. Together with locked_by it identifies one attempt: every move
-    -- out of RUNNING names both, so a late answer from an earlier attempt changes nothing.
+    -- Runs started so far (a run interrupted by a worker's shutdown is given back).
     attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts    integer     NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
     run_after       timestamptz NOT NULL DEFAULT now(),
@@ -23,6 +22,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     timeout_seconds integer     CHECK (timeout_seconds > 0),
     locked_at       timestamptz,
     locked_by       text,
+    -- The id of the transaction that claimed the job: unique to one claim, so the moves
+    -- out of RUNNING name it and no other run (even one with the same locked_by and
+    -- attempts, after a retry()) can make them.
+    lease_id        bigint,
     dedupe_key      text,
     last_error      text,
     finished_at     timestamptz,
@@ -31,6 +34,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- Columns added after the first release, for tables created before them.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_id bigint;
 
 -- Pickup: the due READY jobs, highest priority first, then in the order they became due.
 -- Partial, so it holds only READY rows however many finished rows the table keeps, and

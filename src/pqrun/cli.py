@@ -40,6 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup.add_argument("--dsn", help="PostgreSQL DSN (default: $PQRUN_DSN, then $DATABASE_URL)")
     setup.add_argument("--dry-run", action="store_true", help="print the SQL, apply nothing")
     commands.add_parser("demo", help="enqueue and run a few jobs on a local or private PostgreSQL")
+    from .bench import parser as bench_parser
+
+    commands.add_parser(
+        "bench",
+        parents=[bench_parser()],
+        add_help=False,
+        help="measure drain, continuous, latency, bulk enqueue and big-table claims",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -49,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             asyncio.run(_setup(_dsn(args.dsn)))
             print("pqrun: schema applied")
+            return 0
+        if args.command == "bench":
+            from .bench import run as run_bench
+
+            asyncio.run(run_bench(args))
             return 0
         from .demo import run_demo
 

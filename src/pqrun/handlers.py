@@ -96,8 +96,11 @@ def describe_exception(exc: BaseException) -> str:
 
     Kept under LAST_ERROR_LIMIT characters by cutting the start of the traceback.
     """
-    headline = f"{type(exc).__qualname__}: {exc}"
-    trace = "".join(traceback.format_exception(exc))
+    try:
+        headline = f"{type(exc).__qualname__}: {exc}"
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:  # an exception whose __str__ itself raises
+        return f"{type(exc).__qualname__} (its message could not be read)"
     room = LAST_ERROR_LIMIT - len(headline) - 2
     if room <= 0:
         return headline[:LAST_ERROR_LIMIT]

@@ -45,6 +45,7 @@ class Job:
     timeout_seconds: int | None
     locked_at: datetime | None
     locked_by: str | None
+    lease_id: int | None
     dedupe_key: str | None
     last_error: str | None
     finished_at: datetime | None
@@ -68,6 +69,7 @@ class Job:
             timeout_seconds=row["timeout_seconds"],
             locked_at=row["locked_at"],
             locked_by=row["locked_by"],
+            lease_id=row["lease_id"],
             dedupe_key=row["dedupe_key"],
             last_error=row["last_error"],
             finished_at=row["finished_at"],

@@ -43,6 +43,11 @@ class Outcome:
     written: bool = False
 
 
+def storable_text(text: str) -> str:
+    """``text`` as a PostgreSQL text column takes it: no NUL, no lone surrogates."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class OutcomeWriter:
     """Writes outcomes in the background; ``on_written`` hears each one after it commits."""
 
@@ -50,8 +55,8 @@ class OutcomeWriter:
         self,
         store: PgJobStore,
         error_policy: LoopErrorPolicy,
-        on_failure: Callable[[str, BaseException], None],
-        on_recovery: Callable[[], None],
+        on_failure: Callable[[str, str, BaseException], None],
+        on_recovery: Callable[[str], None],
         on_written: Callable[[Outcome, JobStatus | None], None],
     ) -> None:
         self._store = store
@@ -122,11 +127,11 @@ class OutcomeWriter:
                 await self._write(batch)
             except Exception as exc:
                 failures += 1
-                self._on_failure(f"recording the outcome of {len(batch)} jobs", exc)
+                self._on_failure("writer", f"recording the outcome of {len(batch)} jobs", exc)
                 await asyncio.sleep(self._error_policy.next_sleep(failures))
                 continue
             if failures:
-                self._on_recovery()
+                self._on_recovery("writer")
             return
 
     async def _write(self, batch: list[Outcome]) -> None:
@@ -169,15 +174,19 @@ class OutcomeWriter:
         try:
             return await self._store.mark_error(
                 outcome.job,
-                outcome.error.replace("\x00", "\\x00"),  # text columns refuse NUL
+                storable_text(outcome.error),
                 retry_after=outcome.retry_after,
                 terminal=outcome.terminal,
                 duration_ms=outcome.duration_ms,
             )
-        except asyncpg.DataError:
-            logger.exception(
-                "job %s: the database refused its error record; the reaper will recover "
-                "the job once its lease passes",
-                outcome.job.id,
+        except asyncpg.DataError as exc:
+            # Say what happened in plain words the database cannot refuse; an
+            # out-of-range retry delay (say) becomes a failure rather than a stuck job.
+            logger.error("job %s: the database refused its error record: %s", outcome.job.id, exc)
+            return await self._store.mark_error(
+                outcome.job,
+                f"the error could not be recorded as raised ({type(exc).__name__}); "
+                "see the worker's log",
+                terminal=True,
+                duration_ms=outcome.duration_ms,
             )
-            return None

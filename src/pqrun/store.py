@@ -8,11 +8,14 @@ value. docs/state-machine.md lists the moves and their guards.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,18 +59,33 @@ INT32_MAX = 2**31 - 1
 # create_pool arguments that asyncpg.connect does not take.
 POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
 
+# One job. With a dedupe_key an active job holds, nothing is inserted and that job's id
+# is returned. DO NOTHING rather than DO UPDATE: the existing job is not locked, so a
+# caller's open transaction never holds up the worker that runs that job. If the active
+# job was committed after this statement's snapshot, neither part returns a row and the
+# caller runs the statement again.
 ENQUEUE = """
-INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
-                  timeout_seconds)
-VALUES ($1, $2::text::jsonb, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7, $8)
-ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
-DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
-RETURNING id
+WITH inserted AS (
+    INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
+                      timeout_seconds)
+    VALUES ($1, $2::text::jsonb, $3, COALESCE($4::timestamptz, now() + $5::interval), $6,
+            $7, $8)
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+    DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted
+UNION ALL
+SELECT id FROM jobs
+WHERE $6::text IS NOT NULL AND dedupe_key = $6 AND status IN ('READY', 'RUNNING')
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+LIMIT 1
 """
 
 # Many jobs in one statement. Ids are drawn up front so that each input row knows its
-# own, whatever order RETURNING comes back in; a row whose dedupe_key an active job holds
-# gets that job's id instead. (Duplicate keys within one batch are merged before this.)
+# own, whatever order RETURNING comes back in. A row whose dedupe_key an active job holds
+# gets that job's id (NULL if that job is not in this statement's snapshot: the caller
+# asks again for those). Duplicate keys within one batch are merged before this.
 ENQUEUE_MANY = """
 WITH input AS (
     SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, t.*
@@ -84,16 +102,23 @@ inserted AS (
     FROM input
     ORDER BY position
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
-    DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key
-    RETURNING id, dedupe_key
+    DO NOTHING
+    RETURNING id
 )
-SELECT COALESCE(kept.id, input.id) AS id
-FROM input LEFT JOIN inserted AS kept ON kept.dedupe_key = input.dedupe_key
+SELECT CASE
+           WHEN input.id IN (SELECT id FROM inserted) THEN input.id
+           ELSE (SELECT active.id FROM jobs AS active
+                 WHERE active.dedupe_key = input.dedupe_key
+                   AND active.status IN ('READY', 'RUNNING'))
+       END AS id
+FROM input
 ORDER BY input.position
 """
 
 # READY -> RUNNING. SKIP LOCKED lets concurrent pickups take disjoint rows without
 # waiting; the row lock it takes is what makes the status test in the UPDATE safe.
+# lease_id, the id of this transaction, names this claim: no other claim of any job has
+# it, so a move that names it can only be made by this run.
 PICKUP = """
 WITH due AS (
     SELECT id
@@ -108,6 +133,7 @@ WITH due AS (
 UPDATE jobs AS j
 SET status = 'RUNNING',
     attempts = j.attempts + 1,
+    lease_id = txid_current(),
     locked_at = now(),
     locked_by = $1,
     updated_at = now()
@@ -115,23 +141,24 @@ FROM due
 WHERE j.id = due.id AND j.status = 'READY'
 RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
           j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
-          j.dedupe_key, j.last_error, j.finished_at, j.duration_ms, j.result::text AS result,
-          j.created_at, j.updated_at
+          j.lease_id, j.dedupe_key, j.last_error, j.finished_at, j.duration_ms,
+          j.result::text AS result, j.created_at, j.updated_at
 """
 
-# RUNNING (this attempt) -> DONE.
+# RUNNING (this claim) -> DONE. $4 NULL: the caller knows the owner and attempt only.
 MARK_DONE = """
 UPDATE jobs
 SET status = 'DONE',
-    result = $4::text::jsonb,
-    duration_ms = $5,
+    result = $5::text::jsonb,
+    duration_ms = $6,
     finished_at = now(),
     updated_at = now()
 WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+  AND ($4::bigint IS NULL OR lease_id = $4)
 """
 
-# RUNNING -> DONE for many jobs in one statement, each row guarded by its own owner.
-# Returns the ids that moved; the others were no longer owned by the given attempt.
+# RUNNING -> DONE for many jobs in one statement, each row guarded by its own claim.
+# Returns the ids that moved; the others were no longer owned by that claim.
 MARK_DONE_BATCH = """
 UPDATE jobs AS j
 SET status = 'DONE',
@@ -139,33 +166,36 @@ SET status = 'DONE',
     duration_ms = d.duration_ms,
     finished_at = now(),
     updated_at = now()
-FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::integer[])
-     AS d(id, locked_by, attempts, result, duration_ms)
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[], $5::text[],
+            $6::integer[])
+     AS d(id, locked_by, attempts, lease_id, result, duration_ms)
 WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
   AND j.id = d.id
   AND j.status = 'RUNNING' AND j.locked_by = d.locked_by AND j.attempts = d.attempts
+  AND j.lease_id = d.lease_id
 RETURNING j.id
 """
 
-# RUNNING (this attempt) -> READY after a delay, or FAILED when the handler said so
-# ($5) or this was the last allowed attempt. A job back in READY has no owner.
+# RUNNING (this claim) -> READY after a delay, or FAILED when the handler said so ($6)
+# or this was the last allowed attempt. A job back in READY has no owner.
 MARK_ERROR = """
 UPDATE jobs
-SET status = CASE WHEN $5 OR attempts >= max_attempts THEN 'FAILED' ELSE 'READY' END,
-    run_after = CASE WHEN $5 OR attempts >= max_attempts THEN run_after
-                     ELSE now() + $6::interval END,
-    finished_at = CASE WHEN $5 OR attempts >= max_attempts THEN now() END,
-    locked_at = CASE WHEN $5 OR attempts >= max_attempts THEN locked_at END,
-    locked_by = CASE WHEN $5 OR attempts >= max_attempts THEN locked_by END,
-    last_error = $4,
-    duration_ms = $7,
+SET status = CASE WHEN $6 OR attempts >= max_attempts THEN 'FAILED' ELSE 'READY' END,
+    run_after = CASE WHEN $6 OR attempts >= max_attempts THEN run_after
+                     ELSE now() + $7::interval END,
+    finished_at = CASE WHEN $6 OR attempts >= max_attempts THEN now() END,
+    locked_at = CASE WHEN $6 OR attempts >= max_attempts THEN locked_at END,
+    locked_by = CASE WHEN $6 OR attempts >= max_attempts THEN locked_by END,
+    last_error = $5,
+    duration_ms = $8,
     updated_at = now()
 WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+  AND ($4::bigint IS NULL OR lease_id = $4)
 RETURNING status
 """
 
-# RUNNING (these attempts) -> READY, at once, for a worker that is shutting down. The
-# interrupted run is not counted against max_attempts.
+# RUNNING (these claims) -> READY, at once, for a worker that is shutting down. The
+# interrupted run is not counted against max_attempts. Other workers are woken.
 RELEASE = """
 WITH released AS (
     UPDATE jobs AS j
@@ -174,27 +204,28 @@ WITH released AS (
         run_after = now(),
         locked_at = NULL,
         locked_by = NULL,
-        last_error = $4,
+        last_error = $5,
         updated_at = now()
-    FROM unnest($1::bigint[], $2::text[], $3::integer[]) AS mine(id, locked_by, attempts)
+    FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
+         AS mine(id, locked_by, attempts, lease_id)
     WHERE j.id = ANY($1::bigint[])
       AND j.id = mine.id
-      AND j.status = 'RUNNING' AND j.locked_by = mine.locked_by AND j.attempts = mine.attempts
+      AND j.status = 'RUNNING' AND j.locked_by = mine.locked_by
+      AND j.attempts = mine.attempts AND j.lease_id = mine.lease_id
     RETURNING j.id
 ),
--- Other workers may take these at once: wake them.
-woken AS (SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM released))
+woken AS (SELECT pg_notify($6, '') WHERE EXISTS (SELECT 1 FROM released))
 SELECT released.id FROM released LEFT JOIN woken ON true
 """
 
 # RUNNING past its lease -> READY, or FAILED when that was its last allowed attempt.
-# The CTE locks each stale row together with the owner it saw, and the UPDATE repeats
-# that owner, so a job completed or re-picked meanwhile is left alone. SKIP LOCKED: a row
-# that a worker is completing right now is not waited for; if still stale, the next pass
-# takes it.
+# The CTE locks each stale row together with the claim it saw, and the UPDATE repeats
+# that claim, so a job completed or re-picked meanwhile is left alone. SKIP LOCKED: a
+# row that a worker is completing right now is not waited for; if still stale, the next
+# pass takes it.
 REAP_STALE = """
 WITH stale AS (
-    SELECT id, locked_by, attempts
+    SELECT id, locked_by, attempts, lease_id
     FROM jobs
     WHERE status = 'RUNNING'
       AND locked_at < now() - COALESCE(make_interval(secs => timeout_seconds), $1::interval)
@@ -219,7 +250,8 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' E
     updated_at = now()
 FROM stale
 WHERE j.id = stale.id
-  AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by AND j.attempts = stale.attempts
+  AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by
+  AND j.attempts = stale.attempts AND j.lease_id = stale.lease_id
 RETURNING j.id, j.status, stale.locked_by, j.attempts
 """
 
@@ -233,7 +265,7 @@ RETURNING id
 """
 
 # FAILED or CANCELLED -> READY with a fresh count of attempts. Only an explicit call
-# does this: nothing in pqrun calls it by itself.
+# does this: nothing in pqrun calls it by itself. Idle workers are woken.
 RETRY = """
 WITH moved AS (
     UPDATE jobs
@@ -255,7 +287,7 @@ SELECT moved.id FROM moved LEFT JOIN woken ON true
 
 GET_JOB = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
-       run_after, timeout_seconds, locked_at, locked_by, dedupe_key, last_error,
+       run_after, timeout_seconds, locked_at, locked_by, lease_id, dedupe_key, last_error,
        finished_at, duration_ms, result::text AS result, created_at, updated_at
 FROM jobs
 WHERE id = $1
@@ -263,7 +295,7 @@ WHERE id = $1
 
 LIST_JOBS = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
-       run_after, timeout_seconds, locked_at, locked_by, dedupe_key, last_error,
+       run_after, timeout_seconds, locked_at, locked_by, lease_id, dedupe_key, last_error,
        finished_at, duration_ms, result::text AS result, created_at, updated_at
 FROM jobs
 WHERE ($1::text IS NULL OR status = $1::text)
@@ -344,18 +376,25 @@ def _new_job_row(
     )
 
 
-def _owner(job: Job | int, worker_id: str | None, attempt: int | None) -> tuple[int, str, int]:
-    """The (id, locked_by, attempts) that a move out of RUNNING must find on the row."""
+def _owner(
+    job: Job | int, worker_id: str | None, attempt: int | None
+) -> tuple[int, str, int, int | None]:
+    """The (id, locked_by, attempts, lease_id) a move out of RUNNING must find on the row."""
     if isinstance(job, Job):
         if job.locked_by is None:
             raise ValueError(f"job {job.id} has no owner: pass the Job that pickup() returned")
-        return job.id, worker_id or job.locked_by, job.attempts if attempt is None else attempt
+        return (
+            job.id,
+            worker_id or job.locked_by,
+            job.attempts if attempt is None else attempt,
+            job.lease_id,
+        )
     if worker_id is None or attempt is None:
         raise TypeError(
             f"job {job}: pass the Job that pickup() returned, or the job id together with "
             "worker_id= and attempt=, so that only the attempt that owns the job can move it"
         )
-    return job, worker_id, attempt
+    return job, worker_id, attempt, None
 
 
 def _status_filter(status: JobStatus | str | None) -> str | None:
@@ -376,9 +415,11 @@ class PgJobStore:
     the store reads ``PQRUN_DSN``, then ``DATABASE_URL``.
 
     ``min_size``/``max_size`` size the pool; ``max_size`` defaults to at least 10 and to
-    enough for the concurrency of the workers built on this store. Further keyword
-    arguments go to ``asyncpg.create_pool`` (``server_settings``, ``ssl``,
-    ``statement_cache_size=0`` behind a transaction-mode pooler, ...).
+    enough for the concurrency of the workers built on this store. ``statement_timeout``
+    bounds each of pqrun's own statements and the wait for a pooled connection, so a
+    connection that silently died cannot hang a worker. Further keyword arguments go to
+    ``asyncpg.create_pool`` (``server_settings``, ``ssl``, ``statement_cache_size=0``
+    behind a transaction-mode pooler, ...).
     """
 
     def __init__(
@@ -388,6 +429,7 @@ class PgJobStore:
         min_size: int = 1,
         max_size: int | None = None,
         connect_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
         **pool_kwargs: Any,
     ) -> None:
         dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
@@ -401,6 +443,7 @@ class PgJobStore:
         self._max_size = max_size
         self._connections_wanted = 0
         self._connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         # pqrun's batch statements take arrays whose length changes from call to call; a
         # generic plan (what PostgreSQL switches to after five runs of a prepared
         # statement) picks scans sized for no array in particular and made batch
@@ -412,11 +455,13 @@ class PgJobStore:
         }
         self._pool_kwargs = pool_kwargs
         self._pool: asyncpg.Pool[Any] | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
         #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
         self.channel = "pqrun:public"
-        # The connection of the transaction() block the current task is in, if any, so
-        # that store calls inside the block join it instead of taking a second connection.
-        self._current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+        # The connection of the transaction() or connection() block the code is in, so
+        # that store calls inside it join it instead of taking a second connection.
+        # Tasks started inside the block inherit it, but only while the block is open.
+        self._current: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
             f"pqrun_store_{id(self)}_connection", default=None
         )
 
@@ -427,8 +472,8 @@ class PgJobStore:
 
     @property
     def started(self) -> bool:
-        """True while the connection pool is open."""
-        return self._pool is not None
+        """True while the connection pool is open (in the running event loop)."""
+        return self._pool is not None and self._pool_loop is _running_loop()
 
     def want_connections(self, count: int) -> None:
         """Ask for a pool of at least ``count`` + 2 connections (Workers call this).
@@ -439,12 +484,12 @@ class PgJobStore:
 
     async def start(self) -> None:
         """Open the pool and check that the schema is there. Calling it again does nothing."""
-        if self._pool is not None:
+        if self.started:
             return
         pool = await self._open_pool()
         try:
-            async with pool.acquire() as conn:
-                schema = await conn.fetchval(JOBS_SCHEMA)
+            async with pool.acquire(timeout=self.statement_timeout) as conn:
+                schema = await conn.fetchval(JOBS_SCHEMA, timeout=self.statement_timeout)
         except BaseException:
             await self.close()
             raise
@@ -459,6 +504,14 @@ class PgJobStore:
             )
 
     async def _open_pool(self) -> asyncpg.Pool[Any]:
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._pool_loop is loop:
+            return self._pool
+        if self._pool is not None:
+            # Opened under another event loop (an earlier asyncio.run()): unusable here.
+            with contextlib.suppress(RuntimeError):  # that loop may be closed already
+                self._pool.terminate()
+            self._pool = None
         max_size = self._max_size or max(10, self._connections_wanted + 2)
         try:
             pool = await asyncpg.create_pool(
@@ -480,17 +533,29 @@ class PgJobStore:
                 "the DSN (dsn=, PQRUN_DSN or DATABASE_URL) names the right host, port, "
                 "user and database"
             ) from exc
-        if self._pool is not None:  # another task opened one while this one connected
-            await pool.close()
+        if self._pool is not None and self._pool_loop is loop:
+            await pool.close()  # another task opened one while this one connected
             return self._pool
-        self._pool = pool
+        self._pool, self._pool_loop = pool, loop
         return pool
 
-    async def close(self) -> None:
-        """Close the pool. The store opens a new one if it is used again."""
+    async def close(self, within: float = 10.0) -> None:
+        """Close the pool, waiting up to ``within`` s for connections in use to come back.
+
+        Past that they are closed anyway. The store opens a new pool if used again.
+        """
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        if pool is None:
+            return
+        if self._pool_loop is not _running_loop():
+            with contextlib.suppress(RuntimeError):
+                pool.terminate()
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pool.close()), timeout=within)
+        except TimeoutError:
+            logger.warning("closing the pool took over %.0fs; closing connections at once", within)
+            pool.terminate()
 
     async def __aenter__(self) -> PgJobStore:
         await self.start()
@@ -498,6 +563,13 @@ class PgJobStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def setup(self) -> None:
+        """Apply ddl.sql in the store's search_path (safe to repeat) and open the pool."""
+        pool = await self._open_pool()
+        async with pool.acquire(timeout=self.statement_timeout) as conn:
+            await conn.execute(ddl_sql())
+        await self.start()
 
     async def listen(self, on_payload: Callable[[str], None]) -> Connection:
         """A dedicated connection LISTENing on this store's channel (for workers).
@@ -518,27 +590,44 @@ class PgJobStore:
         await conn.add_listener(self.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
         return conn
 
-    async def setup(self) -> None:
-        """Apply ddl.sql in the store's search_path (safe to repeat) and open the pool."""
-        pool = self._pool or await self._open_pool()
-        async with pool.acquire() as conn:
-            await conn.execute(ddl_sql())
-
     # -- connections -----------------------------------------------------------------
 
+    def _joined(self) -> Connection | None:
+        """The connection of the open block the code runs in, if any."""
+        block = self._current.get()
+        return block.conn if block is not None and block.open else None
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
     @asynccontextmanager
-    async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
-        """A connection: the one given, the current transaction()'s, or one from the pool."""
-        conn = conn or self._current.get()
-        if conn is not None:
-            yield conn
-            return
-        if self._pool is None:
+    async def _pooled(self) -> AsyncIterator[Connection]:
+        """A pooled connection; only getting it is translated into pqrun's errors."""
+        if not self.started:
             await self.start()
         assert self._pool is not None
         try:
-            async with self._pool.acquire() as pooled:
-                yield pooled
+            conn = await self._pool.acquire(timeout=self.statement_timeout)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn, timeout=self.statement_timeout)
+
+    @asynccontextmanager
+    async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
+        """A connection for pqrun's own statements, whose errors it translates."""
+        conn = conn or self._joined()
+        try:
+            if conn is not None:
+                yield conn
+            else:
+                async with self._pooled() as pooled:
+                    yield pooled
         except asyncpg.UndefinedTableError as exc:
             if '"jobs"' not in str(exc):
                 raise
@@ -546,15 +635,31 @@ class PgJobStore:
                 f"the table 'jobs' is gone from {redact_dsn(self.dsn)}: apply ddl.sql again"
             ) from exc
         except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _joinable(self, conn: Connection) -> AsyncIterator[Connection]:
+        block = _Block(conn)
+        token = self._current.set(block)
+        try:
+            yield conn
+        finally:
+            block.open = False  # a task that outlives the block must not use its connection
+            self._current.reset(token)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection for your own queries (inside ``transaction()``: its one)."""
-        async with self._acquire() as conn:
+        """A pooled connection for your own queries.
+
+        Store calls made inside the block by the same task use this connection too, so
+        the block never needs a second one. Inside ``transaction()``: its connection.
+        Errors raised by your own code in the block reach you unchanged.
+        """
+        joined = self._joined()
+        if joined is not None:
+            yield joined
+            return
+        async with self._pooled() as conn, self._joinable(conn):
             yield conn
 
     @asynccontextmanager
@@ -565,14 +670,16 @@ class PgJobStore:
         join this transaction, so a job enqueued here exists if and only if it commits,
         and a handler never needs a second pooled connection. Nested blocks become
         savepoints. One connection runs one statement at a time: inside the block, await
-        store calls one after another rather than gathering them.
+        store calls one after another rather than gathering them. Tasks you start inside
+        the block join it while it is open, and use their own connections after.
         """
-        async with self._acquire() as conn, conn.transaction():
-            token = self._current.set(conn)
-            try:
-                yield conn
-            finally:
-                self._current.reset(token)
+        joined = self._joined()
+        if joined is not None:
+            async with joined.transaction():
+                yield joined
+            return
+        async with self._pooled() as conn, conn.transaction(), self._joinable(conn):
+            yield conn
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -601,8 +708,11 @@ class PgJobStore:
             job_type, payload, priority, run_after, dedupe_key, max_attempts, timeout_seconds
         )
         async with self._acquire(conn) as c:
-            job_id: int = await c.fetchval(ENQUEUE, *row)
-        return job_id
+            for _ in range(DEDUPE_TRIES):
+                job_id: int | None = await c.fetchval(ENQUEUE, *row, timeout=self.statement_timeout)
+                if job_id is not None:
+                    return job_id
+        raise JobConflict(_dedupe_unresolved(dedupe_key))
 
     async def enqueue_many(
         self, jobs: Iterable[Mapping[str, Any]], *, conn: Connection | None = None
@@ -613,7 +723,7 @@ class PgJobStore:
         "payload": {...}, "priority": 5, "dedupe_key": "..."}``; only ``job_type`` is
         required. Dedupe keys work per item as in ``enqueue``: an item whose key an active
         job holds, or an earlier item of the same call holds, gets that job's id.
-        All or nothing: a bad item raises before anything is written.
+        A bad item raises before anything is written.
         """
         rows: list[tuple[Any, ...]] = []
         position_of_key: dict[str, int] = {}
@@ -635,11 +745,19 @@ class PgJobStore:
             rows.append(row)
         if not rows:
             return []
-        columns = list(zip(*rows, strict=True))
+        ids: list[int | None] = [None] * len(rows)
+        pending = list(range(len(rows)))
         async with self._acquire(conn) as c:
-            found = await c.fetch(ENQUEUE_MANY, *(list(column) for column in columns))
-        ids = [record["id"] for record in found]
-        return [ids[position] for position in source]
+            for _ in range(DEDUPE_TRIES):
+                columns = [list(column) for column in zip(*(rows[i] for i in pending), strict=True)]
+                found = await c.fetch(ENQUEUE_MANY, *columns, timeout=self.statement_timeout)
+                for position, record in zip(pending, found, strict=True):
+                    ids[position] = record["id"]
+                # A key held by a job committed after the statement's snapshot: ask again.
+                pending = [i for i in pending if ids[i] is None]
+                if not pending:
+                    return [ids[position] for position in source]  # type: ignore[misc]
+        raise JobConflict(_dedupe_unresolved(rows[pending[0]][5]))
 
     # -- the worker's moves ----------------------------------------------------------
 
@@ -649,7 +767,11 @@ class PgJobStore:
         """Claim up to ``limit`` due READY jobs of ``job_types`` (None: any type)."""
         async with self._acquire() as conn:
             rows = await conn.fetch(
-                PICKUP, worker_id, None if job_types is None else list(job_types), limit
+                PICKUP,
+                worker_id,
+                None if job_types is None else list(job_types),
+                limit,
+                timeout=self.statement_timeout,
             )
         jobs = [Job.from_record(row) for row in rows]
         # RETURNING does not keep the order of the CTE.
@@ -673,22 +795,29 @@ class PgJobStore:
         """RUNNING -> DONE, storing ``result`` as JSON.
 
         Pass the Job that ``pickup`` returned (or its id with ``worker_id`` and
-        ``attempt``). Returns False, changing nothing, when that attempt no longer owns
+        ``attempt``). Returns False, changing nothing, when that claim no longer owns
         the job (it was reaped, cancelled or picked again).
         """
-        job_id, owner, attempt_no = _owner(job, worker_id, attempt)
+        job_id, owner, attempt_no, lease = _owner(job, worker_id, attempt)
         result_json = encode_json(result, f"result of job {job_id}")
         async with self._acquire() as conn:
             status = await conn.execute(
-                MARK_DONE, job_id, owner, attempt_no, result_json, duration_ms
+                MARK_DONE,
+                job_id,
+                owner,
+                attempt_no,
+                lease,
+                result_json,
+                duration_ms,
+                timeout=self.statement_timeout,
             )
         return status == "UPDATE 1"
 
     async def mark_done_batch(self, done: Sequence[tuple[Job, str, int]]) -> set[int]:
         """RUNNING -> DONE for many jobs in one statement: (job, result JSON text, duration_ms).
 
-        Each row is guarded by its own attempt. Returns the ids that moved; a job missing
-        from the set was no longer owned by that attempt, and was left as it was.
+        Each row is guarded by its own claim. Returns the ids that moved; a job missing
+        from the set was no longer owned by that claim, and was left as it was.
         """
         if not done:
             return set()
@@ -698,8 +827,10 @@ class PgJobStore:
                 [job.id for job, _, _ in done],
                 [job.locked_by for job, _, _ in done],
                 [job.attempts for job, _, _ in done],
+                [job.lease_id for job, _, _ in done],
                 [result for _, result, _ in done],
                 [duration for _, _, duration in done],
+                timeout=self.statement_timeout,
             )
         return {row["id"] for row in rows}
 
@@ -717,19 +848,21 @@ class PgJobStore:
         """RUNNING -> READY again after ``retry_after``, or FAILED.
 
         The job fails when ``terminal`` is true or its attempts are used up. Returns the
-        new status, or None (changing nothing) when this attempt no longer owns the job.
+        new status, or None (changing nothing) when this claim no longer owns the job.
         """
-        job_id, owner, attempt_no = _owner(job, worker_id, attempt)
+        job_id, owner, attempt_no, lease = _owner(job, worker_id, attempt)
         async with self._acquire() as conn:
             status = await conn.fetchval(
                 MARK_ERROR,
                 job_id,
                 owner,
                 attempt_no,
+                lease,
                 error,
                 terminal,
                 retry_after or timedelta(0),
                 duration_ms,
+                timeout=self.statement_timeout,
             )
         return None if status is None else JobStatus(status)
 
@@ -746,8 +879,10 @@ class PgJobStore:
                 [j.id for j in jobs],
                 [j.locked_by for j in jobs],
                 [j.attempts for j in jobs],
+                [j.lease_id for j in jobs],
                 reason,
                 self.channel,
+                timeout=self.statement_timeout,
             )
         return [row["id"] for row in rows]
 
@@ -761,7 +896,7 @@ class PgJobStore:
         Returns (id, new status) for each job taken back.
         """
         async with self._acquire() as conn:
-            rows = await conn.fetch(REAP_STALE, default_stale_after)
+            rows = await conn.fetch(REAP_STALE, default_stale_after, timeout=self.statement_timeout)
         for row in rows:
             logger.warning(
                 "reaped job %s: attempt %s by %s outlived its lease; now %s",
@@ -778,7 +913,7 @@ class PgJobStore:
     async def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
         async with self._acquire() as conn:
-            row = await conn.fetchrow(GET_JOB, job_id)
+            row = await conn.fetchrow(GET_JOB, job_id, timeout=self.statement_timeout)
         return None if row is None else Job.from_record(row)
 
     async def list_jobs(
@@ -790,7 +925,13 @@ class PgJobStore:
         """The newest jobs first, optionally of one status and/or job type."""
         _check_int("limit", limit, 1)
         async with self._acquire() as conn:
-            rows = await conn.fetch(LIST_JOBS, _status_filter(status), job_type, limit)
+            rows = await conn.fetch(
+                LIST_JOBS,
+                _status_filter(status),
+                job_type,
+                limit,
+                timeout=self.statement_timeout,
+            )
         return [Job.from_record(row) for row in rows]
 
     async def cancel(self, job_id: int) -> bool:
@@ -799,7 +940,7 @@ class PgJobStore:
         A RUNNING job's handler is not interrupted; whatever it answers is ignored.
         """
         async with self._acquire() as conn:
-            row = await conn.fetchval(CANCEL, job_id)
+            row = await conn.fetchval(CANCEL, job_id, timeout=self.statement_timeout)
         return row is not None
 
     async def retry(self, job_id: int) -> bool:
@@ -810,7 +951,9 @@ class PgJobStore:
         """
         async with self._acquire() as conn:
             try:
-                row = await conn.fetchval(RETRY, job_id, self.channel)
+                row = await conn.fetchval(
+                    RETRY, job_id, self.channel, timeout=self.statement_timeout
+                )
             except asyncpg.UniqueViolationError as exc:
                 raise JobConflict(
                     f"job {job_id} cannot be retried while another job with the same "
@@ -818,3 +961,31 @@ class PgJobStore:
                     "let it finish first"
                 ) from exc
         return row is not None
+
+
+# How often an enqueue with a dedupe_key is tried when the job holding the key was
+# committed after the statement's snapshot (once more is almost always enough).
+DEDUPE_TRIES = 5
+
+
+def _dedupe_unresolved(key: str | None) -> str:
+    return (
+        f"dedupe_key {key!r}: an active job holds it but cannot be seen from this "
+        "transaction (REPEATABLE READ or SERIALIZABLE sees only its own snapshot); "
+        "enqueue from a READ COMMITTED transaction"
+    )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+@dataclass(slots=True, eq=False)
+class _Block:
+    """An open connection() or transaction() block."""
+
+    conn: Connection
+    open: bool = True

@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -58,15 +58,21 @@ def default_worker_id() -> str:
 
 
 class _OutageLog:
-    """Logs a database outage once when it starts and once when it ends, not per retry."""
+    """Logs a database outage once when it starts and once when it ends, not per retry.
+
+    Each loop of the worker reports under its own name; the outage ends when every loop
+    that failed has succeeded again.
+    """
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self.since: float | None = None
         self.failures = 0
+        self.failing: set[str] = set()
 
-    def failure(self, doing: str, exc: BaseException) -> None:
+    def failure(self, loop_name: str, doing: str, exc: BaseException) -> None:
         self.failures += 1
+        self.failing.add(loop_name)
         if self.since is not None:
             return
         self.since = time.monotonic()
@@ -80,8 +86,9 @@ class _OutageLog:
             exc_info=not isinstance(exc, DatabaseUnavailable | OSError),
         )
 
-    def recovered(self) -> None:
-        if self.since is None:
+    def recovered(self, loop_name: str) -> None:
+        self.failing.discard(loop_name)
+        if self.since is None or self.failing:
             return
         logger.warning(
             "worker %s: database works again after %.1fs (%d failed attempts)",
@@ -98,6 +105,8 @@ class _InFlight:
 
     job: Job
     task: asyncio.Task[Any]
+    # A plain function runs in a thread, which cannot be interrupted.
+    is_thread: bool = False
     # Put back to READY by shutdown: whatever the handler returns later is dropped.
     released: bool = False
 
@@ -213,27 +222,56 @@ class Worker:
         """
         if self._started:
             return
-        try:
-            await self.store.start()
-        except DatabaseUnavailable as exc:
-            self._outage.failure("starting", exc)
+        self._reset()
+        await self._start_after_reset()
+
+    async def _start_after_reset(self) -> None:
+        # From _reset() on, a stop request is kept, even one that comes while the store
+        # is still connecting.
         if not self.enabled:
+            await self._open_store()
             logger.info("worker %s is disabled (WORKER_ENABLED=false)", self.worker_id)
             return
-        self._reset()
         self._started = True
+        try:
+            await self._open_store()
+        except BaseException:
+            self._started = False
+            raise
+        if self._stopping.is_set():
+            return
         self._start_slots()
         self._background = [asyncio.create_task(self._fetch_loop(drain=False))]
         if self.enable_reaper:
             self._background.append(asyncio.create_task(self._reap_loop()))
         if self.listen:
             self._background.append(asyncio.create_task(self._listen_loop()))
+        for task in self._background:
+            task.add_done_callback(self._loop_ended)
         logger.info(
             "worker %s started: job types %s, concurrency %d",
             self.worker_id,
             ", ".join(self.job_types),
             self.concurrency,
         )
+
+    async def _open_store(self) -> None:
+        try:
+            await self.store.start()
+        except DatabaseUnavailable as exc:
+            self._outage.failure("fetch", "starting", exc)
+
+    def _loop_ended(self, task: asyncio.Task[Any]) -> None:
+        """A loop or slot of the worker must not die quietly: log it and stop the worker."""
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error(
+            "worker %s: %s failed; stopping the worker",
+            self.worker_id,
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+        self.request_stop()
 
     def request_stop(self) -> None:
         """Ask a running worker to stop, without waiting (safe from a signal handler)."""
@@ -260,6 +298,7 @@ class Worker:
             logger.info("worker %s is disabled (WORKER_ENABLED=false); not running", self.worker_id)
             return
         owns_store = not self.store.started
+        self._reset()
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -269,7 +308,7 @@ class Worker:
                 continue  # not the main thread, or no signals on this platform
             installed.append(sig)
         try:
-            await self.start()
+            await self._start_after_reset()
             await self._stopping.wait()
         finally:
             await self.stop()
@@ -296,11 +335,24 @@ class Worker:
             failed = False
         finally:
             self.request_stop()
-            await asyncio.gather(*self._slots, return_exceptions=True)
-            if self._buffer:
-                await self._release([job for job, _ in self._buffer], "drain stopped early")
+            if failed:
+                # An error or a cancellation: stop the handlers rather than wait for them,
+                # and give their jobs back. The database may be gone: bounded waits only.
+                interrupted = [f for f in self._running if not f.is_thread]
+                for flight in interrupted:
+                    flight.released = True
+                    flight.task.cancel()
+                unstarted = [job for job, _ in self._buffer]
                 self._buffer.clear()
-            # After an error the database may be gone: do not wait for it for ever.
+                await _bounded(
+                    self._release(
+                        [f.job for f in interrupted] + unstarted, "drain() stopped early"
+                    ),
+                    5.0,
+                )
+                await asyncio.wait(self._slots, timeout=5.0)
+            else:
+                await asyncio.gather(*self._slots, return_exceptions=True)
             await self._writer.close(within=10.0 if failed else 3600.0)
         return self._processed - before
 
@@ -330,7 +382,7 @@ class Worker:
         self._want_more = asyncio.Event()  # the buffer runs low or a slot freed
         self._wakeup = asyncio.Event()  # a notification came, or a known due time passed
         self._buffer: deque[tuple[Job, float]] = deque()  # (job, monotonic time claimed)
-        self._running: dict[int, _InFlight] = {}
+        self._running: set[_InFlight] = set()  # a set of runs: a job may be run twice
         self._slots: list[asyncio.Task[None]] = []
         self._background = []
         self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
@@ -350,6 +402,8 @@ class Worker:
             asyncio.create_task(self._slot(), name=f"pqrun-slot-{n}")
             for n in range(self.concurrency)
         ]
+        for slot in self._slots:
+            slot.add_done_callback(self._loop_ended)
 
     def _prefetch(self) -> int:
         """Jobs to hold beyond the free slots: about PREFETCH_SECONDS of work, no more."""
@@ -382,12 +436,12 @@ class Worker:
                 if drain:
                     raise
                 errors += 1
-                self._outage.failure("claiming jobs", exc)
+                self._outage.failure("fetch", "claiming jobs", exc)
                 await self._sleep(self.loop_error_policy.next_sleep(errors))
                 continue
-            if errors:
+            if errors or "fetch" in self._outage.failing:
                 errors = 0
-                self._outage.recovered()
+                self._outage.recovered("fetch")
             if jobs:
                 idle_polls = 0
                 claimed_at = time.monotonic()
@@ -435,12 +489,12 @@ class Worker:
                 continue
             task = asyncio.current_task()
             assert task is not None
-            flight = _InFlight(job, task)
-            self._running[job.id] = flight
+            flight = _InFlight(job, task, is_thread=not self.handler_for(job.job_type).is_async)
+            self._running.add(flight)
             try:
                 outcome = await self._run_handler(job)
             finally:
-                del self._running[job.id]
+                self._running.discard(flight)
                 self._want_more.set()
             if flight.released:
                 logger.warning(
@@ -493,10 +547,10 @@ class Worker:
             if current is not None and current.cancelling():
                 raise  # the worker is cancelling this run (shutdown)
             outcome.error = describe_exception(exc)  # the handler's own, not ours
-            outcome.retry_after = self.backoff.retry_delay(job.attempts)
+            outcome.retry_after = self._retry_delay(job)
         except Exception as exc:
             outcome.error = describe_exception(exc)
-            outcome.retry_after = self.backoff.retry_delay(job.attempts)
+            outcome.retry_after = self._retry_delay(job)
         else:
             try:
                 outcome.result_json = encode_json(
@@ -514,9 +568,17 @@ class Worker:
             self._average_seconds += DURATION_SMOOTHING * (elapsed - self._average_seconds)
         return outcome
 
+    def _retry_delay(self, job: Job) -> timedelta:
+        try:
+            return self.backoff.retry_delay(job.attempts)
+        except Exception:
+            logger.exception("the backoff policy failed for job %s; retrying in 1 minute", job.id)
+            return timedelta(minutes=1)
+
     def _written(self, outcome: Outcome, status: JobStatus | None) -> None:
         """Called by the outcome writer once an outcome is committed (or found moot)."""
-        self._processed += 1
+        if status is not None:
+            self._processed += 1
         job = outcome.job
         if status is JobStatus.READY and outcome.retry_after is not None:
             self._expect_due(time.time() + outcome.retry_after.total_seconds())
@@ -615,7 +677,9 @@ class Worker:
             try:
                 await self.store.reap_stale(self.default_stale_after)
             except Exception as exc:
-                self._outage.failure("reaping stale jobs", exc)
+                self._outage.failure("reaper", "reaping stale jobs", exc)
+            else:
+                self._outage.recovered("reaper")
             await self._sleep(self.reap_interval.total_seconds())
 
     # -- shutdown --------------------------------------------------------------------
@@ -641,13 +705,11 @@ class Worker:
     async def _shut_down(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout.total_seconds()
+        # Time kept back from the grace period to put unfinished jobs back to READY.
+        reserve = min(1.0, self.shutdown_timeout.total_seconds() / 4)
 
         def remaining() -> float:
             return max(0.0, deadline - loop.time())
-
-        async def bounded(step: Any) -> None:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(step, timeout=max(remaining(), 0.001))
 
         self.request_stop()
         try:
@@ -656,7 +718,10 @@ class Worker:
             if self._buffer:
                 unstarted = [job for job, _ in self._buffer]
                 self._buffer.clear()
-                await bounded(self._release(unstarted, "claimed but not started at shutdown"))
+                await _bounded(
+                    self._release(unstarted, "claimed but not started at shutdown"),
+                    remaining(),
+                )
             if self._running:
                 logger.info(
                     "worker %s stopping: waiting up to %s for %d running jobs",
@@ -664,26 +729,32 @@ class Worker:
                     self.shutdown_grace,
                     len(self._running),
                 )
-                grace = min(self.shutdown_grace.total_seconds(), remaining())
-                await asyncio.wait(self._slots, timeout=grace)
-            interrupted = list(self._running.values())
+                grace = min(self.shutdown_grace.total_seconds(), remaining() - reserve)
+                if grace > 0:
+                    await asyncio.wait(self._slots, timeout=grace)
+            # Handlers still running are cancelled and their jobs put back at once. A
+            # plain function in a thread cannot be stopped: its job stays RUNNING, and
+            # its outcome is written if it returns before the deadline.
+            interrupted = [f for f in self._running if not f.is_thread]
             for flight in interrupted:
                 flight.released = True
                 flight.task.cancel()
             if interrupted:
-                await bounded(
+                await _bounded(
                     self._release(
                         [f.job for f in interrupted],
                         "interrupted: the worker shut down before the handler finished",
-                    )
+                    ),
+                    remaining(),
                 )
-            if remaining() > 0:
+            if self._slots and remaining() > 0:
                 await asyncio.wait(self._slots, timeout=remaining())
-            stuck = [f for f in self._running.values() if not f.task.done()]
+            stuck = [f for f in self._running if not f.task.done()]
             if stuck:
                 logger.error(
                     "worker %s: %d handlers did not end within shutdown_timeout (%s): jobs "
-                    "%s. A handler that catches CancelledError keeps running",
+                    "%s. A handler that catches CancelledError, or a plain function in a "
+                    "thread, keeps running; jobs left RUNNING go back when their lease passes",
                     self.worker_id,
                     len(stuck),
                     self.shutdown_timeout,
@@ -702,3 +773,17 @@ class Worker:
                 task.cancel()
             self._started = False
             logger.info("worker %s stopped", self.worker_id)
+
+
+async def _bounded(step: Awaitable[Any], seconds: float) -> None:
+    """Run ``step`` for at most ``seconds``; past that, abandon it without waiting.
+
+    (``asyncio.wait_for`` would wait for the cancelled step to finish, which a connection
+    stuck in a network partition may never do.)
+    """
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.001))
+    if not done:
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        logger.error("pqrun: a shutdown step failed", exc_info=task.exception())

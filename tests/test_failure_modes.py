@@ -1,0 +1,330 @@
+"""Failure modes found in review, each reproduced against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from pqrun import (
+    DatabaseUnavailable,
+    IdlePollPolicy,
+    JobContext,
+    JobStatus,
+    LoopErrorPolicy,
+    PgJobStore,
+    Worker,
+)
+from pqrun.worker import _OutageLog
+
+from .helpers import picked, status_of, wait_until
+
+FAST = {
+    "idle_policy": IdlePollPolicy(0.02, 0.05),
+    "loop_error_policy": LoopErrorPolicy(0.01, 0.05),
+    "enable_reaper": False,
+}
+
+
+async def test_a_retried_jobs_old_run_cannot_complete_it(store: PgJobStore) -> None:
+    job_id = await store.enqueue("t")
+    first = await picked(store, "w")
+    assert await store.cancel(job_id)
+    assert await store.retry(job_id)
+    second = await picked(store, "w")  # same worker, same attempt number as the first
+    assert (second.locked_by, second.attempts) == (first.locked_by, first.attempts)
+    assert second.lease_id != first.lease_id
+    assert not await store.mark_done(first, "stale")
+    assert await store.mark_error(first, "stale") is None
+    assert await store.release([first], "stale") == []
+    assert await store.mark_done(second, "fresh")
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert (job.status, job.result) == (JobStatus.DONE, "fresh")
+
+
+async def test_statements_time_out_instead_of_hanging(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    job_id = await store.enqueue("t")
+    impatient = PgJobStore(dsn, statement_timeout=0.5)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            began = time.monotonic()
+            with pytest.raises(DatabaseUnavailable):
+                await impatient.cancel(job_id)
+            assert time.monotonic() - began < 3
+    finally:
+        await impatient.close()
+
+
+async def test_store_calls_inside_connection_block_reuse_it(dsn: str) -> None:
+    store = PgJobStore(dsn, max_size=1)
+    try:
+        async with store.connection() as conn:
+            await conn.execute("SELECT 1")
+            job_id = await asyncio.wait_for(store.enqueue("t"), timeout=5)
+            assert await asyncio.wait_for(store.get_job(job_id), timeout=5) is not None
+    finally:
+        await store.close()
+
+
+async def test_your_own_errors_in_a_block_are_not_renamed(store: PgJobStore) -> None:
+    async def raise_in_block() -> None:
+        async with store.transaction():
+            raise TimeoutError("mine")
+
+    with pytest.raises(TimeoutError, match="mine"):
+        await raise_in_block()
+
+
+async def test_a_task_that_outlives_a_transaction_does_not_use_its_connection(
+    store: PgJobStore,
+) -> None:
+    block_ended = asyncio.Event()
+    children: list[asyncio.Task[int]] = []
+
+    async def later() -> int:
+        await block_ended.wait()
+        return await store.enqueue("after the block")
+
+    async def enqueue_then_roll_back() -> None:
+        async with store.transaction():
+            children.append(asyncio.create_task(later()))
+            await asyncio.wait_for(store.enqueue("inside"), timeout=5)  # joins, in 3.11 too
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError, match="roll back"):
+        await enqueue_then_roll_back()
+    block_ended.set()
+    job_id = await asyncio.wait_for(children[0], timeout=5)
+    assert await store.get_job(job_id) is not None
+    assert [j.job_type for j in await store.list_jobs()] == ["after the block"]
+
+
+async def test_an_error_text_the_database_refuses_is_still_recorded(store: PgJobStore) -> None:
+    async def handler(ctx: JobContext) -> None:
+        raise ValueError("bad file name \udcff and a \x00")
+
+    job_id = await store.enqueue("t")
+    await Worker(store=store, handlers={"t": handler}, **FAST).drain()  # type: ignore[arg-type]
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert job.status is JobStatus.READY
+    assert job.last_error is not None
+    assert "\\udcff" in job.last_error
+
+
+async def test_a_job_picked_again_by_the_same_worker_is_run_and_tracked_twice(
+    store: PgJobStore,
+) -> None:
+    first_run = asyncio.Event()
+    let_first_finish = asyncio.Event()
+    runs = 0
+
+    async def handler(ctx: JobContext) -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            first_run.set()
+            await let_first_finish.wait()
+            return "first"
+        return "second"
+
+    worker = Worker(store=store, handlers={"t": handler}, concurrency=2, **FAST)  # type: ignore[arg-type]
+    job_id = await store.enqueue("t")
+    await worker.start()
+    try:
+        await asyncio.wait_for(first_run.wait(), 5)
+        assert await store.reap_stale(timedelta(0)) == [(job_id, JobStatus.READY)]
+        await wait_until(lambda: _is(store, job_id, "DONE"))
+        let_first_finish.set()
+        await asyncio.sleep(0.2)
+        job = await store.get_job(job_id)
+        assert job is not None
+        assert job.result == "second"  # the first run's late answer was ignored
+        another = await store.enqueue("t")  # the worker is still healthy
+        await wait_until(lambda: _is(store, another, "DONE"))
+    finally:
+        await worker.stop()
+    assert runs == 3
+
+
+async def _is(store: PgJobStore, job_id: int, status: str) -> bool:
+    return await status_of(store, job_id) == status
+
+
+async def test_shutdown_with_grace_equal_to_timeout_still_puts_jobs_back(
+    store: PgJobStore,
+) -> None:
+    started = asyncio.Event()
+
+    async def endless(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    job_id = await store.enqueue("t")
+    worker = Worker(
+        store=store,
+        handlers={"t": endless},
+        shutdown_grace=1,
+        shutdown_timeout=1,
+        **FAST,  # type: ignore[arg-type]
+    )
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 5)
+    began = time.monotonic()
+    await worker.stop()
+    assert time.monotonic() - began < 1.5
+    assert await status_of(store, job_id) == "READY"
+
+
+async def test_run_returns_in_time_when_a_handler_holds_a_connection_and_ignores_cancel(
+    dsn: str, store: PgJobStore
+) -> None:
+    started = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> None:
+        async with ctx.store.transaction() as tx:
+            started.set()
+            while True:
+                try:
+                    await tx.execute("SELECT pg_sleep(0.05)")
+                except asyncio.CancelledError:
+                    continue
+
+    own = PgJobStore(dsn)
+    worker = Worker(
+        store=own,
+        handlers={"t": stubborn},
+        shutdown_grace=0.2,
+        shutdown_timeout=1,
+        **FAST,  # type: ignore[arg-type]
+    )
+    await store.enqueue("t")
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    began = time.monotonic()
+    worker.request_stop()
+    await asyncio.wait_for(running, timeout=15)  # store.close() is bounded too
+    assert time.monotonic() - began < 13
+
+
+async def test_stop_requested_while_starting_is_not_lost(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    real_start = store.start
+
+    async def slow_start() -> None:
+        await asyncio.sleep(0.5)  # a slow connect: the stop comes meanwhile
+        await real_start()
+
+    monkeypatch.setattr(store, "start", slow_start)
+    worker = Worker(store=store, handlers={"t": noop}, **FAST)  # type: ignore[arg-type]
+    asyncio.get_running_loop().call_later(0.1, worker.request_stop)
+    await asyncio.wait_for(worker.run(), timeout=5)
+    assert not worker.is_running
+
+
+async def test_a_plain_function_is_not_put_back_while_its_thread_runs(store: PgJobStore) -> None:
+    def blocking(ctx: JobContext) -> str:
+        time.sleep(1.0)
+        return "finished in its thread"
+
+    job_id = await store.enqueue("t")
+    worker = Worker(
+        store=store,
+        handlers={"t": blocking},
+        shutdown_grace=0.1,
+        shutdown_timeout=3,
+        **FAST,  # type: ignore[arg-type]
+    )
+    await worker.start()
+    await wait_until(lambda: _is(store, job_id, "RUNNING"))
+    await worker.stop()
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert (job.status, job.result) == (JobStatus.DONE, "finished in its thread")
+
+
+async def test_a_failing_policy_stops_the_worker_loudly(
+    store: PgJobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(IdlePollPolicy):
+        def next_sleep(self, consecutive_idle: int) -> float:
+            raise ZeroDivisionError("policy bug")
+
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    worker = Worker(store=store, handlers={"t": noop}, idle_policy=Broken(), enable_reaper=False)
+    await asyncio.wait_for(worker.run(), timeout=10)
+    assert any("failed; stopping the worker" in r.getMessage() for r in caplog.records)
+
+
+def test_each_outage_is_logged_when_it_starts(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pqrun")
+    outage = _OutageLog("w")
+    outage.failure("reaper", "reaping", OSError("blip"))
+    outage.recovered("reaper")
+    outage.failure("fetch", "claiming", OSError("down"))
+    outage.failure("fetch", "claiming", OSError("down"))
+    outage.recovered("fetch")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "database error" in m]) == 2
+    assert len([m for m in messages if "works again after" in m]) == 2
+
+
+async def test_enqueue_of_a_duplicate_does_not_lock_the_active_job(
+    dsn: str, store: PgJobStore
+) -> None:
+    job_id = await store.enqueue("t", dedupe_key="k")
+    caller = await asyncpg.connect(dsn)
+    try:
+        async with caller.transaction():
+            assert await store.enqueue("t", dedupe_key="k", conn=caller) == job_id
+            # The caller's transaction is still open: the job can be claimed all the same.
+            job = await asyncio.wait_for(store.pickup("w"), timeout=2)
+            assert job is not None
+            assert job.id == job_id
+    finally:
+        await caller.close()
+
+
+def test_a_store_can_be_used_from_a_second_event_loop(dsn: str) -> None:
+    store = PgJobStore(dsn)
+    asyncio.run(store.start())
+
+    async def use() -> int:
+        try:
+            return await store.enqueue("t")
+        finally:
+            await store.close()
+
+    assert asyncio.run(use()) > 0
+
+
+async def test_cancelling_drain_returns_and_gives_jobs_back(store: PgJobStore) -> None:
+    started = asyncio.Event()
+
+    async def endless(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    job_id = await store.enqueue("t")
+    draining = asyncio.create_task(
+        Worker(store=store, handlers={"t": endless}, **FAST).drain()  # type: ignore[arg-type]
+    )
+    await asyncio.wait_for(started.wait(), 5)
+    draining.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(draining, timeout=10)
+    assert await status_of(store, job_id) == "READY"
