@@ -38,6 +38,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- Columns added after the first release, for tables created before them.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_id bigint;
 
+-- A queue leaves a dead row version (and a dead entry in the pickup index) for every job
+-- it moves; until they are vacuumed, each pickup steps over them and slows down. Vacuum
+-- this table after every few thousand changes, not after 20% of it, and at full speed.
+-- docs/operations.md explains these and the server-wide autovacuum_naptime to pair them.
+ALTER TABLE jobs SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 5000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
 -- Pickup: the due READY jobs, highest priority first, then in the order they became due.
 -- Partial, so it holds only READY rows however many finished rows the table keeps, and
 -- it matches the pickup's ORDER BY so a claim is a short index scan with no sort.

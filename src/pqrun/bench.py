@@ -205,6 +205,7 @@ async def bench_continuous(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
             "WHERE relid = 'jobs'::regclass"
         )
+        autovacuum = await conn.fetchval("SHOW autovacuum")
         await conn.close()
         await store.close()
         result: dict[str, Any] = {
@@ -214,6 +215,9 @@ async def bench_continuous(
             "per_10s_window": [round(w) for w in windows],
             "updates": stats["n_tup_upd"] if stats else None,
             "hot_updates": stats["n_tup_hot_upd"] if stats else None,
+            # Without autovacuum nothing clears the dead rows every job leaves, and the
+            # rate falls as they pile up: see docs/operations.md.
+            "server_autovacuum": autovacuum,
         }
         if len(windows) >= 2 and windows[0]:
             result["last_over_first_window"] = round(windows[-1] / windows[0], 2)

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .models import Job
@@ -42,17 +42,16 @@ class Handler:
     """
 
     func: HandlerFunc
+    #: True for an ``async def`` (or an object with an async ``__call__``).
+    is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not callable(self.func):
             raise TypeError(f"a handler must be callable, got {self.func!r}")
-
-    @property
-    def is_async(self) -> bool:
-        func = self.func
-        return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-            getattr(func, "__call__", None)  # noqa: B004 - an object with async __call__
+        is_async = inspect.iscoroutinefunction(self.func) or inspect.iscoroutinefunction(
+            getattr(self.func, "__call__", None)  # noqa: B004 - an object with async __call__
         )
+        object.__setattr__(self, "is_async", is_async)
 
     async def __call__(self, ctx: JobContext) -> Any:
         """Run the handler: awaited if async, in a worker thread if a plain function."""

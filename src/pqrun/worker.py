@@ -45,9 +45,11 @@ _worker_numbers = itertools.count(1)
 
 # The prefetch holds about this much work, at the handlers' average speed.
 PREFETCH_SECONDS = 0.05
-DEFAULT_PREFETCH_LIMIT = 256
+DEFAULT_PREFETCH_LIMIT = 1000
 # Weight of the newest run in the average handler duration.
 DURATION_SMOOTHING = 0.1
+# A slot lets the event loop run other tasks at least this often (seconds).
+YIELD_EVERY = 0.001
 
 
 def default_worker_id() -> str:
@@ -387,6 +389,7 @@ class Worker:
         self._background = []
         self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
         self._average_seconds: float | None = None
+        self._prefetch_target = 0
         self._shutdown = None
         self._writer = OutcomeWriter(
             self.store,
@@ -405,15 +408,19 @@ class Worker:
         for slot in self._slots:
             slot.add_done_callback(self._loop_ended)
 
-    def _prefetch(self) -> int:
-        """Jobs to hold beyond the free slots: about PREFETCH_SECONDS of work, no more."""
-        if self.prefetch_limit == 0 or self._average_seconds is None:
-            return 0
-        per_slot = PREFETCH_SECONDS / max(self._average_seconds, 1e-6)
-        return min(self.prefetch_limit, int(self.concurrency * per_slot))
+    def _measured(self, seconds: float) -> None:
+        """Fold a handler's duration into the average, and size the prefetch from it."""
+        if self._average_seconds is None:
+            self._average_seconds = seconds
+        else:
+            self._average_seconds += DURATION_SMOOTHING * (seconds - self._average_seconds)
+        if self.prefetch_limit:
+            # About PREFETCH_SECONDS of work beyond the free slots, no more.
+            per_slot = PREFETCH_SECONDS / max(self._average_seconds, 1e-6)
+            self._prefetch_target = min(self.prefetch_limit, int(self.concurrency * per_slot))
 
     def _claim_size(self) -> int:
-        prefetch = self._prefetch()
+        prefetch = self._prefetch_target
         if len(self._buffer) > prefetch // 2:
             return 0  # enough in hand; claim again when it runs low
         return self.concurrency + prefetch - len(self._buffer) - len(self._running)
@@ -483,6 +490,7 @@ class Worker:
     # -- slots: running handlers -----------------------------------------------------
 
     async def _slot(self) -> None:
+        last_yield = time.monotonic()
         while (claimed := await self._take()) is not None:
             job, claimed_at = claimed
             if await self._lease_too_old(job, claimed_at):
@@ -495,7 +503,8 @@ class Worker:
                 outcome = await self._run_handler(job)
             finally:
                 self._running.discard(flight)
-                self._want_more.set()
+                if len(self._buffer) <= self._prefetch_target // 2:
+                    self._want_more.set()  # time to claim more (or, draining, to look again)
             if flight.released:
                 logger.warning(
                     "job %s finished after shutdown had put it back to READY; outcome dropped",
@@ -506,15 +515,21 @@ class Worker:
             await self._writer.submit(outcome)
             # A handler that never awaits would let this slot run the whole buffer before
             # the fetch loop and the writer get a turn: claiming, running and writing
-            # overlap only if every job yields once.
-            await asyncio.sleep(0)
+            # overlap only if slots yield now and then.
+            now = time.monotonic()
+            if now - last_yield >= YIELD_EVERY:
+                last_yield = now
+                await asyncio.sleep(0)
 
     async def _take(self) -> tuple[Job, float] | None:
         while not self._stopping.is_set():
             if self._buffer:
                 claimed = self._buffer.popleft()
-                if len(self._buffer) <= self._prefetch() // 2:
+                if len(self._buffer) <= self._prefetch_target // 2 and not self._want_more.is_set():
+                    # The buffer runs low: let the fetch loop send its claim now, so that
+                    # it overlaps with running what is left.
                     self._want_more.set()
+                    await asyncio.sleep(0)
                 return claimed
             self._job_ready.clear()
             self._want_more.set()
@@ -562,10 +577,7 @@ class Worker:
                 outcome.terminal = True
         elapsed = time.monotonic() - started
         outcome.duration_ms = min(round(elapsed * 1000), INT32_MAX)
-        if self._average_seconds is None:
-            self._average_seconds = elapsed
-        else:
-            self._average_seconds += DURATION_SMOOTHING * (elapsed - self._average_seconds)
+        self._measured(elapsed)
         return outcome
 
     def _retry_delay(self, job: Job) -> timedelta:
