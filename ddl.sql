@@ -84,7 +84,9 @@ BEGIN
     SELECT min(run_after) INTO first_due FROM inserted_jobs;
     IF first_due IS NOT NULL THEN
         PERFORM pg_notify(
-            'pqrun:' || TG_TABLE_SCHEMA,
+            -- A channel name is at most 63 bytes: a long schema name is replaced by its md5.
+            CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                 THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
             CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END
         );
     END IF;

@@ -236,7 +236,7 @@ async def test_failed_completion_write_is_retried_not_rerun(
     failures_left = 3
     real_mark_done_batch = store.mark_done_batch
 
-    async def flaky_mark_done_batch(*args: Any, **kwargs: Any) -> set[int]:
+    async def flaky_mark_done_batch(*args: Any, **kwargs: Any) -> set[tuple[int, int | None]]:
         nonlocal failures_left
         if failures_left:
             failures_left -= 1

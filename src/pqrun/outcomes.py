@@ -10,7 +10,6 @@ never the handler's fault and never make a handler run again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,14 +98,16 @@ class OutcomeWriter:
         Returns the outcomes that could not be written in time (their jobs stay RUNNING
         until the reaper takes them back).
         """
-        if self._task is None:
+        task, self._task = self._task, None
+        if task is None:
             return list(self._pending)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), timeout=within)
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
-        return list(self._pending)
+        flushed = asyncio.ensure_future(self.flush())
+        await asyncio.wait({flushed, task}, timeout=max(within, 0.0), return_when="FIRST_COMPLETED")
+        flushed.cancel()
+        task.cancel()
+        # Not awaited beyond a moment: a write stuck on a dead connection may never end.
+        await asyncio.wait({task}, timeout=0.1)
+        return [o for o in self._pending if not o.written]
 
     async def _run(self) -> None:
         while True:
@@ -126,6 +127,9 @@ class OutcomeWriter:
             try:
                 await self._write(batch)
             except Exception as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise asyncio.CancelledError from exc  # closing: stop retrying
                 failures += 1
                 self._on_failure("writer", f"recording the outcome of {len(batch)} jobs", exc)
                 await asyncio.sleep(self._error_policy.next_sleep(failures))
@@ -147,7 +151,8 @@ class OutcomeWriter:
                 await self._write_done_one_by_one(done)
             else:
                 for outcome in done:
-                    self._written(outcome, JobStatus.DONE if outcome.job.id in moved else None)
+                    claim = (outcome.job.id, outcome.job.lease_id)
+                    self._written(outcome, JobStatus.DONE if claim in moved else None)
         for outcome in batch:
             if not outcome.written:
                 self._written(outcome, await self._write_error(outcome))

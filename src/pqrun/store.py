@@ -173,7 +173,7 @@ WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the p
   AND j.id = d.id
   AND j.status = 'RUNNING' AND j.locked_by = d.locked_by AND j.attempts = d.attempts
   AND j.lease_id = d.lease_id
-RETURNING j.id
+RETURNING j.id, j.lease_id
 """
 
 # RUNNING (this claim) -> READY after a delay, or FAILED when the handler said so ($6)
@@ -306,8 +306,11 @@ LIMIT $3
 
 # The schema holding the jobs table (NULL: not in the search_path). Notifications go to
 # the channel 'pqrun:<schema>', so queues in different schemas do not wake each other.
+# The channel name is computed as in ddl.sql's trigger function: a channel name is at
+# most 63 bytes, so a long schema name is replaced by its md5.
 JOBS_SCHEMA = """
-SELECT n.nspname
+SELECT CASE WHEN octet_length('pqrun:' || n.nspname) <= 63 THEN 'pqrun:' || n.nspname
+            ELSE 'pqrun:' || md5(n.nspname) END
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('jobs')
 """
@@ -494,7 +497,7 @@ class PgJobStore:
             await self.close()
             raise
         if schema is not None:
-            self.channel = f"pqrun:{schema}"
+            self.channel = schema
         else:
             await self.close()
             raise SchemaMissing(
@@ -587,7 +590,13 @@ class PgJobStore:
             raise DatabaseUnavailable(
                 f"cannot open a LISTEN connection to {redact_dsn(self.dsn)}: {exc}"
             ) from exc
-        await conn.add_listener(self.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+        try:
+            await conn.add_listener(
+                self.channel, lambda _c, _pid, _ch, payload: on_payload(payload)
+            )
+        except BaseException:
+            conn.terminate()
+            raise
         return conn
 
     # -- connections -----------------------------------------------------------------
@@ -615,8 +624,13 @@ class PgJobStore:
             raise self._unavailable(exc) from exc
         try:
             yield conn
-        finally:
-            await self._pool.release(conn, timeout=self.statement_timeout)
+        except BaseException:
+            # Releasing a connection whose query was cancelled can itself time out; that
+            # must not replace the error (or the cancellation) already on its way.
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn, timeout=self.statement_timeout)
+            raise
+        await self._pool.release(conn, timeout=self.statement_timeout)
 
     @asynccontextmanager
     async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
@@ -813,11 +827,14 @@ class PgJobStore:
             )
         return status == "UPDATE 1"
 
-    async def mark_done_batch(self, done: Sequence[tuple[Job, str, int]]) -> set[int]:
+    async def mark_done_batch(
+        self, done: Sequence[tuple[Job, str, int]]
+    ) -> set[tuple[int, int | None]]:
         """RUNNING -> DONE for many jobs in one statement: (job, result JSON text, duration_ms).
 
-        Each row is guarded by its own claim. Returns the ids that moved; a job missing
-        from the set was no longer owned by that claim, and was left as it was.
+        Each row is guarded by its own claim. Returns the (id, lease_id) of the claims
+        that moved their job; a claim missing from the set no longer owned its job, which
+        was left as it was.
         """
         if not done:
             return set()
@@ -832,7 +849,7 @@ class PgJobStore:
                 [duration for _, _, duration in done],
                 timeout=self.statement_timeout,
             )
-        return {row["id"] for row in rows}
+        return {(row["id"], row["lease_id"]) for row in rows}
 
     async def mark_error(
         self,

@@ -50,6 +50,12 @@ DEFAULT_PREFETCH_LIMIT = 1000
 DURATION_SMOOTHING = 0.1
 # A slot lets the event loop run other tasks at least this often (seconds).
 YIELD_EVERY = 0.001
+# How long drain() waits for outcomes it cannot write before it gives up (seconds).
+DRAIN_WRITE_WAIT = 60.0
+# Due times of delayed jobs a worker remembers to wake for (the earliest are kept).
+MAX_DUE_TIMES = 1000
+# How often the LISTEN connection is checked for life (seconds).
+LISTEN_PROBE_EVERY = 30.0
 
 
 def default_worker_id() -> str:
@@ -126,7 +132,8 @@ class Worker:
     run every due job and return.
     """
 
-    _background: list[asyncio.Task[None]]
+    _background: list[asyncio.Task[Any]]
+    _failure: BaseException | None
 
     def __init__(
         self,
@@ -273,7 +280,11 @@ class Worker:
             task.get_name(),
             exc_info=task.exception(),
         )
+        self._failure = self._failure or task.exception()
         self.request_stop()
+        if self._started and self._shutdown is None:
+            # Under start() or a lifespan nobody else would notice: shut down for real.
+            self._shutdown = asyncio.ensure_future(self._shut_down())
 
     def request_stop(self) -> None:
         """Ask a running worker to stop, without waiting (safe from a signal handler)."""
@@ -331,31 +342,37 @@ class Worker:
         self._reset()
         before = self._processed
         self._start_slots()
-        failed = True
+        finished = False
         try:
-            await self._fetch_loop(drain=True)
-            failed = False
+            # False when a slot failed and stopped the worker: that is an error too.
+            finished = await self._fetch_loop(drain=True)
         finally:
             self.request_stop()
-            if failed:
-                # An error or a cancellation: stop the handlers rather than wait for them,
-                # and give their jobs back. The database may be gone: bounded waits only.
-                interrupted = [f for f in self._running if not f.is_thread]
-                for flight in interrupted:
-                    flight.released = True
-                    flight.task.cancel()
-                unstarted = [job for job, _ in self._buffer]
-                self._buffer.clear()
-                await _bounded(
-                    self._release(
-                        [f.job for f in interrupted] + unstarted, "drain() stopped early"
-                    ),
-                    5.0,
-                )
-                await asyncio.wait(self._slots, timeout=5.0)
-            else:
-                await asyncio.gather(*self._slots, return_exceptions=True)
-            await self._writer.close(within=10.0 if failed else 3600.0)
+            if not finished:
+                # An error or a cancellation: stop the handlers rather than wait for them.
+                for flight in self._running:
+                    if not flight.is_thread:
+                        flight.released = True
+                        flight.task.cancel()
+            released = [f.job for f in self._running if f.released]
+            unstarted = [job for job, _ in self._buffer]
+            self._buffer.clear()
+            if released or unstarted:
+                await _bounded(self._release(released + unstarted, "drain() stopped early"), 5.0)
+            await asyncio.wait(self._slots, timeout=None if finished else 5.0)
+            for slot in self._slots:
+                slot.cancel()  # any still running after the bounded wait
+            # The database may be gone: a bounded wait for the last outcomes, and what
+            # cannot be written stays RUNNING for the reaper.
+            unwritten = await self._writer.close(within=DRAIN_WRITE_WAIT)
+        if self._failure is not None:
+            raise self._failure
+        if unwritten:
+            raise DatabaseUnavailable(
+                f"drain() ran jobs {[o.job.id for o in unwritten]} but could not record "
+                f"their outcome within {DRAIN_WRITE_WAIT:.0f} s; they stay RUNNING until "
+                "the reaper takes them back"
+            )
         return self._processed - before
 
     @asynccontextmanager
@@ -390,6 +407,8 @@ class Worker:
         self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
         self._average_seconds: float | None = None
         self._prefetch_target = 0
+        self._failure = None
+        self._outcomes_written = 0
         self._shutdown = None
         self._writer = OutcomeWriter(
             self.store,
@@ -427,7 +446,8 @@ class Worker:
 
     # -- the fetch loop --------------------------------------------------------------
 
-    async def _fetch_loop(self, *, drain: bool) -> None:
+    async def _fetch_loop(self, *, drain: bool) -> bool:
+        """Claim jobs until stopped (False), or, draining, until none are due (True)."""
         idle_polls = 0
         errors = 0
         while not self._stopping.is_set():
@@ -437,6 +457,7 @@ class Worker:
                 await self._want_more.wait()
                 continue
             self._wakeup.clear()
+            written_before = self._outcomes_written
             try:
                 jobs = await self.store.pickup_batch(self.worker_id, self.job_types, want)
             except Exception as exc:
@@ -459,12 +480,20 @@ class Worker:
                 if self._buffer or self._running:
                     await self._want_more.wait()  # a finishing job may have enqueued more
                     continue
-                if not self._writer.idle:
-                    await self._writer.flush()  # a retry due now becomes claimable
+                if not self._writer.idle or self._outcomes_written != written_before:
+                    # An outcome written during (or after) that claim may have made a
+                    # retry due now: write everything, then look once more.
+                    try:
+                        await asyncio.wait_for(self._writer.flush(), DRAIN_WRITE_WAIT)
+                    except TimeoutError:
+                        raise DatabaseUnavailable(
+                            f"drain() could not record outcomes for {DRAIN_WRITE_WAIT:.0f} s"
+                        ) from None
                     continue
-                return
+                return True
             idle_polls += 1
             await self._idle_sleep(idle_polls)
+        return False
 
     async def _idle_sleep(self, idle_polls: int) -> None:
         """Sleep per the idle policy, but no later than the next known due time."""
@@ -483,8 +512,9 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     def _expect_due(self, epoch: float) -> None:
-        if len(self._due_at) < 10_000:
-            heapq.heappush(self._due_at, epoch)
+        heapq.heappush(self._due_at, epoch)
+        if len(self._due_at) > MAX_DUE_TIMES:
+            self._due_at = heapq.nsmallest(MAX_DUE_TIMES // 2, self._due_at)
         self._wakeup.set()  # the idle sleep recomputes its deadline
 
     # -- slots: running handlers -----------------------------------------------------
@@ -501,6 +531,14 @@ class Worker:
             self._running.add(flight)
             try:
                 outcome = await self._run_handler(job)
+            except Exception as exc:  # a fault of pqrun's own: still record something
+                logger.exception("job %s: the worker failed around its handler", job.id)
+                outcome = Outcome(
+                    job=job,
+                    duration_ms=0,
+                    error=f"the worker failed around the handler: {describe_exception(exc)}",
+                    retry_after=self._retry_delay(job),
+                )
             finally:
                 self._running.discard(flight)
                 if len(self._buffer) <= self._prefetch_target // 2:
@@ -557,13 +595,14 @@ class Worker:
         except Fail as exc:
             outcome.error = f"Fail: {exc.reason}"
             outcome.terminal = True
-        except asyncio.CancelledError as exc:
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:
             current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if isinstance(exc, asyncio.CancelledError) and current and current.cancelling():
                 raise  # the worker is cancelling this run (shutdown)
-            outcome.error = describe_exception(exc)  # the handler's own, not ours
-            outcome.retry_after = self._retry_delay(job)
-        except Exception as exc:
+            # Any other exception, SystemExit and the handler's own CancelledError too, is
+            # the job's failure, not the worker's.
             outcome.error = describe_exception(exc)
             outcome.retry_after = self._retry_delay(job)
         else:
@@ -571,9 +610,16 @@ class Worker:
                 outcome.result_json = encode_json(
                     value, f"the value returned by the {job.job_type!r} handler"
                 )
-            except TypeError as exc:
+            except Exception as exc:  # TypeError, ValueError, RecursionError (too deep)
                 # Running it again would return the same kind of value: fail it now.
-                outcome.error = str(exc)
+                outcome.error = (
+                    str(exc)
+                    if isinstance(exc, TypeError)
+                    else (
+                        f"the value returned by the {job.job_type!r} handler could not be "
+                        f"encoded as JSON: {type(exc).__name__}: {exc}"
+                    )
+                )
                 outcome.terminal = True
         elapsed = time.monotonic() - started
         outcome.duration_ms = min(round(elapsed * 1000), INT32_MAX)
@@ -589,6 +635,7 @@ class Worker:
 
     def _written(self, outcome: Outcome, status: JobStatus | None) -> None:
         """Called by the outcome writer once an outcome is committed (or found moot)."""
+        self._outcomes_written += 1
         if status is not None:
             self._processed += 1
         job = outcome.job
@@ -672,17 +719,43 @@ class Worker:
             failures = 0
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            if conn.is_closed():  # dropped before the callback was in place
+                lost.set()
             self._wakeup.set()  # jobs may have come while nobody listened
-            stop_waiter = asyncio.create_task(self._stopping.wait())
-            lost_waiter = asyncio.create_task(lost.wait())
             try:
-                await asyncio.wait({stop_waiter, lost_waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await self._watch_listener(conn, lost)
             finally:
-                stop_waiter.cancel()
-                lost_waiter.cancel()
-                if not conn.is_closed():
-                    with suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=2)
+                # terminate(), not close(): close() waits on a peer that may be gone.
+                conn.terminate()
+
+    async def _watch_listener(self, conn: Any, lost: asyncio.Event) -> None:
+        """Return when stopping or when the LISTEN connection is gone or stops answering.
+
+        A connection can die without a word (a failover, a NAT entry dropped): the TCP
+        socket stays open and no notification ever comes. A periodic query finds it out.
+        """
+        stop_waiter = asyncio.ensure_future(self._stopping.wait())
+        lost_waiter = asyncio.ensure_future(lost.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {stop_waiter, lost_waiter},
+                    timeout=LISTEN_PROBE_EVERY,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if done:
+                    return
+                try:
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5)
+                except Exception:
+                    logger.warning(
+                        "worker %s: the LISTEN connection stopped answering; reconnecting",
+                        self.worker_id,
+                    )
+                    return
+        finally:
+            stop_waiter.cancel()
+            lost_waiter.cancel()
 
     async def _reap_loop(self) -> None:
         while not self._stopping.is_set():
@@ -725,15 +798,21 @@ class Worker:
 
         self.request_stop()
         try:
-            if self._background:
-                await asyncio.wait(self._background, timeout=remaining())
-            if self._buffer:
-                unstarted = [job for job, _ in self._buffer]
-                self._buffer.clear()
-                await _bounded(
-                    self._release(unstarted, "claimed but not started at shutdown"),
-                    remaining(),
-                )
+            # Jobs claimed but not started go back first, so that other workers can take
+            # them while this one finishes; a claim under way when the stop came adds to
+            # the buffer once more, and those go back after the loops have ended.
+            for attempt in range(2):
+                if attempt == 1 and self._background:
+                    await asyncio.wait(self._background, timeout=min(remaining(), 5.0))
+                    for task in self._background:
+                        task.cancel()  # a claim stuck on a dead connection: the reaper
+                if self._buffer:
+                    unstarted = [job for job, _ in self._buffer]
+                    self._buffer.clear()
+                    await _bounded(
+                        self._release(unstarted, "claimed but not started at shutdown"),
+                        remaining(),
+                    )
             if self._running:
                 logger.info(
                     "worker %s stopping: waiting up to %s for %d running jobs",
