@@ -459,6 +459,7 @@ class PgJobStore:
         self._pool_kwargs = pool_kwargs
         self._pool: asyncpg.Pool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._schema_checked = False  # and self.channel learned
         #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
         self.channel = "pqrun:public"
         # The connection of the transaction() or connection() block the code is in, so
@@ -487,7 +488,7 @@ class PgJobStore:
 
     async def start(self) -> None:
         """Open the pool and check that the schema is there. Calling it again does nothing."""
-        if self.started:
+        if self.started and self._schema_checked:
             return
         pool = await self._open_pool()
         try:
@@ -498,6 +499,7 @@ class PgJobStore:
             raise
         if schema is not None:
             self.channel = schema
+            self._schema_checked = True
         else:
             await self.close()
             raise SchemaMissing(
@@ -540,6 +542,7 @@ class PgJobStore:
             await pool.close()  # another task opened one while this one connected
             return self._pool
         self._pool, self._pool_loop = pool, loop
+        self._schema_checked = False
         return pool
 
     async def close(self, within: float = 10.0) -> None:

@@ -264,6 +264,11 @@ class Worker:
             self.concurrency,
         )
 
+    def _close_wait(self) -> float:
+        """How long closing the store may wait for connections still in use."""
+        # A handler that ignored cancellation may hold one for ever: do not wait on it.
+        return 1.0 if self._running else 10.0
+
     async def _open_store(self) -> None:
         try:
             await self.store.start()
@@ -328,7 +333,7 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             if owns_store:
-                await self.store.close()
+                await self.store.close(within=self._close_wait())
 
     async def drain(self) -> int:
         """Run every due job of this worker's types, including jobs they enqueue, and return.
@@ -390,7 +395,7 @@ class Worker:
         finally:
             await self.stop()
             if owns_store:
-                await self.store.close()
+                await self.store.close(within=self._close_wait())
 
     # -- state -----------------------------------------------------------------------
 
