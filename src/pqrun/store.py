@@ -1,9 +1,10 @@
 """PgJobStore: every SQL statement pqrun runs against the ``jobs`` table.
 
 Each statement that moves a job names the state it expects the job to be in and, for a
-job that is RUNNING, the attempt that owns it (``locked_by`` and ``attempts``). A move
-whose expectation no longer holds changes nothing; the caller learns it from the return
-value. docs/state-machine.md lists the moves and their guards.
+job that is RUNNING, the claim that owns it (``locked_by``, ``attempts`` and
+``lease_id``, the id of the claiming transaction). A move whose expectation no longer
+holds changes nothing; the caller learns it from the return value.
+docs/state-machine.md lists the moves and their guards.
 """
 
 from __future__ import annotations
