@@ -339,7 +339,10 @@ class Worker:
         """Run every due job of this worker's types, including jobs they enqueue, and return.
 
         Returns the number of outcomes recorded. Jobs retried with a delay are left for
-        later. A database error while claiming is raised.
+        later. Raises a database error met while claiming, DatabaseUnavailable when
+        outcomes could not be written for a minute, or what made a slot of the worker
+        fail; jobs it had claimed but not finished are put back to READY (or, if the
+        database is gone, left to the reaper).
         """
         if self._started:
             raise RuntimeError("drain() needs a worker that is not running; stop() it first")
