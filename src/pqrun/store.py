@@ -256,13 +256,24 @@ WHERE j.id = stale.id
 RETURNING j.id, j.status, stale.locked_by, j.attempts
 """
 
-# READY or RUNNING -> CANCELLED. A RUNNING job's worker finds it CANCELLED when it
-# answers, and its answer changes nothing.
+# READY or RUNNING -> CANCELLED. The worker running a RUNNING job is told on the
+# channel ('cancel:<id>') and cancels its handler; whatever that run answers finds the
+# job CANCELLED and changes nothing.
 CANCEL = """
-UPDATE jobs
-SET status = 'CANCELLED', finished_at = now(), updated_at = now()
-WHERE id = $1 AND status IN ('READY', 'RUNNING')
-RETURNING id
+WITH target AS (
+    SELECT id, status AS was FROM jobs
+    WHERE id = $1 AND status IN ('READY', 'RUNNING')
+    FOR UPDATE
+),
+cancelled AS (
+    UPDATE jobs AS j
+    SET status = 'CANCELLED', finished_at = now(), updated_at = now()
+    FROM target
+    WHERE j.id = target.id AND j.status IN ('READY', 'RUNNING')
+    RETURNING j.id, target.was
+),
+told AS (SELECT pg_notify($2, 'cancel:' || id) FROM cancelled WHERE was = 'RUNNING')
+SELECT cancelled.id FROM cancelled LEFT JOIN told ON true
 """
 
 # FAILED or CANCELLED -> READY with a fresh count of attempts. Only an explicit call
@@ -958,10 +969,11 @@ class PgJobStore:
     async def cancel(self, job_id: int) -> bool:
         """READY or RUNNING -> CANCELLED. False if the job was not active (or not found).
 
-        A RUNNING job's handler is not interrupted; whatever it answers is ignored.
+        A RUNNING job's worker is told, and cancels the handler (an ``async`` one: a plain
+        function in a thread runs to its end). Whatever the run answers is ignored.
         """
         async with self._acquire() as conn:
-            row = await conn.fetchval(CANCEL, job_id, timeout=self.statement_timeout)
+            row = await conn.fetchval(CANCEL, job_id, self.channel, timeout=self.statement_timeout)
         return row is not None
 
     async def retry(self, job_id: int) -> bool:

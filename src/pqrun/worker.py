@@ -115,6 +115,8 @@ class _InFlight:
     task: asyncio.Task[Any]
     # A plain function runs in a thread, which cannot be interrupted.
     is_thread: bool = False
+    # store.cancel() asked for this run to stop: its CancelledError is the job's end.
+    cancel_requested: bool = False
     # Put back to READY by shutdown: whatever the handler returns later is dropped.
     released: bool = False
 
@@ -538,7 +540,7 @@ class Worker:
             flight = _InFlight(job, task, is_thread=not self.handler_for(job.job_type).is_async)
             self._running.add(flight)
             try:
-                outcome = await self._run_handler(job)
+                outcome = await self._run_handler(flight)
             except Exception as exc:  # a fault of pqrun's own: still record something
                 logger.exception("job %s: the worker failed around its handler", job.id)
                 outcome = Outcome(
@@ -558,6 +560,8 @@ class Worker:
                     extra={"job_id": job.id},
                 )
                 continue
+            if outcome is None:
+                continue  # cancelled by store.cancel(): the job is CANCELLED already
             await self._writer.submit(outcome)
             # A handler that never awaits would let this slot run the whole buffer before
             # the fetch loop and the writer get a turn: claiming, running and writing
@@ -590,13 +594,17 @@ class Worker:
         await self._release([job], "waited too long in the worker's buffer; put back")
         return True
 
-    async def _run_handler(self, job: Job) -> Outcome:
+    async def _run_handler(self, flight: _InFlight) -> Outcome | None:
+        """Run the job's handler; None when store.cancel() stopped it."""
+        job = flight.job
         handler = self.handler_for(job.job_type)
         ctx = JobContext(job=job, store=self.store, worker_id=self.worker_id)
         started = time.monotonic()
         outcome = Outcome(job=job, duration_ms=0)
+        deadline = asyncio.timeout(job.timeout_seconds)  # None: no deadline
         try:
-            value = await handler(ctx)
+            async with deadline:
+                value = await handler(ctx)
         except Retry as exc:
             outcome.error = f"Retry: {exc}"
             outcome.retry_after = exc.after
@@ -608,10 +616,25 @@ class Worker:
         except BaseException as exc:
             current = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and current and current.cancelling():
-                raise  # the worker is cancelling this run (shutdown)
-            # Any other exception, SystemExit and the handler's own CancelledError too, is
-            # the job's failure, not the worker's.
-            outcome.error = describe_exception(exc)
+                # Ours: store.cancel() (the slot goes on with its next job), or shutdown.
+                if flight.cancel_requested and current.uncancel() == 0:
+                    logger.info(
+                        "job %s (%s) was cancelled while running; its handler was stopped",
+                        job.id,
+                        job.job_type,
+                        extra={"job_id": job.id, "outcome": "cancelled"},
+                    )
+                    return None
+                raise
+            if deadline.expired():
+                outcome.error = (
+                    f"timed out: the handler ran past the job's timeout_seconds "
+                    f"({job.timeout_seconds} s) and was cancelled"
+                )
+            else:
+                # Any other exception, SystemExit and the handler's own CancelledError
+                # too, is the job's failure, not the worker's.
+                outcome.error = describe_exception(exc)
             outcome.retry_after = self._retry_delay(job)
         else:
             try:
@@ -701,11 +724,23 @@ class Worker:
     # -- listener and reaper ---------------------------------------------------------
 
     def _on_notification(self, payload: str) -> None:
-        if payload:
+        if not payload:
+            self._wakeup.set()
+        elif payload.startswith("cancel:"):
+            with suppress(ValueError):
+                self._cancel_running(int(payload.removeprefix("cancel:")))
+        else:
             with suppress(ValueError):
                 self._expect_due(float(payload))
-            return
-        self._wakeup.set()
+
+    def _cancel_running(self, job_id: int) -> None:
+        """Stop the handler of a job that store.cancel() moved to CANCELLED."""
+        for flight in list(self._running):
+            # A slot is in _running only while it awaits the handler, so the
+            # cancellation lands there. A thread cannot be stopped: it runs to its end.
+            if flight.job.id == job_id and not flight.is_thread:
+                flight.cancel_requested = True
+                flight.task.cancel()
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN connection open; reconnect when it drops. Polling covers the gaps."""
