@@ -730,8 +730,9 @@ class PgJobStore:
         the database's ``now()``. With a ``dedupe_key`` that an active (READY or RUNNING)
         job already has, nothing is added and that job's id is returned. ``conn`` (or an
         enclosing ``store.transaction()``) makes the job part of your transaction.
-        ``timeout_seconds`` is how long one run may hold the job before the reaper takes
-        it back (default: the worker's ``default_stale_after``).
+        ``timeout_seconds`` is how long one run may take: the worker cancels a handler
+        that runs longer, and the reaper takes back a job held longer (without it: no
+        deadline, and the worker's ``default_stale_after`` for the reaper).
         """
         row = _new_job_row(
             job_type, payload, priority, run_after, dedupe_key, max_attempts, timeout_seconds
