@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- out of RUNNING name it and no other run (even one with the same locked_by and
     -- attempts, after a retry()) can make them.
     lease_id        bigint,
+    -- The last sign of life of the run that holds the job: its worker writes it every
+    -- few seconds. The reaper takes back RUNNING jobs whose heartbeat is stale.
+    heartbeat_at    timestamptz,
     dedupe_key      text,
     last_error      text,
     finished_at     timestamptz,
@@ -37,6 +40,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 -- Columns added after the first release, for tables created before them.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_id bigint;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 
 -- A queue leaves a dead row version (and a dead entry in the pickup index) for every job
 -- it moves; until they are vacuumed, each pickup steps over them and slows down. Vacuum
@@ -108,3 +112,15 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The workers alive now: each registers when it starts, heartbeats every few seconds,
+-- and leaves when it stops; the reaper removes those whose heartbeat went stale.
+CREATE TABLE IF NOT EXISTS job_workers (
+    worker_id    text        PRIMARY KEY,
+    host         text        NOT NULL,
+    pid          integer     NOT NULL,
+    job_types    text[]      NOT NULL,
+    concurrency  integer     NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);

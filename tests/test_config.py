@@ -27,7 +27,8 @@ def test_defaults(lazy_store: PgJobStore, monkeypatch: pytest.MonkeyPatch) -> No
     assert worker.enabled
     assert worker.enable_reaper
     assert worker.reap_interval == timedelta(seconds=60)
-    assert worker.default_stale_after == timedelta(minutes=20)
+    assert worker.default_stale_after == timedelta(seconds=30)
+    assert worker.heartbeat_interval == timedelta(seconds=5)
     assert worker.shutdown_grace == timedelta(seconds=20)
     assert worker.shutdown_timeout == timedelta(seconds=30)
 

@@ -342,6 +342,7 @@ class FreezableProxy:
         self.frozen = asyncio.Event()
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.upstreams: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -349,6 +350,7 @@ class FreezableProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.upstreams.append(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             while data := await src.read(65536):
@@ -362,8 +364,12 @@ class FreezableProxy:
         )
 
     def close(self) -> None:
+        """End the partition for PostgreSQL: its backends see their clients go away and
+        give up their transactions (and locks)."""
         if self.server is not None:
             self.server.close()
+        for upstream in self.upstreams:
+            upstream.transport.abort()
 
 
 async def test_stop_returns_in_time_during_a_network_partition(dsn: str, store: PgJobStore) -> None:

@@ -215,7 +215,7 @@ async def test_max_attempts_holds_across_crashes(store: PgJobStore, other: PgJob
     reaped = await store.get_job(job_id)
     assert reaped is not None
     assert reaped.last_error is not None
-    assert reaped.last_error.startswith("reaped: attempt 1 of 2 (worker crashing-worker)")
+    assert reaped.last_error.startswith("reaped: attempt 1 of 2 (worker crashing-worker,")
     await picked(store, "crashing-worker")
     assert await other.reap_stale(timedelta(0)) == [(job_id, JobStatus.FAILED)]
     failed = await store.get_job(job_id)
@@ -227,13 +227,45 @@ async def test_max_attempts_holds_across_crashes(store: PgJobStore, other: PgJob
     assert await store.pickup("w") is None
 
 
-async def test_lease_is_the_jobs_timeout_else_the_default(store: PgJobStore) -> None:
-    long_job = await store.enqueue("t", timeout_seconds=3600)
-    short_job = await store.enqueue("t")
-    await store.pickup_batch("w", None, 2)
-    assert await store.reap_stale(timedelta(minutes=20)) == []
-    assert await store.reap_stale(timedelta(0)) == [(short_job, JobStatus.READY)]
-    assert (await store.get_job(long_job)).status is JobStatus.RUNNING  # type: ignore[union-attr]
+async def test_a_heartbeat_keeps_a_long_job_from_the_reaper(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    alive = await store.enqueue("t")
+    silent = await store.enqueue("t")
+    jobs = await store.pickup_batch("w", None, 2)
+    # Both were claimed an hour ago; only one of them has heartbeats since.
+    await conn.execute(
+        "UPDATE jobs SET locked_at = now() - interval '1 hour', "
+        "heartbeat_at = now() - interval '1 hour'"
+    )
+    assert await store.heartbeat("w", [j for j in jobs if j.id == alive]) == {alive}
+    assert await store.reap_stale(timedelta(seconds=30)) == [(silent, JobStatus.READY)]
+    assert (await store.get_job(alive)).status is JobStatus.RUNNING  # type: ignore[union-attr]
+
+
+async def test_a_heartbeat_from_an_old_claim_changes_nothing(store: PgJobStore) -> None:
+    job_id = await store.enqueue("t")
+    old = await picked(store, "w")
+    await store.reap_stale(timedelta(0))
+    new = await picked(store, "w")
+    assert await store.heartbeat("w", [old]) == set()
+    assert await store.heartbeat("w", [new]) == {job_id}
+
+
+async def test_the_registry_lists_live_workers_and_forgets_dead_ones(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    await store.heartbeat("alive", [], job_types=["a"], concurrency=4)
+    await store.heartbeat("dead", [], job_types=["b"])
+    await conn.execute(
+        "UPDATE job_workers SET heartbeat_at = now() - interval '1 hour' WHERE worker_id = 'dead'"
+    )
+    await store.reap_stale(timedelta(seconds=30))
+    (worker,) = await store.list_workers()
+    assert (worker["worker_id"], worker["job_types"], worker["concurrency"]) == ("alive", ["a"], 4)
+    await store.leave("alive")
+    assert await store.list_workers() == []
+    await conn.execute("DELETE FROM job_workers")
 
 
 async def test_error_schedules_retry_on_the_database_clock(

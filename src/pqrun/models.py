@@ -46,6 +46,7 @@ class Job:
     locked_at: datetime | None
     locked_by: str | None
     lease_id: int | None
+    heartbeat_at: datetime | None
     dedupe_key: str | None
     last_error: str | None
     finished_at: datetime | None
@@ -70,6 +71,7 @@ class Job:
             locked_at=row["locked_at"],
             locked_by=row["locked_by"],
             lease_id=row["lease_id"],
+            heartbeat_at=row["heartbeat_at"],
             dedupe_key=row["dedupe_key"],
             last_error=row["last_error"],
             finished_at=row["finished_at"],

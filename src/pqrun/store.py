@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -135,6 +136,7 @@ UPDATE jobs AS j
 SET status = 'RUNNING',
     attempts = j.attempts + 1,
     lease_id = txid_current(),
+    heartbeat_at = now(),
     locked_at = now(),
     locked_by = $1,
     updated_at = now()
@@ -142,7 +144,7 @@ FROM due
 WHERE j.id = due.id AND j.status = 'READY'
 RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
           j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
-          j.lease_id, j.dedupe_key, j.last_error, j.finished_at, j.duration_ms,
+          j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at, j.duration_ms,
           j.result::text AS result, j.created_at, j.updated_at
 """
 
@@ -219,17 +221,22 @@ woken AS (SELECT pg_notify($6, '') WHERE EXISTS (SELECT 1 FROM released))
 SELECT released.id FROM released LEFT JOIN woken ON true
 """
 
-# RUNNING past its lease -> READY, or FAILED when that was its last allowed attempt.
-# The CTE locks each stale row together with the claim it saw, and the UPDATE repeats
-# that claim, so a job completed or re-picked meanwhile is left alone. SKIP LOCKED: a
-# row that a worker is completing right now is not waited for; if still stale, the next
-# pass takes it.
+# One reaper at a time per queue: the transaction-scoped advisory lock named after the
+# queue's channel. Returns false at once when another reaper holds it.
+REAPER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
+
+# RUNNING with no sign of life for $1 -> READY, or FAILED when that was its last allowed
+# attempt. The sign of life is the run's heartbeat (its worker writes it every few
+# seconds), or its claim. The CTE locks each stale row together with the claim it saw,
+# and the UPDATE repeats that claim, so a job completed or re-picked meanwhile is left
+# alone. SKIP LOCKED: a row that a worker is completing right now is not waited for; if
+# still stale, the next pass takes it.
 REAP_STALE = """
 WITH stale AS (
     SELECT id, locked_by, attempts, lease_id
     FROM jobs
     WHERE status = 'RUNNING'
-      AND locked_at < now() - COALESCE(make_interval(secs => timeout_seconds), $1::interval)
+      AND COALESCE(heartbeat_at, locked_at) < now() - $1::interval
     FOR UPDATE SKIP LOCKED
 )
 UPDATE jobs AS j
@@ -240,13 +247,15 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' E
     locked_by = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_by END,
     last_error = CASE
         WHEN j.attempts >= j.max_attempts THEN format(
-            'abandoned: attempt %s of %s (worker %s) held the job since %s without '
-            'finishing, and no attempts are left',
-            j.attempts, j.max_attempts, j.locked_by, j.locked_at)
+            'abandoned: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
+            'since %s, and no attempts are left',
+            j.attempts, j.max_attempts, j.locked_by, j.locked_at,
+            COALESCE(j.heartbeat_at, j.locked_at))
         ELSE format(
-            'reaped: attempt %s of %s (worker %s) held the job since %s without '
-            'finishing; put back to READY',
-            j.attempts, j.max_attempts, j.locked_by, j.locked_at)
+            'reaped: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
+            'since %s; put back to READY',
+            j.attempts, j.max_attempts, j.locked_by, j.locked_at,
+            COALESCE(j.heartbeat_at, j.locked_at))
     END,
     updated_at = now()
 FROM stale
@@ -254,6 +263,39 @@ WHERE j.id = stale.id
   AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by
   AND j.attempts = stale.attempts AND j.lease_id = stale.lease_id
 RETURNING j.id, j.status, stale.locked_by, j.attempts
+"""
+
+# A worker's heartbeat: its row in the registry, and the heartbeat of every job it holds
+# (each guarded by its claim; heartbeat_at is in no index, so these are HOT updates).
+HEARTBEAT = """
+WITH registered AS (
+    INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (worker_id) DO UPDATE
+    SET heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid,
+        job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency
+    RETURNING worker_id
+)
+UPDATE jobs AS j
+SET heartbeat_at = now()
+FROM unnest($6::bigint[], $7::bigint[]) AS mine(id, lease_id)
+WHERE j.id = ANY($6::bigint[])
+  AND j.id = mine.id
+  AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
+RETURNING j.id
+"""
+
+# Workers whose heartbeat is older than $1 are gone (or cut off): off the registry.
+FORGET_DEAD_WORKERS = """
+DELETE FROM job_workers WHERE heartbeat_at < now() - $1::interval RETURNING worker_id
+"""
+
+LEAVE = "DELETE FROM job_workers WHERE worker_id = $1"
+
+LIST_WORKERS = """
+SELECT worker_id, host, pid, job_types, concurrency, started_at, heartbeat_at
+FROM job_workers
+ORDER BY started_at
 """
 
 # READY or RUNNING -> CANCELLED. The worker running a RUNNING job is told on the
@@ -299,16 +341,16 @@ SELECT moved.id FROM moved LEFT JOIN woken ON true
 
 GET_JOB = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
-       run_after, timeout_seconds, locked_at, locked_by, lease_id, dedupe_key, last_error,
-       finished_at, duration_ms, result::text AS result, created_at, updated_at
+       run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
+       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at
 FROM jobs
 WHERE id = $1
 """
 
 LIST_JOBS = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
-       run_after, timeout_seconds, locked_at, locked_by, lease_id, dedupe_key, last_error,
-       finished_at, duration_ms, result::text AS result, created_at, updated_at
+       run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
+       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at
 FROM jobs
 WHERE ($1::text IS NULL OR status = $1::text)
   AND ($2::text IS NULL OR job_type = $2::text)
@@ -920,16 +962,30 @@ class PgJobStore:
         return [row["id"] for row in rows]
 
     async def reap_stale(
-        self, default_stale_after: timedelta = timedelta(minutes=20)
+        self, default_stale_after: timedelta = timedelta(seconds=30)
     ) -> list[tuple[int, JobStatus]]:
-        """Take back RUNNING jobs held longer than their lease.
+        """Take back RUNNING jobs that gave no sign of life for ``default_stale_after``.
 
-        The lease is the job's ``timeout_seconds``, else ``default_stale_after``. A job
-        with attempts left goes back to READY; one on its last attempt becomes FAILED.
-        Returns (id, new status) for each job taken back.
+        A running job's worker heartbeats it every few seconds; a job whose heartbeat
+        (or, before its first one, its claim) is older than that is taken back: to READY
+        when attempts are left, else to FAILED. Workers whose heartbeat is that old are
+        removed from the registry. One reaper acts at a time: while another holds the
+        queue's reaper lock this returns [] at once. Returns (id, new status) for each
+        job taken back.
         """
-        async with self._acquire() as conn:
+        async with self._acquire() as conn, conn.transaction():
+            if not await conn.fetchval(REAPER_LOCK, self.channel, timeout=self.statement_timeout):
+                return []
             rows = await conn.fetch(REAP_STALE, default_stale_after, timeout=self.statement_timeout)
+            gone = await conn.fetch(
+                FORGET_DEAD_WORKERS, default_stale_after, timeout=self.statement_timeout
+            )
+        for worker in gone:
+            logger.warning(
+                "worker %s gave no heartbeat for %s: removed from the registry",
+                worker["worker_id"],
+                default_stale_after,
+            )
         for row in rows:
             logger.warning(
                 "reaped job %s: attempt %s by %s outlived its lease; now %s",
@@ -940,6 +996,43 @@ class PgJobStore:
                 extra={"job_id": row["id"], "attempt": row["attempts"]},
             )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        jobs: Sequence[Job],
+        *,
+        job_types: Sequence[str] = (),
+        concurrency: int = 1,
+    ) -> set[int]:
+        """Register ``worker_id`` (or renew it) and renew the heartbeat of ``jobs``.
+
+        Returns the ids of the jobs that are still this worker's claims.
+        """
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                HEARTBEAT,
+                worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                list(job_types),
+                concurrency,
+                [j.id for j in jobs],
+                [j.lease_id for j in jobs],
+                timeout=self.statement_timeout,
+            )
+        return {row["id"] for row in rows}
+
+    async def leave(self, worker_id: str) -> None:
+        """Take ``worker_id`` off the registry of live workers."""
+        async with self._acquire() as conn:
+            await conn.execute(LEAVE, worker_id, timeout=self.statement_timeout)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """The registered workers: id, host, pid, job types, concurrency, started, heartbeat."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(LIST_WORKERS, timeout=self.statement_timeout)
+        return [dict(row) for row in rows]
 
     # -- inspect and manage ----------------------------------------------------------
 

@@ -56,6 +56,8 @@ DRAIN_WRITE_WAIT = 60.0
 MAX_DUE_TIMES = 1000
 # How often the LISTEN connection is checked for life (seconds).
 LISTEN_PROBE_EVERY = 30.0
+# Heartbeats a worker sends within one default_stale_after.
+HEARTBEATS_PER_STALE_PERIOD = 6
 
 
 def default_worker_id() -> str:
@@ -172,8 +174,12 @@ class Worker:
         if self.reap_interval <= timedelta(0):
             raise ValueError("reap_stale_every_seconds / WORKER_REAP_INTERVAL must be > 0")
         self.default_stale_after = env_duration(
-            "WORKER_STALE_TIMEOUT", default_stale_after, timedelta(minutes=20)
+            "WORKER_STALE_TIMEOUT", default_stale_after, timedelta(seconds=30)
         )
+        if self.default_stale_after <= timedelta(0):
+            raise ValueError("default_stale_after / WORKER_STALE_TIMEOUT must be > 0")
+        # Several heartbeats fit in the stale period, so one slow write is no death.
+        self.heartbeat_interval = self.default_stale_after / HEARTBEATS_PER_STALE_PERIOD
         self.shutdown_grace = env_duration(
             "WORKER_SHUTDOWN_GRACE", shutdown_grace, timedelta(seconds=20)
         )
@@ -252,7 +258,10 @@ class Worker:
         if self._stopping.is_set():
             return
         self._start_slots()
-        self._background = [asyncio.create_task(self._fetch_loop(drain=False))]
+        self._background = [
+            asyncio.create_task(self._fetch_loop(drain=False), name="pqrun-fetch-loop"),
+            asyncio.create_task(self._heartbeat_loop(), name="pqrun-heartbeat"),
+        ]
         if self.enable_reaper:
             self._background.append(asyncio.create_task(self._reap_loop()))
         if self.listen:
@@ -419,6 +428,9 @@ class Worker:
         self._prefetch_target = 0
         self._failure = None
         self._outcomes_written = 0
+        # Since when (monotonic) this worker's heartbeats have reached the database
+        # without a break; None while they do not.
+        self._reachable_since: float | None = None
         self._shutdown = None
         self._writer = OutcomeWriter(
             self.store,
@@ -800,14 +812,46 @@ class Worker:
             stop_waiter.cancel()
             lost_waiter.cancel()
 
+    async def _heartbeat_loop(self) -> None:
+        """Keep this worker in the registry and every job it holds alive."""
+        while not self._stopping.is_set():
+            held = [f.job for f in self._running] + [job for job, _ in self._buffer]
+            try:
+                await self.store.heartbeat(
+                    self.worker_id,
+                    held,
+                    job_types=self.job_types,
+                    concurrency=self.concurrency,
+                )
+            except Exception as exc:
+                self._reachable_since = None
+                self._outage.failure("heartbeat", "sending heartbeats", exc)
+            else:
+                if self._reachable_since is None:
+                    self._reachable_since = time.monotonic()
+                self._outage.recovered("heartbeat")
+            await self._sleep(self.heartbeat_interval.total_seconds())
+
+    def _may_reap(self) -> bool:
+        """Reap only after reaching the database for a whole stale period without a break.
+
+        After an outage every worker's heartbeats are stale at once; reaping then would
+        take back jobs that are running fine. Once this worker has been through a stale
+        period with the database, so have the others (or they are really gone).
+        """
+        since = self._reachable_since
+        stale = self.default_stale_after.total_seconds()
+        return since is not None and time.monotonic() - since >= stale
+
     async def _reap_loop(self) -> None:
         while not self._stopping.is_set():
-            try:
-                await self.store.reap_stale(self.default_stale_after)
-            except Exception as exc:
-                self._outage.failure("reaper", "reaping stale jobs", exc)
-            else:
-                self._outage.recovered("reaper")
+            if self._may_reap():
+                try:
+                    await self.store.reap_stale(self.default_stale_after)
+                except Exception as exc:
+                    self._outage.failure("reaper", "reaping stale jobs", exc)
+                else:
+                    self._outage.recovered("reaper")
             await self._sleep(self.reap_interval.total_seconds())
 
     # -- shutdown --------------------------------------------------------------------
@@ -829,6 +873,17 @@ class Worker:
         logger.warning(
             "worker %s put %d jobs back to READY: %s", self.worker_id, len(released), why
         )
+
+    async def _leave(self) -> None:
+        try:
+            await self.store.leave(self.worker_id)
+        except Exception as exc:
+            logger.info(
+                "worker %s could not leave the registry (%s); the reaper removes it once "
+                "its heartbeat is stale",
+                self.worker_id,
+                type(exc).__name__,
+            )
 
     async def _shut_down(self) -> None:
         loop = asyncio.get_running_loop()
@@ -902,6 +957,8 @@ class Worker:
                     self.worker_id,
                     [o.job.id for o in unwritten],
                 )
+            if not self._running:  # a handler still running keeps this worker registered
+                await _bounded(self._leave(), remaining())
         finally:
             for task in [*self._background, *self._slots]:
                 task.cancel()

@@ -1,0 +1,103 @@
+"""Heartbeats: a long job of a live worker is never reaped; a dead worker's jobs are."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import asyncpg
+
+from pqrun import IdlePollPolicy, JobContext, JobStatus, LoopErrorPolicy, PgJobStore, Worker
+
+from .helpers import status_of, wait_until
+
+FAST = {
+    "idle_policy": IdlePollPolicy(0.02, 0.05),
+    "loop_error_policy": LoopErrorPolicy(0.01, 0.05),
+}
+
+
+async def test_a_job_longer_than_the_stale_period_is_not_reaped_while_its_worker_lives(
+    dsn: str, store: PgJobStore
+) -> None:
+    async def long_job(ctx: JobContext) -> str:
+        await asyncio.sleep(3)  # three stale periods
+        return "finished"
+
+    worker = Worker(
+        store=store,
+        handlers={"t": long_job},
+        default_stale_after=timedelta(seconds=1),
+        enable_reaper=False,
+        **FAST,  # type: ignore[arg-type]
+    )
+    reaper = PgJobStore(dsn)
+    job_id = await store.enqueue("t")
+    reaped: list[tuple[int, JobStatus]] = []
+    await worker.start()
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and await status_of(store, job_id) != "DONE":
+            reaped += await reaper.reap_stale(timedelta(seconds=1))
+            await asyncio.sleep(0.2)
+    finally:
+        await worker.stop()
+        await reaper.close()
+    assert reaped == []
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.DONE, 1)
+
+
+async def test_a_worker_is_registered_while_it_runs(store: PgJobStore) -> None:
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    worker = Worker(store=store, handlers={"b": noop, "a": noop}, concurrency=3, **FAST)  # type: ignore[arg-type]
+    await worker.start()
+    try:
+
+        async def registered() -> bool:
+            return any(w["worker_id"] == worker.worker_id for w in await store.list_workers())
+
+        await wait_until(registered)
+        (row,) = [w for w in await store.list_workers() if w["worker_id"] == worker.worker_id]
+        assert (row["job_types"], row["concurrency"]) == (["a", "b"], 3)
+    finally:
+        await worker.stop()
+    assert all(w["worker_id"] != worker.worker_id for w in await store.list_workers())
+
+
+async def test_the_reaper_takes_back_a_dead_workers_job_after_one_stale_period(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    async def noop(ctx: JobContext) -> str:
+        return "run again"
+
+    job_id = await store.enqueue("t")
+    await store.pickup("a-worker-that-died")  # and never heartbeats
+    worker = Worker(
+        store=store,
+        handlers={"t": noop},
+        default_stale_after=timedelta(seconds=1),
+        reap_stale_every_seconds=0.1,
+        **FAST,  # type: ignore[arg-type]
+    )
+    began = time.monotonic()
+    await worker.start()
+    try:
+        await wait_until(lambda: _done(store, job_id), within=10)
+    finally:
+        await worker.stop()
+    # Not before this worker had reached the database for a whole stale period.
+    assert time.monotonic() - began >= 1.0
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert job.attempts == 2
+    assert job.last_error is not None
+    assert job.last_error.startswith("reaped: attempt 1 of 5 (worker a-worker-that-died,")
+
+
+async def _done(store: PgJobStore, job_id: int) -> bool:
+    return await status_of(store, job_id) == "DONE"
