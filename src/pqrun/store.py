@@ -773,8 +773,7 @@ class PgJobStore:
         job already has, nothing is added and that job's id is returned. ``conn`` (or an
         enclosing ``store.transaction()``) makes the job part of your transaction.
         ``timeout_seconds`` is how long one run may take: the worker cancels a handler
-        that runs longer, and the reaper takes back a job held longer (without it: no
-        deadline, and the worker's ``default_stale_after`` for the reaper).
+        that runs longer (default: no deadline).
         """
         row = _new_job_row(
             job_type, payload, priority, run_after, dedupe_key, max_attempts, timeout_seconds
@@ -988,7 +987,7 @@ class PgJobStore:
             )
         for row in rows:
             logger.warning(
-                "reaped job %s: attempt %s by %s outlived its lease; now %s",
+                "reaped job %s: attempt %s by %s gave no heartbeat; now %s",
                 row["id"],
                 row["attempts"],
                 row["locked_by"],

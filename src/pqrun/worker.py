@@ -863,7 +863,7 @@ class Worker:
         except Exception as exc:
             logger.error(
                 "worker %s could not put jobs %s back to READY (%s: %s); the reaper will "
-                "recover them once their lease passes",
+                "recover them once their heartbeat is stale",
                 self.worker_id,
                 [j.id for j in jobs],
                 type(exc).__name__,
@@ -943,7 +943,7 @@ class Worker:
                 logger.error(
                     "worker %s: %d handlers did not end within shutdown_timeout (%s): jobs "
                     "%s. A handler that catches CancelledError, or a plain function in a "
-                    "thread, keeps running; jobs left RUNNING go back when their lease passes",
+                    "thread, keeps running; jobs left RUNNING go back when their heartbeat is stale",
                     self.worker_id,
                     len(stuck),
                     self.shutdown_timeout,
