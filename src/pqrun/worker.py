@@ -943,7 +943,8 @@ class Worker:
                 logger.error(
                     "worker %s: %d handlers did not end within shutdown_timeout (%s): jobs "
                     "%s. A handler that catches CancelledError, or a plain function in a "
-                    "thread, keeps running; jobs left RUNNING go back when their heartbeat is stale",
+                    "thread, keeps running; jobs left RUNNING go back once their heartbeat "
+                    "is stale",
                     self.worker_id,
                     len(stuck),
                     self.shutdown_timeout,
