@@ -101,3 +101,63 @@ async def test_the_reaper_takes_back_a_dead_workers_job_after_one_stale_period(
 
 async def _done(store: PgJobStore, job_id: int) -> bool:
     return await status_of(store, job_id) == "DONE"
+
+
+async def _reap_meanwhile(dsn: str, until: asyncio.Event) -> list[tuple[int, JobStatus]]:
+    reaper = PgJobStore(dsn)
+    reaped: list[tuple[int, JobStatus]] = []
+    try:
+        while not until.is_set():
+            reaped += await reaper.reap_stale(timedelta(seconds=1))
+            await asyncio.sleep(0.2)
+    finally:
+        await reaper.close()
+    return reaped
+
+
+async def test_heartbeats_go_on_through_the_shutdown_grace(dsn: str, store: PgJobStore) -> None:
+    started = asyncio.Event()
+
+    async def long_job(ctx: JobContext) -> str:
+        started.set()
+        await asyncio.sleep(2.5)
+        return "finished within the grace"
+
+    worker = Worker(
+        store=store,
+        handlers={"t": long_job},
+        default_stale_after=timedelta(seconds=1),
+        shutdown_grace=4,
+        shutdown_timeout=6,
+        enable_reaper=False,
+        **FAST,  # type: ignore[arg-type]
+    )
+    job_id = await store.enqueue("t")
+    done = asyncio.Event()
+    reaping = asyncio.create_task(_reap_meanwhile(dsn, done))
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop()
+    done.set()
+    assert await reaping == []
+    assert await status_of(store, job_id) == "DONE"
+
+
+async def test_drain_heartbeats_its_jobs(dsn: str, store: PgJobStore) -> None:
+    async def long_job(ctx: JobContext) -> str:
+        await asyncio.sleep(2.5)
+        return "finished"
+
+    worker = Worker(
+        store=store,
+        handlers={"t": long_job},
+        default_stale_after=timedelta(seconds=1),
+        **FAST,  # type: ignore[arg-type]
+    )
+    job_id = await store.enqueue("t")
+    done = asyncio.Event()
+    reaping = asyncio.create_task(_reap_meanwhile(dsn, done))
+    assert await worker.drain() == 1
+    done.set()
+    assert await reaping == []
+    assert await status_of(store, job_id) == "DONE"

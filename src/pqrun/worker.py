@@ -258,9 +258,9 @@ class Worker:
         if self._stopping.is_set():
             return
         self._start_slots()
+        self._start_heartbeats()
         self._background = [
             asyncio.create_task(self._fetch_loop(drain=False), name="pqrun-fetch-loop"),
-            asyncio.create_task(self._heartbeat_loop(), name="pqrun-heartbeat"),
         ]
         if self.enable_reaper:
             self._background.append(asyncio.create_task(self._reap_loop()))
@@ -361,6 +361,7 @@ class Worker:
         self._reset()
         before = self._processed
         self._start_slots()
+        self._start_heartbeats()
         finished = False
         try:
             # False when a slot failed and stopped the worker: that is an error too.
@@ -384,6 +385,7 @@ class Worker:
             # The database may be gone: a bounded wait for the last outcomes, and what
             # cannot be written stays RUNNING for the reaper.
             unwritten = await self._writer.close(within=DRAIN_WRITE_WAIT)
+            await self._stop_heartbeats()
         if self._failure is not None:
             raise self._failure
         if unwritten:
@@ -431,6 +433,8 @@ class Worker:
         # Since when (monotonic) this worker's heartbeats have reached the database
         # without a break; None while they do not.
         self._reachable_since: float | None = None
+        self._heartbeats_done = asyncio.Event()
+        self._heartbeats: asyncio.Task[None] | None = None
         self._shutdown = None
         self._writer = OutcomeWriter(
             self.store,
@@ -812,9 +816,20 @@ class Worker:
             stop_waiter.cancel()
             lost_waiter.cancel()
 
+    def _start_heartbeats(self) -> None:
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="pqrun-heartbeat")
+        self._heartbeats.add_done_callback(self._loop_ended)
+
+    async def _stop_heartbeats(self, within: float = 1.0) -> None:
+        """Heartbeats go on through a shutdown's grace period; they end with it."""
+        self._heartbeats_done.set()
+        if self._heartbeats is not None:
+            await asyncio.wait({self._heartbeats}, timeout=max(min(within, 1.0), 0.001))
+            self._heartbeats.cancel()
+
     async def _heartbeat_loop(self) -> None:
         """Keep this worker in the registry and every job it holds alive."""
-        while not self._stopping.is_set():
+        while not self._heartbeats_done.is_set():
             held = [f.job for f in self._running] + [job for job, _ in self._buffer]
             try:
                 await self.store.heartbeat(
@@ -830,7 +845,10 @@ class Worker:
                 if self._reachable_since is None:
                     self._reachable_since = time.monotonic()
                 self._outage.recovered("heartbeat")
-            await self._sleep(self.heartbeat_interval.total_seconds())
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._heartbeats_done.wait(), self.heartbeat_interval.total_seconds()
+                )
 
     def _may_reap(self) -> bool:
         """Reap only after reaching the database for a whole stale period without a break.
@@ -958,11 +976,15 @@ class Worker:
                     self.worker_id,
                     [o.job.id for o in unwritten],
                 )
+            await self._stop_heartbeats(remaining())
             if not self._running:  # a handler still running keeps this worker registered
                 await _bounded(self._leave(), remaining())
         finally:
+            self._heartbeats_done.set()
             for task in [*self._background, *self._slots]:
                 task.cancel()
+            if self._heartbeats is not None:
+                self._heartbeats.cancel()
             self._started = False
             logger.info("worker %s stopped", self.worker_id)
 
