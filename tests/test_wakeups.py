@@ -118,3 +118,23 @@ async def test_retry_wakes_an_idle_worker(
 
 async def _done(store: PgJobStore, job_id: int) -> bool:
     return await status_of(store, job_id) == "DONE"
+
+
+async def test_the_listener_probe_tells_a_deaf_connection_from_a_live_one(
+    store: PgJobStore, dsn: str
+) -> None:
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    worker = Worker(store=store, handlers={"t": noop})
+    listening = await store.listen(worker._on_notification)
+    deaf = await asyncpg.connect(dsn)  # connected, but LISTENing to nothing
+    try:
+        assert await worker._hears_itself(listening)
+        listening.terminate()  # now nothing of this worker listens
+        began = time.monotonic()
+        assert not await worker._hears_itself(deaf)
+        assert time.monotonic() - began < 7
+    finally:
+        listening.terminate()
+        await deaf.close()

@@ -434,6 +434,8 @@ class Worker:
         # without a break; None while they do not.
         self._reachable_since: float | None = None
         self._heartbeats_done = asyncio.Event()
+        self._probes = 0
+        self._probe_waiting: tuple[str, asyncio.Event] | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._shutdown = None
         self._writer = OutcomeWriter(
@@ -742,6 +744,10 @@ class Worker:
     def _on_notification(self, payload: str) -> None:
         if not payload:
             self._wakeup.set()
+        elif payload.startswith("probe:"):
+            waiting = self._probe_waiting
+            if waiting is not None and waiting[0] == payload:
+                waiting[1].set()
         elif payload.startswith("cancel:"):
             with suppress(ValueError):
                 self._cancel_running(int(payload.removeprefix("cancel:")))
@@ -788,10 +794,11 @@ class Worker:
                 conn.terminate()
 
     async def _watch_listener(self, conn: Any, lost: asyncio.Event) -> None:
-        """Return when stopping or when the LISTEN connection is gone or stops answering.
+        """Return when stopping or when the LISTEN connection is gone or stops hearing.
 
         A connection can die without a word (a failover, a NAT entry dropped): the TCP
-        socket stays open and no notification ever comes. A periodic query finds it out.
+        socket stays open and no notification ever comes. So now and then the listener
+        notifies its own channel and must hear that back within a few seconds.
         """
         stop_waiter = asyncio.ensure_future(self._stopping.wait())
         lost_waiter = asyncio.ensure_future(lost.wait())
@@ -804,11 +811,10 @@ class Worker:
                 )
                 if done:
                     return
-                try:
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5)
-                except Exception:
+                if not await self._hears_itself(conn):
                     logger.warning(
-                        "worker %s: the LISTEN connection stopped answering; reconnecting",
+                        "worker %s: the LISTEN connection stopped hearing notifications; "
+                        "reconnecting",
                         self.worker_id,
                     )
                     return
@@ -860,6 +866,23 @@ class Worker:
         since = self._reachable_since
         stale = self.default_stale_after.total_seconds()
         return since is not None and time.monotonic() - since >= stale
+
+    async def _hears_itself(self, conn: Any) -> bool:
+        """Notify our own channel on the LISTEN connection; True if it comes back."""
+        self._probes += 1
+        payload = f"probe:{self.worker_id}:{self._probes}"
+        heard = asyncio.Event()
+        self._probe_waiting = (payload, heard)
+        try:
+            await asyncio.wait_for(
+                conn.execute("SELECT pg_notify($1, $2)", self.store.channel, payload), 5
+            )
+            await asyncio.wait_for(heard.wait(), 5)
+        except Exception:
+            return False
+        finally:
+            self._probe_waiting = None
+        return True
 
     async def _reap_loop(self) -> None:
         while not self._stopping.is_set():
