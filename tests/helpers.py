@@ -8,7 +8,15 @@ from typing import Any
 
 import asyncpg
 
-from pqrun import Job, PgJobStore
+from pqrun import IdlePollPolicy, Job, LoopErrorPolicy, PgJobStore
+
+#: Worker settings for tests: short idle and error waits.
+QUICK_POLICIES: dict[str, Any] = {
+    "idle_policy": IdlePollPolicy(0.02, 0.05),
+    "loop_error_policy": LoopErrorPolicy(0.01, 0.05),
+}
+#: The same, without the reaper loop (tests that reap call store.reap_stale themselves).
+QUICK: dict[str, Any] = {**QUICK_POLICIES, "enable_reaper": False}
 
 
 async def wait_until(

@@ -16,7 +16,6 @@ from pqrun import (
     IdlePollPolicy,
     JobContext,
     JobStatus,
-    LoopErrorPolicy,
     PgJobStore,
     Retry,
     Worker,
@@ -24,13 +23,7 @@ from pqrun import (
 from pqrun.outcomes import OutcomeWriter
 from pqrun.worker import _OutageLog
 
-from .helpers import picked, status_of, wait_until
-
-FAST = {
-    "idle_policy": IdlePollPolicy(0.02, 0.05),
-    "loop_error_policy": LoopErrorPolicy(0.01, 0.05),
-    "enable_reaper": False,
-}
+from .helpers import QUICK, picked, status_of, wait_until
 
 
 async def test_a_retried_jobs_old_run_cannot_complete_it(store: PgJobStore) -> None:
@@ -115,7 +108,7 @@ async def test_an_error_text_the_database_refuses_is_still_recorded(store: PgJob
         raise ValueError("bad file name \udcff and a \x00")
 
     job_id = await store.enqueue("t")
-    await Worker(store=store, handlers={"t": handler}, **FAST).drain()  # type: ignore[arg-type]
+    await Worker(store=store, handlers={"t": handler}, **QUICK).drain()
     job = await store.get_job(job_id)
     assert job is not None
     assert job.status is JobStatus.READY
@@ -139,7 +132,7 @@ async def test_a_job_picked_again_by_the_same_worker_is_run_and_tracked_twice(
             return "first"
         return "second"
 
-    worker = Worker(store=store, handlers={"t": handler}, concurrency=2, **FAST)  # type: ignore[arg-type]
+    worker = Worker(store=store, handlers={"t": handler}, concurrency=2, **QUICK)
     job_id = await store.enqueue("t")
     await worker.start()
     try:
@@ -177,7 +170,7 @@ async def test_shutdown_with_grace_equal_to_timeout_still_puts_jobs_back(
         handlers={"t": endless},
         shutdown_grace=1,
         shutdown_timeout=1,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK,
     )
     await worker.start()
     await asyncio.wait_for(started.wait(), 5)
@@ -207,7 +200,7 @@ async def test_run_returns_in_time_when_a_handler_holds_a_connection_and_ignores
         handlers={"t": stubborn},
         shutdown_grace=0.2,
         shutdown_timeout=1,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK,
     )
     await store.enqueue("t")
     running = asyncio.create_task(worker.run())
@@ -231,7 +224,7 @@ async def test_stop_requested_while_starting_is_not_lost(
         await real_start()
 
     monkeypatch.setattr(store, "start", slow_start)
-    worker = Worker(store=store, handlers={"t": noop}, **FAST)  # type: ignore[arg-type]
+    worker = Worker(store=store, handlers={"t": noop}, **QUICK)
     asyncio.get_running_loop().call_later(0.1, worker.request_stop)
     await asyncio.wait_for(worker.run(), timeout=5)
     assert not worker.is_running
@@ -248,7 +241,7 @@ async def test_a_plain_function_is_not_put_back_while_its_thread_runs(store: PgJ
         handlers={"t": blocking},
         shutdown_grace=0.1,
         shutdown_timeout=3,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK,
     )
     await worker.start()
     await wait_until(lambda: _is(store, job_id, "RUNNING"))
@@ -323,9 +316,7 @@ async def test_cancelling_drain_returns_and_gives_jobs_back(store: PgJobStore) -
         await asyncio.sleep(3600)
 
     job_id = await store.enqueue("t")
-    draining = asyncio.create_task(
-        Worker(store=store, handlers={"t": endless}, **FAST).drain()  # type: ignore[arg-type]
-    )
+    draining = asyncio.create_task(Worker(store=store, handlers={"t": endless}, **QUICK).drain())
     await asyncio.wait_for(started.wait(), 5)
     draining.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -392,7 +383,7 @@ async def test_stop_returns_in_time_during_a_network_partition(dsn: str, store: 
         handlers={"t": handler},
         shutdown_grace=0.5,
         shutdown_timeout=2,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK,
     )
     job_id = await store.enqueue("t")
     try:
@@ -421,7 +412,7 @@ async def test_a_result_too_deep_to_encode_fails_that_job_only(store: PgJobStore
 
     bad = await store.enqueue("deep")
     good = await store.enqueue("fine")
-    assert await Worker(store=store, handlers={"deep": deep, "fine": fine}, **FAST).drain() == 2  # type: ignore[arg-type]
+    assert await Worker(store=store, handlers={"deep": deep, "fine": fine}, **QUICK).drain() == 2
     failed = await store.get_job(bad)
     assert failed is not None
     assert failed.status is JobStatus.FAILED
@@ -448,7 +439,7 @@ async def test_drain_claims_a_retry_written_during_its_last_claim(
         return "second run"
 
     job_id = await store.enqueue("twice")
-    assert await Worker(store=store, handlers={"twice": twice}, **FAST).drain() == 2  # type: ignore[arg-type]
+    assert await Worker(store=store, handlers={"twice": twice}, **QUICK).drain() == 2
     assert runs == 2
     assert await status_of(store, job_id) == "DONE"
 
@@ -460,7 +451,7 @@ async def test_drain_raises_and_gives_jobs_back_when_a_slot_fails(
     async def noop(ctx: JobContext) -> None:
         return None
 
-    worker = Worker(store=store, handlers={"t": noop}, **FAST)  # type: ignore[arg-type]
+    worker = Worker(store=store, handlers={"t": noop}, **QUICK)
     ids = await store.enqueue_many([{"job_type": "t"}] * 300)
     original = OutcomeWriter.submit
     calls = 0

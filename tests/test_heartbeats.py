@@ -8,14 +8,9 @@ from datetime import timedelta
 
 import asyncpg
 
-from pqrun import IdlePollPolicy, JobContext, JobStatus, LoopErrorPolicy, PgJobStore, Worker
+from pqrun import JobContext, JobStatus, PgJobStore, Worker
 
-from .helpers import status_of, wait_until
-
-FAST = {
-    "idle_policy": IdlePollPolicy(0.02, 0.05),
-    "loop_error_policy": LoopErrorPolicy(0.01, 0.05),
-}
+from .helpers import QUICK_POLICIES, status_of, wait_until
 
 
 async def test_a_job_longer_than_the_stale_period_is_not_reaped_while_its_worker_lives(
@@ -30,7 +25,7 @@ async def test_a_job_longer_than_the_stale_period_is_not_reaped_while_its_worker
         handlers={"t": long_job},
         default_stale_after=timedelta(seconds=1),
         enable_reaper=False,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK_POLICIES,
     )
     reaper = PgJobStore(dsn)
     job_id = await store.enqueue("t")
@@ -54,7 +49,7 @@ async def test_a_worker_is_registered_while_it_runs(store: PgJobStore) -> None:
     async def noop(ctx: JobContext) -> None:
         return None
 
-    worker = Worker(store=store, handlers={"b": noop, "a": noop}, concurrency=3, **FAST)  # type: ignore[arg-type]
+    worker = Worker(store=store, handlers={"b": noop, "a": noop}, concurrency=3, **QUICK_POLICIES)
     await worker.start()
     try:
 
@@ -82,7 +77,7 @@ async def test_the_reaper_takes_back_a_dead_workers_job_after_one_stale_period(
         handlers={"t": noop},
         default_stale_after=timedelta(seconds=1),
         reap_stale_every_seconds=0.1,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK_POLICIES,
     )
     began = time.monotonic()
     await worker.start()
@@ -130,7 +125,7 @@ async def test_heartbeats_go_on_through_the_shutdown_grace(dsn: str, store: PgJo
         shutdown_grace=4,
         shutdown_timeout=6,
         enable_reaper=False,
-        **FAST,  # type: ignore[arg-type]
+        **QUICK_POLICIES,
     )
     job_id = await store.enqueue("t")
     done = asyncio.Event()
@@ -152,7 +147,7 @@ async def test_drain_heartbeats_its_jobs(dsn: str, store: PgJobStore) -> None:
         store=store,
         handlers={"t": long_job},
         default_stale_after=timedelta(seconds=1),
-        **FAST,  # type: ignore[arg-type]
+        **QUICK_POLICIES,
     )
     job_id = await store.enqueue("t")
     done = asyncio.Event()

@@ -5,15 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pqrun import IdlePollPolicy, JobContext, JobStatus, LoopErrorPolicy, PgJobStore, Worker
+from pqrun import JobContext, JobStatus, PgJobStore, Worker
 
-from .helpers import status_of, wait_until
-
-FAST = {
-    "idle_policy": IdlePollPolicy(0.02, 0.05),
-    "loop_error_policy": LoopErrorPolicy(0.01, 0.05),
-    "enable_reaper": False,
-}
+from .helpers import QUICK, status_of, wait_until
 
 
 async def test_a_handler_past_its_timeout_is_cancelled_and_the_job_retried(
@@ -32,7 +26,7 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_the_job_retried(
 
     job_id = await store.enqueue("slow", timeout_seconds=1, max_attempts=2)
     began = time.monotonic()
-    await Worker(store=store, handlers={"slow": slow}, **FAST).drain()  # type: ignore[arg-type]
+    await Worker(store=store, handlers={"slow": slow}, **QUICK).drain()
     assert 0.9 < time.monotonic() - began < 5
     assert cancelled
     job = await store.get_job(job_id)
@@ -49,7 +43,7 @@ async def test_a_handlers_own_timeout_error_is_an_ordinary_failure(store: PgJobS
         await asyncio.wait_for(asyncio.sleep(1), timeout=0.01)
 
     job_id = await store.enqueue("t", timeout_seconds=30)
-    await Worker(store=store, handlers={"t": times_out_itself}, **FAST).drain()  # type: ignore[arg-type]
+    await Worker(store=store, handlers={"t": times_out_itself}, **QUICK).drain()
     job = await store.get_job(job_id)
     assert job is not None
     assert job.last_error is not None
@@ -70,7 +64,7 @@ async def test_cancel_stops_a_running_handler_and_the_worker_goes_on(store: PgJo
                 raise
         return "ran"
 
-    worker = Worker(store=store, handlers={"t": long_running}, concurrency=1, **FAST)  # type: ignore[arg-type]
+    worker = Worker(store=store, handlers={"t": long_running}, concurrency=1, **QUICK)
     long_job = await store.enqueue("t", {"long": True})
     await worker.start()
     try:
@@ -111,5 +105,5 @@ async def test_no_timeout_means_no_deadline(store: PgJobStore) -> None:
         return "finished"
 
     job_id = await store.enqueue("t")
-    await Worker(store=store, handlers={"t": a_while}, **FAST).drain()  # type: ignore[arg-type]
+    await Worker(store=store, handlers={"t": a_while}, **QUICK).drain()
     assert await status_of(store, job_id) == "DONE"
