@@ -107,3 +107,69 @@ async def test_no_timeout_means_no_deadline(store: PgJobStore) -> None:
     job_id = await store.enqueue("t")
     await Worker(store=store, handlers={"t": a_while}, **QUICK).drain()
     assert await status_of(store, job_id) == "DONE"
+
+
+async def test_a_swallowed_cancel_does_not_cost_the_slot(store: PgJobStore) -> None:
+    started: dict[str, asyncio.Event] = {"stubborn": asyncio.Event(), "long": asyncio.Event()}
+    ran: list[str] = []
+
+    async def handler(ctx: JobContext) -> str:
+        kind = ctx.job.payload["kind"]
+        ran.append(kind)
+        if kind == "stubborn":
+            started["stubborn"].set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                return "swallowed the cancel"  # a badly behaved handler
+        if kind == "long":
+            started["long"].set()
+            await asyncio.sleep(60)
+        return "ran"
+
+    worker = Worker(store=store, handlers={"t": handler}, concurrency=1, prefetch=0, **QUICK)
+    stubborn = await store.enqueue("t", {"kind": "stubborn"})
+    await worker.start()
+    try:
+        await asyncio.wait_for(started["stubborn"].wait(), 5)
+        assert await store.cancel(stubborn)
+        long_job = await store.enqueue("t", {"kind": "long"})
+        await asyncio.wait_for(started["long"].wait(), 5)
+        assert await store.cancel(long_job)  # the second cancel on the same slot
+        last = await store.enqueue("t", {"kind": "quick"})
+        await wait_until(lambda: _done(store, last))  # the slot still works
+    finally:
+        await worker.stop()
+    assert ran == ["stubborn", "long", "quick"]
+
+
+async def test_a_cancelled_job_waiting_in_the_buffer_never_starts(store: PgJobStore) -> None:
+    started = asyncio.Event()
+    ran: list[int] = []
+
+    async def handler(ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+        if ctx.job.payload.get("hold"):
+            started.set()
+            await asyncio.sleep(1.0)
+
+    worker = Worker(store=store, handlers={"t": handler}, concurrency=1, **QUICK)
+    # Fast jobs first, so the worker measures them and claims ahead of its one slot.
+    warmup = await store.enqueue_many([{"job_type": "t"}] * 20)
+    await worker.start()
+    try:
+        await wait_until(lambda: _done(store, warmup[-1]))
+        held, waiting = await store.enqueue_many(
+            [{"job_type": "t", "payload": {"hold": True}}, {"job_type": "t"}]
+        )
+        await asyncio.wait_for(started.wait(), 5)
+        job = await store.get_job(waiting)
+        assert job is not None
+        assert job.status is JobStatus.RUNNING  # claimed into the buffer, not started
+        assert await store.cancel(waiting)
+        await wait_until(lambda: _done(store, held))
+        await asyncio.sleep(0.2)
+    finally:
+        await worker.stop()
+    assert waiting not in ran
+    assert await status_of(store, waiting) == "CANCELLED"

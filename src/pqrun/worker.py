@@ -9,7 +9,8 @@ Inside a worker:
 - the **outcome writer** records what each run came to, many jobs per statement;
 - a **listener** (LISTEN on the store's channel) wakes the fetch loop when jobs are
   inserted, and tells it when delayed jobs come due; idle polling is the fallback;
-- the **reaper** takes back jobs whose lease passed.
+- a **heartbeat** keeps the worker in the registry and its jobs alive, and the **reaper**
+  takes back jobs whose heartbeat went stale (one reaper at a time).
 
 See docs/state-machine.md for the moves and docs/configuration.md for the settings.
 """
@@ -119,6 +120,8 @@ class _InFlight:
     is_thread: bool = False
     # store.cancel() asked for this run to stop: its CancelledError is the job's end.
     cancel_requested: bool = False
+    # That request was taken back from the slot's task (Task.uncancel()).
+    cancel_consumed: bool = False
     # Put back to READY by shutdown: whatever the handler returns later is dropped.
     released: bool = False
 
@@ -288,7 +291,19 @@ class Worker:
 
     def _loop_ended(self, task: asyncio.Task[Any]) -> None:
         """A loop or slot of the worker must not die quietly: log it and stop the worker."""
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
+            if not self._stopping.is_set():
+                logger.error(
+                    "worker %s: %s was cancelled unexpectedly; stopping the worker",
+                    self.worker_id,
+                    task.get_name(),
+                )
+                self._failure = self._failure or asyncio.CancelledError(task.get_name())
+                self.request_stop()
+                if self._started and self._shutdown is None:
+                    self._shutdown = asyncio.ensure_future(self._shut_down())
+            return
+        if task.exception() is None:
             return
         logger.error(
             "worker %s: %s failed; stopping the worker",
@@ -621,6 +636,26 @@ class Worker:
         outcome = Outcome(job=job, duration_ms=0)
         deadline = asyncio.timeout(job.timeout_seconds)  # None: no deadline
         try:
+            return await self._handle(flight, handler, ctx, deadline, outcome, started)
+        finally:
+            # A cancel requested for this run that the handler swallowed must not stay
+            # counted on the slot's task: it would end the slot at the next one.
+            current = asyncio.current_task()
+            if flight.cancel_requested and not flight.cancel_consumed and current:
+                flight.cancel_consumed = True
+                current.uncancel()
+
+    async def _handle(
+        self,
+        flight: _InFlight,
+        handler: Handler,
+        ctx: JobContext,
+        deadline: asyncio.Timeout,
+        outcome: Outcome,
+        started: float,
+    ) -> Outcome | None:
+        job = flight.job
+        try:
             async with deadline:
                 value = await handler(ctx)
         except Retry as exc:
@@ -635,7 +670,12 @@ class Worker:
             current = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and current and current.cancelling():
                 # Ours: store.cancel() (the slot goes on with its next job), or shutdown.
-                if flight.cancel_requested and current.uncancel() == 0:
+                if flight.cancel_requested and not flight.cancel_consumed:
+                    flight.cancel_consumed = True
+                    remaining = current.uncancel()
+                else:
+                    remaining = current.cancelling()
+                if flight.cancel_requested and remaining == 0:
                     logger.info(
                         "job %s (%s) was cancelled while running; its handler was stopped",
                         job.id,
@@ -757,6 +797,9 @@ class Worker:
 
     def _cancel_running(self, job_id: int) -> None:
         """Stop the handler of a job that store.cancel() moved to CANCELLED."""
+        if any(job.id == job_id for job, _ in self._buffer):
+            # Claimed but not started: it will not start.
+            self._buffer = deque((job, at) for job, at in self._buffer if job.id != job_id)
         for flight in list(self._running):
             # A slot is in _running only while it awaits the handler, so the
             # cancellation lands there. A thread cannot be stopped: it runs to its end.
@@ -836,13 +879,21 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         """Keep this worker in the registry and every job it holds alive."""
         while not self._heartbeats_done.is_set():
-            held = [f.job for f in self._running] + [job for job, _ in self._buffer]
+            held = [
+                *(f.job for f in self._running),
+                *(job for job, _ in self._buffer),
+                *self._writer.unwritten_jobs(),  # finished, outcome not yet recorded
+            ]
             try:
-                await self.store.heartbeat(
-                    self.worker_id,
-                    held,
-                    job_types=self.job_types,
-                    concurrency=self.concurrency,
+                # At most one interval: a slow heartbeat must not outlive the next two.
+                await asyncio.wait_for(
+                    self.store.heartbeat(
+                        self.worker_id,
+                        held,
+                        job_types=self.job_types,
+                        concurrency=self.concurrency,
+                    ),
+                    timeout=self.heartbeat_interval.total_seconds(),
                 )
             except Exception as exc:
                 self._reachable_since = None
