@@ -566,7 +566,7 @@ class Worker:
         last_yield = time.monotonic()
         while (claimed := await self._take()) is not None:
             job, claimed_at = claimed
-            if await self._lease_too_old(job, claimed_at):
+            if await self._waited_too_long(job, claimed_at):
                 continue
             task = asyncio.current_task()
             assert task is not None
@@ -619,10 +619,10 @@ class Worker:
             await self._job_ready.wait()
         return None
 
-    async def _lease_too_old(self, job: Job, claimed_at: float) -> bool:
-        """Give back a job that waited in the buffer for half its lease (handlers slowed)."""
-        lease = job.timeout_seconds or self.default_stale_after.total_seconds()
-        if time.monotonic() - claimed_at < lease / 2:
+    async def _waited_too_long(self, job: Job, claimed_at: float) -> bool:
+        """Give back a job that waited in the buffer half its deadline or stale period."""
+        limit = job.timeout_seconds or self.default_stale_after.total_seconds()
+        if time.monotonic() - claimed_at < limit / 2:
             return False
         await self._release([job], "waited too long in the worker's buffer; put back")
         return True
