@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 from pqrun import JobContext, JobStatus, PgJobStore, Worker
 
@@ -173,3 +174,35 @@ async def test_a_cancelled_job_waiting_in_the_buffer_never_starts(store: PgJobSt
         await worker.stop()
     assert waiting not in ran
     assert await status_of(store, waiting) == "CANCELLED"
+
+
+async def test_a_worker_that_does_not_listen_stops_a_cancelled_handler_at_its_heartbeat(
+    store: PgJobStore,
+) -> None:
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def long_running(ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    worker = Worker(
+        store=store,
+        handlers={"t": long_running},
+        listen=False,
+        default_stale_after=timedelta(seconds=1.2),  # a heartbeat every 0.2 s
+        **QUICK,
+    )
+    job_id = await store.enqueue("t")
+    await worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+        assert await store.cancel(job_id)
+        await asyncio.wait_for(stopped.wait(), 3)
+    finally:
+        await worker.stop()
+    assert await status_of(store, job_id) == "CANCELLED"

@@ -886,7 +886,7 @@ class Worker:
             ]
             try:
                 # At most one interval: a slow heartbeat must not outlive the next two.
-                await asyncio.wait_for(
+                owned = await asyncio.wait_for(
                     self.store.heartbeat(
                         self.worker_id,
                         held,
@@ -902,10 +902,28 @@ class Worker:
                 if self._reachable_since is None:
                     self._reachable_since = time.monotonic()
                 self._outage.recovered("heartbeat")
+                self._stop_runs_no_longer_owned(held, owned)
             with suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._heartbeats_done.wait(), self.heartbeat_interval.total_seconds()
                 )
+
+    def _stop_runs_no_longer_owned(self, asked: list[Job], owned: set[int]) -> None:
+        """Stop handlers whose job the heartbeat found no longer ours.
+
+        Cancelled (when the cancel notice was not heard) or taken back by the reaper:
+        whatever they answer would be refused anyway.
+        """
+        lost = {(j.id, j.lease_id) for j in asked if j.id not in owned}
+        for flight in list(self._running):
+            if (flight.job.id, flight.job.lease_id) in lost and not flight.is_thread:
+                logger.warning(
+                    "job %s is no longer this worker's (cancelled or taken back); "
+                    "stopping its handler",
+                    flight.job.id,
+                )
+                flight.cancel_requested = True
+                flight.task.cancel()
 
     def _may_reap(self) -> bool:
         """Reap only after reaching the database for a whole stale period without a break.
