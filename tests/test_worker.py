@@ -22,6 +22,7 @@ from pqrun import (
     LoopErrorPolicy,
     PgJobStore,
     Retry,
+    Snooze,
     UnknownJobType,
     Worker,
 )
@@ -551,3 +552,36 @@ def test_unknown_job_type_names_the_fix(dsn: str) -> None:
     assert worker.handler_for("a").func is ok
     with pytest.raises(UnknownJobType, match=r"no handler for job type 'c' \(it handles: a, b\)"):
         worker.handler_for("c")
+
+
+async def test_snooze_runs_later_without_using_an_attempt(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    runs = 0
+
+    async def busy_twice(ctx: JobContext) -> int:
+        nonlocal runs
+        runs += 1
+        if runs <= 2:
+            raise Snooze(after=0)
+        return ctx.attempt
+
+    job_id = await store.enqueue("t", max_attempts=1)  # a Retry would have failed it
+    assert await make_worker(store, {"t": busy_twice}).drain() == 3
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert (job.status, job.attempts, job.result, runs) == (JobStatus.DONE, 1, 1, 3)
+
+    async def later(ctx: JobContext) -> None:
+        raise Snooze(after=timedelta(minutes=10))
+
+    snoozed = await store.enqueue("later")
+    await make_worker(store, {"later": later}).drain()
+    row = await conn.fetchrow(
+        "SELECT status, attempts, run_after - updated_at AS delay FROM jobs WHERE id = $1",
+        snoozed,
+    )
+    assert row is not None
+    assert (row["status"], row["attempts"], row["delay"]) == ("READY", 0, timedelta(minutes=10))
+    with pytest.raises(ValueError, match=r"Snooze\(after=\.\.\.\) needs a timedelta"):
+        Snooze(after=-1)

@@ -13,6 +13,7 @@ from .errors import (
     PqrunError,
     Retry,
     SchemaMissing,
+    Snooze,
     UnknownJobType,
 )
 from .handlers import Handler, HandlerFunc, Handlers, JobContext
@@ -42,6 +43,7 @@ __all__ = [
     "RawJSON",
     "Retry",
     "SchemaMissing",
+    "Snooze",
     "UnknownJobType",
     "Worker",
     "__version__",

@@ -35,11 +35,7 @@ class Retry(Exception):
     """
 
     def __init__(self, after: timedelta | float = timedelta(0), reason: str = "") -> None:
-        if isinstance(after, int | float):
-            after = timedelta(seconds=after)
-        if not isinstance(after, timedelta) or after < timedelta(0):
-            raise ValueError(f"Retry(after=...) needs a timedelta >= 0 or seconds, got {after!r}")
-        self.after = after
+        self.after = _delay(after, "Retry")
         self.reason = reason
         super().__init__(reason or f"retry requested in {after}")
 
@@ -50,3 +46,23 @@ class Fail(Exception):
     def __init__(self, reason: str = "failed by handler") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class Snooze(Exception):
+    """Raise from a handler to run the job again after ``after``, without using an attempt.
+
+    For "not now" rather than "failed": a resource is busy, a rate limit says wait.
+    """
+
+    def __init__(self, after: timedelta | float = timedelta(0), reason: str = "") -> None:
+        self.after = _delay(after, "Snooze")
+        self.reason = reason
+        super().__init__(reason or f"snoozed for {after}")
+
+
+def _delay(after: timedelta | float, raised: str) -> timedelta:
+    if isinstance(after, int | float) and not isinstance(after, bool):
+        after = timedelta(seconds=after)
+    if not isinstance(after, timedelta) or after < timedelta(0):
+        raise ValueError(f"{raised}(after=...) needs a timedelta >= 0 or seconds, got {after!r}")
+    return after

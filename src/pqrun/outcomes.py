@@ -38,6 +38,7 @@ class Outcome:
     error: str = ""
     retry_after: timedelta | None = None
     terminal: bool = False
+    snooze_after: timedelta | None = None  # set when the handler raised Snooze
     # Set once its write committed, so that retrying a partly written batch is safe.
     written: bool = False
 
@@ -180,6 +181,11 @@ class OutcomeWriter:
                 self._written(outcome, JobStatus.DONE if moved else None)
 
     async def _write_error(self, outcome: Outcome) -> JobStatus | None:
+        if outcome.snooze_after is not None:
+            snoozed = await self._store.snooze(
+                outcome.job, outcome.snooze_after, duration_ms=outcome.duration_ms
+            )
+            return JobStatus.READY if snoozed else None
         try:
             return await self._store.mark_error(
                 outcome.job,

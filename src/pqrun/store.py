@@ -197,6 +197,21 @@ WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
 RETURNING status
 """
 
+# RUNNING (this claim) -> READY after a delay, giving the attempt back: the handler said
+# "not now" (Snooze), which is no failure.
+SNOOZE = """
+UPDATE jobs
+SET status = 'READY',
+    attempts = attempts - 1,
+    run_after = now() + $5::interval,
+    locked_at = NULL,
+    locked_by = NULL,
+    duration_ms = $6,
+    updated_at = now()
+WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+  AND ($4::bigint IS NULL OR lease_id = $4)
+"""
+
 # RUNNING (these claims) -> READY, at once, for a worker that is shutting down. The
 # interrupted run is not counted against max_attempts. Other workers are woken.
 RELEASE = """
@@ -939,6 +954,33 @@ class PgJobStore:
                 timeout=self.statement_timeout,
             )
         return None if status is None else JobStatus(status)
+
+    async def snooze(
+        self,
+        job: Job | int,
+        after: timedelta,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        """RUNNING -> READY after ``after``, without counting the attempt.
+
+        False, changing nothing, when this claim no longer owns the job.
+        """
+        job_id, owner, attempt_no, lease = _owner(job, worker_id, attempt)
+        async with self._acquire() as conn:
+            status = await conn.execute(
+                SNOOZE,
+                job_id,
+                owner,
+                attempt_no,
+                lease,
+                after,
+                duration_ms,
+                timeout=self.statement_timeout,
+            )
+        return status == "UPDATE 1"
 
     async def release(self, jobs: Sequence[Job], reason: str) -> list[int]:
         """RUNNING -> READY at once for jobs this worker claimed but will not finish.

@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from .config import env_bool, env_duration, env_int
-from .errors import DatabaseUnavailable, Fail, Retry, UnknownJobType
+from .errors import DatabaseUnavailable, Fail, Retry, Snooze, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
 from .models import Job, JobStatus, encode_json
 from .outcomes import Outcome, OutcomeWriter
@@ -661,6 +661,9 @@ class Worker:
         except Retry as exc:
             outcome.error = f"Retry: {exc}"
             outcome.retry_after = exc.after
+        except Snooze as exc:
+            outcome.snooze_after = exc.after
+            outcome.retry_after = exc.after  # when it comes due again
         except Fail as exc:
             outcome.error = f"Fail: {exc.reason}"
             outcome.terminal = True
@@ -757,6 +760,14 @@ class Worker:
                     outcome.duration_ms,
                     extra=extra,
                 )
+        elif status is JobStatus.READY and outcome.snooze_after is not None:
+            logger.info(
+                "job %s (%s) snoozed for %s",
+                job.id,
+                job.job_type,
+                outcome.snooze_after,
+                extra=extra,
+            )
         elif status is JobStatus.READY:
             logger.warning(
                 "job %s (%s) attempt %s/%s failed, retrying in %s: %s",
