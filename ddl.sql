@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- few seconds. The reaper takes back RUNNING jobs whose heartbeat is stale.
     heartbeat_at    timestamptz,
     dedupe_key      text,
+    -- Jobs with the same key count together against their handler's
+    -- concurrency_limit_per_key (e.g. one job per customer at a time).
+    concurrency_key text,
+    -- Set by store.wait(): the job's finish is announced on the channel.
+    awaited         boolean     NOT NULL DEFAULT false,
     last_error      text,
     finished_at     timestamptz,
     duration_ms     integer,
@@ -41,6 +46,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- Columns added after the first release, for tables created before them.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_id bigint;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS concurrency_key text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT false;
 
 -- A queue leaves a dead row version (and a dead entry in the pickup index) for every job
 -- it moves; until they are vacuumed, each pickup steps over them and slows down. Vacuum
@@ -123,4 +130,65 @@ CREATE TABLE IF NOT EXISTS job_workers (
     concurrency  integer     NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
+-- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by
+-- row before anything is queued, so a job nobody waits for costs nothing more.
+CREATE OR REPLACE FUNCTION pqrun_notify_finished_jobs() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(
+        CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+             THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+        'finished:' || NEW.id
+    );
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'jobs_notify_finished' AND tgrelid = to_regclass('jobs')
+    ) THEN
+        CREATE TRIGGER jobs_notify_finished
+            AFTER UPDATE ON jobs
+            FOR EACH ROW
+            WHEN (NEW.awaited AND NEW.status IN ('DONE', 'FAILED', 'CANCELLED')
+                  AND OLD.status IS DISTINCT FROM NEW.status)
+            EXECUTE FUNCTION pqrun_notify_finished_jobs();
+    END IF;
+END
+$$;
+
+-- Rate limits per job type (Handler(rate_limit=N)): the start times of the last second's
+-- claims of that type, at most N of them. Only a claim of that type touches its row.
+CREATE TABLE IF NOT EXISTS job_rate_limits (
+    job_type text          PRIMARY KEY,
+    starts   timestamptz[] NOT NULL DEFAULT '{}'
+);
+
+-- Recurring jobs (Worker(schedules=[...])). A worker that declares a schedule keeps its
+-- row up to date; the worker that claims a due row enqueues the tick's job and moves
+-- next_run_at on, in one transaction, so each tick is enqueued once however many
+-- workers run. docs/scheduling.md has the details.
+CREATE TABLE IF NOT EXISTS job_schedules (
+    name            text        PRIMARY KEY,
+    job_type        text        NOT NULL CHECK (job_type <> ''),
+    cron            text,
+    every_seconds   double precision CHECK (every_seconds > 0),
+    timezone        text        NOT NULL DEFAULT 'UTC',
+    payload         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    priority        integer     NOT NULL DEFAULT 0,
+    max_attempts    integer     NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+    timeout_seconds integer     CHECK (timeout_seconds > 0),
+    -- 'once': a tick missed while no worker ran is enqueued once on startup; 'skip': not.
+    missed          text        NOT NULL DEFAULT 'once' CHECK (missed IN ('once', 'skip')),
+    next_run_at     timestamptz NOT NULL,
+    last_run_at     timestamptz,
+    last_job_id     bigint,
+    declared_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK ((cron IS NULL) <> (every_seconds IS NULL))
 );

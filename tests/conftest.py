@@ -73,7 +73,9 @@ def dsn(server_dsn: str) -> Iterator[str]:
 async def reset_jobs(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("TRUNCATE jobs, job_workers RESTART IDENTITY")
+        await conn.execute(
+            "TRUNCATE jobs, job_workers, job_rate_limits, job_schedules RESTART IDENTITY"
+        )
     finally:
         await conn.close()
 

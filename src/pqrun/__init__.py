@@ -10,13 +10,16 @@ from .errors import (
     DatabaseUnavailable,
     Fail,
     JobConflict,
+    JobNotFound,
+    PayloadInvalid,
     PqrunError,
     Retry,
     SchemaMissing,
     Snooze,
     UnknownJobType,
+    WaitTimeout,
 )
-from .handlers import Handler, HandlerFunc, Handlers, JobContext
+from .handlers import Handler, HandlerFunc, Handlers, JobContext, handler
 from .models import Job, JobStatus, RawJSON
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schema import ddl_sql
@@ -36,8 +39,10 @@ __all__ = [
     "Job",
     "JobConflict",
     "JobContext",
+    "JobNotFound",
     "JobStatus",
     "LoopErrorPolicy",
+    "PayloadInvalid",
     "PgJobStore",
     "PqrunError",
     "RawJSON",
@@ -45,7 +50,9 @@ __all__ = [
     "SchemaMissing",
     "Snooze",
     "UnknownJobType",
+    "WaitTimeout",
     "Worker",
     "__version__",
     "ddl_sql",
+    "handler",
 ]

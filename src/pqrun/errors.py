@@ -28,6 +28,18 @@ class JobConflict(PqrunError):
     """A move the job's current state does not allow, such as retrying a DONE job."""
 
 
+class PayloadInvalid(PqrunError, ValueError):
+    """A payload that does not match the job type's payload model (a Pydantic model)."""
+
+
+class JobNotFound(PqrunError, LookupError):
+    """No job has this id (it was never enqueued, or it was pruned)."""
+
+
+class WaitTimeout(PqrunError, TimeoutError):
+    """``store.wait()`` gave up: the job had not finished within the timeout."""
+
+
 class Retry(Exception):
     """Raise from a handler to run the job again after ``after``.
 

@@ -54,6 +54,8 @@ class Job:
     result: Any
     created_at: datetime
     updated_at: datetime
+    #: Jobs with the same key count together against ``concurrency_limit_per_key``.
+    concurrency_key: str | None = None
 
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> Job:
@@ -79,6 +81,7 @@ class Job:
             result=None if row["result"] is None else json.loads(row["result"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            concurrency_key=row.get("concurrency_key"),
         )
 
 
@@ -96,6 +99,8 @@ def encode_json(value: Any, what: str) -> str:
     """Encode ``value`` for a jsonb column, or raise an error that names ``what`` and the fix."""
     if isinstance(value, RawJSON):
         return str(value)
+    if is_pydantic_model(value):
+        return str(value.model_dump_json())
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -103,3 +108,8 @@ def encode_json(value: Any, what: str) -> str:
             f"{what} is not JSON-serializable ({exc}); use dicts, lists, strings, numbers, "
             "booleans and None, and convert other values (datetimes, sets, objects) first"
         ) from exc
+
+
+def is_pydantic_model(value: Any) -> bool:
+    """True for an instance of a Pydantic model (without importing Pydantic)."""
+    return hasattr(value, "model_dump_json") and hasattr(type(value), "model_validate")

@@ -24,14 +24,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .errors import DatabaseUnavailable, JobConflict, SchemaMissing
-from .models import Job, JobStatus, encode_json
+from .errors import DatabaseUnavailable, JobConflict, JobNotFound, SchemaMissing, WaitTimeout
+from .models import Job, JobStatus, encode_json, is_pydantic_model
+from .payloads import is_model_class, validate
 from .schema import ddl_sql
+from .waiting import FinishWaiters
 
 logger = logging.getLogger("pqrun")
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
+
+    from .handlers import Handler
 
     #: A connection from ``store.connection()`` / ``store.transaction()``, or your own.
     Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
@@ -58,6 +62,14 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 
 INT32_MAX = 2**31 - 1
 
+# With concurrency_limit_per_key, a claim chooses among this many of the first due jobs
+# of the type: keys beyond them wait until those ahead have run.
+PER_KEY_WINDOW = 200
+
+# store.wait() is woken by a notification; it looks again after this long anyway, in
+# case one was lost with a dropped connection.
+WAIT_RECHECK_SECONDS = 10.0
+
 # create_pool arguments that asyncpg.connect does not take.
 POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
 
@@ -69,9 +81,9 @@ POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_co
 ENQUEUE = """
 WITH inserted AS (
     INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
-                      timeout_seconds)
+                      timeout_seconds, concurrency_key)
     VALUES ($1, $2::text::jsonb, $3, COALESCE($4::timestamptz, now() + $5::interval), $6,
-            $7, $8)
+            $7, $8, $9)
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
     DO NOTHING
     RETURNING id
@@ -92,15 +104,15 @@ ENQUEUE_MANY = """
 WITH input AS (
     SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, t.*
     FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::interval[],
-                $6::text[], $7::integer[], $8::integer[])
+                $6::text[], $7::integer[], $8::integer[], $9::text[])
          WITH ORDINALITY AS t(job_type, payload, priority, run_at, delay, dedupe_key,
-                              max_attempts, timeout_seconds, position)
+                              max_attempts, timeout_seconds, concurrency_key, position)
 ),
 inserted AS (
     INSERT INTO jobs (id, job_type, payload, priority, run_after, dedupe_key, max_attempts,
-                      timeout_seconds)
+                      timeout_seconds, concurrency_key)
     SELECT id, job_type, payload::jsonb, priority, COALESCE(run_at, now() + delay),
-           dedupe_key, max_attempts, timeout_seconds
+           dedupe_key, max_attempts, timeout_seconds, concurrency_key
     FROM input
     ORDER BY position
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
@@ -145,7 +157,119 @@ WHERE j.id = due.id AND j.status = 'READY'
 RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
           j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
           j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at, j.duration_ms,
-          j.result::text AS result, j.created_at, j.updated_at
+          j.result::text AS result, j.created_at, j.updated_at, j.concurrency_key
+"""
+
+# Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
+# time: each takes this transaction-scoped advisory lock, named after the queue's channel
+# and the job type, in a statement of its own before PICKUP_LIMITED. Under READ
+# COMMITTED each statement sees what was committed when it began, so the claim that
+# follows the lock counts every claim committed before, including the previous holder's.
+# (Taking the lock inside the claim's own statement would count from a snapshot taken
+# before the wait: two workers could both see room for the last slot.)
+LIMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
+# READY -> RUNNING for one limited job type, under LIMIT_LOCK. How many to claim:
+#   $3  at most this many (the worker's free slots),
+#   $4  concurrency_limit: minus the jobs of the type RUNNING now,
+#   $5  concurrency_limit_per_key: per concurrency_key (NULL keys count as one key),
+#       choosing among the first $8 due jobs,
+#   $6  rate_limit per $7: minus the claims recorded in job_rate_limits in the last $7.
+# Each claim is recorded there, by start time. The last column is when the rate limit
+# next has room, set only when it was used up (the worker wakes up then).
+# Times are statement_timestamp(): the transaction began before the lock wait.
+PICKUP_LIMITED = """
+WITH running AS (
+    SELECT count(*) AS total
+    FROM jobs
+    WHERE $4::integer IS NOT NULL AND status = 'RUNNING' AND job_type = $2
+),
+recent AS (
+    SELECT count(*) AS started, min(s.at) AS oldest
+    FROM job_rate_limits AS r, unnest(r.starts) AS s(at)
+    WHERE $6::integer IS NOT NULL AND r.job_type = $2
+      AND s.at > statement_timestamp() - $7::interval
+),
+room AS (
+    SELECT greatest(0, least($3::integer,
+                             COALESCE($4::integer - running.total, $3::integer),
+                             COALESCE($6::integer - recent.started, $3::integer))) AS n
+    FROM running, recent
+),
+candidates AS (
+    SELECT id, concurrency_key, priority, run_after
+    FROM jobs
+    WHERE status = 'READY' AND run_after <= now() AND job_type = $2
+    ORDER BY priority DESC, run_after, id
+    LIMIT (SELECT CASE WHEN n = 0 THEN 0 WHEN $5::integer IS NULL THEN n
+                       ELSE greatest(n, $8::integer) END
+           FROM room)
+    FOR UPDATE SKIP LOCKED
+),
+running_per_key AS (
+    SELECT concurrency_key, count(*) AS total
+    FROM jobs
+    WHERE $5::integer IS NOT NULL AND status = 'RUNNING' AND job_type = $2
+    GROUP BY concurrency_key
+),
+ranked AS (
+    SELECT c.id, c.priority, c.run_after,
+           COALESCE(k.total, 0) + row_number() OVER (
+               PARTITION BY c.concurrency_key ORDER BY c.priority DESC, c.run_after, c.id
+           ) AS running_with_it
+    FROM candidates AS c
+    LEFT JOIN running_per_key AS k ON k.concurrency_key IS NOT DISTINCT FROM c.concurrency_key
+),
+chosen AS (
+    SELECT id
+    FROM ranked
+    WHERE $5::integer IS NULL OR running_with_it <= $5::integer
+    ORDER BY priority DESC, run_after, id
+    LIMIT (SELECT n FROM room)
+),
+claimed AS (
+    UPDATE jobs AS j
+    SET status = 'RUNNING',
+        attempts = j.attempts + 1,
+        lease_id = txid_current(),
+        heartbeat_at = statement_timestamp(),
+        locked_at = statement_timestamp(),
+        locked_by = $1,
+        updated_at = statement_timestamp()
+    FROM chosen
+    WHERE j.id = chosen.id AND j.status = 'READY'
+    RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
+              j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
+              j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at,
+              j.duration_ms, j.result::text AS result, j.created_at, j.updated_at,
+              j.concurrency_key
+),
+recorded AS (
+    INSERT INTO job_rate_limits AS r (job_type, starts)
+    SELECT $2, array_fill(statement_timestamp(), ARRAY[(SELECT count(*) FROM claimed)::integer])
+    WHERE $6::integer IS NOT NULL AND EXISTS (SELECT 1 FROM claimed)
+    ON CONFLICT (job_type) DO UPDATE
+    SET starts = ARRAY(SELECT s.at FROM unnest(r.starts) AS s(at)
+                       WHERE s.at > statement_timestamp() - $7::interval) || EXCLUDED.starts
+),
+rate AS (
+    SELECT CASE WHEN recent.started + (SELECT count(*) FROM claimed) >= $6::integer
+                THEN COALESCE(recent.oldest, statement_timestamp()) + $7::interval
+           END AS free_at
+    FROM recent
+)
+SELECT claimed.*, rate.free_at AS rate_free_at
+FROM rate LEFT JOIN claimed ON true
+"""
+
+# Wake idle workers: a limited job type may have room again.
+WAKE_WORKERS = "SELECT pg_notify($1, '')"
+
+# Flag a job whose finish someone waits for (store.wait()): from then on, the trigger
+# jobs_notify_finished announces its move to DONE, FAILED or CANCELLED on the channel.
+MARK_AWAITED = """
+UPDATE jobs SET awaited = true
+WHERE id = $1 AND status IN ('READY', 'RUNNING') AND NOT awaited
 """
 
 # RUNNING (this claim) -> DONE. $4 NULL: the caller knows the owner and attempt only.
@@ -357,7 +481,8 @@ SELECT moved.id FROM moved LEFT JOIN woken ON true
 GET_JOB = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
        run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
-       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at
+       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at,
+       concurrency_key
 FROM jobs
 WHERE id = $1
 """
@@ -365,7 +490,8 @@ WHERE id = $1
 LIST_JOBS = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
        run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
-       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at
+       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at,
+       concurrency_key
 FROM jobs
 WHERE ($1::text IS NULL OR status = $1::text)
   AND ($2::text IS NULL OR job_type = $2::text)
@@ -415,11 +541,17 @@ def _new_job_row(
     dedupe_key: str | None = None,
     max_attempts: int = 5,
     timeout_seconds: int | timedelta | None = None,
-) -> tuple[str, str, int, datetime | None, timedelta, str | None, int, int | None]:
+    concurrency_key: str | None = None,
+) -> tuple[str, str, int, datetime | None, timedelta, str | None, int, int | None, str | None]:
     """Check enqueue's arguments and turn them into the columns ENQUEUE binds."""
     if not isinstance(job_type, str) or not job_type:
         raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
     payload_json = encode_json({} if payload is None else payload, f"payload of {job_type!r}")
+    if concurrency_key is not None and not isinstance(concurrency_key, str):
+        raise TypeError(
+            f"concurrency_key must be a string or None, got {type(concurrency_key).__name__} "
+            f"{concurrency_key!r}"
+        )
     _check_int("priority", priority, -INT32_MAX)
     _check_int("max_attempts", max_attempts, 1)
     if isinstance(timeout_seconds, timedelta):
@@ -445,6 +577,7 @@ def _new_job_row(
         dedupe_key,
         max_attempts,
         timeout_seconds,
+        concurrency_key,
     )
 
 
@@ -529,6 +662,8 @@ class PgJobStore:
         self._pool: asyncpg.Pool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._schema_checked = False  # and self.channel learned
+        self._payload_models: dict[str, type[Any]] = {}
+        self._waiters = FinishWaiters(self)
         #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
         self.channel = "pqrun:public"
         # The connection of the transaction() or connection() block the code is in, so
@@ -619,6 +754,7 @@ class PgJobStore:
 
         Past that they are closed anyway. The store opens a new pool if used again.
         """
+        await self._waiters.close()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -769,6 +905,24 @@ class PgJobStore:
 
     # -- enqueue ---------------------------------------------------------------------
 
+    def register_payload_model(self, job_type: str, model: type[Any]) -> None:
+        """Validate the payload of every ``job_type`` job enqueued here against ``model``.
+
+        A Worker does this for each handler that declares a payload model, so apps that
+        enqueue through the worker's store get the check without asking.
+        """
+        if not is_model_class(model):
+            raise TypeError(
+                f"the payload model for {job_type!r} must be a Pydantic model class, got {model!r}"
+            )
+        self._payload_models[job_type] = model
+
+    def _checked_payload(self, job_type: str, payload: Any) -> Any:
+        model = self._payload_models.get(job_type) if isinstance(job_type, str) else None
+        if model is None or is_pydantic_model(payload):
+            return payload
+        return validate(model, {} if payload is None else payload, job_type)
+
     async def enqueue(
         self,
         job_type: str,
@@ -779,6 +933,7 @@ class PgJobStore:
         dedupe_key: str | None = None,
         max_attempts: int = 5,
         timeout_seconds: int | timedelta | None = None,
+        concurrency_key: str | None = None,
         conn: Connection | None = None,
     ) -> int:
         """Add a job and return its id.
@@ -788,10 +943,22 @@ class PgJobStore:
         job already has, nothing is added and that job's id is returned. ``conn`` (or an
         enclosing ``store.transaction()``) makes the job part of your transaction.
         ``timeout_seconds`` is how long one run may take: the worker cancels a handler
-        that runs longer (default: no deadline).
+        that runs longer (default: no deadline). Jobs with the same ``concurrency_key``
+        count together against their handler's ``concurrency_limit_per_key``.
+
+        ``payload`` may be a Pydantic model instance; a dict is validated here when a
+        payload model is known for ``job_type`` (see ``register_payload_model``), and an
+        invalid one raises PayloadInvalid before anything is written.
         """
         row = _new_job_row(
-            job_type, payload, priority, run_after, dedupe_key, max_attempts, timeout_seconds
+            job_type,
+            self._checked_payload(job_type, payload),
+            priority,
+            run_after,
+            dedupe_key,
+            max_attempts,
+            timeout_seconds,
+            concurrency_key,
         )
         async with self._acquire(conn) as c:
             for _ in range(DEDUPE_TRIES):
@@ -816,11 +983,14 @@ class PgJobStore:
         source: list[int] = []  # for each item, the row that carries it
         for number, item in enumerate(jobs):
             try:
+                if "payload" in item and "job_type" in item:
+                    checked = self._checked_payload(item["job_type"], item["payload"])
+                    item = {**item, "payload": checked}
                 row = _new_job_row(**item)
             except TypeError as exc:
                 raise TypeError(f"enqueue_many item {number}: {exc}") from exc
-            except ValueError as exc:
-                raise ValueError(f"enqueue_many item {number}: {exc}") from exc
+            except ValueError as exc:  # PayloadInvalid stays PayloadInvalid
+                raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
             key = row[5]
             if key is not None and key in position_of_key:
                 source.append(position_of_key[key])
@@ -863,6 +1033,41 @@ class PgJobStore:
         # RETURNING does not keep the order of the CTE.
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs
+
+    async def pickup_limited(
+        self, worker_id: str, job_type: str, handler: Handler, limit: int
+    ) -> tuple[list[Job], datetime | None]:
+        """Claim up to ``limit`` due jobs of ``job_type`` within ``handler``'s limits.
+
+        Returns the jobs and, when the rate limit was used up, when it has room again.
+        Claims of one limited type are made one at a time across all workers.
+        """
+        period = handler.rate_period
+        assert isinstance(period, timedelta)
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute(
+                LIMIT_LOCK, f"{self.channel}:limits:{job_type}", timeout=self.statement_timeout
+            )
+            rows = await conn.fetch(
+                PICKUP_LIMITED,
+                worker_id,
+                job_type,
+                limit,
+                handler.concurrency_limit,
+                handler.concurrency_limit_per_key,
+                handler.rate_limit,
+                period,
+                PER_KEY_WINDOW,
+                timeout=self.statement_timeout,
+            )
+        jobs = [Job.from_record(row) for row in rows if row["id"] is not None]
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        return jobs, rows[0]["rate_free_at"] if rows else None
+
+    async def wake_workers(self) -> None:
+        """Wake the idle workers of this queue, as an insert would."""
+        async with self._acquire() as conn:
+            await conn.execute(WAKE_WORKERS, self.channel, timeout=self.statement_timeout)
 
     async def pickup(self, worker_id: str, job_types: Sequence[str] | None = None) -> Job | None:
         """Claim the next due READY job for ``worker_id``, or return None."""
@@ -1076,6 +1281,57 @@ class PgJobStore:
         return [dict(row) for row in rows]
 
     # -- inspect and manage ----------------------------------------------------------
+
+    async def wait(
+        self,
+        job_id: int,
+        timeout: float | timedelta | None = 30.0,  # noqa: ASYNC109 - the documented API
+    ) -> Job:
+        """Wait until the job is DONE, FAILED or CANCELLED, and return it.
+
+        Woken by a notification when the job finishes (whoever finishes it), so many
+        waiters cost no polling; ``timeout`` (seconds or a timedelta, None: no limit)
+        raises WaitTimeout. JobNotFound if there is no such job. A job that fails and is
+        retried later is not finished: the wait goes on.
+        """
+        _check_int("job_id", job_id, 1)
+        if isinstance(timeout, timedelta):
+            timeout = timeout.total_seconds()
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise ValueError(f"timeout must be seconds >= 0, a timedelta or None, got {timeout!r}")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            woken = await self._waiters.watch(job_id)
+            try:
+                async with self._acquire() as conn:
+                    await conn.execute(MARK_AWAITED, job_id, timeout=self.statement_timeout)
+                    row = await conn.fetchrow(GET_JOB, job_id, timeout=self.statement_timeout)
+                if row is None:
+                    raise JobNotFound(
+                        f"no job with id {job_id}: it was never enqueued here (check the "
+                        "store's database and schema) or it was pruned"
+                    )
+                job = Job.from_record(row)
+                if job.status.is_finished:
+                    return job
+                pause = WAIT_RECHECK_SECONDS
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise WaitTimeout(
+                            f"job {job_id} ({job.job_type}) is still {job.status.value} "
+                            f"after {timeout:g} s (attempt {job.attempts} of "
+                            f"{job.max_attempts}); wait longer, or check that a worker "
+                            "handles this job type (pqrun status)"
+                        )
+                    pause = min(pause, remaining)
+                # The notification wakes this at once; the pause only bounds how long a
+                # notification lost with a dropped connection could hold it up.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(woken), pause)
+            finally:
+                self._waiters.forget(job_id, woken)
 
     async def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""

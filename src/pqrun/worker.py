@@ -166,6 +166,13 @@ class Worker:
         self.store = store
         self.handlers: dict[str, Handler] = as_handlers(handlers)
         self.job_types = sorted(self.handlers)
+        # Types whose handler has a concurrency or rate limit are claimed apart, one
+        # worker at a time (docs/flow-control.md); the rest in one statement.
+        self._limited = {t: h for t, h in sorted(self.handlers.items()) if h.is_limited}
+        self._unlimited_types = [t for t in self.job_types if t not in self._limited]
+        for job_type, handler in self.handlers.items():
+            if handler.payload_model is not None:
+                store.register_payload_model(job_type, handler.payload_model)
         self.enabled = env_bool("WORKER_ENABLED", enabled, True)
         self.enable_reaper = env_bool("WORKER_REAPER_ENABLED", enable_reaper, True)
         self.concurrency = env_int("WORKER_CONCURRENCY", concurrency, 1)
@@ -443,6 +450,8 @@ class Worker:
         self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
         self._average_seconds: float | None = None
         self._prefetch_target = 0
+        self._rate_room_at: float | None = None  # epoch when a used-up rate limit has room
+        self._room_announcement: asyncio.Task[None] | None = None
         self._failure = None
         self._outcomes_written = 0
         # Since when (monotonic) this worker's heartbeats have reached the database
@@ -502,7 +511,7 @@ class Worker:
             self._wakeup.clear()
             written_before = self._outcomes_written
             try:
-                jobs = await self.store.pickup_batch(self.worker_id, self.job_types, want)
+                jobs = await self._claim(want)
             except Exception as exc:
                 if drain:
                     raise
@@ -523,6 +532,10 @@ class Worker:
                 if self._buffer or self._running:
                     await self._want_more.wait()  # a finishing job may have enqueued more
                     continue
+                if self._rate_room_at is not None and self._rate_room_at > time.time():
+                    # Due jobs wait for a rate limit: they are due work all the same.
+                    await self._sleep(self._rate_room_at - time.time())
+                    continue
                 if not self._writer.idle or self._outcomes_written != written_before:
                     # An outcome written during (or after) that claim may have made a
                     # retry due now: write everything, then look once more.
@@ -537,6 +550,34 @@ class Worker:
             idle_polls += 1
             await self._idle_sleep(idle_polls)
         return False
+
+    async def _claim(self, want: int) -> list[Job]:
+        """Claim up to ``want`` jobs: limited types first, within their limits, then the rest."""
+        if not self._limited:
+            return await self.store.pickup_batch(self.worker_id, self.job_types, want)
+        jobs: list[Job] = []
+        # A claimed job of a limited type counts against its limit, so none is claimed
+        # ahead into the prefetch buffer: only as many as there are free slots.
+        free = self.concurrency - len(self._running) - len(self._buffer)
+        self._rate_room_at = None
+        for job_type, handler in self._limited.items():
+            if free <= 0:
+                break
+            claimed, rate_room_at = await self.store.pickup_limited(
+                self.worker_id, job_type, handler, min(free, want)
+            )
+            if rate_room_at is not None:
+                epoch = rate_room_at.timestamp()
+                self._rate_room_at = min(self._rate_room_at or epoch, epoch)
+                # The fetch loop sleeps until then at the latest; no wake-up call now, it
+                # is awake.
+                heapq.heappush(self._due_at, epoch)
+            jobs.extend(claimed)
+            free -= len(claimed)
+            want -= len(claimed)
+        if self._unlimited_types and want > 0:
+            jobs.extend(await self.store.pickup_batch(self.worker_id, self._unlimited_types, want))
+        return jobs
 
     async def _idle_sleep(self, idle_polls: int) -> None:
         """Sleep per the idle policy, but no later than the next known due time."""
@@ -733,6 +774,8 @@ class Worker:
         job = outcome.job
         if status is JobStatus.READY and outcome.retry_after is not None:
             self._expect_due(time.time() + outcome.retry_after.total_seconds())
+        if status is not None and job.job_type in self._limited:
+            self._room_freed()
         extra = {
             "job_id": job.id,
             "job_type": job.job_type,
@@ -789,6 +832,20 @@ class Worker:
                 headline,
                 extra=extra,
             )
+
+    def _room_freed(self) -> None:
+        """A limited job finished: look for more here, and tell other workers once."""
+        self._wakeup.set()
+        self._want_more.set()
+        if self._room_announcement is None or self._room_announcement.done():
+            self._room_announcement = asyncio.ensure_future(self._announce_room())
+
+    async def _announce_room(self) -> None:
+        # Other workers would otherwise see the freed room only at their next idle poll.
+        try:
+            await self.store.wake_workers()
+        except Exception as exc:  # they will see it at their next poll
+            logger.debug("could not wake other workers: %s", exc)
 
     # -- listener and reaper ---------------------------------------------------------
 
