@@ -184,7 +184,7 @@ def test_handler_settings_are_checked() -> None:
 
     for bad in ({"concurrency_limit": 0}, {"rate_limit": 1.5}, {"concurrency_limit_per_key": True}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            Handler(fn, **bad)  # type: ignore[arg-type]
+            Handler(fn, **bad)
     with pytest.raises(ValueError, match="rate_period"):
         Handler(fn, rate_limit=1, rate_period=0)
     assert not Handler(fn).is_limited
