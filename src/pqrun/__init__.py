@@ -22,6 +22,7 @@ from .errors import (
 from .handlers import Handler, HandlerFunc, Handlers, JobContext, handler
 from .models import Job, JobStatus, RawJSON
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
+from .schedules import Schedule
 from .schema import ddl_sql
 from .store import PgJobStore
 from .worker import Worker
@@ -47,6 +48,7 @@ __all__ = [
     "PqrunError",
     "RawJSON",
     "Retry",
+    "Schedule",
     "SchemaMissing",
     "Snooze",
     "UnknownJobType",

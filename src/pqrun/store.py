@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import socket
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from .errors import DatabaseUnavailable, JobConflict, JobNotFound, SchemaMissing, WaitTimeout
-from .models import Job, JobStatus, encode_json, is_pydantic_model
+from .models import Job, JobStatus, RawJSON, encode_json, is_pydantic_model
 from .payloads import is_model_class, validate
 from .schema import ddl_sql
 from .waiting import FinishWaiters
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     from .handlers import Handler
+    from .schedules import Schedule
 
     #: A connection from ``store.connection()`` / ``store.transaction()``, or your own.
     Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
@@ -477,6 +479,68 @@ WITH moved AS (
 woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))
 SELECT moved.id FROM moved LEFT JOIN woken ON true
 """
+
+# A worker declares its schedules: the definition is its, and the next tick is kept unless
+# the timing (cron, interval or timezone) changed, so a tick missed while no worker ran
+# is still due when one starts.
+DECLARE_SCHEDULE = """
+INSERT INTO job_schedules AS s (name, job_type, cron, every_seconds, timezone, payload,
+                                priority, max_attempts, timeout_seconds, missed, next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11)
+ON CONFLICT (name) DO UPDATE
+SET job_type = EXCLUDED.job_type,
+    payload = EXCLUDED.payload,
+    priority = EXCLUDED.priority,
+    max_attempts = EXCLUDED.max_attempts,
+    timeout_seconds = EXCLUDED.timeout_seconds,
+    missed = EXCLUDED.missed,
+    declared_at = now(),
+    next_run_at = CASE
+        WHEN (s.cron, s.every_seconds, s.timezone)
+             IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every_seconds, EXCLUDED.timezone)
+        THEN s.next_run_at ELSE EXCLUDED.next_run_at END,
+    cron = EXCLUDED.cron,
+    every_seconds = EXCLUDED.every_seconds,
+    timezone = EXCLUDED.timezone
+"""
+
+DATABASE_NOW = "SELECT now()"
+
+# The due schedules among $1, locked for this transaction. SKIP LOCKED: a schedule that
+# another worker is firing right now is that worker's to fire.
+DUE_SCHEDULES = """
+SELECT name, next_run_at, now() AS now
+FROM job_schedules
+WHERE name = ANY($1::text[]) AND next_run_at <= now()
+ORDER BY next_run_at
+FOR UPDATE SKIP LOCKED
+"""
+
+# Move a fired schedule to its next tick. It names the tick it fired: if that is no
+# longer the row's next tick, someone else fired it, and nothing changes.
+ADVANCE_SCHEDULE = """
+UPDATE job_schedules
+SET next_run_at = $3, last_run_at = COALESCE($4, last_run_at),
+    last_job_id = COALESCE($5, last_job_id)
+WHERE name = $1 AND next_run_at = $2
+"""
+
+# Seconds until the earliest of these schedules is due (negative: due already).
+NEXT_SCHEDULE_DUE = """
+SELECT extract(epoch FROM min(next_run_at) - now())::float8
+FROM job_schedules
+WHERE name = ANY($1::text[])
+"""
+
+LIST_SCHEDULES = """
+SELECT name, job_type, cron, every_seconds, timezone, payload::text AS payload, priority,
+       max_attempts, timeout_seconds, missed, next_run_at, last_run_at, last_job_id,
+       declared_at
+FROM job_schedules
+ORDER BY name
+"""
+
+REMOVE_SCHEDULE = "DELETE FROM job_schedules WHERE name = $1"
 
 GET_JOB = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
@@ -921,6 +985,9 @@ class PgJobStore:
         model = self._payload_models.get(job_type) if isinstance(job_type, str) else None
         if model is None or is_pydantic_model(payload):
             return payload
+        if isinstance(payload, RawJSON):
+            validate(model, json.loads(payload), job_type)
+            return payload
         return validate(model, {} if payload is None else payload, job_type)
 
     async def enqueue(
@@ -1279,6 +1346,91 @@ class PgJobStore:
         async with self._acquire() as conn:
             rows = await conn.fetch(LIST_WORKERS, timeout=self.statement_timeout)
         return [dict(row) for row in rows]
+
+    # -- schedules -------------------------------------------------------------------
+
+    async def declare_schedules(self, schedules: Sequence[Schedule]) -> None:
+        """Store these schedules' definitions (a worker does this when it starts)."""
+        async with self._acquire() as conn, conn.transaction():
+            now: datetime = await conn.fetchval(DATABASE_NOW, timeout=self.statement_timeout)
+            for schedule in schedules:
+                await conn.execute(
+                    DECLARE_SCHEDULE,
+                    schedule.name,
+                    schedule.job_type,
+                    schedule.cron,
+                    schedule.every_seconds,
+                    schedule.timezone,
+                    schedule.payload_json,
+                    schedule.priority,
+                    schedule.max_attempts,
+                    schedule.timeout_seconds,
+                    schedule.missed,
+                    schedule.first_tick(now),
+                    timeout=self.statement_timeout,
+                )
+
+    async def fire_due_schedules(self, schedules: Sequence[Schedule]) -> tuple[list[int], float]:
+        """Enqueue the due ticks of ``schedules``; return the job ids and the seconds until
+        the next tick of any of them.
+
+        Each due schedule is locked, its job enqueued and its next tick stored in one
+        transaction: however many workers call this at once, a tick is enqueued once.
+        """
+        by_name = {schedule.name: schedule for schedule in schedules}
+        names = list(by_name)
+        enqueued: list[int] = []
+        async with self._acquire() as conn:
+            async with conn.transaction():
+                due = await conn.fetch(DUE_SCHEDULES, names, timeout=self.statement_timeout)
+                for row in due:
+                    schedule = by_name[row["name"]]
+                    tick: datetime = row["next_run_at"]
+                    now: datetime = row["now"]
+                    job_id = None
+                    if schedule.missed == "once" or not schedule.was_missed(tick, now):
+                        job_id = await self.enqueue(
+                            schedule.job_type,
+                            RawJSON(schedule.payload_json),
+                            priority=schedule.priority,
+                            max_attempts=schedule.max_attempts,
+                            timeout_seconds=schedule.timeout_seconds,
+                            dedupe_key=f"schedule:{schedule.name}:{tick.isoformat()}",
+                            conn=conn,
+                        )
+                        enqueued.append(job_id)
+                    await conn.execute(
+                        ADVANCE_SCHEDULE,
+                        schedule.name,
+                        tick,
+                        schedule.next_tick(tick, now),
+                        tick if job_id is not None else None,
+                        job_id,
+                        timeout=self.statement_timeout,
+                    )
+            until_next = await conn.fetchval(
+                NEXT_SCHEDULE_DUE, names, timeout=self.statement_timeout
+            )
+        return enqueued, 3600.0 if until_next is None else until_next
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Every stored schedule: its definition, ``next_run_at``, ``last_run_at`` (the tick
+        last enqueued), ``last_job_id`` and ``declared_at`` (when a worker last declared it:
+        an old one is no longer declared by any running worker)."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(LIST_SCHEDULES, timeout=self.statement_timeout)
+        schedules = []
+        for row in rows:
+            item = dict(row)
+            item["payload"] = json.loads(item["payload"])
+            schedules.append(item)
+        return schedules
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a stored schedule (one no worker declares any more). False if none."""
+        async with self._acquire() as conn:
+            status = await conn.execute(REMOVE_SCHEDULE, name, timeout=self.statement_timeout)
+        return bool(status == "DELETE 1")
 
     # -- inspect and manage ----------------------------------------------------------
 

@@ -26,7 +26,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +38,7 @@ from .handlers import Handler, Handlers, JobContext, as_handlers, describe_excep
 from .models import Job, JobStatus, encode_json
 from .outcomes import Outcome, OutcomeWriter
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
+from .schedules import Schedule
 from .store import INT32_MAX, PgJobStore
 
 logger = logging.getLogger("pqrun")
@@ -57,6 +58,10 @@ DRAIN_WRITE_WAIT = 60.0
 MAX_DUE_TIMES = 1000
 # How often the LISTEN connection is checked for life (seconds).
 LISTEN_PROBE_EVERY = 30.0
+# The schedule loop sleeps until the next tick, within these bounds (seconds): the upper
+# one lets it see schedules that other workers declared or moved.
+SCHEDULE_MIN_SLEEP = 0.05
+SCHEDULE_MAX_SLEEP = 30.0
 # Heartbeats a worker sends within one default_stale_after.
 HEARTBEATS_PER_STALE_PERIOD = 6
 
@@ -160,6 +165,7 @@ class Worker:
         enabled: bool | None = None,
         prefetch: int | None = None,
         listen: bool = True,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         if not isinstance(store, PgJobStore):
             raise TypeError(f"Worker(store=...) needs a PgJobStore, got {store!r}")
@@ -209,6 +215,16 @@ class Worker:
         if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         self.worker_id = worker_id or default_worker_id()
+        self.schedules = list(schedules)
+        names: set[str] = set()
+        for schedule in self.schedules:
+            if not isinstance(schedule, Schedule):
+                raise TypeError(f"schedules=[...] takes Schedule objects, got {schedule!r}")
+            if schedule.name in names:
+                raise ValueError(
+                    f"two schedules are named {schedule.name!r}: give each a name= of its own"
+                )
+            names.add(schedule.name)
         store.want_connections(self.concurrency)
 
         self._outage = _OutageLog(self.worker_id)
@@ -276,6 +292,10 @@ class Worker:
             self._background.append(asyncio.create_task(self._reap_loop()))
         if self.listen:
             self._background.append(asyncio.create_task(self._listen_loop()))
+        if self.schedules:
+            self._background.append(
+                asyncio.create_task(self._schedule_loop(), name="pqrun-schedules")
+            )
         for task in self._background:
             task.add_done_callback(self._loop_ended)
         logger.info(
@@ -1033,6 +1053,29 @@ class Worker:
             await self._sleep(self.reap_interval.total_seconds())
 
     # -- shutdown --------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        """Declare this worker's schedules, then enqueue each tick when it comes due."""
+        errors = 0
+        declared = False
+        while not self._stopping.is_set():
+            try:
+                if not declared:
+                    await self.store.declare_schedules(self.schedules)
+                    declared = True
+                fired, until_next = await self.store.fire_due_schedules(self.schedules)
+            except Exception as exc:
+                errors += 1
+                self._outage.failure("schedules", "firing schedules", exc)
+                await self._sleep(self.loop_error_policy.next_sleep(errors))
+                continue
+            if errors:
+                errors = 0
+                self._outage.recovered("schedules")
+            if fired:
+                logger.debug("worker %s enqueued scheduled jobs %s", self.worker_id, fired)
+            # A due schedule another worker holds locked is fired by it: look again soon.
+            await self._sleep(min(max(until_next, SCHEDULE_MIN_SLEEP), SCHEDULE_MAX_SLEEP))
 
     async def _release(self, jobs: list[Job], why: str) -> None:
         reason = f"{why} (worker {self.worker_id}); put back to READY"
