@@ -220,3 +220,88 @@ async def test_least_privilege_role_can_do_everything(
             assert len(await app_store.list_jobs()) == 3
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_scheduling_example_declares_and_fires_its_schedules(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    from examples.scheduling import build_worker
+
+    worker = build_worker(store)
+    await worker.start()
+    try:
+
+        async def declared() -> bool:
+            return len(await store.list_schedules()) == 2
+
+        await wait_until(declared)
+        schedules = {s["name"]: s for s in await store.list_schedules()}
+        assert schedules["cleanup_sessions"]["timezone"] == "Europe/Paris"
+        assert schedules["refresh_rates"]["every_seconds"] == 300
+        # A night with no worker running: the 03:00 tick went by.
+        await worker.stop()
+        await conn.execute(
+            "UPDATE job_schedules SET next_run_at = now() - interval '2 hours' "
+            "WHERE name = 'cleanup_sessions'"
+        )
+        await worker.start()
+
+        async def cleaned() -> bool:
+            done: int = await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE job_type = 'cleanup_sessions' AND status = 'DONE'"
+            )
+            return done == 1
+
+        await wait_until(cleaned)
+    finally:
+        await worker.stop()
+    result = await conn.fetchval("SELECT result->>'deleted_older_than_days' FROM jobs")
+    assert result == "30"
+
+
+async def test_flow_control_example_runs_everything_within_its_limits(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    from examples.flow_control import HANDLERS, enqueue_some
+
+    await enqueue_some(store)
+    assert await Worker(store=store, handlers=HANDLERS, concurrency=8).drain() == 22
+    assert await counts(conn) == {"DONE": 22}
+    starts = [
+        row["locked_at"]
+        for row in await conn.fetch(
+            "SELECT locked_at FROM jobs WHERE job_type = 'call_partner_api' ORDER BY 1"
+        )
+    ]
+    for first, sixth in zip(starts, starts[5:], strict=False):
+        assert sixth - first >= timedelta(seconds=1)
+
+
+async def test_typed_payloads_example_refuses_and_runs(
+    dsn: str, store: PgJobStore, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import typed_payloads
+
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    await typed_payloads.main()
+    out = capsys.readouterr().out
+    assert "refused: the payload of job type 'send_email' is not a valid EmailArgs" in out
+    assert "to: String should match pattern" in out
+    assert "subject: Field required" in out
+    assert "sent 'Hi' to ada@example.com" in out
+
+
+def test_wait_for_result_example_answers_with_the_result(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asyncio.run(reset_jobs(dsn))
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    sys.modules.pop("examples.wait_for_result", None)
+    example = importlib.import_module("examples.wait_for_result")
+    try:
+        with TestClient(example.app) as client:
+            answer = client.post("/thumbnails/cat.png")
+            assert answer.status_code == 200
+            assert answer.json()["thumbnail"] == "thumbs/cat.png"
+    finally:
+        sys.modules.pop("examples.wait_for_result", None)
