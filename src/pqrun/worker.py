@@ -62,6 +62,9 @@ LISTEN_PROBE_EVERY = 30.0
 # one lets it see schedules that other workers declared or moved.
 SCHEDULE_MIN_SLEEP = 0.05
 SCHEDULE_MAX_SLEEP = 30.0
+# A limited job type that had nothing due is claimed again after this long at the latest
+# (or at once when a notification says jobs were inserted or room was freed).
+LIMITED_RECHECK_SECONDS = 0.05
 # Heartbeats a worker sends within one default_stale_after.
 HEARTBEATS_PER_STALE_PERIOD = 6
 
@@ -472,6 +475,9 @@ class Worker:
         self._prefetch_target = 0
         self._rate_room_at: float | None = None  # epoch when a used-up rate limit has room
         self._room_announcement: asyncio.Task[None] | None = None
+        self._announce_again = False
+        # Monotonic time before which a limited type that had nothing due is not claimed.
+        self._limited_recheck_at: dict[str, float] = {}
         self._failure = None
         self._outcomes_written = 0
         # Since when (monotonic) this worker's heartbeats have reached the database
@@ -580,12 +586,21 @@ class Worker:
         # ahead into the prefetch buffer: only as many as there are free slots.
         free = self.concurrency - len(self._running) - len(self._buffer)
         self._rate_room_at = None
+        now = time.monotonic()
+        found_none: list[str] = []
         for job_type, handler in self._limited.items():
             if free <= 0:
                 break
+            recheck_at = self._limited_recheck_at.get(job_type)
+            if recheck_at is not None:
+                if recheck_at > now:
+                    continue  # found nothing a moment ago; the idle sleep ends by then
+                del self._limited_recheck_at[job_type]
             claimed, rate_room_at = await self.store.pickup_limited(
                 self.worker_id, job_type, handler, min(free, want)
             )
+            if not claimed:
+                found_none.append(job_type)
             if rate_room_at is not None:
                 epoch = rate_room_at.timestamp()
                 self._rate_room_at = min(self._rate_room_at or epoch, epoch)
@@ -597,6 +612,13 @@ class Worker:
             want -= len(claimed)
         if self._unlimited_types and want > 0:
             jobs.extend(await self.store.pickup_batch(self.worker_id, self._unlimited_types, want))
+        if jobs:
+            # A limited claim is a transaction of its own. While this worker is busy with
+            # other jobs, a limited type that had nothing due is looked at again a few
+            # times a second, not at every claim. (An idle worker looks at every type
+            # on each idle poll and notification.)
+            for job_type in found_none:
+                self._limited_recheck_at[job_type] = now + LIMITED_RECHECK_SECONDS
         return jobs
 
     async def _idle_sleep(self, idle_polls: int) -> None:
@@ -607,6 +629,16 @@ class Worker:
             heapq.heappop(self._due_at)
         if self._due_at:
             seconds = min(seconds, self._due_at[0] - now)
+        if self._limited_recheck_at:
+            # A limited type skipped in the last claim is looked at when its pause ends
+            # (a pause already over is dropped: the next claim looks at that type).
+            monotonic = time.monotonic()
+            self._limited_recheck_at = {
+                t: at for t, at in self._limited_recheck_at.items() if at > monotonic
+            }
+            if self._limited_recheck_at:
+                soonest = min(self._limited_recheck_at.values()) - monotonic
+                seconds = min(seconds, soonest)
         with suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(seconds, 0.0))
 
@@ -795,7 +827,7 @@ class Worker:
         if status is JobStatus.READY and outcome.retry_after is not None:
             self._expect_due(time.time() + outcome.retry_after.total_seconds())
         if status is not None and job.job_type in self._limited:
-            self._room_freed()
+            self._room_freed(job.job_type)
         extra = {
             "job_id": job.id,
             "job_type": job.job_type,
@@ -853,19 +885,27 @@ class Worker:
                 extra=extra,
             )
 
-    def _room_freed(self) -> None:
-        """A limited job finished: look for more here, and tell other workers once."""
+    def _room_freed(self, job_type: str) -> None:
+        """A limited job finished: look for more here, and tell the other workers."""
+        self._limited_recheck_at.pop(job_type, None)
         self._wakeup.set()
         self._want_more.set()
         if self._room_announcement is None or self._room_announcement.done():
             self._room_announcement = asyncio.ensure_future(self._announce_room())
+        else:
+            self._announce_again = True  # room freed after that one was sent
 
     async def _announce_room(self) -> None:
         # Other workers would otherwise see the freed room only at their next idle poll.
-        try:
-            await self.store.wake_workers()
-        except Exception as exc:  # they will see it at their next poll
-            logger.debug("could not wake other workers: %s", exc)
+        # One notification at a time: those freed meanwhile share the next one.
+        while True:
+            self._announce_again = False
+            try:
+                await self.store.wake_workers()
+            except Exception as exc:  # they will see it at their next poll
+                logger.debug("could not wake other workers: %s", exc)
+            if not self._announce_again or self._stopping.is_set():
+                return
 
     # -- listener and reaper ---------------------------------------------------------
 
