@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import asyncpg
 import pytest
 from pydantic import BaseModel, Field
@@ -106,3 +109,18 @@ def test_a_payload_model_must_be_a_model_class() -> None:
 
     with pytest.raises(TypeError, match="Pydantic model class"):
         Handler(fn, payload_model=dict)
+
+
+def test_pqrun_needs_no_pydantic() -> None:
+    # Pydantic is an optional extra: with it blocked, pqrun imports and runs handlers.
+    code = (
+        "import sys; sys.modules['pydantic'] = None\n"
+        "from pqrun import Handler, JobContext, Worker, PgJobStore, Schedule\n"
+        "async def fn(ctx: JobContext, other: int) -> None: ...\n"
+        "h = Handler(fn)\n"
+        "assert h.payload_model is None and not h.passes_payload\n"
+        "Worker(PgJobStore('postgresql://unused'), {'x': h}, schedules=[Schedule('x', every=1)])\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "ok", done.stderr
