@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -385,6 +386,40 @@ WHERE c.oid = to_regclass('jobs')
 """
 
 
+# Switches the search_path of a connection the caller passed in (conn=) to the store's
+# schema for one statement, returning what it was so that it can be put back.
+SWITCH_SEARCH_PATH = """
+SELECT current_setting('search_path') AS was, set_config('search_path', $1, false) AS now
+"""
+
+RESTORE_SEARCH_PATH = "SELECT set_config('search_path', $1, false)"
+
+# Creates the store's schema for setup(). An identifier cannot be a bound parameter, so
+# PostgreSQL itself quotes the (already validated) name with format('%I').
+CREATE_SCHEMA_STATEMENT = "SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)"
+
+# A schema name pqrun accepts: lower case, so that it means the same quoted or not in
+# psql and SQL, and at most 63 bytes, PostgreSQL's limit for a name.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a usable schema name, else raise ValueError."""
+    if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"schema must be a lower-case name of letters, digits and underscores "
+            f"starting with a letter or underscore (at most 63), got {schema!r}"
+        )
+    if schema.startswith("pg_"):
+        raise ValueError(f"schema {schema!r}: names starting with pg_ are PostgreSQL's own")
+    return schema
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN with its password replaced, for messages and logs."""
     parts = urlsplit(dsn)
@@ -492,6 +527,13 @@ class PgJobStore:
     connection that silently died cannot hang a worker. Further keyword arguments go to
     ``asyncpg.create_pool`` (``server_settings``, ``ssl``, ``statement_cache_size=0``
     behind a transaction-mode pooler, ...).
+
+    ``schema="billing"`` keeps the whole queue (tables, trigger, notification channel)
+    in that PostgreSQL schema: the store's connections get ``search_path`` set to it
+    alone, so two stores with different schemas share a database without seeing each
+    other's jobs. Inside ``store.transaction()`` qualify your own tables
+    (``public.orders``). Without it, the queue is wherever the connection's
+    ``search_path`` finds the ``jobs`` table (``public`` by default).
     """
 
     def __init__(
@@ -502,6 +544,7 @@ class PgJobStore:
         max_size: int | None = None,
         connect_timeout: float = 10.0,
         statement_timeout: float = 30.0,
+        schema: str | None = None,
         **pool_kwargs: Any,
     ) -> None:
         dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
@@ -521,16 +564,27 @@ class PgJobStore:
         # statement) picks scans sized for no array in particular and made batch
         # completion ten times slower in docs/benchmarks.md. Plan each run for its
         # arrays. A server_settings of yours overrides this.
-        pool_kwargs["server_settings"] = {
+        settings = {
             "plan_cache_mode": "force_custom_plan",
             **(pool_kwargs.get("server_settings") or {}),
         }
+        #: The schema this store keeps its queue in (None: the search_path decides).
+        self.schema = None if schema is None else check_schema_name(schema)
+        self._search_path: str | None = None
+        if self.schema is not None:
+            if "search_path" in settings:
+                raise ValueError(
+                    "pass either schema= or server_settings={'search_path': ...}, not both"
+                )
+            self._search_path = quote_ident(self.schema)
+            settings["search_path"] = self._search_path
+        pool_kwargs["server_settings"] = settings
         self._pool_kwargs = pool_kwargs
         self._pool: asyncpg.Pool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._schema_checked = False  # and self.channel learned
         #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
-        self.channel = "pqrun:public"
+        self.channel = f"pqrun:{self.schema or 'public'}"
         # The connection of the transaction() or connection() block the code is in, so
         # that store calls inside it join it instead of taking a second connection.
         # Tasks started inside the block inherit it, but only while the block is open.
@@ -539,7 +593,21 @@ class PgJobStore:
         )
 
     def __repr__(self) -> str:
+        if self.schema is not None:
+            return f"PgJobStore({redact_dsn(self.dsn)!r}, schema={self.schema!r})"
         return f"PgJobStore({redact_dsn(self.dsn)!r})"
+
+    def _where(self) -> str:
+        """Where this store's jobs table is, for messages."""
+        if self.schema is not None:
+            return f"schema {self.schema!r} of {redact_dsn(self.dsn)}"
+        return f"the search_path of {redact_dsn(self.dsn)}"
+
+    def _setup_hint(self) -> str:
+        option = f" --schema {self.schema}" if self.schema is not None else ""
+        return f"apply the schema first: `pqrun setup{option}`, or `await store.setup()`" + (
+            "" if self.schema is not None else ', or psql "$DATABASE_URL" -f ddl.sql'
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -571,11 +639,7 @@ class PgJobStore:
             self._schema_checked = True
         else:
             await self.close()
-            raise SchemaMissing(
-                f"the table 'jobs' is not in the search_path of {redact_dsn(self.dsn)}; "
-                'apply the schema first: psql "$DATABASE_URL" -f ddl.sql, or '
-                "`pqrun setup`, or `await store.setup()`"
-            )
+            raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
 
     async def _open_pool(self) -> asyncpg.Pool[Any]:
         loop = asyncio.get_running_loop()
@@ -640,9 +704,16 @@ class PgJobStore:
         await self.close()
 
     async def setup(self) -> None:
-        """Apply ddl.sql in the store's search_path (safe to repeat) and open the pool."""
+        """Apply ddl.sql (safe to repeat) and open the pool.
+
+        With ``schema=``, the schema is created first if missing and everything goes in
+        it; otherwise into the first schema of the connection's search_path.
+        """
         pool = await self._open_pool()
         async with pool.acquire(timeout=self.statement_timeout) as conn:
+            if self.schema is not None:
+                create = await conn.fetchval(CREATE_SCHEMA_STATEMENT, self.schema)
+                await conn.execute(create)
             await conn.execute(ddl_sql())
         await self.start()
 
@@ -706,10 +777,18 @@ class PgJobStore:
 
     @asynccontextmanager
     async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
-        """A connection for pqrun's own statements, whose errors it translates."""
+        """A connection for pqrun's own statements, whose errors it translates.
+
+        ``conn`` is a connection of the caller's: with a ``schema``, its search_path is
+        pointed at the store's schema for the statement and put back after.
+        """
+        given = conn
         conn = conn or self._joined()
         try:
-            if conn is not None:
+            if given is not None and self._search_path is not None:
+                async with self._in_schema(given):
+                    yield given
+            elif conn is not None:
                 yield conn
             else:
                 async with self._pooled() as pooled:
@@ -718,10 +797,29 @@ class PgJobStore:
             if '"jobs"' not in str(exc):
                 raise
             raise SchemaMissing(
-                f"the table 'jobs' is gone from {redact_dsn(self.dsn)}: apply ddl.sql again"
+                f"the table 'jobs' is gone from {self._where()}: {self._setup_hint()}"
             ) from exc
         except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _in_schema(self, conn: Connection) -> AsyncIterator[None]:
+        """Run the block with ``conn``'s search_path set to the store's schema alone."""
+        assert self._search_path is not None
+        row = await conn.fetchrow(
+            SWITCH_SEARCH_PATH, self._search_path, timeout=self.statement_timeout
+        )
+        assert row is not None
+        if row["was"] == row["now"]:
+            yield  # already there (a connection of this store's own pool)
+            return
+        try:
+            yield
+        finally:
+            # After an error inside the caller's transaction the restore cannot run, and
+            # need not: the rollback puts the search_path back as well.
+            with contextlib.suppress(asyncpg.InFailedSQLTransactionError, *CONNECTION_ERRORS):
+                await conn.fetchval(RESTORE_SEARCH_PATH, row["was"], timeout=self.statement_timeout)
 
     @asynccontextmanager
     async def _joinable(self, conn: Connection) -> AsyncIterator[Connection]:
