@@ -241,6 +241,27 @@ SELECT released.id FROM released LEFT JOIN woken ON true
 # queue's channel. Returns false at once when another reaper holds it.
 REAPER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
+# One pruner at a time per queue, like the reaper, under a lock of its own.
+PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1 || ':prune'))"
+
+# (DONE, FAILED or CANCELLED) $1, finished more than $2 ago -> deleted, at most $3 rows:
+# a short transaction that locks few rows, through the jobs_finished index. SKIP LOCKED:
+# a row someone is retrying right now is left for the next pass; the DELETE repeats the
+# status, so a job that left $1 meanwhile is not deleted.
+PRUNE_FINISHED = """
+WITH doomed AS (
+    SELECT id
+    FROM jobs
+    WHERE status = $1 AND finished_at IS NOT NULL AND finished_at < now() - $2::interval
+    ORDER BY status, finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs AS j
+USING doomed
+WHERE j.id = doomed.id AND j.status = $1
+"""
+
 # RUNNING with no sign of life for $1 -> READY, or FAILED when that was its last allowed
 # attempt. The sign of life is the run's heartbeat (its worker writes it every few
 # seconds), or its claim. The CTE locks each stale row together with the claim it saw,
@@ -418,6 +439,23 @@ def check_schema_name(schema: str) -> str:
 def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one ``store.prune()`` deleted."""
+
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    #: Another process held the prune lock, so this call stopped early.
+    busy: bool = False
+    #: The last batch was full: more may be due for deletion (max_batches ran out).
+    more: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.done + self.failed + self.cancelled
 
 
 def redact_dsn(dsn: str) -> str:
@@ -1135,6 +1173,72 @@ class PgJobStore:
                 extra={"job_id": row["id"], "attempt": row["attempts"]},
             )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
+
+    async def prune(
+        self,
+        keep_done: timedelta | None = timedelta(days=1),
+        keep_failed: timedelta | None = timedelta(days=7),
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> Pruned:
+        """Delete finished jobs older than their retention, in small batches.
+
+        DONE jobs go ``keep_done`` after they finished, FAILED and CANCELLED ones
+        ``keep_failed`` after (None keeps them for ever). Each batch of at most
+        ``batch_size`` rows is its own short transaction, so no lock is held long; at
+        most ``max_batches`` batches run (None: until nothing is due). One pruner runs at
+        a time per queue: while another holds the prune lock this stops and says
+        ``busy``. Needs DELETE on the jobs table.
+        """
+        _check_int("batch_size", batch_size, 1)
+        if max_batches is not None:
+            _check_int("max_batches", max_batches, 1)
+        plan = [
+            (status, keep)
+            for status, keep in (
+                (JobStatus.DONE, keep_done),
+                (JobStatus.FAILED, keep_failed),
+                (JobStatus.CANCELLED, keep_failed),
+            )
+            if keep is not None
+        ]
+        deleted = dict.fromkeys(JobStatus, 0)
+        batches = 0
+        for status, keep in plan:
+            while True:
+                if max_batches is not None and batches >= max_batches:
+                    return Pruned(
+                        deleted[JobStatus.DONE],
+                        deleted[JobStatus.FAILED],
+                        deleted[JobStatus.CANCELLED],
+                        more=True,
+                    )
+                batches += 1
+                async with self._acquire() as conn, conn.transaction():
+                    if not await conn.fetchval(
+                        PRUNE_LOCK, self.channel, timeout=self.statement_timeout
+                    ):
+                        return Pruned(
+                            deleted[JobStatus.DONE],
+                            deleted[JobStatus.FAILED],
+                            deleted[JobStatus.CANCELLED],
+                            busy=True,
+                        )
+                    outcome = await conn.execute(
+                        PRUNE_FINISHED,
+                        status.value,
+                        keep,
+                        batch_size,
+                        timeout=self.statement_timeout,
+                    )
+                count = int(outcome.split()[-1])
+                deleted[status] += count
+                if count < batch_size:
+                    break
+        return Pruned(
+            deleted[JobStatus.DONE], deleted[JobStatus.FAILED], deleted[JobStatus.CANCELLED]
+        )
 
     async def heartbeat(
         self,
