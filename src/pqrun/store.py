@@ -395,6 +395,93 @@ ORDER BY id DESC
 LIMIT $3
 """
 
+# -- what `pqrun status` and `pqrun top` show. None of these reads the whole table: each
+# walks one partial index and stops after $n rows, and the caller says which numbers hit
+# that bound (docs/operations.md).
+
+DATABASE_NOW = "SELECT now()"
+
+# READY and RUNNING jobs by type, through the pickup and running indexes, at most $1 of
+# each status.
+STATUS_ACTIVE = """
+SELECT job_type, status, count(*) AS n,
+       count(*) FILTER (WHERE status = 'READY' AND run_after <= now()) AS due,
+       min(run_after) FILTER (WHERE status = 'READY' AND run_after <= now()) AS oldest_due
+FROM (
+    (SELECT job_type, status, run_after FROM jobs WHERE status = 'READY' LIMIT $1)
+    UNION ALL
+    (SELECT job_type, status, run_after FROM jobs WHERE status = 'RUNNING' LIMIT $1)
+) AS active
+GROUP BY job_type, status
+"""
+
+# How many jobs have finished status $1, counting at most $2 (the jobs_finished index).
+STATUS_FINISHED = """
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs WHERE status = $1 AND finished_at IS NOT NULL LIMIT $2
+) AS finished
+"""
+
+# Rows per status as the planner estimates them: the table's row estimate times the
+# share of each status in its statistics (kept by ANALYZE and autovacuum). No rows
+# before the table was first analyzed.
+STATUS_ESTIMATES = """
+SELECT v.status, round(c.reltuples * v.share)::bigint AS estimate
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN pg_stats AS s
+  ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'status'
+CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+     AS v(status, share)
+WHERE c.oid = to_regclass('jobs') AND c.reltuples >= 0
+"""
+
+# Jobs that reached status $1 within the last $2: the count of at most $3 of the newest,
+# and the finish time of the oldest of those (to extrapolate a rate when capped).
+STATUS_RECENT = """
+SELECT count(*) AS n, min(finished_at) AS oldest, now() AS now
+FROM (
+    SELECT finished_at FROM jobs
+    WHERE status = $1 AND finished_at IS NOT NULL AND finished_at > now() - $2::interval
+    ORDER BY status, finished_at DESC
+    LIMIT $3
+) AS recent
+"""
+
+# The newest failures, through the jobs_finished index.
+RECENT_FAILURES = """
+SELECT id, job_type, attempts, max_attempts, finished_at,
+       split_part(last_error, E'\n', 1) AS error
+FROM jobs
+WHERE status = 'FAILED' AND finished_at IS NOT NULL
+ORDER BY status, finished_at DESC
+LIMIT $1
+"""
+
+# FAILED jobs (of type $1, or any) with an id above $2, oldest first: `pqrun jobs retry
+# --failed` walks them in pages.
+FAILED_IDS = """
+SELECT id FROM jobs
+WHERE status = 'FAILED' AND ($1::text IS NULL OR job_type = $1) AND id > $2
+ORDER BY id
+LIMIT $3
+"""
+
+# What `pqrun check` compares with what ddl.sql creates.
+SCHEMA_OBJECTS = """
+SELECT n.nspname AS schema,
+       ARRAY(SELECT attname::text FROM pg_attribute
+             WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS columns,
+       ARRAY(SELECT i.relname::text FROM pg_index AS x JOIN pg_class AS i
+             ON i.oid = x.indexrelid WHERE x.indrelid = c.oid) AS indexes,
+       ARRAY(SELECT tgname::text FROM pg_trigger
+             WHERE tgrelid = c.oid AND NOT tgisinternal) AS triggers,
+       EXISTS (SELECT 1 FROM pg_class AS w
+               WHERE w.relname = 'job_workers' AND w.relnamespace = n.oid) AS has_workers
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('jobs')
+"""
+
 # The schema holding the jobs table (NULL: not in the search_path). Notifications go to
 # the channel 'pqrun:<schema>', so queues in different schemas do not wake each other.
 # The channel name is computed as in ddl.sql's trigger function: a channel name is at
@@ -439,6 +526,39 @@ def check_schema_name(schema: str) -> str:
 def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# What ddl.sql creates, for check_schema().
+EXPECTED_COLUMNS = (
+    "id", "job_type", "payload", "status", "priority", "attempts", "max_attempts",
+    "run_after", "timeout_seconds", "locked_at", "locked_by", "lease_id", "heartbeat_at",
+    "dedupe_key", "last_error", "finished_at", "duration_ms", "result", "created_at",
+    "updated_at",
+)  # fmt: skip
+EXPECTED_INDEXES = (
+    "jobs_pkey",
+    "jobs_ready_pickup",
+    "jobs_dedupe_active",
+    "jobs_running",
+    "jobs_finished",
+)
+EXPECTED_TRIGGERS = ("jobs_notify_inserted",)
+
+# `pqrun status` counts at most this many rows of a status, and at most this many recent
+# completions for a rate; beyond, it estimates.
+STATUS_COUNT_CAP = 100_000
+STATUS_RATE_CAP = 10_000
+
+
+def _rate(row: Mapping[str, Any], window: timedelta, cap: int) -> dict[str, Any]:
+    """A count of recent jobs, exact below the cap, else extrapolated from the newest."""
+    count: int = row["n"]
+    seconds = window.total_seconds()
+    if count < cap or row["oldest"] is None:
+        return {"count": count, "per_second": count / seconds, "exact": True}
+    span = max((row["now"] - row["oldest"]).total_seconds(), 1e-3)
+    per_second = count / span
+    return {"count": round(per_second * seconds), "per_second": per_second, "exact": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1302,6 +1422,141 @@ class PgJobStore:
                 timeout=self.statement_timeout,
             )
         return [Job.from_record(row) for row in rows]
+
+    async def retry_failed(self, job_type: str | None = None) -> tuple[list[int], list[int]]:
+        """``retry()`` every FAILED job (of ``job_type``, or of any type).
+
+        Returns (ids retried, ids left FAILED because an active job holds their
+        dedupe_key).
+        """
+        retried: list[int] = []
+        conflicts: list[int] = []
+        after = 0
+        while True:
+            async with self._acquire() as conn:
+                rows = await conn.fetch(
+                    FAILED_IDS, job_type, after, 1000, timeout=self.statement_timeout
+                )
+            if not rows:
+                return retried, conflicts
+            for row in rows:
+                try:
+                    if await self.retry(row["id"]):
+                        retried.append(row["id"])
+                except JobConflict:
+                    conflicts.append(row["id"])
+            after = rows[-1]["id"]
+
+    async def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest FAILED jobs: id, job_type, attempts, max_attempts, finished_at, error.
+
+        ``error`` is the first line of ``last_error``.
+        """
+        _check_int("limit", limit, 1)
+        async with self._acquire() as conn:
+            rows = await conn.fetch(RECENT_FAILURES, limit, timeout=self.statement_timeout)
+        return [dict(row) for row in rows]
+
+    async def check_schema(self) -> list[str]:
+        """What ddl.sql would add to the schema in use (empty: it is current).
+
+        Raises SchemaMissing when there is no jobs table at all.
+        """
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
+        if row is None:
+            raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
+        missing = [f"column jobs.{c}" for c in EXPECTED_COLUMNS if c not in row["columns"]]
+        missing += [f"index {i}" for i in EXPECTED_INDEXES if i not in row["indexes"]]
+        missing += [f"trigger {t}" for t in EXPECTED_TRIGGERS if t not in row["triggers"]]
+        if not row["has_workers"]:
+            missing.append("table job_workers")
+        return missing
+
+    async def queue_status(
+        self, *, count_cap: int = STATUS_COUNT_CAP, rate_cap: int = STATUS_RATE_CAP
+    ) -> dict[str, Any]:
+        """A summary of the queue for ``pqrun status`` (JSON-ready), without a table scan.
+
+        ``counts`` per status, ``by_type`` for READY/RUNNING jobs, ``oldest_due_seconds``
+        (how long the longest-waiting due job has waited), ``throughput`` of DONE and
+        FAILED jobs over the last minute and hour, and ``workers``. Each count says
+        whether it is ``exact``: a status with more than ``count_cap`` jobs gets the
+        planner's estimate (None before the table's first ANALYZE), and a rate over
+        more than ``rate_cap`` jobs is extrapolated from the newest ``rate_cap``.
+        """
+        _check_int("count_cap", count_cap, 1)
+        _check_int("rate_cap", rate_cap, 1)
+        async with self._acquire() as conn:
+            now = await conn.fetchval(DATABASE_NOW, timeout=self.statement_timeout)
+            active = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self.statement_timeout)
+            finished = {
+                status: await conn.fetchval(
+                    STATUS_FINISHED, status.value, count_cap, timeout=self.statement_timeout
+                )
+                for status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+            }
+            estimates = {
+                row["status"]: row["estimate"]
+                for row in await conn.fetch(STATUS_ESTIMATES, timeout=self.statement_timeout)
+            }
+            windows = {"last_minute": timedelta(minutes=1), "last_hour": timedelta(hours=1)}
+            throughput: dict[str, dict[str, Any]] = {}
+            for status in (JobStatus.DONE, JobStatus.FAILED):
+                for name, window in windows.items():
+                    row = await conn.fetchrow(
+                        STATUS_RECENT, status.value, window, rate_cap,
+                        timeout=self.statement_timeout,
+                    )  # fmt: skip
+                    assert row is not None
+                    throughput.setdefault(status.value, {})[name] = _rate(row, window, rate_cap)
+            workers = await conn.fetch(LIST_WORKERS, timeout=self.statement_timeout)
+        totals = dict.fromkeys((JobStatus.READY, JobStatus.RUNNING), 0)
+        by_type: dict[str, dict[str, int]] = {}
+        oldest_due: datetime | None = None
+        for row in active:
+            status = JobStatus(row["status"])
+            totals[status] += row["n"]
+            entry = by_type.setdefault(row["job_type"], {"ready": 0, "due": 0, "running": 0})
+            if status is JobStatus.READY:
+                entry["ready"] += row["n"]
+                entry["due"] += row["due"]
+                if row["oldest_due"] is not None and (
+                    oldest_due is None or row["oldest_due"] < oldest_due
+                ):
+                    oldest_due = row["oldest_due"]
+            else:
+                entry["running"] += row["n"]
+        counts: dict[str, dict[str, Any]] = {}
+        for status, total in [*totals.items(), *finished.items()]:
+            if total < count_cap:
+                counts[status.value] = {"count": total, "exact": True}
+            else:
+                estimate = estimates.get(status.value)
+                counts[status.value] = {
+                    "count": max(estimate, count_cap) if estimate is not None else None,
+                    "exact": False,
+                    "at_least": count_cap,
+                }
+        return {
+            "schema": self.channel.removeprefix("pqrun:"),
+            "now": now.isoformat(),
+            "counts": counts,
+            "by_type": [{"job_type": name, **by_type[name]} for name in sorted(by_type)],
+            "oldest_due_seconds": (
+                None if oldest_due is None else max(0.0, (now - oldest_due).total_seconds())
+            ),
+            "throughput": throughput,
+            "workers": [
+                {
+                    **dict(w),
+                    "started_at": w["started_at"].isoformat(),
+                    "heartbeat_at": w["heartbeat_at"].isoformat(),
+                    "heartbeat_age_seconds": (now - w["heartbeat_at"]).total_seconds(),
+                }
+                for w in workers
+            ],
+        }
 
     async def cancel(self, job_id: int) -> bool:
         """READY or RUNNING -> CANCELLED. False if the job was not active (or not found).
