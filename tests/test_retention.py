@@ -11,7 +11,13 @@ import asyncpg
 import pytest
 
 from pqrun import PgJobStore, Worker
-from pqrun.store import PRUNE_FINISHED
+from pqrun.store import (
+    PRUNE_FINISHED,
+    RECENT_FAILURES,
+    STATUS_ACTIVE,
+    STATUS_FINISHED,
+    STATUS_RECENT,
+)
 
 from .helpers import QUICK, wait_until
 
@@ -204,3 +210,38 @@ def test_retention_settings_come_from_the_environment(
     monkeypatch.setenv("WORKER_PRUNE_INTERVAL", "0")
     with pytest.raises(ValueError, match="WORKER_PRUNE_INTERVAL"):
         Worker(store=store, handlers={"t": lambda ctx: None})
+
+
+async def test_status_queries_read_indexes_not_the_table(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO jobs (job_type, status, finished_at)
+        SELECT 't', 'DONE', now() - interval '2 hours' FROM generate_series(1, 100000);
+        INSERT INTO jobs (job_type, status, finished_at)
+        SELECT 't', 'FAILED', now() FROM generate_series(1, 30);
+        INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 500);
+        INSERT INTO jobs (job_type, status, locked_by, locked_at, attempts)
+        SELECT 't', 'RUNNING', 'w', now(), 1 FROM generate_series(1, 50);
+        ANALYZE jobs;
+        """
+    )
+    for sql, args in (
+        (STATUS_ACTIVE, (100_000,)),
+        (STATUS_FINISHED, ("DONE", 1000)),
+        (STATUS_FINISHED, ("FAILED", 1000)),
+        (STATUS_RECENT, ("DONE", timedelta(minutes=1), 10_000)),
+        (STATUS_RECENT, ("FAILED", timedelta(hours=1), 10_000)),
+        (RECENT_FAILURES, (10,)),
+    ):
+        raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+        nodes = _nodes(json.loads(raw)[0]["Plan"])
+        # Whatever the plan (a Seq Scan under a LIMIT stops early too), the rows it
+        # visits are bounded, never the 100,000 DONE rows.
+        visited = sum(
+            n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)
+            for n in nodes
+            if "Scan" in n["Node Type"]
+        )
+        assert visited <= 1100, (sql, visited)
