@@ -85,6 +85,34 @@ WHERE $6::text IS NOT NULL AND dedupe_key = $6 AND status IN ('READY', 'RUNNING'
 LIMIT 1
 """
 
+# ENQUEUE for a DB-API connection (psycopg 2 or 3, Django's connection): the same
+# statement with the drivers' named placeholders, for pqrun.sync.
+ENQUEUE_DBAPI = """
+WITH inserted AS (
+    INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
+                      timeout_seconds)
+    VALUES (%(job_type)s, %(payload)s::text::jsonb, %(priority)s,
+            COALESCE(%(run_at)s::timestamptz, now() + %(delay)s::interval),
+            %(dedupe_key)s, %(max_attempts)s, %(timeout_seconds)s)
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+    DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted
+UNION ALL
+SELECT id FROM jobs
+WHERE %(dedupe_key)s::text IS NOT NULL AND dedupe_key = %(dedupe_key)s
+  AND status IN ('READY', 'RUNNING')
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+LIMIT 1
+"""
+
+# SWITCH_SEARCH_PATH and RESTORE_SEARCH_PATH for a DB-API connection.
+SWITCH_SEARCH_PATH_DBAPI = """
+SELECT current_setting('search_path') AS was, set_config('search_path', %(path)s, false) AS now
+"""
+RESTORE_SEARCH_PATH_DBAPI = "SELECT set_config('search_path', %(path)s, false)"
+
 # Many jobs in one statement. Ids are drawn up front so that each input row knows its
 # own, whatever order RETURNING comes back in. A row whose dedupe_key an active job holds
 # gets that job's id (NULL if that job is not in this statement's snapshot: the caller
