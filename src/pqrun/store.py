@@ -534,6 +534,9 @@ RESTORE_SEARCH_PATH = "SELECT set_config('search_path', $1, false)"
 # PostgreSQL itself quotes the (already validated) name with format('%I').
 CREATE_SCHEMA_STATEMENT = "SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)"
 
+# Drops a schema with everything in it: for pqrun.testing's temporary queues only.
+DROP_SCHEMA_STATEMENT = "SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)"
+
 # A schema name pqrun accepts: lower case, so that it means the same quoted or not in
 # psql and SQL, and at most 63 bytes, PostgreSQL's limit for a name.
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
