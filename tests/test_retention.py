@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -245,3 +247,48 @@ async def test_status_queries_read_indexes_not_the_table(
             if "Scan" in n["Node Type"]
         )
         assert visited <= 1100, (sql, visited)
+
+
+async def test_a_worker_without_delete_rights_says_so_once_and_goes_on(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    role = f"pqrun_nodelete_{secrets.token_hex(3)}"
+    password = secrets.token_hex(8)
+    await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        await conn.execute(
+            f"GRANT USAGE ON SCHEMA public TO {role};"
+            f"GRANT SELECT, INSERT, UPDATE ON jobs TO {role};"
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
+            f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
+        )
+        await aged(conn, "DONE", timedelta(days=3), 2)
+        parts = urlsplit(dsn)
+        limited = PgJobStore(
+            urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+        )
+        worker = Worker(
+            store=limited, handlers={"t": lambda ctx: "ok"}, prune_every_seconds=0.05, **QUICK
+        )
+        await worker.start()
+        try:
+
+            async def complained() -> bool:
+                return "cannot delete old jobs" in caplog.text
+
+            await wait_until(complained)
+            job_id = await limited.enqueue("t")
+
+            async def ran() -> bool:
+                job = await store.get_job(job_id)
+                return job is not None and job.status == "DONE"
+
+            await wait_until(ran)  # the worker goes on running jobs
+        finally:
+            await worker.stop()
+            await limited.close()
+        assert caplog.text.count("cannot delete old jobs") == 1
+        assert "GRANT DELETE ON jobs" in caplog.text
+        assert await by_status(conn) == {"DONE": 3}
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

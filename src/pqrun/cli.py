@@ -171,7 +171,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     async def check(store: PgJobStore) -> tuple[str, list[str]]:
-        return store.channel.removeprefix("pqrun:"), await store.check_schema()
+        return store.schema or store.channel.removeprefix("pqrun:"), await store.check_schema()
 
     schema, missing = with_store(args, check)
     option = f" --schema {args.schema}" if args.schema else ""

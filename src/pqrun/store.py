@@ -1570,7 +1570,7 @@ class PgJobStore:
                     "at_least": count_cap,
                 }
         return {
-            "schema": self.channel.removeprefix("pqrun:"),
+            "schema": self.schema or self.channel.removeprefix("pqrun:"),
             "now": now.isoformat(),
             "counts": counts,
             "by_type": [{"job_type": name, **by_type[name]} for name in sorted(by_type)],
