@@ -19,6 +19,9 @@ from .store import PgJobStore
 
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # 27: Escape
 FAILURES_SHOWN = 8
+# Rows counted per status, and recent completions read for a rate, per refresh.
+TOP_COUNT_CAP = 10_000
+TOP_RATE_CAP = 2_000
 
 
 class NoTerminal(PqrunError):
@@ -113,7 +116,10 @@ def _draw(screen: Any, lines: list[str]) -> None:
 
 
 async def _snapshot(store: PgJobStore) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    return await store.queue_status(), await store.recent_failures(FAILURES_SHOWN)
+    # Lower bounds than `pqrun status`: this runs every second, and beyond them the
+    # planner's estimates are good enough for a live view.
+    status = await store.queue_status(count_cap=TOP_COUNT_CAP, rate_cap=TOP_RATE_CAP)
+    return status, await store.recent_failures(FAILURES_SHOWN)
 
 
 def run_top(store: PgJobStore, *, interval: float = 1.0) -> int:
