@@ -301,7 +301,8 @@ def format_status(status: Mapping[str, Any]) -> str:
     for name, entry in counts.items():
         note = ""
         if name == "READY":
-            note = f"  ({due:,} due now" + (
+            at_least = "" if entry["exact"] else "at least "
+            note = f"  ({at_least}{due:,} due now" + (
                 f", the oldest waiting {human_duration(oldest)})" if oldest is not None else ")"
             )
         lines.append(f"  {name:<10} {count_text(entry):>12}{note}")
