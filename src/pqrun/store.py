@@ -1355,41 +1355,35 @@ class PgJobStore:
             if keep is not None
         ]
         deleted = dict.fromkeys(JobStatus, 0)
+
+        def pruned(**flags: bool) -> Pruned:
+            return Pruned(
+                deleted[JobStatus.DONE],
+                deleted[JobStatus.FAILED],
+                deleted[JobStatus.CANCELLED],
+                **flags,
+            )
+
         batches = 0
         for status, keep in plan:
             while True:
                 if max_batches is not None and batches >= max_batches:
-                    return Pruned(
-                        deleted[JobStatus.DONE],
-                        deleted[JobStatus.FAILED],
-                        deleted[JobStatus.CANCELLED],
-                        more=True,
-                    )
+                    return pruned(more=True)
                 batches += 1
                 async with self._acquire() as conn, conn.transaction():
                     if not await conn.fetchval(
                         PRUNE_LOCK, self.channel, timeout=self.statement_timeout
                     ):
-                        return Pruned(
-                            deleted[JobStatus.DONE],
-                            deleted[JobStatus.FAILED],
-                            deleted[JobStatus.CANCELLED],
-                            busy=True,
-                        )
+                        return pruned(busy=True)
                     outcome = await conn.execute(
-                        PRUNE_FINISHED,
-                        status.value,
-                        keep,
-                        batch_size,
+                        PRUNE_FINISHED, status.value, keep, batch_size,
                         timeout=self.statement_timeout,
-                    )
-                count = int(outcome.split()[-1])
+                    )  # fmt: skip
+                count = int(outcome.split()[-1])  # "DELETE <n>"
                 deleted[status] += count
                 if count < batch_size:
                     break
-        return Pruned(
-            deleted[JobStatus.DONE], deleted[JobStatus.FAILED], deleted[JobStatus.CANCELLED]
-        )
+        return pruned()
 
     async def heartbeat(
         self,
