@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -137,3 +138,31 @@ def test_errors_name_the_problem() -> None:
         pqrun.sync.enqueue(object(), "")  # arguments are checked before anything else
     with pytest.raises(ValueError, match="schema"):
         pqrun.sync.enqueue("postgresql://x/db", "x", schema="Bad Name")
+
+
+FORK_SCRIPT = """
+import os, sys
+import pqrun.sync
+
+dsn = sys.argv[1]
+pqrun.sync.enqueue(dsn, "parent")
+pid = os.fork()
+if pid == 0:
+    # The parent's loop thread does not exist in the child: it must make its own.
+    pqrun.sync.enqueue(dsn, "child")
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+pqrun.sync.enqueue(dsn, "parent_again")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+async def test_enqueue_by_dsn_works_in_a_forked_child(
+    store: PgJobStore, dsn: str, conn: asyncpg.Connection
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FORK_SCRIPT, dsn, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()
+    assert [t for t, _ in await rows(conn)] == ["parent", "child", "parent_again"]
