@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -55,7 +56,10 @@ class Terminal:
             time.sleep(0.1)
 
     def close(self) -> None:
+        socket_path = self.tmux("display-message", "-p", "#{socket_path}").strip()
         self.tmux("kill-server")
+        if socket_path:
+            Path(socket_path).unlink(missing_ok=True)
 
 
 @pytest.fixture
