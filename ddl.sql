@@ -82,6 +82,16 @@ CREATE INDEX IF NOT EXISTS jobs_running
     ON jobs (locked_by)
     WHERE status = 'RUNNING';
 
+-- Retention and throughput: finished jobs by status and finish time (finished_at is set
+-- exactly when a job is DONE, FAILED or CANCELLED). Partial, so enqueue, pickup and
+-- heartbeats never touch it; a completion adds one entry at its right-hand edge. Lets
+-- the pruning delete the oldest finished jobs of a status in small batches, and
+-- `pqrun status` count the last minute's completions, without reading the whole table.
+-- On a big existing table, build it first with CREATE INDEX CONCURRENTLY (same text).
+CREATE INDEX IF NOT EXISTS jobs_finished
+    ON jobs (status, finished_at)
+    WHERE finished_at IS NOT NULL;
+
 -- Wake idle workers when jobs are inserted, however they are inserted (enqueue(),
 -- enqueue_many(), plain SQL, triggers, pg_cron). One notification per statement, not per
 -- row: a bulk insert costs one. The payload is empty when a new job is due now, else the

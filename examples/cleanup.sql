@@ -1,5 +1,7 @@
--- Retention for the jobs table: pqrun keeps finished jobs until you delete them.
--- Applied by tests/test_examples.py. Schedule one of these with pg_cron or any scheduler.
+-- Retention for the jobs table in plain SQL. Workers prune by themselves (DONE after 1 day,
+-- FAILED/CANCELLED after 7; docs/operations.md#retention) and `pqrun prune` does it by
+-- hand; these are for running it from pg_cron with WORKER_PRUNE_ENABLED=false, or for
+-- archiving first. Applied by tests/test_examples.py.
 
 -- 1. The simple way: finished jobs older than 7 days. Fine for small tables.
 DELETE FROM jobs

@@ -12,5 +12,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE job_workers TO :"role";
 -- enqueue_many draws ids from the table's identity sequence itself.
 SELECT format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence('jobs', 'id'), :'role')
 \gexec
--- DELETE only for a role that prunes finished jobs (examples/cleanup.sql):
+-- DELETE for a role whose workers prune finished jobs (they do unless
+-- WORKER_PRUNE_ENABLED=false; docs/operations.md#retention), or that runs `pqrun prune`:
 -- GRANT DELETE ON TABLE jobs TO :"role";

@@ -15,6 +15,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -97,6 +98,34 @@ WHERE $6::text IS NOT NULL AND dedupe_key = $6 AND status IN ('READY', 'RUNNING'
   AND NOT EXISTS (SELECT 1 FROM inserted)
 LIMIT 1
 """
+
+# ENQUEUE for a DB-API connection (psycopg 2 or 3, Django's connection): the same
+# statement with the drivers' named placeholders, for pqrun.sync.
+ENQUEUE_DBAPI = """
+WITH inserted AS (
+    INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
+                      timeout_seconds, concurrency_key)
+    VALUES (%(job_type)s, %(payload)s::text::jsonb, %(priority)s,
+            COALESCE(%(run_at)s::timestamptz, now() + %(delay)s::interval),
+            %(dedupe_key)s, %(max_attempts)s, %(timeout_seconds)s, %(concurrency_key)s)
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
+    DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted
+UNION ALL
+SELECT id FROM jobs
+WHERE %(dedupe_key)s::text IS NOT NULL AND dedupe_key = %(dedupe_key)s
+  AND status IN ('READY', 'RUNNING')
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+LIMIT 1
+"""
+
+# SWITCH_SEARCH_PATH and RESTORE_SEARCH_PATH for a DB-API connection.
+SWITCH_SEARCH_PATH_DBAPI = """
+SELECT current_setting('search_path') AS was, set_config('search_path', %(path)s, false) AS now
+"""
+RESTORE_SEARCH_PATH_DBAPI = "SELECT set_config('search_path', %(path)s, false)"
 
 # Many jobs in one statement. Ids are drawn up front so that each input row knows its
 # own, whatever order RETURNING comes back in. A row whose dedupe_key an active job holds
@@ -366,6 +395,27 @@ SELECT released.id FROM released LEFT JOIN woken ON true
 # queue's channel. Returns false at once when another reaper holds it.
 REAPER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
+# One pruner at a time per queue, like the reaper, under a lock of its own.
+PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1 || ':prune'))"
+
+# (DONE, FAILED or CANCELLED) $1, finished more than $2 ago -> deleted, at most $3 rows:
+# a short transaction that locks few rows, through the jobs_finished index. SKIP LOCKED:
+# a row someone is retrying right now is left for the next pass; the DELETE repeats the
+# status, so a job that left $1 meanwhile is not deleted.
+PRUNE_FINISHED = """
+WITH doomed AS (
+    SELECT id
+    FROM jobs
+    WHERE status = $1 AND finished_at IS NOT NULL AND finished_at < now() - $2::interval
+    ORDER BY status, finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs AS j
+USING doomed
+WHERE j.id = doomed.id AND j.status = $1
+"""
+
 # RUNNING with no sign of life for $1 -> READY, or FAILED when that was its last allowed
 # attempt. The sign of life is the run's heartbeat (its worker writes it every few
 # seconds), or its claim. The CTE locks each stale row together with the claim it saw,
@@ -563,6 +613,93 @@ ORDER BY id DESC
 LIMIT $3
 """
 
+# -- what `pqrun status` and `pqrun top` show. None of these reads the whole table: each
+# walks one partial index and stops after $n rows, and the caller says which numbers hit
+# that bound (docs/operations.md).
+
+DATABASE_NOW = "SELECT now()"
+
+# READY and RUNNING jobs by type, through the pickup and running indexes, at most $1 of
+# each status.
+STATUS_ACTIVE = """
+SELECT job_type, status, count(*) AS n,
+       count(*) FILTER (WHERE status = 'READY' AND run_after <= now()) AS due,
+       min(run_after) FILTER (WHERE status = 'READY' AND run_after <= now()) AS oldest_due
+FROM (
+    (SELECT job_type, status, run_after FROM jobs WHERE status = 'READY' LIMIT $1)
+    UNION ALL
+    (SELECT job_type, status, run_after FROM jobs WHERE status = 'RUNNING' LIMIT $1)
+) AS active
+GROUP BY job_type, status
+"""
+
+# How many jobs have finished status $1, counting at most $2 (the jobs_finished index).
+STATUS_FINISHED = """
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs WHERE status = $1 AND finished_at IS NOT NULL LIMIT $2
+) AS finished
+"""
+
+# Rows per status as the planner estimates them: the table's row estimate times the
+# share of each status in its statistics (kept by ANALYZE and autovacuum). No rows
+# before the table was first analyzed.
+STATUS_ESTIMATES = """
+SELECT v.status, round(c.reltuples * v.share)::bigint AS estimate
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN pg_stats AS s
+  ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'status'
+CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+     AS v(status, share)
+WHERE c.oid = to_regclass('jobs') AND c.reltuples >= 0
+"""
+
+# Jobs that reached status $1 within the last $2: the count of at most $3 of the newest,
+# and the finish time of the oldest of those (to extrapolate a rate when capped).
+STATUS_RECENT = """
+SELECT count(*) AS n, min(finished_at) AS oldest, now() AS now
+FROM (
+    SELECT finished_at FROM jobs
+    WHERE status = $1 AND finished_at IS NOT NULL AND finished_at > now() - $2::interval
+    ORDER BY status, finished_at DESC
+    LIMIT $3
+) AS recent
+"""
+
+# The newest failures, through the jobs_finished index.
+RECENT_FAILURES = """
+SELECT id, job_type, attempts, max_attempts, finished_at,
+       split_part(last_error, E'\n', 1) AS error
+FROM jobs
+WHERE status = 'FAILED' AND finished_at IS NOT NULL
+ORDER BY status, finished_at DESC
+LIMIT $1
+"""
+
+# FAILED jobs (of type $1, or any) with an id above $2, oldest first: `pqrun jobs retry
+# --failed` walks them in pages.
+FAILED_IDS = """
+SELECT id FROM jobs
+WHERE status = 'FAILED' AND ($1::text IS NULL OR job_type = $1) AND id > $2
+ORDER BY id
+LIMIT $3
+"""
+
+# What `pqrun check` compares with what ddl.sql creates.
+SCHEMA_OBJECTS = """
+SELECT n.nspname AS schema,
+       ARRAY(SELECT attname::text FROM pg_attribute
+             WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS columns,
+       ARRAY(SELECT i.relname::text FROM pg_index AS x JOIN pg_class AS i
+             ON i.oid = x.indexrelid WHERE x.indrelid = c.oid) AS indexes,
+       ARRAY(SELECT tgname::text FROM pg_trigger
+             WHERE tgrelid = c.oid AND NOT tgisinternal) AS triggers,
+       ARRAY(SELECT t.relname::text FROM pg_class AS t
+             WHERE t.relnamespace = n.oid AND t.relkind IN ('r', 'p')) AS tables
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('jobs')
+"""
+
 # The schema holding the jobs table (NULL: not in the search_path). Notifications go to
 # the channel 'pqrun:<schema>', so queues in different schemas do not wake each other.
 # The channel name is computed as in ddl.sql's trigger function: a channel name is at
@@ -573,6 +710,94 @@ SELECT CASE WHEN octet_length('pqrun:' || n.nspname) <= 63 THEN 'pqrun:' || n.ns
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('jobs')
 """
+
+
+# Switches the search_path of a connection the caller passed in (conn=) to the store's
+# schema for one statement, returning what it was so that it can be put back.
+SWITCH_SEARCH_PATH = """
+SELECT current_setting('search_path') AS was, set_config('search_path', $1, false) AS now
+"""
+
+RESTORE_SEARCH_PATH = "SELECT set_config('search_path', $1, false)"
+
+# Creates the store's schema for setup(). An identifier cannot be a bound parameter, so
+# PostgreSQL itself quotes the (already validated) name with format('%I').
+CREATE_SCHEMA_STATEMENT = "SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)"
+
+# Drops a schema with everything in it: for pqrun.testing's temporary queues only.
+DROP_SCHEMA_STATEMENT = "SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)"
+
+# A schema name pqrun accepts: lower case, so that it means the same quoted or not in
+# psql and SQL, and at most 63 bytes, PostgreSQL's limit for a name.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a usable schema name, else raise ValueError."""
+    if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"schema must be a lower-case name of letters, digits and underscores "
+            f"starting with a letter or underscore (at most 63), got {schema!r}"
+        )
+    if schema.startswith("pg_"):
+        raise ValueError(f"schema {schema!r}: names starting with pg_ are PostgreSQL's own")
+    return schema
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+# What ddl.sql creates, for check_schema().
+EXPECTED_COLUMNS = (
+    "id", "job_type", "payload", "status", "priority", "attempts", "max_attempts",
+    "run_after", "timeout_seconds", "locked_at", "locked_by", "lease_id", "heartbeat_at",
+    "dedupe_key", "last_error", "finished_at", "duration_ms", "result", "created_at",
+    "updated_at", "concurrency_key", "awaited",
+)  # fmt: skip
+EXPECTED_INDEXES = (
+    "jobs_pkey",
+    "jobs_ready_pickup",
+    "jobs_dedupe_active",
+    "jobs_running",
+    "jobs_finished",
+)
+EXPECTED_TRIGGERS = ("jobs_notify_inserted", "jobs_notify_finished")
+EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules")
+
+# `pqrun status` counts at most this many rows of a status, and at most this many recent
+# completions for a rate; beyond, it estimates.
+STATUS_COUNT_CAP = 100_000
+STATUS_RATE_CAP = 10_000
+
+
+def _rate(row: Mapping[str, Any], window: timedelta, cap: int) -> dict[str, Any]:
+    """A count of recent jobs, exact below the cap, else extrapolated from the newest."""
+    count: int = row["n"]
+    seconds = window.total_seconds()
+    if count < cap or row["oldest"] is None:
+        return {"count": count, "per_second": count / seconds, "exact": True}
+    span = max((row["now"] - row["oldest"]).total_seconds(), 1e-3)
+    per_second = count / span
+    return {"count": round(per_second * seconds), "per_second": per_second, "exact": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one ``store.prune()`` deleted."""
+
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    #: Another process held the prune lock, so this call stopped early.
+    busy: bool = False
+    #: The last batch was full: more may be due for deletion (max_batches ran out).
+    more: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.done + self.failed + self.cancelled
 
 
 def redact_dsn(dsn: str) -> str:
@@ -689,6 +914,13 @@ class PgJobStore:
     connection that silently died cannot hang a worker. Further keyword arguments go to
     ``asyncpg.create_pool`` (``server_settings``, ``ssl``, ``statement_cache_size=0``
     behind a transaction-mode pooler, ...).
+
+    ``schema="billing"`` keeps the whole queue (tables, trigger, notification channel)
+    in that PostgreSQL schema: the store's connections get ``search_path`` set to it
+    alone, so two stores with different schemas share a database without seeing each
+    other's jobs. Inside ``store.transaction()`` qualify your own tables
+    (``public.orders``). Without it, the queue is wherever the connection's
+    ``search_path`` finds the ``jobs`` table (``public`` by default).
     """
 
     def __init__(
@@ -699,6 +931,7 @@ class PgJobStore:
         max_size: int | None = None,
         connect_timeout: float = 10.0,
         statement_timeout: float = 30.0,
+        schema: str | None = None,
         **pool_kwargs: Any,
     ) -> None:
         dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
@@ -718,10 +951,21 @@ class PgJobStore:
         # statement) picks scans sized for no array in particular and made batch
         # completion ten times slower in docs/benchmarks.md. Plan each run for its
         # arrays. A server_settings of yours overrides this.
-        pool_kwargs["server_settings"] = {
+        settings = {
             "plan_cache_mode": "force_custom_plan",
             **(pool_kwargs.get("server_settings") or {}),
         }
+        #: The schema this store keeps its queue in (None: the search_path decides).
+        self.schema = None if schema is None else check_schema_name(schema)
+        self._search_path: str | None = None
+        if self.schema is not None:
+            if "search_path" in settings:
+                raise ValueError(
+                    "pass either schema= or server_settings={'search_path': ...}, not both"
+                )
+            self._search_path = quote_ident(self.schema)
+            settings["search_path"] = self._search_path
+        pool_kwargs["server_settings"] = settings
         self._pool_kwargs = pool_kwargs
         self._pool: asyncpg.Pool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
@@ -729,7 +973,7 @@ class PgJobStore:
         self._payload_models: dict[str, type[Any]] = {}
         self._waiters = FinishWaiters(self)
         #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
-        self.channel = "pqrun:public"
+        self.channel = f"pqrun:{self.schema or 'public'}"
         # The connection of the transaction() or connection() block the code is in, so
         # that store calls inside it join it instead of taking a second connection.
         # Tasks started inside the block inherit it, but only while the block is open.
@@ -738,7 +982,21 @@ class PgJobStore:
         )
 
     def __repr__(self) -> str:
+        if self.schema is not None:
+            return f"PgJobStore({redact_dsn(self.dsn)!r}, schema={self.schema!r})"
         return f"PgJobStore({redact_dsn(self.dsn)!r})"
+
+    def _where(self) -> str:
+        """Where this store's jobs table is, for messages."""
+        if self.schema is not None:
+            return f"schema {self.schema!r} of {redact_dsn(self.dsn)}"
+        return f"the search_path of {redact_dsn(self.dsn)}"
+
+    def _setup_hint(self) -> str:
+        option = f" --schema {self.schema}" if self.schema is not None else ""
+        return f"apply the schema first: `pqrun setup{option}`, or `await store.setup()`" + (
+            "" if self.schema is not None else ', or psql "$DATABASE_URL" -f ddl.sql'
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -770,11 +1028,7 @@ class PgJobStore:
             self._schema_checked = True
         else:
             await self.close()
-            raise SchemaMissing(
-                f"the table 'jobs' is not in the search_path of {redact_dsn(self.dsn)}; "
-                'apply the schema first: psql "$DATABASE_URL" -f ddl.sql, or '
-                "`pqrun setup`, or `await store.setup()`"
-            )
+            raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
 
     async def _open_pool(self) -> asyncpg.Pool[Any]:
         loop = asyncio.get_running_loop()
@@ -840,9 +1094,16 @@ class PgJobStore:
         await self.close()
 
     async def setup(self) -> None:
-        """Apply ddl.sql in the store's search_path (safe to repeat) and open the pool."""
+        """Apply ddl.sql (safe to repeat) and open the pool.
+
+        With ``schema=``, the schema is created first if missing and everything goes in
+        it; otherwise into the first schema of the connection's search_path.
+        """
         pool = await self._open_pool()
         async with pool.acquire(timeout=self.statement_timeout) as conn:
+            if self.schema is not None:
+                create = await conn.fetchval(CREATE_SCHEMA_STATEMENT, self.schema)
+                await conn.execute(create)
             await conn.execute(ddl_sql())
         await self.start()
 
@@ -906,10 +1167,18 @@ class PgJobStore:
 
     @asynccontextmanager
     async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
-        """A connection for pqrun's own statements, whose errors it translates."""
+        """A connection for pqrun's own statements, whose errors it translates.
+
+        ``conn`` is a connection of the caller's: with a ``schema``, its search_path is
+        pointed at the store's schema for the statement and put back after.
+        """
+        given = conn
         conn = conn or self._joined()
         try:
-            if conn is not None:
+            if given is not None and self._search_path is not None:
+                async with self._in_schema(given):
+                    yield given
+            elif conn is not None:
                 yield conn
             else:
                 async with self._pooled() as pooled:
@@ -918,10 +1187,29 @@ class PgJobStore:
             if '"jobs"' not in str(exc):
                 raise
             raise SchemaMissing(
-                f"the table 'jobs' is gone from {redact_dsn(self.dsn)}: apply ddl.sql again"
+                f"the table 'jobs' is gone from {self._where()}: {self._setup_hint()}"
             ) from exc
         except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _in_schema(self, conn: Connection) -> AsyncIterator[None]:
+        """Run the block with ``conn``'s search_path set to the store's schema alone."""
+        assert self._search_path is not None
+        row = await conn.fetchrow(
+            SWITCH_SEARCH_PATH, self._search_path, timeout=self.statement_timeout
+        )
+        assert row is not None
+        if row["was"] == row["now"]:
+            yield  # already there (a connection of this store's own pool)
+            return
+        try:
+            yield
+        finally:
+            # After an error inside the caller's transaction the restore cannot run, and
+            # need not: the rollback puts the search_path back as well.
+            with contextlib.suppress(asyncpg.InFailedSQLTransactionError, *CONNECTION_ERRORS):
+                await conn.fetchval(RESTORE_SEARCH_PATH, row["was"], timeout=self.statement_timeout)
 
     @asynccontextmanager
     async def _joinable(self, conn: Connection) -> AsyncIterator[Connection]:
@@ -1310,6 +1598,66 @@ class PgJobStore:
             )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
 
+    async def prune(
+        self,
+        keep_done: timedelta | None = timedelta(days=1),
+        keep_failed: timedelta | None = timedelta(days=7),
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> Pruned:
+        """Delete finished jobs older than their retention, in small batches.
+
+        DONE jobs go ``keep_done`` after they finished, FAILED and CANCELLED ones
+        ``keep_failed`` after (None keeps them for ever). Each batch of at most
+        ``batch_size`` rows is its own short transaction, so no lock is held long; at
+        most ``max_batches`` batches run (None: until nothing is due). One pruner runs at
+        a time per queue: while another holds the prune lock this stops and says
+        ``busy``. Needs DELETE on the jobs table.
+        """
+        _check_int("batch_size", batch_size, 1)
+        if max_batches is not None:
+            _check_int("max_batches", max_batches, 1)
+        plan = [
+            (status, keep)
+            for status, keep in (
+                (JobStatus.DONE, keep_done),
+                (JobStatus.FAILED, keep_failed),
+                (JobStatus.CANCELLED, keep_failed),
+            )
+            if keep is not None
+        ]
+        deleted = dict.fromkeys(JobStatus, 0)
+
+        def pruned(**flags: bool) -> Pruned:
+            return Pruned(
+                deleted[JobStatus.DONE],
+                deleted[JobStatus.FAILED],
+                deleted[JobStatus.CANCELLED],
+                **flags,
+            )
+
+        batches = 0
+        for status, keep in plan:
+            while True:
+                if max_batches is not None and batches >= max_batches:
+                    return pruned(more=True)
+                batches += 1
+                async with self._acquire() as conn, conn.transaction():
+                    if not await conn.fetchval(
+                        PRUNE_LOCK, self.channel, timeout=self.statement_timeout
+                    ):
+                        return pruned(busy=True)
+                    outcome = await conn.execute(
+                        PRUNE_FINISHED, status.value, keep, batch_size,
+                        timeout=self.statement_timeout,
+                    )  # fmt: skip
+                count = int(outcome.split()[-1])  # "DELETE <n>"
+                deleted[status] += count
+                if count < batch_size:
+                    break
+        return pruned()
+
     async def heartbeat(
         self,
         worker_id: str,
@@ -1508,6 +1856,140 @@ class PgJobStore:
                 timeout=self.statement_timeout,
             )
         return [Job.from_record(row) for row in rows]
+
+    async def retry_failed(self, job_type: str | None = None) -> tuple[list[int], list[int]]:
+        """``retry()`` every FAILED job (of ``job_type``, or of any type).
+
+        Returns (ids retried, ids left FAILED because an active job holds their
+        dedupe_key).
+        """
+        retried: list[int] = []
+        conflicts: list[int] = []
+        after = 0
+        while True:
+            async with self._acquire() as conn:
+                rows = await conn.fetch(
+                    FAILED_IDS, job_type, after, 1000, timeout=self.statement_timeout
+                )
+            if not rows:
+                return retried, conflicts
+            for row in rows:
+                try:
+                    if await self.retry(row["id"]):
+                        retried.append(row["id"])
+                except JobConflict:
+                    conflicts.append(row["id"])
+            after = rows[-1]["id"]
+
+    async def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest FAILED jobs: id, job_type, attempts, max_attempts, finished_at, error.
+
+        ``error`` is the first line of ``last_error``.
+        """
+        _check_int("limit", limit, 1)
+        async with self._acquire() as conn:
+            rows = await conn.fetch(RECENT_FAILURES, limit, timeout=self.statement_timeout)
+        return [dict(row) for row in rows]
+
+    async def check_schema(self) -> list[str]:
+        """What ddl.sql would add to the schema in use (empty: it is current).
+
+        Raises SchemaMissing when there is no jobs table at all.
+        """
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
+        if row is None:
+            raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
+        missing = [f"column jobs.{c}" for c in EXPECTED_COLUMNS if c not in row["columns"]]
+        missing += [f"index {i}" for i in EXPECTED_INDEXES if i not in row["indexes"]]
+        missing += [f"trigger {t}" for t in EXPECTED_TRIGGERS if t not in row["triggers"]]
+        missing += [f"table {t}" for t in EXPECTED_TABLES if t not in row["tables"]]
+        return missing
+
+    async def queue_status(
+        self, *, count_cap: int = STATUS_COUNT_CAP, rate_cap: int = STATUS_RATE_CAP
+    ) -> dict[str, Any]:
+        """A summary of the queue for ``pqrun status`` (JSON-ready), without a table scan.
+
+        ``counts`` per status, ``by_type`` for READY/RUNNING jobs, ``oldest_due_seconds``
+        (how long the longest-waiting due job has waited), ``throughput`` of DONE and
+        FAILED jobs over the last minute and hour, and ``workers``. Each count says
+        whether it is ``exact``: a status with more than ``count_cap`` jobs gets the
+        planner's estimate (None before the table's first ANALYZE), and a rate over
+        more than ``rate_cap`` jobs is extrapolated from the newest ``rate_cap``.
+        """
+        _check_int("count_cap", count_cap, 1)
+        _check_int("rate_cap", rate_cap, 1)
+        async with self._acquire() as conn:
+            now = await conn.fetchval(DATABASE_NOW, timeout=self.statement_timeout)
+            active = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self.statement_timeout)
+            finished = {
+                status: await conn.fetchval(
+                    STATUS_FINISHED, status.value, count_cap, timeout=self.statement_timeout
+                )
+                for status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+            }
+            estimates = {
+                row["status"]: row["estimate"]
+                for row in await conn.fetch(STATUS_ESTIMATES, timeout=self.statement_timeout)
+            }
+            windows = {"last_minute": timedelta(minutes=1), "last_hour": timedelta(hours=1)}
+            throughput: dict[str, dict[str, Any]] = {}
+            for status in (JobStatus.DONE, JobStatus.FAILED):
+                for name, window in windows.items():
+                    row = await conn.fetchrow(
+                        STATUS_RECENT, status.value, window, rate_cap,
+                        timeout=self.statement_timeout,
+                    )  # fmt: skip
+                    assert row is not None
+                    throughput.setdefault(status.value, {})[name] = _rate(row, window, rate_cap)
+            workers = await conn.fetch(LIST_WORKERS, timeout=self.statement_timeout)
+        totals = dict.fromkeys((JobStatus.READY, JobStatus.RUNNING), 0)
+        by_type: dict[str, dict[str, int]] = {}
+        oldest_due: datetime | None = None
+        for row in active:
+            status = JobStatus(row["status"])
+            totals[status] += row["n"]
+            entry = by_type.setdefault(row["job_type"], {"ready": 0, "due": 0, "running": 0})
+            if status is JobStatus.READY:
+                entry["ready"] += row["n"]
+                entry["due"] += row["due"]
+                if row["oldest_due"] is not None and (
+                    oldest_due is None or row["oldest_due"] < oldest_due
+                ):
+                    oldest_due = row["oldest_due"]
+            else:
+                entry["running"] += row["n"]
+        counts: dict[str, dict[str, Any]] = {}
+        for status, total in [*totals.items(), *finished.items()]:
+            if total < count_cap:
+                counts[status.value] = {"count": total, "exact": True}
+            else:
+                estimate = estimates.get(status.value)
+                counts[status.value] = {
+                    "count": max(estimate, count_cap) if estimate is not None else None,
+                    "exact": False,
+                    "at_least": count_cap,
+                }
+        return {
+            "schema": self.schema or self.channel.removeprefix("pqrun:"),
+            "now": now.isoformat(),
+            "counts": counts,
+            "by_type": [{"job_type": name, **by_type[name]} for name in sorted(by_type)],
+            "oldest_due_seconds": (
+                None if oldest_due is None else max(0.0, (now - oldest_due).total_seconds())
+            ),
+            "throughput": throughput,
+            "workers": [
+                {
+                    **dict(w),
+                    "started_at": w["started_at"].isoformat(),
+                    "heartbeat_at": w["heartbeat_at"].isoformat(),
+                    "heartbeat_age_seconds": (now - w["heartbeat_at"]).total_seconds(),
+                }
+                for w in workers
+            ],
+        }
 
     async def cancel(self, job_id: int) -> bool:
         """READY or RUNNING -> CANCELLED. False if the job was not active (or not found).

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
+
 from .config import env_bool, env_duration, env_int
 from .errors import DatabaseUnavailable, Fail, Retry, Snooze, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
@@ -65,6 +67,11 @@ SCHEDULE_MAX_SLEEP = 30.0
 # A limited job type that had nothing due is claimed again after this long at the latest
 # (or at once when a notification says jobs were inserted or room was freed).
 LIMITED_RECHECK_SECONDS = 0.05
+# Pruning deletes at most this many rows per transaction, this many transactions per
+# step, and pauses this long (seconds) between steps while a backlog lasts.
+PRUNE_BATCH_SIZE = 1000
+PRUNE_BATCHES_PER_STEP = 10
+PRUNE_PAUSE = 0.5
 # Heartbeats a worker sends within one default_stale_after.
 HEARTBEATS_PER_STALE_PERIOD = 6
 
@@ -139,8 +146,14 @@ class Worker:
 
     Arguments left as None come from the environment (``WORKER_CONCURRENCY``,
     ``WORKER_ENABLED``, ``WORKER_REAPER_ENABLED``, ``WORKER_REAP_INTERVAL``,
-    ``WORKER_STALE_TIMEOUT``, ``WORKER_SHUTDOWN_GRACE``, ``WORKER_SHUTDOWN_TIMEOUT``),
-    else from the defaults in docs/configuration.md.
+    ``WORKER_STALE_TIMEOUT``, ``WORKER_SHUTDOWN_GRACE``, ``WORKER_SHUTDOWN_TIMEOUT``,
+    ``WORKER_PRUNE_ENABLED``, ``WORKER_PRUNE_INTERVAL``, ``WORKER_KEEP_DONE``,
+    ``WORKER_KEEP_FAILED``), else from the defaults in docs/configuration.md.
+
+    Retention: every ``prune_every_seconds`` (5 min) one worker at a time deletes DONE
+    jobs finished more than ``keep_done`` (1 day) ago and FAILED/CANCELLED ones older
+    than ``keep_failed`` (7 days), in batches of 1,000 rows; ``enable_pruning=False``
+    keeps every job.
 
     Use it as ``FastAPI(lifespan=worker.lifespan)``, or ``await worker.run()`` in a worker
     process (stops on SIGTERM/SIGINT or ``worker.stop()``), or ``await worker.drain()`` to
@@ -169,6 +182,10 @@ class Worker:
         prefetch: int | None = None,
         listen: bool = True,
         schedules: Sequence[Schedule] = (),
+        enable_pruning: bool | None = None,
+        prune_every_seconds: float | timedelta | None = None,
+        keep_done: timedelta | float | None = None,
+        keep_failed: timedelta | float | None = None,
     ) -> None:
         if not isinstance(store, PgJobStore):
             raise TypeError(f"Worker(store=...) needs a PgJobStore, got {store!r}")
@@ -210,6 +227,15 @@ class Worker:
                 f"shutdown_grace ({self.shutdown_grace}) must not exceed shutdown_timeout "
                 f"({self.shutdown_timeout}): the timeout bounds the whole shutdown"
             )
+        # Retention: finished jobs are deleted once old enough, by one worker at a time.
+        self.enable_pruning = env_bool("WORKER_PRUNE_ENABLED", enable_pruning, True)
+        self.prune_interval = env_duration(
+            "WORKER_PRUNE_INTERVAL", prune_every_seconds, timedelta(minutes=5)
+        )
+        if self.prune_interval <= timedelta(0):
+            raise ValueError("prune_every_seconds / WORKER_PRUNE_INTERVAL must be > 0")
+        self.keep_done = env_duration("WORKER_KEEP_DONE", keep_done, timedelta(days=1))
+        self.keep_failed = env_duration("WORKER_KEEP_FAILED", keep_failed, timedelta(days=7))
         self.backoff = backoff if backoff is not None else BackoffPolicy()
         self.idle_policy = idle_policy if idle_policy is not None else IdlePollPolicy()
         self.loop_error_policy = (
@@ -293,6 +319,8 @@ class Worker:
         ]
         if self.enable_reaper:
             self._background.append(asyncio.create_task(self._reap_loop()))
+        if self.enable_pruning:
+            self._background.append(asyncio.create_task(self._prune_loop(), name="pqrun-prune"))
         if self.listen:
             self._background.append(asyncio.create_task(self._listen_loop()))
         if self.schedules:
@@ -1091,6 +1119,42 @@ class Worker:
                 else:
                     self._outage.recovered("reaper")
             await self._sleep(self.reap_interval.total_seconds())
+
+    async def _prune_loop(self) -> None:
+        """Delete old finished jobs every prune interval, a few small batches at a time."""
+        while not self._stopping.is_set():
+            try:
+                pruned = await self.store.prune(
+                    self.keep_done,
+                    self.keep_failed,
+                    batch_size=PRUNE_BATCH_SIZE,
+                    max_batches=PRUNE_BATCHES_PER_STEP,
+                )
+            except asyncpg.InsufficientPrivilegeError as exc:
+                logger.error(
+                    "worker %s cannot delete old jobs (%s); finished jobs are kept. GRANT "
+                    "DELETE ON jobs to this role, or set WORKER_PRUNE_ENABLED=false and "
+                    "prune with `pqrun prune` as a role that may",
+                    self.worker_id,
+                    exc,
+                )
+                return
+            except Exception as exc:
+                self._outage.failure("pruner", "deleting old jobs", exc)
+                await self._sleep(self.prune_interval.total_seconds())
+                continue
+            self._outage.recovered("pruner")
+            if pruned.total:
+                logger.info(
+                    "worker %s pruned %d DONE, %d FAILED, %d CANCELLED jobs",
+                    self.worker_id,
+                    pruned.done,
+                    pruned.failed,
+                    pruned.cancelled,
+                )
+            # A backlog goes in steps with pauses, so pruning never crowds out the work.
+            pause = PRUNE_PAUSE if pruned.more else self.prune_interval.total_seconds()
+            await self._sleep(pause)
 
     # -- shutdown --------------------------------------------------------------------
 

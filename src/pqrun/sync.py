@@ -1,0 +1,222 @@
+"""Enqueue from synchronous code (Django, Flask, scripts, notebooks): no event loop needed.
+
+    import pqrun.sync
+
+    job_id = pqrun.sync.enqueue(DATABASE_URL, "send_email", {"to": "a@example.com"})
+
+    # Inside your own transaction, with the connection you already have (psycopg 2 or 3,
+    # Django's ``django.db.connection``): the job exists if and only if it commits.
+    with transaction.atomic():
+        order.save()
+        pqrun.sync.enqueue(connection, "send_receipt", {"order": order.id})
+
+With a DSN, the jobs go through a PgJobStore that runs on a private event loop in a
+background thread (one per process, made on first use and again after a fork), so a call
+works whether or not an event loop is running in the calling thread; its pool keeps at
+most two connections per DSN and schema. With a DB-API connection, pqrun runs the same
+INSERT through that driver, in the caller's transaction, and never commits it. Async code
+should ``await store.enqueue(...)`` instead: these calls block the calling thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from .errors import JobConflict
+from .store import (
+    DEDUPE_TRIES,
+    ENQUEUE_DBAPI,
+    RESTORE_SEARCH_PATH_DBAPI,
+    SWITCH_SEARCH_PATH_DBAPI,
+    PgJobStore,
+    _dedupe_unresolved,
+    _new_job_row,
+    check_schema_name,
+    quote_ident,
+)
+
+T = TypeVar("T")
+
+#: How long a call waits for the database before it raises TimeoutError (seconds).
+CALL_TIMEOUT = 60.0
+
+
+class _Background:
+    """An event loop in a daemon thread, with a store per (dsn, schema)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.stores: dict[tuple[str, str | None], PgJobStore] = {}
+        self.thread = threading.Thread(target=self.loop.run_forever, name="pqrun-sync", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CALL_TIMEOUT)
+
+    def store(self, dsn: str, schema: str | None) -> PgJobStore:
+        key = (dsn, schema)
+        if key not in self.stores:
+            self.stores[key] = PgJobStore(dsn, schema=schema, min_size=0, max_size=2)
+        return self.stores[key]
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for store in self.stores.values():
+                await store.close(within=5.0)
+
+        with contextlib.suppress(Exception):
+            self.run(close_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5.0)
+
+
+_background: _Background | None = None
+_lock = threading.Lock()
+
+
+def _get_background() -> _Background:
+    global _background
+    with _lock:
+        if _background is None or _background.pid != os.getpid():
+            # First use, or a forked child: the parent's thread does not exist here.
+            _background = _Background()
+        return _background
+
+
+@atexit.register
+def close() -> None:
+    """Close the connections the DSN form of these functions opened (also run at exit)."""
+    global _background
+    with _lock:
+        background, _background = _background, None
+    if background is not None and background.pid == os.getpid():
+        background.close()
+
+
+def enqueue(
+    target: str | Any,
+    job_type: str,
+    payload: Any = None,
+    *,
+    priority: int = 0,
+    run_after: datetime | timedelta | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 5,
+    timeout_seconds: int | timedelta | None = None,
+    concurrency_key: str | None = None,
+    schema: str | None = None,
+) -> int:
+    """Add a job from synchronous code and return its id; arguments as ``store.enqueue``.
+
+    ``target`` is a DSN, or an open DB-API connection of PostgreSQL (psycopg 2 or 3,
+    Django's ``connection``): then the job is part of that connection's transaction and
+    exists once the caller commits. ``schema`` is the schema the queue lives in, as in
+    ``PgJobStore(schema=...)``.
+    """
+    if isinstance(target, str):
+        background = _get_background()
+        store = background.store(target, schema)
+        return background.run(
+            store.enqueue(
+                job_type,
+                payload,
+                priority=priority,
+                run_after=run_after,
+                dedupe_key=dedupe_key,
+                max_attempts=max_attempts,
+                timeout_seconds=timeout_seconds,
+                concurrency_key=concurrency_key,
+            )
+        )
+    row = _new_job_row(
+        job_type,
+        payload,
+        priority,
+        run_after,
+        dedupe_key,
+        max_attempts,
+        timeout_seconds,
+        concurrency_key,
+    )
+    return _enqueue_dbapi(_checked(target), row, schema)
+
+
+def enqueue_many(
+    target: str | Any, jobs: Iterable[Mapping[str, Any]], *, schema: str | None = None
+) -> list[int]:
+    """Add many jobs (dicts of ``enqueue``'s arguments) and return their ids, in order.
+
+    With a DSN this is one statement (``store.enqueue_many``); with a DB-API connection,
+    one INSERT per job inside the caller's transaction. A bad item raises before
+    anything is written.
+    """
+    if isinstance(target, str):
+        background = _get_background()
+        return background.run(background.store(target, schema).enqueue_many(jobs))
+    rows = []
+    for number, item in enumerate(jobs):
+        try:
+            rows.append(_new_job_row(**item))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
+    connection = _checked(target)
+    return [_enqueue_dbapi(connection, row, schema) for row in rows]
+
+
+def _checked(connection: Any) -> Any:
+    if not callable(getattr(connection, "cursor", None)):
+        raise TypeError(
+            f"pqrun.sync needs a DSN string or a DB-API connection to PostgreSQL "
+            f"(psycopg, Django's connection), got {connection!r}"
+        )
+    return connection
+
+
+def _enqueue_dbapi(connection: Any, row: tuple[Any, ...], schema: str | None) -> int:
+    job_type, payload, priority, run_at, delay, dedupe_key, max_attempts, timeout, key = row
+    params = {
+        "job_type": job_type,
+        "payload": payload,
+        "priority": priority,
+        "run_at": run_at,
+        "delay": delay,
+        "dedupe_key": dedupe_key,
+        "max_attempts": max_attempts,
+        "timeout_seconds": timeout,
+        "concurrency_key": key,
+    }
+    with contextlib.closing(connection.cursor()) as cursor:
+        was: str | None = None
+        if schema is not None:
+            path = quote_ident(check_schema_name(schema))
+            cursor.execute(SWITCH_SEARCH_PATH_DBAPI, {"path": path})
+            was, now = cursor.fetchone()
+            if was == now:
+                was = None
+        failed = True
+        try:
+            for _ in range(DEDUPE_TRIES):
+                cursor.execute(ENQUEUE_DBAPI, params)
+                found = cursor.fetchone()
+                if found is not None:
+                    failed = False
+                    return int(found[0])
+            raise JobConflict(_dedupe_unresolved(dedupe_key))
+        finally:
+            if was is not None:
+                try:
+                    cursor.execute(RESTORE_SEARCH_PATH_DBAPI, {"path": was})
+                    cursor.fetchone()
+                except Exception:
+                    # In a transaction the failed statement aborted, the restore cannot
+                    # run, and the caller's rollback puts the search_path back itself.
+                    if not failed:
+                        raise
