@@ -54,6 +54,8 @@ class Job:
     result: Any
     created_at: datetime
     updated_at: datetime
+    #: The W3C traceparent of the span that enqueued the job (OpenTelemetry), if any.
+    trace_context: str | None = None
 
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> Job:
@@ -79,6 +81,7 @@ class Job:
             result=None if row["result"] is None else json.loads(row["result"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            trace_context=row.get("trace_context"),
         )
 
 
