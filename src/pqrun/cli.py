@@ -33,6 +33,23 @@ async def _setup(dsn: str) -> None:
         await store.close()
 
 
+def _serve_dashboard(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .webui import dashboard
+    except ImportError as exc:
+        raise SystemExit(
+            f"pqrun dashboard needs the web extra ({exc}): pip install 'pqrun[web]'"
+        ) from exc
+    store = PgJobStore(_dsn(args.dsn))
+    app = dashboard(store, allow_actions=args.allow_actions)
+    mode = "actions allowed" if args.allow_actions else "read-only"
+    print(f"pqrun: dashboard ({mode}) on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pqrun", description="PostgreSQL job queue.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_help=False,
         help="measure drain, continuous, latency, bulk enqueue and big-table claims",
     )
+    board = commands.add_parser(
+        "dashboard", help="serve the web dashboard (read-only unless --allow-actions)"
+    )
+    board.add_argument("--dsn", help="PostgreSQL DSN (default: $PQRUN_DSN, then $DATABASE_URL)")
+    board.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    board.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    board.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="allow retry and cancel from the dashboard (it has no login: keep it private)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -58,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_setup(_dsn(args.dsn)))
             print("pqrun: schema applied")
             return 0
+        if args.command == "dashboard":
+            return _serve_dashboard(args)
         if args.command == "bench":
             from .bench import run as run_bench
 
