@@ -47,6 +47,20 @@ OVERVIEW_CACHE_SECONDS = 1.0
 #: Rates are measured over samples this old at most.
 RATE_WINDOW_SECONDS = 60.0
 PAGE_SIZE = 50
+# The last column holds the error's headline.
+JOB_COLUMNS = (
+    "id",
+    "type",
+    "status",
+    "#attempts",
+    "#priority",
+    "created",
+    "due/ended",
+    "#took",
+    "",
+)
+#: Jobs the overview lists under "Recent jobs".
+RECENT_JOBS = 12
 #: Ids a list page looks through (a bounded walk of the primary key).
 BROWSE_WINDOW = 50_000
 #: Payload and result are cut to this many characters on the job page.
@@ -103,7 +117,11 @@ def _table(headers: Sequence[str], rows: Iterable[str], empty: str) -> str:
     body = "".join(rows)
     if not body:
         return f'<p class="muted">{h(empty)}</p>'
-    head = "".join(f"<th>{h(title)}</th>" for title in headers)
+    # A title starting with "#" heads a column of numbers (aligned right).
+    head = "".join(
+        f'<th class="num">{h(title[1:])}</th>' if title.startswith("#") else f"<th>{h(title)}</th>"
+        for title in headers
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -301,7 +319,7 @@ class _Dashboard:
             for q in data["queues"]
         ]
         queues = _table(
-            ["job type", "ready", "due now", "running", "oldest due waits"],
+            ["job type", "#ready", "#due now", "#running", "oldest due waits"],
             queue_rows,
             "No READY or RUNNING jobs.",
         )
@@ -313,7 +331,7 @@ class _Dashboard:
             for w in data["workers"]
         ]
         workers = _table(
-            ["worker", "host", "pid", "job types", "concurrency", "started", "heartbeat"],
+            ["worker", "host", "#pid", "job types", "#concurrency", "started", "heartbeat"],
             worker_rows,
             "No worker is registered.",
         )
@@ -336,6 +354,9 @@ class _Dashboard:
             f'<h2>Schedules</h2><div id="schedules">{schedules}</div>'
         )
 
+    async def recent_fragment(self, request: Request) -> str:
+        return await self.jobs_fragment(request, limit=RECENT_JOBS)
+
     @staticmethod
     def job_link(base: str, job_id: Any) -> str:
         if job_id is None:
@@ -353,16 +374,17 @@ class _Dashboard:
         before = int(before_text) if before_text.isdigit() else None
         return status, job_type, before
 
-    async def jobs_fragment(self, request: Request) -> str:
+    async def jobs_fragment(self, request: Request, *, limit: int = PAGE_SIZE) -> str:
         status, job_type, before = self.list_filters(request)
         base = self.base(request)
         start = before if before is not None else await self.store.max_job_id() + 1
         rows = await self.store.browse_jobs(
-            status=status, job_type=job_type, before=start, window=BROWSE_WINDOW, limit=PAGE_SIZE
+            status=status, job_type=job_type, before=start, window=BROWSE_WINDOW, limit=limit
         )
         lines = []
         for job in rows:
-            error = (job["last_error"] or "").split("\n", 1)[0]
+            # A DONE job may keep the error of an earlier attempt: not news in a list.
+            error = "" if job["status"] == "DONE" else (job["last_error"] or "").split("\n", 1)[0]
             lines.append(
                 f'<tr data-job-id="{h(job["id"])}"><td>{self.job_link(base, job["id"])}</td>'
                 f"<td>{h(job['job_type'])}</td><td>{_badge(job['status'])}</td>"
@@ -373,11 +395,13 @@ class _Dashboard:
                 f'<td class="err">{h(error[:160])}</td></tr>'
             )
         table = _table(
-            ["id", "type", "status", "attempts", "priority", "created", "due/finished", "took", ""],
+            JOB_COLUMNS,
             lines,
             "No jobs match in this range of ids.",
         )
-        if len(rows) == PAGE_SIZE:
+        if limit < PAGE_SIZE:  # the overview's recent jobs: the list page pages on
+            return f'{table}<p><a href="{h(base)}/jobs">All jobs</a></p>'
+        if len(rows) == limit:
             next_before = rows[-1]["id"]
             searched = ""
         else:
@@ -460,8 +484,10 @@ class _Dashboard:
             ("trace", h(job.trace_context or "-")),
         ]
         listing = "".join(f"<dt>{h(name)}</dt><dd>{value}</dd>" for name, value in facts)
+        earlier = " (of an earlier attempt)" if job.status is JobStatus.DONE else ""
         error = (
-            f'<h2>Last error</h2><pre class="err" id="last-error">{h(job.last_error)}</pre>'
+            f'<h2>Last error{earlier}</h2><pre class="err" id="last-error">'
+            f"{h(job.last_error)}</pre>"
             if job.last_error
             else ""
         )
@@ -515,13 +541,19 @@ class _Dashboard:
 
     async def route_overview(self, request: Request) -> Response:
         content = await self.overview_fragment(request)
-        live = f"{self.base(request)}/_/overview"
+        recent = await self.recent_fragment(request)
+        base = self.base(request)
         return self.page(
             request,
             "Overview",
-            f'<div id="overview" data-live="{h(live)}" data-every="{REFRESH_MS}">{content}</div>'
-            f'<p><a href="{h(self.base(request))}/jobs">All jobs</a></p>',
+            f'<div id="overview" data-live="{h(base)}/_/overview" data-every="{REFRESH_MS}">'
+            f"{content}</div><h2>Recent jobs</h2>"
+            f'<div id="recent" data-live="{h(base)}/_/recent" data-every="{REFRESH_MS}">'
+            f"{recent}</div>",
         )
+
+    async def route_recent_fragment(self, request: Request) -> Response:
+        return self.fragment(request, await self.recent_fragment(request))
 
     async def route_overview_fragment(self, request: Request) -> Response:
         return self.fragment(request, await self.overview_fragment(request))
@@ -664,6 +696,7 @@ def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "p
         Route("/queues/{job_type}/retry-failed", board.route_retry_failed, methods=["POST"]),
         Route("/_/overview", board.route_overview_fragment),
         Route("/_/jobs", board.route_jobs_fragment),
+        Route("/_/recent", board.route_recent_fragment),
         Route("/_/jobs/{job_id}", board.route_job_fragment),
         Route("/_/app.css", board.route_css),
         Route("/_/app.js", board.route_js),
