@@ -37,11 +37,18 @@ TRACER_NAME = "pqrun"
 _propagator: Any = TraceContextTextMapPropagator() if AVAILABLE else None
 
 
-def _tracer() -> Any:
-    assert _trace is not None
-    from . import __version__
+_cached_tracer: Any = None
 
-    return _trace.get_tracer(TRACER_NAME, __version__)
+
+def _tracer() -> Any:
+    # A proxy until the application sets its tracer provider, then that provider's.
+    global _cached_tracer
+    if _cached_tracer is None:
+        assert _trace is not None
+        from . import __version__
+
+        _cached_tracer = _trace.get_tracer(TRACER_NAME, __version__)
+    return _cached_tracer
 
 
 @contextmanager
