@@ -55,7 +55,8 @@ async def test_a_worker_serves_counters_durations_and_queue_gauges(store: PgJobS
 
             async def all_ran() -> bool:
                 found = samples((await http.get(url)).text)
-                return value(found, "pqrun_jobs_failed_total", job_type="flaky") == 1
+                failed = {"job_type": "flaky", "outcome": "failed"}
+                return value(found, "pqrun_jobs_finished_total", **failed) == 1
 
             await wait_until(all_ran)
             response = await http.get(url)
@@ -70,10 +71,10 @@ async def test_a_worker_serves_counters_durations_and_queue_gauges(store: PgJobS
     assert value(found, "pqrun_jobs_enqueued_total", job_type="flaky") == 1
     assert value(found, "pqrun_jobs_started_total", job_type="ok") == 3
     assert value(found, "pqrun_jobs_started_total", job_type="flaky") == 2
-    assert value(found, "pqrun_jobs_completed_total", job_type="ok") == 3
-    assert value(found, "pqrun_jobs_retried_total", job_type="flaky") == 1
-    assert value(found, "pqrun_jobs_failed_total", job_type="flaky") == 1
+    assert value(found, "pqrun_jobs_finished_total", job_type="ok", outcome="done") == 3
     assert value(found, "pqrun_jobs_finished_total", job_type="flaky", outcome="retried") == 1
+    assert value(found, "pqrun_jobs_finished_total", job_type="flaky", outcome="failed") == 1
+    assert value(found, "pqrun_jobs_finished_total", job_type="flaky", outcome="done") == 0
     assert value(found, "pqrun_job_duration_seconds_count", job_type="ok") == 3
     assert value(found, "pqrun_job_duration_seconds_bucket", job_type="ok", le="+Inf") == 3
     # The job not due yet is READY, not due, and has no age; the worker was alive.

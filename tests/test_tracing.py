@@ -1,8 +1,8 @@
 """OpenTelemetry: an enqueue span, a run span, and one trace from the request to the handler.
 
 Spans are collected by the SDK's in-memory exporter. The SDK's provider is handed to
-pqrun (and to the test's own spans) for the test only, not installed globally, so
-other tests run without recording spans.
+pqrun (use_tracer_provider) and to the test's own spans for the test only, not installed
+globally, so other tests run without recording spans.
 """
 
 from __future__ import annotations
@@ -32,15 +32,18 @@ def app_tracer() -> trace.Tracer:
 
 
 @pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+def spans() -> Iterator[InMemorySpanExporter]:
     """The spans finished during the test."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     _providers[APP] = provider
-    monkeypatch.setattr(tracing, "_cached_tracer", provider.get_tracer(tracing.TRACER_NAME))
-    yield exporter
-    provider.shutdown()
+    tracing.use_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_tracer_provider(None)
+        provider.shutdown()
 
 
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -120,6 +123,14 @@ async def test_enqueue_many_links_every_job_to_one_span(
     assert contexts[0]["trace_context"].startswith(
         f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-"
     )
+
+
+async def test_without_a_tracer_provider_no_span_is_made_and_nothing_stored(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    assert not tracing.recording()  # opentelemetry-api alone: the global provider is a proxy
+    await store.enqueue("plain")
+    assert await conn.fetchval("SELECT trace_context FROM jobs") is None
 
 
 async def test_without_opentelemetry_nothing_is_stored(

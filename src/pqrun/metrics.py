@@ -115,6 +115,25 @@ class _Snapshot:
         self.taken_at = taken_at
 
 
+class _TypeCounters:
+    """The label children of one job type."""
+
+    __slots__ = ("_finished", "duration", "job_type", "outcomes", "started")
+
+    def __init__(self, metrics: PrometheusMetrics, job_type: str) -> None:
+        self.job_type = job_type
+        self.started = metrics.started_total.labels(job_type)
+        self.duration = metrics.duration_seconds.labels(job_type)
+        self.outcomes: dict[str, Any] = {}
+        self._finished = metrics.finished_total
+
+    def outcome(self, outcome: str) -> Any:
+        child = self.outcomes.get(outcome)
+        if child is None:
+            child = self.outcomes[outcome] = self._finished.labels(self.job_type, outcome)
+        return child
+
+
 class PrometheusMetrics(JobObserver):
     """pqrun's metrics in a prometheus_client registry (the default one unless given).
 
@@ -141,24 +160,13 @@ class PrometheusMetrics(JobObserver):
             labels,
             registry=registry,
         )
-        self.completed_total = Counter(
-            "pqrun_jobs_completed", "Runs that ended with the job DONE", labels, registry=registry
-        )
-        self.failed_total = Counter(
-            "pqrun_jobs_failed",
-            "Runs that ended with the job FAILED (Fail, or no attempts left)",
-            labels,
-            registry=registry,
-        )
-        self.retried_total = Counter(
-            "pqrun_jobs_retried",
-            "Runs that raised and put the job back to READY for another attempt",
-            labels,
-            registry=registry,
-        )
+        # One counter for every end of a run, by outcome: completed is outcome="done",
+        # failed "failed", retried "retried" (one increment per run, not three).
         self.finished_total = Counter(
             "pqrun_jobs_finished",
-            "Runs by what they came to: done, retried, failed, snoozed, cancelled, ignored",
+            "Runs by what they came to: done (DONE), failed (FAILED), retried (READY again "
+            "after an error), snoozed, cancelled (stopped by cancel()), ignored (the run no "
+            "longer owned the job)",
             ["job_type", "outcome"],
             registry=registry,
         )
@@ -175,21 +183,14 @@ class PrometheusMetrics(JobObserver):
         self._refresh_lock: asyncio.Lock | None = None
         self._refresh_failing = False
         # The children of each job type, made once, so that counting a run allocates
-        # nothing: (started, done, failed, retried, duration) and (type, outcome) -> child.
-        self._per_type: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
-        self._per_outcome: dict[tuple[str, str], Any] = {}
+        # nothing and looks up one dict.
+        self._per_type: dict[str, _TypeCounters] = {}
         registry.register(_QueueCollector(self))
 
-    def _children(self, job_type: str) -> tuple[Any, Any, Any, Any, Any]:
+    def _children(self, job_type: str) -> _TypeCounters:
         children = self._per_type.get(job_type)
         if children is None:
-            children = (
-                self.started_total.labels(job_type),
-                self.completed_total.labels(job_type),
-                self.failed_total.labels(job_type),
-                self.retried_total.labels(job_type),
-                self.duration_seconds.labels(job_type),
-            )
+            children = _TypeCounters(self, job_type)
             self._per_type[job_type] = children
         return children
 
@@ -199,24 +200,14 @@ class PrometheusMetrics(JobObserver):
         self.enqueued_total.labels(job_type).inc(count)
 
     def started(self, job: Job) -> None:
-        self._children(job.job_type)[0].inc()
+        children = self._per_type.get(job.job_type) or self._children(job.job_type)
+        children.started.inc()
 
     def finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
-        job_type = job.job_type
-        _, done, failed, retried, duration = self._children(job_type)
-        by_outcome = self._per_outcome.get((job_type, outcome))
-        if by_outcome is None:
-            by_outcome = self.finished_total.labels(job_type, outcome)
-            self._per_outcome[(job_type, outcome)] = by_outcome
-        by_outcome.inc()
-        if outcome == "done":
-            done.inc()
-        elif outcome == "failed":
-            failed.inc()
-        elif outcome == "retried":
-            retried.inc()
+        children = self._per_type.get(job.job_type) or self._children(job.job_type)
+        children.outcome(outcome).inc()
         if outcome != "ignored":
-            duration.observe(duration_seconds)
+            children.duration.observe(duration_seconds)
 
     # -- queue gauges ----------------------------------------------------------------
 

@@ -911,7 +911,7 @@ class PgJobStore:
         row = _new_job_row(
             job_type, payload, priority, run_after, dedupe_key, max_attempts, timeout_seconds
         )
-        if tracing.AVAILABLE:
+        if tracing.AVAILABLE and tracing.recording():
             with tracing.enqueue_span(job_type) as trace_context:
                 job_id = await self._enqueue_row(row, trace_context, conn)
                 tracing.set_enqueued_id(job_id)
@@ -964,7 +964,7 @@ class PgJobStore:
             rows.append(row)
         if not rows:
             return []
-        if tracing.AVAILABLE:
+        if tracing.AVAILABLE and tracing.recording():
             types = sorted({row[0] for row in rows})
             with tracing.enqueue_span(types[0] if len(types) == 1 else "*", len(rows)) as trace:
                 ids = await self._enqueue_rows(rows, source, trace, conn)

@@ -618,7 +618,7 @@ class Worker:
             for observer in self.store.observers:
                 _tell(observer.started, job)
             try:
-                if tracing.AVAILABLE:
+                if tracing.AVAILABLE and tracing.recording():
                     outcome = await self._run_traced(flight)
                 else:
                     outcome = await self._run_handler(flight)
