@@ -280,7 +280,7 @@ FROM stale
 WHERE j.id = stale.id
   AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by
   AND j.attempts = stale.attempts AND j.lease_id = stale.lease_id
-RETURNING j.id, j.status, stale.locked_by, j.attempts
+RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 """
 
 # A worker's heartbeat: its row in the registry, and the heartbeat of every job it holds
@@ -1191,7 +1191,12 @@ class PgJobStore:
                 row["attempts"],
                 row["locked_by"],
                 row["status"],
-                extra={"job_id": row["id"], "attempt": row["attempts"]},
+                extra={
+                    "job_id": row["id"],
+                    "job_type": row["job_type"],
+                    "attempt": row["attempts"],
+                    "outcome": "reaped",
+                },
             )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
 
