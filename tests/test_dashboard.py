@@ -163,6 +163,27 @@ async def test_retry_all_failed_of_a_type(
     assert await status_of(store, other) == "FAILED"
 
 
+async def test_odd_input_is_answered_not_crashed_on(
+    store: PgJobStore, admin: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
+    slashed = await failed_job(conn, "reports/monthly")
+    page = await admin.get("/jobs/jobs", params={"status": "FAILED", "job_type": "reports/monthly"})
+    token = token_in(page.text)
+    action = re.search(r'action="([^"]+retry-failed)"', page.text)
+    assert action is not None
+    assert (await admin.post(action.group(1), data={CSRF_FIELD: token})).status_code == 303
+    assert await status_of(store, slashed) == "READY"
+    huge = await admin.get("/jobs/jobs", params={"before": "9" * 40, "status": "NOPE"})
+    assert huge.status_code == 200
+    assert (await admin.get("/jobs/jobs/" + "9" * 40)).status_code == 404
+    # Behind a proxy that ends TLS: an https Origin for the same host is this site.
+    job_id = await failed_job(conn)
+    proxied = await admin.post(
+        f"/jobs/jobs/{job_id}/retry", data={CSRF_FIELD: token}, headers={"origin": "https://app"}
+    )
+    assert proxied.status_code == 303
+
+
 async def test_retry_failed_skips_keys_an_active_job_holds(
     store: PgJobStore, conn: asyncpg.Connection
 ) -> None:

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,6 +47,7 @@ OVERVIEW_CACHE_SECONDS = 1.0
 #: Rates are measured over samples this old at most.
 RATE_WINDOW_SECONDS = 60.0
 PAGE_SIZE = 50
+MAX_ID = 2**63 - 1
 # The last column holds the error's headline.
 JOB_COLUMNS = (
     "id",
@@ -90,6 +91,8 @@ def h(value: Any) -> str:
 def _when(moment: datetime | None) -> str:
     if moment is None:
         return '<span class="muted">-</span>'
+    if moment.tzinfo is None:  # a naive value from elsewhere (a schedule): read as UTC
+        moment = moment.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - moment).total_seconds()
     stamp = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     return f'<span title="{h(stamp)} UTC">{h(_relative(age))}</span>'
@@ -229,7 +232,7 @@ class _Dashboard:
         token, new = self.token(request)
         return self.respond(request, content.replace(TOKEN_SLOT, h(token)), token, new)
 
-    def action_button(self, request: Request, path: str, label: str, confirm: str = "") -> str:
+    def action_button(self, request: Request, path: str, label: str) -> str:
         """A POST form for an action, or nothing in read-only mode."""
         if not self.allow_actions:
             return ""
@@ -237,9 +240,7 @@ class _Dashboard:
         return (
             f'<form class="inline" method="post" action="{h(self.base(request) + path)}">'
             f'<input type="hidden" name="{CSRF_FIELD}" value="{TOKEN_SLOT}">'
-            f'<button type="submit" data-action="{h(label.lower())}"'
-            f"{' title=' + chr(34) + h(confirm) + chr(34) if confirm else ''}>"
-            f"{h(label)}</button></form>"
+            f'<button type="submit" data-action="{h(label.lower())}">{h(label)}</button></form>'
         )
 
     # -- overview --------------------------------------------------------------------
@@ -371,7 +372,7 @@ class _Dashboard:
             status = None
         job_type = request.query_params.get("job_type") or None
         before_text = request.query_params.get("before", "")
-        before = int(before_text) if before_text.isdigit() else None
+        before = min(int(before_text), MAX_ID) if before_text.isdigit() else None
         return status, job_type, before
 
     async def jobs_fragment(self, request: Request, *, limit: int = PAGE_SIZE) -> str:
@@ -505,7 +506,7 @@ class _Dashboard:
             job_id = int(request.path_params["job_id"])
         except ValueError:
             return None
-        if not 0 < job_id < 2**63:
+        if not 0 < job_id <= MAX_ID:
             return None
         return await self.store.get_job(job_id)
 
@@ -520,8 +521,9 @@ class _Dashboard:
                 "pqrun.dashboard(store, allow_actions=True) (or pqrun dashboard "
                 "--allow-actions) to retry and cancel jobs from it.",
             )
+        # Host against host only: behind a proxy that ends TLS the scheme differs.
         origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
             return _refuse(403, "Refused: the request came from another site.")
         cookie = request.cookies.get(CSRF_COOKIE, "")
         body = (await request.body())[:4096].decode("utf-8", "replace")
@@ -672,8 +674,6 @@ def _json(value: Any) -> str:
 
 
 def _path_segment(text: str) -> str:
-    from urllib.parse import quote
-
     return quote(text, safe="")
 
 
@@ -693,7 +693,7 @@ def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "p
         Route("/jobs/{job_id}", board.route_job),
         Route("/jobs/{job_id}/retry", board.route_retry, methods=["POST"]),
         Route("/jobs/{job_id}/cancel", board.route_cancel, methods=["POST"]),
-        Route("/queues/{job_type}/retry-failed", board.route_retry_failed, methods=["POST"]),
+        Route("/queues/{job_type:path}/retry-failed", board.route_retry_failed, methods=["POST"]),
         Route("/_/overview", board.route_overview_fragment),
         Route("/_/jobs", board.route_jobs_fragment),
         Route("/_/recent", board.route_recent_fragment),
