@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pqrun import Fail, JobContext, PgJobStore, Retry, Worker
@@ -146,3 +149,38 @@ async def test_a_failing_observer_never_fails_the_enqueue(
     job_id = await store.enqueue("t")
     assert await store.get_job(job_id) is not None
     assert "observer bug" in caplog.text
+
+
+async def test_a_cancelled_run_is_counted_as_cancelled(store: PgJobStore) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    started = asyncio.Event()
+
+    async def wait(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    job_id = await store.enqueue("wait")
+    worker = Worker(store, {"wait": wait}, **QUICK)
+    await worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert await store.cancel(job_id)
+
+        async def counted() -> bool:
+            found = samples(generate_latest(metrics.registry).decode())
+            cancelled = {"job_type": "wait", "outcome": "cancelled"}
+            return value(found, "pqrun_jobs_finished_total", **cancelled) == 1
+
+        await wait_until(counted)
+    finally:
+        await worker.stop()
+
+
+def test_importing_pqrun_imports_no_optional_extra() -> None:
+    code = (
+        "import sys, pqrun; "
+        "loaded = [m for m in ('prometheus_client', 'starlette', 'uvicorn') if m in sys.modules]; "
+        "print(loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
