@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def dashboard_url(dsn: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client() as http:
-            for _ in range(400):  # up to 20 s for the server to come up
+            for _ in range(600):  # up to 30 s for the server to come up
                 if process.poll() is not None:
                     output = process.stdout.read() if process.stdout else ""
                     raise AssertionError(f"pqrun dashboard exited: {output}")
@@ -82,9 +83,9 @@ def dashboard_url(dsn: str) -> Iterator[str]:
                         break
                 except httpx.TransportError:
                     pass
-                subprocess.run(["sleep", "0.05"], check=True)
+                time.sleep(0.05)
             else:
-                raise AssertionError("pqrun dashboard did not answer within 20 s")
+                raise AssertionError("pqrun dashboard did not answer within 30 s")
         yield url
     finally:
         process.terminate()
@@ -140,6 +141,12 @@ async def test_a_job_appears_fails_and_runs_after_retry_in_the_browser(
     }
     worker = Worker(store, handlers, concurrency=4, **QUICK)
     await worker.start()
+    problems: list[str] = []  # script errors, CSP refusals, failed loads
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
     try:
         # The list shows a job enqueued after the page was loaded, without a reload.
         await page.goto(f"{dashboard_url}/jobs")
@@ -177,6 +184,7 @@ async def test_a_job_appears_fails_and_runs_after_retry_in_the_browser(
     finally:
         release.set()
         await worker.stop()
+    assert problems == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("PQRUN_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")

@@ -220,6 +220,7 @@ class _Dashboard:
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{h(heading)} - {h(self.title)}</title>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="icon" href="data:,">'
             f'<link rel="stylesheet" href="{h(base)}/_/app.css"></head><body>'
             f'<header><b>{h(self.title)}</b><a href="{h(base)}/">Overview</a>'
             f'<a href="{h(base)}/jobs">Jobs</a>{mode}</header>'
