@@ -17,6 +17,7 @@ from pqrun import PgJobStore
 from pqrun.store import BROWSE_JOBS, QUEUE_STATS, STATUS_COUNTS_BOUNDED
 from pqrun.webui import CSRF_COOKIE, CSRF_FIELD
 
+from .dashboard_server import running_dashboard
 from .helpers import status_of
 from .test_schema import _nodes
 
@@ -290,3 +291,14 @@ async def test_dashboard_queries_read_a_bounded_part_of_a_big_table(
         status="FAILED", job_type="rare", before=newest + 1 - 100_300, window=window
     )
     assert [row["job_type"] for row in found] == ["rare"]
+
+
+def test_pqrun_dashboard_serves_read_only_by_default(dsn: str) -> None:
+    with running_dashboard(dsn) as url, httpx.Client(base_url=url) as http:
+        overview = http.get("/")
+        assert overview.status_code == 200
+        assert "read-only" in overview.text
+        token = http.cookies.get(CSRF_COOKIE)
+        assert token
+        refused = http.post("/jobs/1/retry", data={CSRF_FIELD: token})
+        assert refused.status_code == 403

@@ -14,19 +14,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from pqrun import Fail, JobContext, PgJobStore, Worker
 
+from .dashboard_server import running_dashboard
 from .helpers import QUICK
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,58 +40,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def dashboard_url(dsn: str) -> Iterator[str]:
     """`pqrun dashboard --allow-actions` on a free port, for the test database."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pqrun",
-            "dashboard",
-            "--dsn",
-            dsn,
-            "--port",
-            str(port),
-            "--allow-actions",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client() as http:
-            for _ in range(600):  # up to 30 s for the server to come up
-                if process.poll() is not None:
-                    output = process.stdout.read() if process.stdout else ""
-                    raise AssertionError(f"pqrun dashboard exited: {output}")
-                try:
-                    if http.get(url + "/_/app.css").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            else:
-                raise AssertionError("pqrun dashboard did not answer within 30 s")
+    with running_dashboard(dsn, "--allow-actions") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
 
 
 @pytest.fixture
