@@ -59,7 +59,11 @@ async def test_a_worker_serves_counters_durations_and_queue_gauges(store: PgJobS
             async def all_ran() -> bool:
                 found = samples((await http.get(url)).text)
                 failed = {"job_type": "flaky", "outcome": "failed"}
-                return value(found, "pqrun_jobs_finished_total", **failed) == 1
+                # The gauges are read again once older than ten times a reading took.
+                return (
+                    value(found, "pqrun_jobs_finished_total", **failed) == 1
+                    and value(found, "pqrun_workers_alive", queue="public") == 1
+                )
 
             await wait_until(all_ran)
             response = await http.get(url)

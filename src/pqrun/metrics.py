@@ -49,6 +49,8 @@ DURATION_BUCKETS = (
     900.0,
     3600.0,
 )
+#: Reading the queue gauges is given up after this many seconds (scrapes time out at 10).
+READ_TIMEOUT = 5.0
 #: A worker counts as alive while its heartbeat is younger than this.
 ALIVE_WITHIN = timedelta(seconds=30)
 
@@ -107,12 +109,15 @@ class _QueueCollector(Collector):
 
 
 class _Snapshot:
-    __slots__ = ("stats", "taken_at", "workers_alive")
+    __slots__ = ("stats", "taken_at", "took", "workers_alive")
 
-    def __init__(self, stats: list[dict[str, Any]], workers_alive: int, taken_at: float) -> None:
+    def __init__(
+        self, stats: list[dict[str, Any]], workers_alive: int, taken_at: float, took: float
+    ) -> None:
         self.stats = stats
         self.workers_alive = workers_alive
         self.taken_at = taken_at
+        self.took = took
 
 
 class _TypeCounters:
@@ -180,7 +185,7 @@ class PrometheusMetrics(JobObserver):
         #: The last reading of each watched queue, by queue name.
         self.snapshots: dict[str, _Snapshot] = {}
         self._stores: list[PgJobStore] = []
-        self._refresh_lock: asyncio.Lock | None = None
+        self._refresh_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._refresh_failing = False
         # The children of each job type, made once, so that counting a run allocates
         # nothing and looks up one dict.
@@ -217,19 +222,32 @@ class PrometheusMetrics(JobObserver):
             self._stores.append(store)
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Read the queue gauges again if the last reading is older than refresh_every."""
-        if self._refresh_lock is None:  # made here: it belongs to the running loop
-            self._refresh_lock = asyncio.Lock()
-        async with self._refresh_lock:
+        """Read the queue gauges again if the last reading is older than refresh_every.
+
+        A reading that took long (a backlog of millions of READY jobs) is kept ten times
+        as long as it took, so that scrapes cost the database at most a tenth of one
+        connection's time. A reading is given up after READ_TIMEOUT seconds: the gauges
+        then keep their last values rather than make the scrape time out.
+        """
+        loop = asyncio.get_running_loop()
+        if self._refresh_lock is None or self._refresh_lock[0] is not loop:
+            self._refresh_lock = (loop, asyncio.Lock())  # a lock belongs to one loop
+        async with self._refresh_lock[1]:
             now = time.monotonic()
             for store in list(self._stores):
                 name = _queue_name(store)  # the schema, known once the store started
                 last = self.snapshots.get(name)
-                if not force and last is not None and now - last.taken_at < self.refresh_every:
+                if (
+                    not force
+                    and last is not None
+                    and now - last.taken_at < max(self.refresh_every, 10 * last.took)
+                ):
                     continue
+                started = time.monotonic()
                 try:
-                    stats = await store.queue_stats()
-                    alive = await store.workers_alive(ALIVE_WITHIN)
+                    async with asyncio.timeout(READ_TIMEOUT):
+                        stats = await store.queue_stats()
+                        alive = await store.workers_alive(ALIVE_WITHIN)
                 except Exception as exc:
                     if not self._refresh_failing:
                         logger.warning(
@@ -243,7 +261,8 @@ class PrometheusMetrics(JobObserver):
                 if self._refresh_failing:
                     logger.info("pqrun metrics: the queue gauges are read again")
                 self._refresh_failing = False
-                self.snapshots[name] = _Snapshot(stats, alive, time.monotonic())
+                done = time.monotonic()
+                self.snapshots[name] = _Snapshot(stats, alive, done, done - started)
 
     async def exposition(self) -> bytes:
         """The registry in Prometheus's text format, with fresh queue gauges."""
