@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration_ms     integer,
     result          jsonb,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- The W3C traceparent of the OpenTelemetry span that enqueued the job, so that the
+    -- span of each run joins the same trace. NULL without tracing.
+    trace_context   text
 );
 
 -- Columns added after the first release, for tables created before them.
@@ -48,6 +51,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_id bigint;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS concurrency_key text;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT false;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context text;
 
 -- A queue leaves a dead row version (and a dead entry in the pickup index) for every job
 -- it moves; until they are vacuumed, each pickup steps over them and slows down. Vacuum

@@ -6,6 +6,8 @@ app = FastAPI(lifespan=worker.lifespan)
 job_id = await store.enqueue("send_email", {"to": "a@example.com"})
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     DatabaseUnavailable,
     Fail,
@@ -26,6 +28,10 @@ from .schedules import Schedule
 from .schema import ddl_sql
 from .store import PgJobStore
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .metrics import metrics_app as metrics_app
+    from .webui import dashboard as dashboard
 
 __version__ = "0.1.0"
 
@@ -58,3 +64,18 @@ __all__ = [
     "ddl_sql",
     "handler",
 ]
+# Not in __all__: pqrun.dashboard and pqrun.metrics_app need optional extras, and a
+# star import must not fail without them.
+
+
+def __getattr__(name: str) -> Any:
+    # The dashboard and the metrics need optional extras: imported on first use only.
+    if name == "dashboard":
+        from .webui import dashboard
+
+        return dashboard
+    if name == "metrics_app":
+        from .metrics import metrics_app
+
+        return metrics_app
+    raise AttributeError(f"module 'pqrun' has no attribute {name!r}")

@@ -102,8 +102,13 @@ async def _fill(dsn: str, settings: dict[str, str], jobs: int, job_type: str = "
         await conn.close()
 
 
-async def bench_drain(dsn: str, jobs: int, concurrency: int | None) -> dict[str, Any]:
-    """Drain ``jobs`` queued no-op jobs with one worker at its default settings."""
+async def bench_drain(
+    dsn: str, jobs: int, concurrency: int | None, metrics: bool = False
+) -> dict[str, Any]:
+    """Drain ``jobs`` queued no-op jobs with one worker at its default settings.
+
+    ``metrics``: count them in Prometheus metrics too (a registry of its own).
+    """
     async with bench_schema(dsn) as (_, settings):
         await _fill(dsn, settings, jobs)
         done = 0
@@ -116,6 +121,12 @@ async def bench_drain(dsn: str, jobs: int, concurrency: int | None) -> dict[str,
                 progress.update(done)
 
         store = PgJobStore(dsn, server_settings=settings)
+        if metrics:
+            from prometheus_client import CollectorRegistry
+
+            from .metrics import PrometheusMetrics, instrument
+
+            instrument(store, PrometheusMetrics(CollectorRegistry()))
         worker = Worker(store=store, handlers={"noop": noop}, concurrency=concurrency)
         await store.start()
         peak = rss_mb()
@@ -367,7 +378,7 @@ async def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> d
     try:
         for mode in modes:
             if mode == "drain":
-                result = await bench_drain(dsn, args.jobs, args.concurrency)
+                result = await bench_drain(dsn, args.jobs, args.concurrency, args.metrics)
             elif mode == "continuous":
                 result = await bench_continuous(dsn, args.seconds, args.batch, args.concurrency)
             elif mode == "latency":
@@ -390,6 +401,9 @@ def parser(prog: str = "pqrun bench") -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=(*MODES, "all"), default="all")
     p.add_argument("--jobs", type=int, default=20_000, help="drain: jobs queued first")
     p.add_argument("--concurrency", type=int, help="worker concurrency (default: its own)")
+    p.add_argument(
+        "--metrics", action="store_true", help="drain: count jobs in Prometheus metrics too"
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="continuous: run time")
     p.add_argument("--batch", type=int, default=100, help="continuous: jobs per enqueue")
     p.add_argument("--samples", type=int, default=200, help="latency: jobs per enqueue path")

@@ -225,10 +225,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     worker: Worker
     if isinstance(target, Worker):
-        if args.dsn or args.schema or args.concurrency or job_types:
+        if args.dsn or args.schema or args.concurrency or job_types or args.metrics_port:
             raise CommandError(
                 f"{args.target} is a Worker with its own store and settings: drop --dsn, "
-                "--schema, --concurrency and --job-types, or point at a handlers dict"
+                "--schema, --concurrency, --job-types and --metrics-port, or point at a "
+                "handlers dict"
             )
         worker = target
     elif isinstance(target, Mapping):
@@ -246,11 +247,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             handlers=handlers,
             concurrency=args.concurrency,
             worker_id=args.worker_id,
+            metrics_port=args.metrics_port,
         )
     elif callable(target):
-        if args.concurrency or job_types:
+        if args.concurrency or job_types or args.metrics_port:
             raise CommandError(
-                f"{args.target} is a factory: it sets concurrency and job types itself"
+                f"{args.target} is a factory: it sets concurrency, job types and the "
+                "metrics port itself"
             )
         built = target(open_store(args))
         if not isinstance(built, Worker):
@@ -357,6 +360,43 @@ def cmd_workers(args: argparse.Namespace) -> int:
         return 0
     for worker in workers:
         print(worker_line(worker))
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    schedules = with_store(args, lambda store: store.list_schedules())
+    if args.json:
+        print(to_json(schedules))
+        return 0
+    if not schedules:
+        print("no schedules stored (a worker stores those it declares when it starts)")
+        return 0
+    for item in schedules:
+        timing = item["cron"] or f"every {human_duration(item['every_seconds'])}"
+        last = item["last_run_at"].isoformat() if item["last_run_at"] else "never"
+        job = f" (job {item['last_job_id']})" if item["last_job_id"] else ""
+        print(
+            f"{item['name']}  {item['job_type']}  {timing} {item['timezone']}  "
+            f"next {item['next_run_at'].isoformat()}  last {last}{job}  "
+            f"declared {item['declared_at'].isoformat()}"
+        )
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .webui import dashboard
+    except ImportError as exc:
+        raise CommandError(
+            f"pqrun dashboard needs the web extra ({exc}): pip install 'pqrun[web]'"
+        ) from None
+    store = open_store(args)
+    app = dashboard(store, allow_actions=args.allow_actions)
+    mode = "actions allowed" if args.allow_actions else "read-only"
+    print(f"pqrun: dashboard ({mode}) on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -516,6 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (needs pqrun[metrics])",
+    )
     worker.set_defaults(run=cmd_worker)
 
     status = commands.add_parser(
@@ -550,6 +595,26 @@ def build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", parents=[db], help="the registered workers")
     workers.add_argument("--json", action="store_true")
     workers.set_defaults(run=cmd_workers)
+
+    schedules = commands.add_parser(
+        "schedules", parents=[db], help="the stored schedules: next and last run"
+    )
+    schedules.add_argument("--json", action="store_true")
+    schedules.set_defaults(run=cmd_schedules)
+
+    board = commands.add_parser(
+        "dashboard",
+        parents=[db],
+        help="serve the web dashboard (read-only unless --allow-actions)",
+    )
+    board.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    board.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    board.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="allow retry and cancel from the dashboard (it has no login: keep it private)",
+    )
+    board.set_defaults(run=cmd_dashboard)
 
     prune = commands.add_parser(
         "prune", parents=[db], help="delete finished jobs past their retention, in batches"

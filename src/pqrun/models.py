@@ -56,6 +56,8 @@ class Job:
     updated_at: datetime
     #: Jobs with the same key count together against ``concurrency_limit_per_key``.
     concurrency_key: str | None = None
+    #: The W3C traceparent of the span that enqueued the job (OpenTelemetry), if any.
+    trace_context: str | None = None
 
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> Job:
@@ -82,6 +84,7 @@ class Job:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             concurrency_key=row.get("concurrency_key"),
+            trace_context=row.get("trace_context"),
         )
 
 

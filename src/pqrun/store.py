@@ -26,8 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from . import tracing
 from .errors import DatabaseUnavailable, JobConflict, JobNotFound, SchemaMissing, WaitTimeout
 from .models import Job, JobStatus, RawJSON, encode_json, is_pydantic_model
+from .observers import JobObserver
 from .payloads import is_model_class, validate
 from .schema import ddl_sql
 from .waiting import FinishWaiters
@@ -84,9 +86,9 @@ POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_co
 ENQUEUE = """
 WITH inserted AS (
     INSERT INTO jobs (job_type, payload, priority, run_after, dedupe_key, max_attempts,
-                      timeout_seconds, concurrency_key)
+                      timeout_seconds, concurrency_key, trace_context)
     VALUES ($1, $2::text::jsonb, $3, COALESCE($4::timestamptz, now() + $5::interval), $6,
-            $7, $8, $9)
+            $7, $8, $9, $10)
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
     DO NOTHING
     RETURNING id
@@ -130,7 +132,8 @@ RESTORE_SEARCH_PATH_DBAPI = "SELECT set_config('search_path', %(path)s, false)"
 # Many jobs in one statement. Ids are drawn up front so that each input row knows its
 # own, whatever order RETURNING comes back in. A row whose dedupe_key an active job holds
 # gets that job's id (NULL if that job is not in this statement's snapshot: the caller
-# asks again for those). Duplicate keys within one batch are merged before this.
+# asks again for those). Duplicate keys within one batch are merged before this. $9 is
+# the trace context of the enqueue span, the same for every row.
 ENQUEUE_MANY = """
 WITH input AS (
     SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, t.*
@@ -141,9 +144,9 @@ WITH input AS (
 ),
 inserted AS (
     INSERT INTO jobs (id, job_type, payload, priority, run_after, dedupe_key, max_attempts,
-                      timeout_seconds, concurrency_key)
+                      timeout_seconds, concurrency_key, trace_context)
     SELECT id, job_type, payload::jsonb, priority, COALESCE(run_at, now() + delay),
-           dedupe_key, max_attempts, timeout_seconds, concurrency_key
+           dedupe_key, max_attempts, timeout_seconds, concurrency_key, $10::text
     FROM input
     ORDER BY position
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('READY', 'RUNNING')
@@ -188,7 +191,8 @@ WHERE j.id = due.id AND j.status = 'READY'
 RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
           j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
           j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at, j.duration_ms,
-          j.result::text AS result, j.created_at, j.updated_at, j.concurrency_key
+          j.result::text AS result, j.created_at, j.updated_at, j.concurrency_key,
+          j.trace_context
 """
 
 # Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
@@ -273,7 +277,7 @@ claimed AS (
               j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
               j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at,
               j.duration_ms, j.result::text AS result, j.created_at, j.updated_at,
-              j.concurrency_key
+              j.concurrency_key, j.trace_context
 ),
 recorded AS (
     INSERT INTO job_rate_limits AS r (job_type, starts)
@@ -453,7 +457,7 @@ FROM stale
 WHERE j.id = stale.id
   AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by
   AND j.attempts = stale.attempts AND j.lease_id = stale.lease_id
-RETURNING j.id, j.status, stale.locked_by, j.attempts
+RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 """
 
 # A worker's heartbeat: its row in the registry, and the heartbeat of every job it holds
@@ -596,7 +600,7 @@ GET_JOB = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
        run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
        last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at,
-       concurrency_key
+       concurrency_key, trace_context
 FROM jobs
 WHERE id = $1
 """
@@ -616,8 +620,6 @@ LIMIT $3
 # -- what `pqrun status` and `pqrun top` show. None of these reads the whole table: each
 # walks one partial index and stops after $n rows, and the caller says which numbers hit
 # that bound (docs/operations.md).
-
-DATABASE_NOW = "SELECT now()"
 
 # READY and RUNNING jobs by type, through the pickup and running indexes, at most $1 of
 # each status.
@@ -698,6 +700,60 @@ SELECT n.nspname AS schema,
              WHERE t.relnamespace = n.oid AND t.relkind IN ('r', 'p')) AS tables
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('jobs')
+"""
+
+# -- observability: metrics and the dashboard ---------------------------------------
+# Each of these is bounded whatever the size of the table: the active jobs through their
+# partial indexes, finished jobs through a window of ids or the planner's statistics.
+
+# Active jobs by type: READY (all, and due now, with the age of the oldest due one) and
+# RUNNING. Each half reads only the rows of its partial index (jobs_ready_pickup,
+# jobs_running), so the cost follows the backlog, not the table's history.
+QUEUE_STATS = """
+SELECT job_type, 'READY' AS status, count(*) AS jobs,
+       count(*) FILTER (WHERE run_after <= now()) AS due,
+       extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now()))::float8
+           AS oldest_due_seconds
+FROM jobs
+WHERE status = 'READY'
+GROUP BY job_type
+UNION ALL
+SELECT job_type, 'RUNNING', count(*), 0, NULL
+FROM jobs
+WHERE status = 'RUNNING'
+GROUP BY job_type
+"""
+
+# Workers whose heartbeat is younger than $1.
+WORKERS_ALIVE = """
+SELECT count(*) FROM job_workers WHERE heartbeat_at >= now() - $1::interval
+"""
+
+# Jobs per status counted exactly over at most $1 rows: exact on a table that small,
+# else the caller falls back to STATUS_ESTIMATES.
+STATUS_COUNTS_BOUNDED = """
+SELECT status, count(*) AS jobs
+FROM (SELECT status FROM jobs LIMIT $1) AS sample
+GROUP BY status
+"""
+
+# The newest id (the primary key's last entry): where a browse starts, and with the
+# count of active jobs, how the dashboard measures the rates of enqueue and completion.
+MAX_JOB_ID = "SELECT coalesce(max(id), 0) FROM jobs"
+
+# One page of jobs, newest first, among the ids in [$1 - $2, $1): a walk of at most $2
+# entries of the primary key however rare the filters are on a big table. The caller
+# moves the window to look further back.
+BROWSE_JOBS = """
+SELECT id, job_type, status, priority, attempts, max_attempts, run_after, locked_by,
+       dedupe_key, created_at, updated_at, finished_at, duration_ms,
+       left(last_error, 300) AS last_error
+FROM jobs
+WHERE id < $1 AND id >= $1 - $2
+  AND ($3::text IS NULL OR status = $3::text)
+  AND ($4::text IS NULL OR job_type = $4::text)
+ORDER BY id DESC
+LIMIT $5
 """
 
 # The schema holding the jobs table (NULL: not in the search_path). Notifications go to
@@ -980,6 +1036,8 @@ class PgJobStore:
         self._current: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
             f"pqrun_store_{id(self)}_connection", default=None
         )
+        #: Who hears about enqueues here and runs by workers on this store (metrics).
+        self.observers: tuple[JobObserver, ...] = ()
 
     def __repr__(self) -> str:
         if self.schema is not None:
@@ -997,6 +1055,17 @@ class PgJobStore:
         return f"apply the schema first: `pqrun setup{option}`, or `await store.setup()`" + (
             "" if self.schema is not None else ', or psql "$DATABASE_URL" -f ddl.sql'
         )
+
+    def observe(self, observer: JobObserver) -> None:
+        """Tell ``observer`` about enqueues through this store and runs by its workers.
+
+        ``pqrun.metrics`` attaches its Prometheus metrics this way. Adding the same
+        observer twice does nothing.
+        """
+        if not isinstance(observer, JobObserver):
+            raise TypeError(f"observe() needs a pqrun.observers.JobObserver, got {observer!r}")
+        if observer not in self.observers:
+            self.observers = (*self.observers, observer)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -1315,12 +1384,27 @@ class PgJobStore:
             timeout_seconds,
             concurrency_key,
         )
+        if tracing.AVAILABLE and tracing.recording():
+            with tracing.enqueue_span(job_type) as trace_context:
+                job_id = await self._enqueue_row(row, trace_context, conn)
+                tracing.set_enqueued_id(job_id)
+        else:
+            job_id = await self._enqueue_row(row, None, conn)
+        for observer in self.observers:
+            _tell(observer.enqueued, job_type, 1)
+        return job_id
+
+    async def _enqueue_row(
+        self, row: tuple[Any, ...], trace_context: str | None, conn: Connection | None
+    ) -> int:
         async with self._acquire(conn) as c:
             for _ in range(DEDUPE_TRIES):
-                job_id: int | None = await c.fetchval(ENQUEUE, *row, timeout=self.statement_timeout)
+                job_id: int | None = await c.fetchval(
+                    ENQUEUE, *row, trace_context, timeout=self.statement_timeout
+                )
                 if job_id is not None:
                     return job_id
-        raise JobConflict(_dedupe_unresolved(dedupe_key))
+        raise JobConflict(_dedupe_unresolved(row[5]))
 
     async def enqueue_many(
         self, jobs: Iterable[Mapping[str, Any]], *, conn: Connection | None = None
@@ -1356,12 +1440,36 @@ class PgJobStore:
             rows.append(row)
         if not rows:
             return []
+        if tracing.AVAILABLE and tracing.recording():
+            types = sorted({row[0] for row in rows})
+            with tracing.enqueue_span(types[0] if len(types) == 1 else "*", len(rows)) as trace:
+                ids = await self._enqueue_rows(rows, source, trace, conn)
+        else:
+            ids = await self._enqueue_rows(rows, source, None, conn)
+        if self.observers:
+            per_type: dict[str, int] = {}
+            for row in rows:
+                per_type[row[0]] = per_type.get(row[0], 0) + 1
+            for observer in self.observers:
+                for job_type, count in per_type.items():
+                    _tell(observer.enqueued, job_type, count)
+        return ids
+
+    async def _enqueue_rows(
+        self,
+        rows: list[tuple[Any, ...]],
+        source: list[int],
+        trace_context: str | None,
+        conn: Connection | None,
+    ) -> list[int]:
         ids: list[int | None] = [None] * len(rows)
         pending = list(range(len(rows)))
         async with self._acquire(conn) as c:
             for _ in range(DEDUPE_TRIES):
                 columns = [list(column) for column in zip(*(rows[i] for i in pending), strict=True)]
-                found = await c.fetch(ENQUEUE_MANY, *columns, timeout=self.statement_timeout)
+                found = await c.fetch(
+                    ENQUEUE_MANY, *columns, trace_context, timeout=self.statement_timeout
+                )
                 for position, record in zip(pending, found, strict=True):
                     ids[position] = record["id"]
                 # A key held by a job committed after the statement's snapshot: ask again.
@@ -1594,7 +1702,12 @@ class PgJobStore:
                 row["attempts"],
                 row["locked_by"],
                 row["status"],
-                extra={"job_id": row["id"], "attempt": row["attempts"]},
+                extra={
+                    "job_id": row["id"],
+                    "job_type": row["job_type"],
+                    "attempt": row["attempts"],
+                    "outcome": "reaped",
+                },
             )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
 
@@ -1857,16 +1970,21 @@ class PgJobStore:
             )
         return [Job.from_record(row) for row in rows]
 
-    async def retry_failed(self, job_type: str | None = None) -> tuple[list[int], list[int]]:
-        """``retry()`` every FAILED job (of ``job_type``, or of any type).
+    async def retry_failed(
+        self, job_type: str | None = None, limit: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """``retry()`` every FAILED job (of ``job_type``, or of any type), oldest first;
+        at most ``limit`` of them if given.
 
         Returns (ids retried, ids left FAILED because an active job holds their
         dedupe_key).
         """
+        if limit is not None:
+            _check_int("limit", limit, 1)
         retried: list[int] = []
         conflicts: list[int] = []
         after = 0
-        while True:
+        while limit is None or len(retried) < limit:
             async with self._acquire() as conn:
                 rows = await conn.fetch(
                     FAILED_IDS, job_type, after, 1000, timeout=self.statement_timeout
@@ -1874,12 +1992,15 @@ class PgJobStore:
             if not rows:
                 return retried, conflicts
             for row in rows:
+                if limit is not None and len(retried) >= limit:
+                    break
                 try:
                     if await self.retry(row["id"]):
                         retried.append(row["id"])
                 except JobConflict:
                     conflicts.append(row["id"])
             after = rows[-1]["id"]
+        return retried, conflicts
 
     async def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest FAILED jobs: id, job_type, attempts, max_attempts, finished_at, error.
@@ -2020,6 +2141,101 @@ class PgJobStore:
                 ) from exc
         return row is not None
 
+    # -- observability: cheap, bounded reads for metrics and the dashboard -------------
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        """Active jobs per type, from the partial indexes (exact, cost follows the backlog).
+
+        One dict per job type with READY or RUNNING jobs: ``job_type``, ``ready`` (all
+        READY, due or not), ``due`` (READY and due now), ``running``, and
+        ``oldest_due_seconds`` (how long the oldest due READY job has waited; None when
+        none is due).
+        """
+        async with self._acquire() as conn:
+            rows = await conn.fetch(QUEUE_STATS, timeout=self.statement_timeout)
+        stats: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            entry = stats.setdefault(
+                row["job_type"],
+                {
+                    "job_type": row["job_type"],
+                    "ready": 0,
+                    "due": 0,
+                    "running": 0,
+                    "oldest_due_seconds": None,
+                },
+            )
+            if row["status"] == "READY":
+                entry["ready"] = row["jobs"]
+                entry["due"] = row["due"]
+                entry["oldest_due_seconds"] = row["oldest_due_seconds"]
+            else:
+                entry["running"] = row["jobs"]
+        return [stats[job_type] for job_type in sorted(stats)]
+
+    async def workers_alive(self, within: timedelta = timedelta(seconds=30)) -> int:
+        """How many registered workers sent a heartbeat in the last ``within``."""
+        async with self._acquire() as conn:
+            alive: int = await conn.fetchval(WORKERS_ALIVE, within, timeout=self.statement_timeout)
+        return alive
+
+    async def status_counts(self, exact_up_to: int = 20_000) -> tuple[dict[str, int], bool]:
+        """Jobs per status, and whether the counts are exact.
+
+        Exact when the table holds at most ``exact_up_to`` rows (counting them reads no
+        more than that); else estimates from the planner's statistics, as fresh as the
+        last ANALYZE (all zero before the first one).
+        """
+        _check_int("exact_up_to", exact_up_to, 1)
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                STATUS_COUNTS_BOUNDED, exact_up_to + 1, timeout=self.statement_timeout
+            )
+            counts = {row["status"]: row["jobs"] for row in rows}
+            if sum(counts.values()) <= exact_up_to:
+                return counts, True
+            rows = await conn.fetch(STATUS_ESTIMATES, timeout=self.statement_timeout)
+        return {row["status"]: row["estimate"] for row in rows}, False
+
+    async def max_job_id(self) -> int:
+        """The highest job id so far (0 for an empty table); one step of the primary key."""
+        async with self._acquire() as conn:
+            newest: int = await conn.fetchval(MAX_JOB_ID, timeout=self.statement_timeout)
+        return newest
+
+    async def browse_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        before: int | None = None,
+        window: int = 50_000,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs, newest first, among the ``window`` ids below ``before``.
+
+        For browsing a big table: whatever the filters, this reads at most ``window``
+        rows (through the primary key), so a rare status or type on millions of rows is
+        no full scan. Fewer than ``limit`` rows means that window holds no more: look on
+        from ``before - window``. ``before`` None: from the newest job. Rows are dicts of
+        the columns a list shows (``last_error`` cut to 300 characters).
+        """
+        _check_int("window", window, 1)
+        _check_int("limit", limit, 1)
+        if before is None:
+            before = await self.max_job_id() + 1
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                BROWSE_JOBS,
+                before,
+                window,
+                _status_filter(status),
+                job_type,
+                limit,
+                timeout=self.statement_timeout,
+            )
+        return [dict(row) for row in rows]
+
 
 # How often an enqueue with a dedupe_key is tried when the job holding the key was
 # committed after the statement's snapshot (once more is almost always enough).
@@ -2032,6 +2248,14 @@ def _dedupe_unresolved(key: str | None) -> str:
         "transaction (REPEATABLE READ or SERIALIZABLE sees only its own snapshot); "
         "enqueue from a READ COMMITTED transaction"
     )
+
+
+def _tell(hook: Callable[..., None], *args: Any) -> None:
+    """Call an observer's hook; its failure is logged, never the caller's problem."""
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("pqrun: observer %r failed", hook)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

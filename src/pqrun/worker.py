@@ -30,10 +30,11 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from . import tracing
 from .config import env_bool, env_duration, env_int
 from .errors import DatabaseUnavailable, Fail, Retry, Snooze, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
@@ -41,7 +42,10 @@ from .models import Job, JobStatus, encode_json
 from .outcomes import Outcome, OutcomeWriter
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
-from .store import INT32_MAX, PgJobStore
+from .store import INT32_MAX, PgJobStore, _tell
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 logger = logging.getLogger("pqrun")
 
@@ -186,6 +190,8 @@ class Worker:
         prune_every_seconds: float | timedelta | None = None,
         keep_done: timedelta | float | None = None,
         keep_failed: timedelta | float | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
     ) -> None:
         if not isinstance(store, PgJobStore):
             raise TypeError(f"Worker(store=...) needs a PgJobStore, got {store!r}")
@@ -204,6 +210,20 @@ class Worker:
         self.concurrency = env_int("WORKER_CONCURRENCY", concurrency, 1)
         self.prefetch_limit = env_int("WORKER_PREFETCH", prefetch, DEFAULT_PREFETCH_LIMIT, 0)
         self.listen = listen
+        port = env_int("WORKER_METRICS_PORT", metrics_port, -1, 0)
+        #: Where the worker serves Prometheus metrics while it runs (None: it does not).
+        self.metrics_port: int | None = port if port >= 0 else None
+        self.metrics_host = metrics_host
+        self._metrics_server: MetricsServer | None = None
+        if self.metrics_port is not None:
+            try:
+                from .metrics import instrument
+            except ImportError as exc:
+                raise ImportError(
+                    f"Worker(metrics_port=...) needs prometheus_client ({exc}); "
+                    "pip install 'pqrun[metrics]'"
+                ) from exc
+            instrument(store)
         self.reap_interval = env_duration(
             "WORKER_REAP_INTERVAL", reap_stale_every_seconds, timedelta(seconds=60)
         )
@@ -279,6 +299,27 @@ class Worker:
                 "this worker or run a worker that has it. Jobs of that type wait in READY"
             ) from None
 
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics server while it runs (the real port for port 0)."""
+        server = self._metrics_server
+        return None if server is None else server.address
+
+    async def _start_metrics(self) -> None:
+        if self.metrics_port is None or self._metrics_server is not None:
+            return
+        from .metrics import MetricsServer, instrument
+
+        server = MetricsServer(instrument(self.store), self.metrics_host, self.metrics_port)
+        await server.start()
+        self._metrics_server = server
+        logger.info("worker %s serves metrics at %s", self.worker_id, server.url)
+
+    async def _stop_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            await server.close()
+
     # -- public lifecycle ------------------------------------------------------------
 
     @property
@@ -306,9 +347,11 @@ class Worker:
             return
         self._started = True
         try:
+            await self._start_metrics()
             await self._open_store()
         except BaseException:
             self._started = False
+            await self._stop_metrics()
             raise
         if self._stopping.is_set():
             return
@@ -693,8 +736,13 @@ class Worker:
             assert task is not None
             flight = _InFlight(job, task, is_thread=not self.handler_for(job.job_type).is_async)
             self._running.add(flight)
+            for observer in self.store.observers:
+                _tell(observer.started, job)
             try:
-                outcome = await self._run_handler(flight)
+                if tracing.AVAILABLE and tracing.recording():
+                    outcome = await self._run_traced(flight)
+                else:
+                    outcome = await self._run_handler(flight)
             except Exception as exc:  # a fault of pqrun's own: still record something
                 logger.exception("job %s: the worker failed around its handler", job.id)
                 outcome = Outcome(
@@ -748,6 +796,22 @@ class Worker:
         await self._release([job], "waited too long in the worker's buffer; put back")
         return True
 
+    async def _run_traced(self, flight: _InFlight) -> Outcome | None:
+        """Run the handler inside the run's span, a child of the enqueue's (tracing.py)."""
+        with tracing.run_span(flight.job) as span:
+            outcome = await self._run_handler(flight)
+            if outcome is None:
+                tracing.record_outcome(span, "cancelled", "cancelled while running")
+            elif outcome.result_json is not None:
+                tracing.record_outcome(span, "done", "")
+            elif outcome.snooze_after is not None:
+                tracing.record_outcome(span, "snoozed", "")
+            else:
+                tracing.record_outcome(
+                    span, "failed" if outcome.terminal else "error", outcome.error
+                )
+            return outcome
+
     async def _run_handler(self, flight: _InFlight) -> Outcome | None:
         """Run the job's handler; None when store.cancel() stopped it."""
         job = flight.job
@@ -800,12 +864,21 @@ class Worker:
                 else:
                     remaining = current.cancelling()
                 if flight.cancel_requested and remaining == 0:
+                    elapsed = time.monotonic() - started
                     logger.info(
                         "job %s (%s) was cancelled while running; its handler was stopped",
                         job.id,
                         job.job_type,
-                        extra={"job_id": job.id, "outcome": "cancelled"},
+                        extra={
+                            "job_id": job.id,
+                            "job_type": job.job_type,
+                            "attempt": job.attempts,
+                            "duration_ms": min(round(elapsed * 1000), INT32_MAX),
+                            "outcome": "cancelled",
+                        },
                     )
+                    for observer in self.store.observers:
+                        _tell(observer.finished, job, "cancelled", elapsed)
                     return None
                 raise
             if deadline.expired():
@@ -863,6 +936,19 @@ class Worker:
             "duration_ms": outcome.duration_ms,
             "outcome": status.value if status else "ignored",
         }
+        if self.store.observers:
+            if status is None:
+                kind = "ignored"
+            elif status is JobStatus.DONE:
+                kind = "done"
+            elif status is JobStatus.FAILED:
+                kind = "failed"
+            elif outcome.snooze_after is not None:
+                kind = "snoozed"
+            else:
+                kind = "retried"
+            for observer in self.store.observers:
+                _tell(observer.finished, job, kind, outcome.duration_ms / 1000)
         headline = outcome.error.split("\n", 1)[0]
         if status is None:
             logger.warning(
@@ -1293,6 +1379,7 @@ class Worker:
             if self._heartbeats is not None:
                 self._heartbeats.cancel()
             self._started = False
+            await self._stop_metrics()
             logger.info("worker %s stopped", self.worker_id)
 
 

@@ -1,0 +1,412 @@
+"""Prometheus metrics: job counters and durations, queue depth, workers alive.
+
+Needs ``prometheus_client`` (``pip install 'pqrun[metrics]'``); pqrun imports this
+module only when metrics are asked for. Serve them from a worker with
+``Worker(..., metrics_port=9100)``, or mount them in your app::
+
+    app.mount("/metrics", pqrun.metrics_app(store))
+
+Counters come from what the store and its workers see in this process (an observer,
+see ``pqrun.observers``). Gauges of the queue come from the database, through one cheap
+statement over the partial indexes of active jobs, run at most every
+``refresh_every`` seconds and only when scraped. docs/observability.md lists them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from .models import Job
+from .observers import JobObserver
+from .store import PgJobStore
+
+logger = logging.getLogger("pqrun")
+
+#: Buckets of the job duration histogram (seconds): from a no-op to an hour.
+DURATION_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+#: Reading the queue gauges is given up after this many seconds (scrapes time out at 10).
+READ_TIMEOUT = 5.0
+#: A worker counts as alive while its heartbeat is younger than this.
+ALIVE_WITHIN = timedelta(seconds=30)
+
+
+def _queue_name(store: PgJobStore) -> str:
+    """The queue's name in labels: the schema of its jobs table."""
+    return store.channel.removeprefix("pqrun:")
+
+
+class _QueueCollector(Collector):
+    """Gauges of the watched queues, from the last refresh (never a query at collect time)."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready = GaugeMetricFamily(
+            "pqrun_queue_ready_jobs",
+            "READY jobs (due now or later) by job type",
+            labels=["queue", "job_type"],
+        )
+        due = GaugeMetricFamily(
+            "pqrun_queue_due_jobs",
+            "READY jobs that are due now (waiting for a worker) by job type",
+            labels=["queue", "job_type"],
+        )
+        running = GaugeMetricFamily(
+            "pqrun_queue_running_jobs", "RUNNING jobs by job type", labels=["queue", "job_type"]
+        )
+        oldest = GaugeMetricFamily(
+            "pqrun_queue_oldest_due_age_seconds",
+            "How long the oldest due READY job has waited (0 when none is due)",
+            labels=["queue", "job_type"],
+        )
+        workers = GaugeMetricFamily(
+            "pqrun_workers_alive",
+            f"Registered workers with a heartbeat in the last {ALIVE_WITHIN.seconds} s",
+            labels=["queue"],
+        )
+        age = GaugeMetricFamily(
+            "pqrun_queue_stats_age_seconds",
+            "Seconds since the queue gauges were read from the database",
+            labels=["queue"],
+        )
+        now = time.monotonic()
+        for queue, snapshot in list(self._metrics.snapshots.items()):
+            for row in snapshot.stats:
+                labels = [queue, row["job_type"]]
+                ready.add_metric(labels, row["ready"])
+                due.add_metric(labels, row["due"])
+                running.add_metric(labels, row["running"])
+                oldest.add_metric(labels, row["oldest_due_seconds"] or 0.0)
+            workers.add_metric([queue], snapshot.workers_alive)
+            age.add_metric([queue], now - snapshot.taken_at)
+        yield from (ready, due, running, oldest, workers, age)
+
+
+class _Snapshot:
+    __slots__ = ("stats", "taken_at", "took", "workers_alive")
+
+    def __init__(
+        self, stats: list[dict[str, Any]], workers_alive: int, taken_at: float, took: float
+    ) -> None:
+        self.stats = stats
+        self.workers_alive = workers_alive
+        self.taken_at = taken_at
+        self.took = took
+
+
+class _TypeCounters:
+    """The label children of one job type."""
+
+    __slots__ = ("_finished", "duration", "job_type", "outcomes", "started")
+
+    def __init__(self, metrics: PrometheusMetrics, job_type: str) -> None:
+        self.job_type = job_type
+        self.started = metrics.started_total.labels(job_type)
+        self.duration = metrics.duration_seconds.labels(job_type)
+        self.outcomes: dict[str, Any] = {}
+        self._finished = metrics.finished_total
+
+    def outcome(self, outcome: str) -> Any:
+        child = self.outcomes.get(outcome)
+        if child is None:
+            child = self.outcomes[outcome] = self._finished.labels(self.job_type, outcome)
+        return child
+
+
+class PrometheusMetrics(JobObserver):
+    """pqrun's metrics in a prometheus_client registry (the default one unless given).
+
+    ``instrument(store)`` attaches the process-wide instance to a store; make your own
+    with ``registry=CollectorRegistry()`` to keep them apart (tests do).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, refresh_every: float = 5.0
+    ) -> None:
+        self.registry = REGISTRY if registry is None else registry
+        self.refresh_every = refresh_every
+        labels = ["job_type"]
+        registry = self.registry
+        self.enqueued_total = Counter(
+            "pqrun_jobs_enqueued",
+            "Jobs passed to enqueue()/enqueue_many() in this process",
+            labels,
+            registry=registry,
+        )
+        self.started_total = Counter(
+            "pqrun_jobs_started",
+            "Runs of a handler started by workers in this process",
+            labels,
+            registry=registry,
+        )
+        # One counter for every end of a run, by outcome: completed is outcome="done",
+        # failed "failed", retried "retried" (one increment per run, not three).
+        self.finished_total = Counter(
+            "pqrun_jobs_finished",
+            "Runs by what they came to: done (DONE), failed (FAILED), retried (READY again "
+            "after an error), snoozed, cancelled (stopped by cancel()), ignored (the run no "
+            "longer owned the job)",
+            ["job_type", "outcome"],
+            registry=registry,
+        )
+        self.duration_seconds = Histogram(
+            "pqrun_job_duration_seconds",
+            "How long handlers ran (runs whose outcome was recorded)",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        #: The last reading of each watched queue, by queue name.
+        self.snapshots: dict[str, _Snapshot] = {}
+        self._stores: list[PgJobStore] = []
+        self._refresh_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._refresh_failing = False
+        # The children of each job type, made once, so that counting a run allocates
+        # nothing and looks up one dict.
+        self._per_type: dict[str, _TypeCounters] = {}
+        registry.register(_QueueCollector(self))
+
+    def _children(self, job_type: str) -> _TypeCounters:
+        children = self._per_type.get(job_type)
+        if children is None:
+            children = _TypeCounters(self, job_type)
+            self._per_type[job_type] = children
+        return children
+
+    # -- JobObserver -----------------------------------------------------------------
+
+    def enqueued(self, job_type: str, count: int) -> None:
+        self.enqueued_total.labels(job_type).inc(count)
+
+    def started(self, job: Job) -> None:
+        children = self._per_type.get(job.job_type) or self._children(job.job_type)
+        children.started.inc()
+
+    def finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
+        children = self._per_type.get(job.job_type) or self._children(job.job_type)
+        children.outcome(outcome).inc()
+        if outcome != "ignored":
+            children.duration.observe(duration_seconds)
+
+    # -- queue gauges ----------------------------------------------------------------
+
+    def watch(self, store: PgJobStore) -> None:
+        """Report the queue gauges of ``store``'s jobs table."""
+        if store not in self._stores:
+            self._stores.append(store)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Read the queue gauges again if the last reading is older than refresh_every.
+
+        A reading that took long (a backlog of millions of READY jobs) is kept ten times
+        as long as it took, so that scrapes cost the database at most a tenth of one
+        connection's time. A reading is given up after READ_TIMEOUT seconds: the gauges
+        then keep their last values rather than make the scrape time out.
+        """
+        loop = asyncio.get_running_loop()
+        if self._refresh_lock is None or self._refresh_lock[0] is not loop:
+            self._refresh_lock = (loop, asyncio.Lock())  # a lock belongs to one loop
+        async with self._refresh_lock[1]:
+            now = time.monotonic()
+            for store in list(self._stores):
+                name = _queue_name(store)  # the schema, known once the store started
+                last = self.snapshots.get(name)
+                if (
+                    not force
+                    and last is not None
+                    and now - last.taken_at < max(self.refresh_every, 10 * last.took)
+                ):
+                    continue
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(READ_TIMEOUT):
+                        stats = await store.queue_stats()
+                        alive = await store.workers_alive(ALIVE_WITHIN)
+                except Exception as exc:
+                    if not self._refresh_failing:
+                        logger.warning(
+                            "pqrun metrics: cannot read the queue gauges (%s: %s); they keep "
+                            "their last values (see pqrun_queue_stats_age_seconds)",
+                            type(exc).__name__,
+                            exc,
+                        )
+                    self._refresh_failing = True
+                    continue
+                if self._refresh_failing:
+                    logger.info("pqrun metrics: the queue gauges are read again")
+                self._refresh_failing = False
+                done = time.monotonic()
+                self.snapshots[name] = _Snapshot(stats, alive, done, done - started)
+
+    async def exposition(self) -> bytes:
+        """The registry in Prometheus's text format, with fresh queue gauges."""
+        await self.refresh()
+        return generate_latest(self.registry)
+
+
+_default: PrometheusMetrics | None = None
+
+
+def default_metrics() -> PrometheusMetrics:
+    """The process-wide metrics, in prometheus_client's default registry."""
+    global _default
+    if _default is None:
+        _default = PrometheusMetrics()
+    return _default
+
+
+def instrument(store: PgJobStore, metrics: PrometheusMetrics | None = None) -> PrometheusMetrics:
+    """Count ``store``'s jobs in ``metrics`` (default: ``default_metrics()``); return them.
+
+    A store already instrumented keeps its metrics, which are returned.
+    """
+    for observer in store.observers:
+        if isinstance(observer, PrometheusMetrics):
+            return observer
+    if metrics is None:
+        metrics = default_metrics()
+    store.observe(metrics)
+    metrics.watch(store)
+    return metrics
+
+
+ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class MetricsApp:
+    """An ASGI app answering every GET with the metrics: ``app.mount("/metrics", ...)``."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            status, body, content_type = 405, b"use GET\n", "text/plain; charset=utf-8"
+        else:
+            status, body, content_type = 200, await self.metrics.exposition(), CONTENT_TYPE_LATEST
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+
+def metrics_app(store: PgJobStore, metrics: PrometheusMetrics | None = None) -> MetricsApp:
+    """An ASGI app serving ``store``'s metrics: ``app.mount("/metrics", metrics_app(store))``.
+
+    Instruments the store (``instrument``) so that enqueues through it, and runs by
+    workers on it in this process, are counted.
+    """
+    return MetricsApp(instrument(store, metrics))
+
+
+class MetricsServer:
+    """A small HTTP server on the event loop answering ``GET /metrics`` (for a Worker)."""
+
+    def __init__(self, metrics: PrometheusMetrics, host: str, port: int) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) it listens on once started (the port chosen when 0 was given)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    @property
+    def url(self) -> str:
+        """The address to scrape, once started."""
+        host, port = self.address or (self.host, self.port)
+        return f"http://{host}:{port}/metrics"
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {self.host}:{self.port}: {exc}; choose another "
+                "metrics_port (or WORKER_METRICS_PORT), or stop what holds that port"
+            ) from exc
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            # A scraper that keeps its connection open must not hold up a shutdown.
+            await asyncio.wait({asyncio.ensure_future(server.wait_closed())}, timeout=1.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, _, rest = request.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                status, body, content_type = "405 Method Not Allowed", b"use GET\n", "text/plain"
+            elif path not in (b"/metrics", b"/"):
+                status, body, content_type = "404 Not Found", b"see /metrics\n", "text/plain"
+            else:
+                status, body = "200 OK", await self.metrics.exposition()
+                content_type = CONTENT_TYPE_LATEST
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (b"" if method == b"HEAD" else body))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass  # the scraper went away or sent garbage: nothing to answer
+        except Exception:
+            logger.exception("pqrun metrics: answering a scrape failed")
+        finally:
+            writer.close()

@@ -1,0 +1,38 @@
+"""What happens to jobs, told to whoever listens: the hook behind metrics.
+
+A ``JobObserver`` is attached to a store (``store.observe(observer)``); the store tells
+it about enqueues and every worker on that store tells it about runs. pqrun's own
+Prometheus metrics (``pqrun.metrics``) are one such observer, so prometheus_client is
+imported only by those who use it. The calls come on the event loop, once per job:
+keep them quick, and never raise (an observer's error is logged and ignored).
+"""
+
+from __future__ import annotations
+
+from .models import Job
+
+
+class JobObserver:
+    """Subclass and override what you need; every method does nothing by default.
+
+    ``outcome`` is one of ``OUTCOMES``: ``done``, ``retried`` (back to READY after an
+    error, attempts left), ``failed``, ``snoozed``, ``cancelled`` (stopped by
+    ``store.cancel``) or ``ignored`` (the run no longer owned the job, so its outcome
+    was not recorded).
+    """
+
+    def enqueued(self, job_type: str, count: int) -> None:
+        """``count`` jobs of ``job_type`` were passed to ``enqueue``/``enqueue_many``.
+
+        Called once the statement ran; inside a transaction that rolls back later they
+        still count. An enqueue answered by a dedupe_key's active job counts too.
+        """
+
+    def started(self, job: Job) -> None:
+        """A worker is about to run ``job``'s handler (attempt ``job.attempts``)."""
+
+    def finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
+        """A run ended and its outcome is recorded (or was found moot: ``ignored``)."""
+
+
+OUTCOMES = ("done", "retried", "failed", "snoozed", "cancelled", "ignored")

@@ -1,0 +1,139 @@
+"""The dashboard in a real browser: headless Chromium driven by Playwright.
+
+`pqrun dashboard --allow-actions` runs as a separate process, as a user would run it;
+a worker runs in the test. The test loads the job list, sees a job appear after an
+enqueue, opens a failed job, clicks Retry and sees it run. It takes a screenshot of the
+overview on the way (PQRUN_UPDATE_SCREENSHOT=1 copies it to docs/dashboard.png).
+
+Needs Chromium at /usr/bin/chromium (or $PQRUN_CHROMIUM; .ci/run installs the Debian
+package) and Playwright's Python package (the e2e extra). No browser is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pqrun import Fail, JobContext, PgJobStore, Worker
+
+from .dashboard_server import running_dashboard
+from .helpers import QUICK
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("PQRUN_CHROMIUM", "/usr/bin/chromium")
+WAIT_MS = 20_000
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api",
+    reason="Playwright is not installed: pip install -e '.[e2e]' (CI installs it)",
+)
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason=f"no Chromium at {CHROMIUM}: apt-get install chromium (CI installs it), "
+    "or set PQRUN_CHROMIUM",
+)
+
+
+@pytest.fixture
+def dashboard_url(dsn: str) -> Iterator[str]:
+    """`pqrun dashboard --allow-actions` on a free port, for the test database."""
+    with running_dashboard(dsn, "--allow-actions") as url:
+        yield url
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_a_job_appears_fails_and_runs_after_retry_in_the_browser(
+    store: PgJobStore, dashboard_url: str, page: Any, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    fixed = asyncio.Event()
+
+    async def build_report(ctx: JobContext) -> dict[str, Any]:
+        if not fixed.is_set():
+            raise Fail("the report template is missing")
+        return {"pages": 12}
+
+    release = asyncio.Event()
+
+    async def charge_card(ctx: JobContext) -> None:
+        raise Fail("card declined")
+
+    async def export_data(ctx: JobContext) -> None:
+        await release.wait()
+
+    await store.enqueue_many(
+        [{"job_type": "send_email", "payload": {"to": f"user{n}@example.com"}} for n in range(7)]
+        + [{"job_type": "resize_image", "payload": {"image": n}} for n in range(3)]
+    )
+    handlers = {
+        "build_report": build_report,
+        "charge_card": charge_card,
+        "export_data": export_data,
+    }
+    worker = Worker(store, handlers, concurrency=4, **QUICK)
+    await worker.start()
+    problems: list[str] = []  # script errors, CSP refusals, failed loads
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    try:
+        # The list shows a job enqueued after the page was loaded, without a reload.
+        await page.goto(f"{dashboard_url}/jobs")
+        await expect(page.locator("#jobs")).to_contain_text("send_email", timeout=WAIT_MS)
+        job_id = await store.enqueue("build_report", {"month": "2026-10"})
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        await expect(row).to_contain_text("build_report", timeout=WAIT_MS)
+        await expect(row).to_contain_text("FAILED", timeout=WAIT_MS)
+
+        # The failed job's page shows why; Retry runs it again, and the page sees it done.
+        await row.locator("a").first.click()
+        await expect(page.locator("#last-error")).to_contain_text(
+            "the report template is missing", timeout=WAIT_MS
+        )
+        fixed.set()
+        await page.locator('button[data-action="retry"]').click()
+        await expect(page.locator("#notice")).to_contain_text("READY again", timeout=WAIT_MS)
+        await expect(page.locator("#facts")).to_have_attribute(
+            "data-status", "DONE", timeout=WAIT_MS
+        )
+        await expect(page.locator("#result")).to_contain_text('"pages": 12', timeout=WAIT_MS)
+
+        # The overview: totals, queues, the worker, recent jobs.
+        await store.enqueue("charge_card", {"order": 1})
+        await store.enqueue("export_data", {"table": "orders"})
+        await page.goto(f"{dashboard_url}/")
+        await expect(page.locator("#queues")).to_contain_text("send_email", timeout=WAIT_MS)
+        await expect(page.locator("#workers")).to_contain_text(worker.worker_id, timeout=WAIT_MS)
+        await expect(page.locator("#recent")).to_contain_text("FAILED", timeout=WAIT_MS)
+        await expect(page.locator("#recent")).to_contain_text("RUNNING", timeout=WAIT_MS)
+        # Rates need two readings: the page's live refresh brings the second.
+        await expect(page.locator("#totals")).to_contain_text("/s", timeout=WAIT_MS)
+        shot = tmp_path / "dashboard.png"
+        await page.screenshot(path=str(shot), full_page=True)
+    finally:
+        release.set()
+        await worker.stop()
+    assert problems == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("PQRUN_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")

@@ -1,0 +1,190 @@
+"""Prometheus metrics: scraped over HTTP from a worker and from the ASGI app, then parsed."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pqrun import Fail, JobContext, PgJobStore, Retry, Worker
+from pqrun.metrics import PrometheusMetrics, instrument, metrics_app
+
+from .helpers import QUICK, wait_until
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by (name, sorted labels)."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: dict[Any, float], name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def ok(ctx: JobContext) -> str:
+    return "ok"
+
+
+async def flaky(ctx: JobContext) -> None:
+    if ctx.attempt == 1:
+        raise Retry(after=0)
+    raise Fail("second attempt fails for good")
+
+
+async def test_a_worker_serves_counters_durations_and_queue_gauges(store: PgJobStore) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry(), refresh_every=0))
+    await store.enqueue_many([{"job_type": "ok"}] * 3)
+    await store.enqueue("flaky")
+    await store.enqueue("later", run_after=timedelta(days=1))
+    worker = Worker(store, {"ok": ok, "flaky": flaky}, metrics_port=0, **QUICK)
+    async with httpx.AsyncClient() as http:
+        await worker.start()
+        try:
+            assert worker.metrics_address is not None
+            host, port = worker.metrics_address
+            url = f"http://{host}:{port}/metrics"
+
+            async def all_ran() -> bool:
+                found = samples((await http.get(url)).text)
+                failed = {"job_type": "flaky", "outcome": "failed"}
+                # The gauges are read again once older than ten times a reading took.
+                return (
+                    value(found, "pqrun_jobs_finished_total", **failed) == 1
+                    and value(found, "pqrun_workers_alive", queue="public") == 1
+                )
+
+            await wait_until(all_ran)
+            response = await http.get(url)
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            found = samples(response.text)
+            assert (await http.get(f"http://{host}:{port}/other")).status_code == 404
+        finally:
+            await worker.stop()
+    assert worker.metrics_address is None  # the server stopped with the worker
+    assert value(found, "pqrun_jobs_enqueued_total", job_type="ok") == 3
+    assert value(found, "pqrun_jobs_enqueued_total", job_type="flaky") == 1
+    assert value(found, "pqrun_jobs_started_total", job_type="ok") == 3
+    assert value(found, "pqrun_jobs_started_total", job_type="flaky") == 2
+    assert value(found, "pqrun_jobs_finished_total", job_type="ok", outcome="done") == 3
+    assert value(found, "pqrun_jobs_finished_total", job_type="flaky", outcome="retried") == 1
+    assert value(found, "pqrun_jobs_finished_total", job_type="flaky", outcome="failed") == 1
+    assert value(found, "pqrun_jobs_finished_total", job_type="flaky", outcome="done") == 0
+    assert value(found, "pqrun_job_duration_seconds_count", job_type="ok") == 3
+    assert value(found, "pqrun_job_duration_seconds_bucket", job_type="ok", le="+Inf") == 3
+    # The job not due yet is READY, not due, and has no age; the worker was alive.
+    assert value(found, "pqrun_queue_ready_jobs", queue="public", job_type="later") == 1
+    assert value(found, "pqrun_queue_due_jobs", queue="public", job_type="later") == 0
+    assert value(found, "pqrun_queue_oldest_due_age_seconds", queue="public", job_type="later") == 0
+    assert value(found, "pqrun_workers_alive", queue="public") == 1
+    assert metrics.snapshots["public"].workers_alive == 1
+
+
+async def test_queue_gauges_count_the_backlog_and_its_age(store: PgJobStore, conn: Any) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry(), refresh_every=3600))
+    await conn.execute(
+        """
+        INSERT INTO jobs (job_type, run_after)
+        SELECT 'mail', now() - interval '90 seconds' FROM generate_series(1, 4);
+        INSERT INTO jobs (job_type, status, locked_by, locked_at, attempts)
+        VALUES ('mail', 'RUNNING', 'w', now(), 1);
+        INSERT INTO jobs (job_type, status) VALUES ('mail', 'DONE');
+        """
+    )
+    found = samples((await metrics.exposition()).decode())
+    assert value(found, "pqrun_queue_ready_jobs", queue="public", job_type="mail") == 4
+    assert value(found, "pqrun_queue_due_jobs", queue="public", job_type="mail") == 4
+    assert value(found, "pqrun_queue_running_jobs", queue="public", job_type="mail") == 1
+    age = value(found, "pqrun_queue_oldest_due_age_seconds", queue="public", job_type="mail")
+    assert 90 <= age < 3600
+    # Cached: a new job does not show until refresh_every has passed (or a forced refresh).
+    await store.enqueue("mail")
+    found = samples((await metrics.exposition()).decode())
+    assert value(found, "pqrun_queue_ready_jobs", queue="public", job_type="mail") == 4
+    await metrics.refresh(force=True)
+    found = samples((await metrics.exposition()).decode())
+    assert value(found, "pqrun_queue_ready_jobs", queue="public", job_type="mail") == 5
+
+
+async def test_metrics_app_mounts_in_fastapi(store: PgJobStore) -> None:
+    registry = CollectorRegistry()
+    app = FastAPI()
+    app.mount("/metrics", metrics_app(store, PrometheusMetrics(registry, refresh_every=0)))
+    await store.enqueue("report")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+        response = await http.get("/metrics/")
+        refused = await http.post("/metrics/")
+    assert response.status_code == 200
+    found = samples(response.text)
+    assert value(found, "pqrun_jobs_enqueued_total", job_type="report") == 1
+    assert value(found, "pqrun_queue_ready_jobs", queue="public", job_type="report") == 1
+    assert refused.status_code == 405
+
+
+async def test_an_instrumented_store_keeps_its_metrics(store: PgJobStore) -> None:
+    first = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    assert instrument(store) is first
+    assert store.observers == (first,)
+
+
+async def test_a_failing_observer_never_fails_the_enqueue(
+    store: PgJobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pqrun.observers import JobObserver
+
+    class Broken(JobObserver):
+        def enqueued(self, job_type: str, count: int) -> None:
+            raise RuntimeError("observer bug")
+
+    store.observe(Broken())
+    job_id = await store.enqueue("t")
+    assert await store.get_job(job_id) is not None
+    assert "observer bug" in caplog.text
+
+
+async def test_a_cancelled_run_is_counted_as_cancelled(store: PgJobStore) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    started = asyncio.Event()
+
+    async def wait(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    job_id = await store.enqueue("wait")
+    worker = Worker(store, {"wait": wait}, **QUICK)
+    await worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert await store.cancel(job_id)
+
+        async def counted() -> bool:
+            found = samples(generate_latest(metrics.registry).decode())
+            cancelled = {"job_type": "wait", "outcome": "cancelled"}
+            return value(found, "pqrun_jobs_finished_total", **cancelled) == 1
+
+        await wait_until(counted)
+    finally:
+        await worker.stop()
+
+
+def test_importing_pqrun_imports_no_optional_extra() -> None:
+    code = (
+        "import sys, pqrun; "
+        "loaded = [m for m in ('prometheus_client', 'starlette', 'uvicorn') if m in sys.modules]; "
+        "print(loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
