@@ -240,7 +240,8 @@ def test_setup_dry_run_with_a_schema_creates_and_enters_it() -> None:
     [
         ["check"], ["status"], ["status", "--json"], ["jobs", "list"], ["jobs", "show", "1"],
         ["jobs", "retry", "1"], ["jobs", "cancel", "1"], ["workers"], ["prune"], ["top"],
-        ["worker", "tests.test_cli_commands:HANDLERS"],
+        ["worker", "tests.test_cli_commands:HANDLERS"], ["schedules"], ["schedules", "--json"],
+        ["dashboard"],
     ],
 )  # fmt: skip
 def test_every_database_command_explains_a_missing_or_unreachable_database(
@@ -402,3 +403,25 @@ def test_worker_errors_name_the_fix(
     assert process.returncode == 1
     assert message in stderr
     assert "Traceback" not in stderr
+
+
+async def test_schedules_lists_next_and_last_runs(store: PgJobStore, dsn: str) -> None:
+    from pqrun import Schedule
+
+    assert (await pqrun("schedules", "--dsn", dsn)).stdout.startswith("no schedules stored")
+    await store.declare_schedules(
+        [
+            Schedule("cleanup", cron="0 3 * * *", timezone="Europe/Paris"),
+            Schedule("sync", every=300, name="sync-eu"),
+        ]
+    )
+    await store.fire_due_schedules([])  # nothing due: nothing changes
+    listed = await pqrun("schedules", "--dsn", dsn)
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith("cleanup  cleanup  0 3 * * * Europe/Paris  next ")
+    assert "last never" in lines[0]
+    assert lines[1].startswith("sync-eu  sync  every 5.0m UTC  next ")
+    as_json = json.loads((await pqrun("schedules", "--json", "--dsn", dsn)).stdout)
+    assert [item["name"] for item in as_json] == ["cleanup", "sync-eu"]
+    assert as_json[1]["every_seconds"] == 300

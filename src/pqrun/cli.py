@@ -392,6 +392,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise CommandError(
             f"pqrun dashboard needs the web extra ({exc}): pip install 'pqrun[web]'"
         ) from None
+    # Say now, not at the first page view, that the database is unreachable or empty.
+    with_store(args, lambda store: store.check_schema())
     store = open_store(args)
     app = dashboard(store, allow_actions=args.allow_actions)
     mode = "actions allowed" if args.allow_actions else "read-only"
