@@ -189,3 +189,82 @@ def test_handler_settings_are_checked() -> None:
         Handler(fn, rate_limit=1, rate_period=0)
     assert not Handler(fn).is_limited
     assert handler(concurrency_limit=2)(fn).concurrency_limit == 2
+
+
+async def test_a_busy_claim_lock_holds_up_no_other_type(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    # Another session holds the claim lock of "limited" (a stuck or slow claimer).
+    key = f"{store.channel}:limits:limited"
+    blocker = await asyncpg.connect(store.dsn)
+    try:
+        await blocker.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+        limited = await store.enqueue("limited")
+        free = await store.enqueue("free")
+        worker = Worker(
+            store=store,
+            handlers={
+                "limited": Handler(Overlap().run, concurrency_limit=1),
+                "free": Overlap().run,
+            },
+            **QUICK,
+        )
+        await worker.start()
+        try:
+
+            async def free_done() -> bool:
+                return await counts(conn) == {"DONE": 1, "READY": 1}
+
+            await wait_until(free_done, within=10)
+            assert (await store.get_job(free)).status == "DONE"  # type: ignore[union-attr]
+            await blocker.execute("SELECT pg_advisory_unlock_all()")
+
+            async def all_done() -> bool:
+                return await counts(conn) == {"DONE": 2}
+
+            await wait_until(all_done, within=10)
+        finally:
+            await worker.stop()
+        assert (await store.get_job(limited)).attempts == 1  # type: ignore[union-attr]
+    finally:
+        await blocker.close()
+
+
+async def test_drain_runs_limited_jobs_that_other_jobs_enqueue(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    async def parent(ctx: JobContext) -> None:
+        await ctx.store.enqueue("child")
+
+    child = Handler(Overlap().run, concurrency_limit=2)
+    for _ in range(5):
+        await store.enqueue_many([{"job_type": "parent"} for _ in range(20)])
+        worker = Worker(
+            store=store, handlers={"parent": parent, "child": child}, concurrency=4, **QUICK
+        )
+        assert await worker.drain() == 40
+        assert await counts(conn) == {"DONE": 40}
+        await conn.execute("DELETE FROM jobs")
+
+
+async def test_limited_and_other_types_take_turns_for_a_single_slot(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    order: list[str] = []
+
+    async def record(ctx: JobContext) -> None:
+        order.append(ctx.job.job_type)
+
+    await store.enqueue_many([{"job_type": "limited"} for _ in range(6)])
+    await store.enqueue_many([{"job_type": "urgent", "priority": 100} for _ in range(3)])
+    worker = Worker(
+        store=store,
+        handlers={"limited": Handler(record, concurrency_limit=1), "urgent": record},
+        concurrency=1,
+        prefetch=0,
+        **QUICK,
+    )
+    assert await worker.drain() == 9
+    # Neither group waited for the other to run dry.
+    assert order.index("urgent") < 2
+    assert order.index("limited") < 2

@@ -71,6 +71,10 @@ INT32_MAX = 2**31 - 1
 # of the type: keys beyond them wait until those ahead have run.
 PER_KEY_WINDOW = 200
 
+# A limited job type that another worker is claiming right now is looked at again after
+# this long (seconds).
+LIMIT_BUSY_RETRY_SECONDS = 0.02
+
 # store.wait() is woken by a notification; it looks again after this long anyway, in
 # case one was lost with a dropped connection.
 WAIT_RECHECK_SECONDS = 10.0
@@ -201,8 +205,10 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.
 # COMMITTED each statement sees what was committed when it began, so the claim that
 # follows the lock counts every claim committed before, including the previous holder's.
 # (Taking the lock inside the claim's own statement would count from a snapshot taken
-# before the wait: two workers could both see room for the last slot.)
-LIMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+# before the wait: two workers could both see room for the last slot.) A worker that
+# finds the lock taken does not wait: another worker is claiming that type right now,
+# and this one looks again a moment later.
+LIMIT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
 
 # READY -> RUNNING for one limited job type, under LIMIT_LOCK. How many to claim:
 #   $3  at most this many (the worker's free slots),
@@ -210,8 +216,9 @@ LIMIT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 #   $5  concurrency_limit_per_key: per concurrency_key (NULL keys count as one key),
 #       choosing among the first $8 due jobs,
 #   $6  rate_limit per $7: minus the claims recorded in job_rate_limits in the last $7.
-# Each claim is recorded there, by start time. The last column is when the rate limit
-# next has room, set only when it was used up (the worker wakes up then).
+# Each claim is recorded there, by start time. The last column is in how many seconds the
+# rate limit has room again, set only when it was used up and due jobs remain (the
+# worker looks again then). A duration, not a time: the worker's clock may differ.
 # Times are statement_timestamp(): the transaction began before the lock wait.
 PICKUP_LIMITED = """
 WITH running AS (
@@ -289,11 +296,15 @@ recorded AS (
 ),
 rate AS (
     SELECT CASE WHEN recent.started + (SELECT count(*) FROM claimed) >= $6::integer
-                THEN COALESCE(recent.oldest, statement_timestamp()) + $7::interval
-           END AS free_at
+                 AND EXISTS (SELECT 1 FROM jobs
+                             WHERE status = 'READY' AND run_after <= now() AND job_type = $2
+                               AND id NOT IN (SELECT id FROM claimed))
+                THEN extract(epoch FROM COALESCE(recent.oldest, statement_timestamp())
+                                        + $7::interval - statement_timestamp())::float8
+           END AS room_in_seconds
     FROM recent
 )
-SELECT claimed.*, rate.free_at AS rate_free_at
+SELECT claimed.*, rate.room_in_seconds
 FROM rate LEFT JOIN claimed ON true
 """
 
@@ -1499,18 +1510,22 @@ class PgJobStore:
 
     async def pickup_limited(
         self, worker_id: str, job_type: str, handler: Handler, limit: int
-    ) -> tuple[list[Job], datetime | None]:
+    ) -> tuple[list[Job], float | None]:
         """Claim up to ``limit`` due jobs of ``job_type`` within ``handler``'s limits.
 
-        Returns the jobs and, when the rate limit was used up, when it has room again.
-        Claims of one limited type are made one at a time across all workers.
+        Returns the jobs and, when this type cannot be claimed now (its rate limit is
+        used up while jobs are due, or another worker is claiming it), in how many
+        seconds to look again. Claims of one limited type are made one at a time across
+        all workers.
         """
         period = handler.rate_period
         assert isinstance(period, timedelta)
         async with self._acquire() as conn, conn.transaction():
-            await conn.execute(
+            locked = await conn.fetchval(
                 LIMIT_LOCK, f"{self.channel}:limits:{job_type}", timeout=self.statement_timeout
             )
+            if not locked:
+                return [], LIMIT_BUSY_RETRY_SECONDS
             rows = await conn.fetch(
                 PICKUP_LIMITED,
                 worker_id,
@@ -1525,7 +1540,7 @@ class PgJobStore:
             )
         jobs = [Job.from_record(row) for row in rows if row["id"] is not None]
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
-        return jobs, rows[0]["rate_free_at"] if rows else None
+        return jobs, rows[0]["room_in_seconds"] if rows else None
 
     async def wake_workers(self) -> None:
         """Wake the idle workers of this queue, as an insert would."""

@@ -68,8 +68,8 @@ LISTEN_PROBE_EVERY = 30.0
 # one lets it see schedules that other workers declared or moved.
 SCHEDULE_MIN_SLEEP = 0.05
 SCHEDULE_MAX_SLEEP = 30.0
-# A limited job type that had nothing due is claimed again after this long at the latest
-# (or at once when a notification says jobs were inserted or room was freed).
+# While a worker is busy, a limited job type that had nothing due is claimed again after
+# this long (seconds) at the latest, or at once when one of its jobs finishes here.
 LIMITED_RECHECK_SECONDS = 0.05
 # Pruning deletes at most this many rows per transaction, this many transactions per
 # step, and pauses this long (seconds) between steps while a backlog lasts.
@@ -544,11 +544,11 @@ class Worker:
         self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
         self._average_seconds: float | None = None
         self._prefetch_target = 0
-        self._rate_room_at: float | None = None  # epoch when a used-up rate limit has room
         self._room_announcement: asyncio.Task[None] | None = None
         self._announce_again = False
         # Monotonic time before which a limited type that had nothing due is not claimed.
         self._limited_recheck_at: dict[str, float] = {}
+        self._limited_first = True
         self._failure = None
         self._outcomes_written = 0
         # Since when (monotonic) this worker's heartbeats have reached the database
@@ -608,7 +608,7 @@ class Worker:
             self._wakeup.clear()
             written_before = self._outcomes_written
             try:
-                jobs = await self._claim(want)
+                jobs = await self._claim(want, drain=drain)
             except Exception as exc:
                 if drain:
                     raise
@@ -621,17 +621,16 @@ class Worker:
                 self._outage.recovered("fetch")
             if jobs:
                 idle_polls = 0
-                claimed_at = time.monotonic()
-                self._buffer.extend((job, claimed_at) for job in jobs)
-                self._job_ready.set()
                 continue
             if drain:
                 if self._buffer or self._running:
                     await self._want_more.wait()  # a finishing job may have enqueued more
                     continue
-                if self._rate_room_at is not None and self._rate_room_at > time.time():
-                    # Due jobs wait for a rate limit: they are due work all the same.
-                    await self._sleep(self._rate_room_at - time.time())
+                if self._limited_recheck_at:
+                    # Due jobs of a limited type wait for its rate limit, or another
+                    # worker is claiming them: due work all the same.
+                    soonest = min(self._limited_recheck_at.values()) - time.monotonic()
+                    await self._sleep(max(soonest, 0.0))
                     continue
                 if not self._writer.idle or self._outcomes_written != written_before:
                     # An outcome written during (or after) that claim may have made a
@@ -648,49 +647,79 @@ class Worker:
             await self._idle_sleep(idle_polls)
         return False
 
-    async def _claim(self, want: int) -> list[Job]:
-        """Claim up to ``want`` jobs: limited types first, within their limits, then the rest."""
-        if not self._limited:
-            return await self.store.pickup_batch(self.worker_id, self.job_types, want)
+    async def _claim(self, want: int, *, drain: bool = False) -> list[Job]:
+        """Claim up to ``want`` jobs into the buffer (and return them): limited types
+        within their limits, then the rest."""
         jobs: list[Job] = []
-        # A claimed job of a limited type counts against its limit, so none is claimed
-        # ahead into the prefetch buffer: only as many as there are free slots.
-        free = self.concurrency - len(self._running) - len(self._buffer)
-        self._rate_room_at = None
+        if not self._limited:
+            jobs = await self.store.pickup_batch(self.worker_id, self.job_types, want)
+            self._buffered(jobs)
+            return jobs
+        # With fewer free slots than due jobs, the group claimed first wins them; take
+        # turns, so that neither the limited types nor the others wait for the other
+        # group to run dry. (Within a round, the buffer runs jobs by priority.)
+        limited_first = self._limited_first or not self._unlimited_types
+        self._limited_first = not self._limited_first
+        try:
+            if limited_first:
+                await self._claim_limited(want, jobs, drain=drain)
+                want -= len(jobs)
+            if self._unlimited_types and want > 0:
+                jobs += await self.store.pickup_batch(self.worker_id, self._unlimited_types, want)
+            if not limited_first:
+                await self._claim_limited(want - len(jobs), jobs, drain=drain)
+        finally:
+            # Also when a later claim failed: what was claimed is run, not stranded.
+            self._buffered(jobs)
+        return jobs
+
+    async def _claim_limited(self, want: int, jobs: list[Job], *, drain: bool) -> None:
+        # A claimed job of a limited type counts against its limit while it waits in the
+        # buffer, so these are claimed only for free slots: those not running, and not
+        # promised to limited jobs already waiting (prefetched jobs of other types run
+        # in priority order with them, see _buffered).
+        waiting = sum(1 for job, _ in self._buffer if job.job_type in self._limited)
+        free = self.concurrency - len(self._running) - waiting - len(jobs)
         now = time.monotonic()
-        found_none: list[str] = []
         for job_type, handler in self._limited.items():
-            if free <= 0:
-                break
+            if free <= 0 or want <= 0:
+                return
             recheck_at = self._limited_recheck_at.get(job_type)
             if recheck_at is not None:
                 if recheck_at > now:
-                    continue  # found nothing a moment ago; the idle sleep ends by then
+                    continue  # the idle sleep (or drain) ends by then
                 del self._limited_recheck_at[job_type]
-            claimed, rate_room_at = await self.store.pickup_limited(
+            claimed, retry_in = await self.store.pickup_limited(
                 self.worker_id, job_type, handler, min(free, want)
             )
-            if not claimed:
-                found_none.append(job_type)
-            if rate_room_at is not None:
-                epoch = rate_room_at.timestamp()
-                self._rate_room_at = min(self._rate_room_at or epoch, epoch)
-                # The fetch loop sleeps until then at the latest; no wake-up call now, it
-                # is awake.
-                heapq.heappush(self._due_at, epoch)
+            if retry_in is not None:
+                # Its rate limit is used up with jobs due, or another worker holds its
+                # claim lock: look again then (a duration: the clocks may differ).
+                self._limited_recheck_at[job_type] = now + max(retry_in, 0.0)
+            elif not claimed and not drain and self._buffer:
+                # A limited claim is a transaction of its own. While this worker is busy
+                # with other jobs, a type that had nothing due is looked at a few times
+                # a second, not at every claim. (An idle worker, or drain(), looks at
+                # every type each time.)
+                self._limited_recheck_at[job_type] = now + LIMITED_RECHECK_SECONDS
             jobs.extend(claimed)
             free -= len(claimed)
             want -= len(claimed)
-        if self._unlimited_types and want > 0:
-            jobs.extend(await self.store.pickup_batch(self.worker_id, self._unlimited_types, want))
-        if jobs:
-            # A limited claim is a transaction of its own. While this worker is busy with
-            # other jobs, a limited type that had nothing due is looked at again a few
-            # times a second, not at every claim. (An idle worker looks at every type
-            # on each idle poll and notification.)
-            for job_type in found_none:
-                self._limited_recheck_at[job_type] = now + LIMITED_RECHECK_SECONDS
-        return jobs
+
+    def _buffered(self, jobs: list[Job]) -> None:
+        """Put claimed jobs in the buffer for the slots."""
+        if not jobs:
+            return
+        claimed_at = time.monotonic()
+        if self._limited and any(job.job_type in self._limited for job in jobs):
+            # Jobs of limited types hold a slot of their limit from their claim: run
+            # everything in priority order, so they wait behind no job of lower priority.
+            merged = [*self._buffer, *((job, claimed_at) for job in jobs)]
+            merged.sort(key=lambda entry: (-entry[0].priority, entry[0].run_after, entry[0].id))
+            self._buffer = deque(merged)
+        else:
+            self._buffer.extend((job, claimed_at) for job in jobs)
+        self._job_ready.set()
 
     async def _idle_sleep(self, idle_polls: int) -> None:
         """Sleep per the idle policy, but no later than the next known due time."""
