@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from pqrun import (
+    DatabaseUnavailable,
     Fail,
     JobContext,
     JobNotFound,
@@ -125,3 +126,32 @@ async def test_finished_jobs_return_at_once_and_errors_are_clear(store: PgJobSto
         await store.wait(999_999)
     with pytest.raises(ValueError, match="timeout"):
         await store.wait(ready, timeout=-1)
+
+
+async def test_wait_inside_a_transaction_is_refused(store: PgJobStore) -> None:
+    async with store.transaction():
+        job_id = await store.enqueue("nobody_runs_this")
+        with pytest.raises(RuntimeError, match=r"inside store\.transaction\(\)"):
+            await store.wait(job_id, timeout=1)
+    # Inside a plain connection() block it works (on a connection of its own).
+    await store.cancel(job_id)
+    async with store.connection():
+        assert (await store.wait(job_id, timeout=1)).status is JobStatus.CANCELLED
+
+
+async def test_closing_the_store_ends_waits_without_reconnecting(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    job_id = await store.enqueue("nobody_runs_this")
+    other = PgJobStore(dsn)
+    waiting = asyncio.ensure_future(other.wait(job_id, timeout=30))
+    await asyncio.sleep(0.3)
+    await other.close()
+    with pytest.raises(DatabaseUnavailable, match="closed while waiting"):
+        await asyncio.wait_for(waiting, 5)
+    assert not other.started
+    listeners = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    assert listeners == 0

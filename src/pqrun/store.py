@@ -1246,14 +1246,18 @@ class PgJobStore:
         await self._pool.release(conn, timeout=self.statement_timeout)
 
     @asynccontextmanager
-    async def _acquire(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
+    async def _acquire(
+        self, conn: Connection | None = None, *, join: bool = True
+    ) -> AsyncIterator[Connection]:
         """A connection for pqrun's own statements, whose errors it translates.
 
         ``conn`` is a connection of the caller's: with a ``schema``, its search_path is
-        pointed at the store's schema for the statement and put back after.
+        pointed at the store's schema for the statement and put back after. Without it,
+        the connection of an enclosing ``connection()``/``transaction()`` block, unless
+        ``join`` is false; else one from the pool.
         """
         given = conn
-        conn = conn or self._joined()
+        conn = conn or (self._joined() if join else None)
         try:
             if given is not None and self._search_path is not None:
                 async with self._in_schema(given):
@@ -1923,16 +1927,29 @@ class PgJobStore:
         retried later is not finished: the wait goes on.
         """
         _check_int("job_id", job_id, 1)
+        joined = self._joined()
+        if joined is not None and joined.is_in_transaction():
+            raise RuntimeError(
+                f"store.wait({job_id}) inside store.transaction(): the job cannot finish "
+                "while your transaction is open (it may not even be committed yet), and "
+                "the wait would hold its row; call wait() after the block"
+            )
         if isinstance(timeout, timedelta):
             timeout = timeout.total_seconds()
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be seconds >= 0, a timedelta or None, got {timeout!r}")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        closings = self._waiters.closings
         while True:
+            if self._waiters.closings != closings:
+                raise DatabaseUnavailable(
+                    f"the store was closed while waiting for job {job_id}; it goes on "
+                    "regardless: wait for it again on an open store, or look with get_job()"
+                )
             woken = await self._waiters.watch(job_id)
             try:
-                async with self._acquire() as conn:
+                async with self._acquire(join=False) as conn:
                     await conn.execute(MARK_AWAITED, job_id, timeout=self.statement_timeout)
                     row = await conn.fetchrow(GET_JOB, job_id, timeout=self.statement_timeout)
                 if row is None:

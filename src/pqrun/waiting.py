@@ -26,6 +26,8 @@ class FinishWaiters:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Lock | None = None
         self._futures: dict[int, set[asyncio.Future[None]]] = {}
+        #: Counts store.close() calls: a wait that sees it change ends (the store closed).
+        self.closings = 0
 
     async def watch(self, job_id: int) -> asyncio.Future[None]:
         """A future set when job ``job_id`` may have finished (or the connection dropped)."""
@@ -42,6 +44,7 @@ class FinishWaiters:
                 del self._futures[job_id]
 
     async def close(self) -> None:
+        self.closings += 1
         conn, self._conn = self._conn, None
         if conn is not None and self._loop is asyncio.get_running_loop():
             with contextlib.suppress(Exception):
@@ -79,7 +82,9 @@ class FinishWaiters:
             if not future.done():
                 future.set_result(None)
 
-    def _on_lost(self, _conn: Any) -> None:
+    def _on_lost(self, conn: Any) -> None:
+        if conn is not self._conn:
+            return  # closed on purpose (store.close()), or already replaced
         # Notifications sent while no connection listens are lost: every waiter looks.
         logger.info("the connection store.wait() listens on was lost; reconnecting")
         self._conn = None

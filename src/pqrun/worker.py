@@ -502,6 +502,8 @@ class Worker:
             # cannot be written stays RUNNING for the reaper.
             unwritten = await self._writer.close(within=DRAIN_WRITE_WAIT)
             await self._stop_heartbeats()
+            if self._room_announcement is not None:
+                self._room_announcement.cancel()
         if self._failure is not None:
             raise self._failure
         if unwritten:
@@ -1407,6 +1409,9 @@ class Worker:
                 task.cancel()
             if self._heartbeats is not None:
                 self._heartbeats.cancel()
+            if self._room_announcement is not None:
+                # Other workers see freed room at their next poll; this one is gone.
+                self._room_announcement.cancel()
             self._started = False
             await self._stop_metrics()
             logger.info("worker %s stopped", self.worker_id)
