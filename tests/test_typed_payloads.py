@@ -124,3 +124,24 @@ def test_pqrun_needs_no_pydantic() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+class Sender(BaseModel):
+    sender: str = Field(alias="from")
+
+
+async def test_models_with_aliases_and_other_models_round_trip(store: PgJobStore) -> None:
+    async def reply(ctx: JobContext, payload: Sender) -> str:
+        return payload.sender
+
+    worker = Worker(store=store, handlers={"reply": reply}, **QUICK)
+    job_id = await store.enqueue("reply", Sender.model_validate({"from": "ada@example.com"}))
+    # Another model is checked as the JSON the handler will read.
+    with pytest.raises(PayloadInvalid, match="from: Field required"):
+        await store.enqueue("reply", EmailArgs(to="x@y", subject="s"))
+    with pytest.raises(PayloadInvalid, match=r"(?s)enqueue_many item 0: .*from: Field required"):
+        await store.enqueue_many([{"job_type": "reply"}])  # no payload is {} here
+    await worker.drain()
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert job.result == "ada@example.com"

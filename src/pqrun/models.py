@@ -103,7 +103,9 @@ def encode_json(value: Any, what: str) -> str:
     if isinstance(value, RawJSON):
         return str(value)
     if is_pydantic_model(value):
-        return str(value.model_dump_json())
+        # By alias: the handler validates what it reads, and a model with aliases reads
+        # its fields under those names.
+        return str(value.model_dump_json(by_alias=True))
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -27,7 +27,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from . import tracing
-from .errors import DatabaseUnavailable, JobConflict, JobNotFound, SchemaMissing, WaitTimeout
+from .errors import (
+    DatabaseUnavailable,
+    JobConflict,
+    JobNotFound,
+    PayloadInvalid,
+    SchemaMissing,
+    WaitTimeout,
+)
 from .models import Job, JobStatus, RawJSON, encode_json, is_pydantic_model
 from .observers import JobObserver
 from .payloads import is_model_class, validate
@@ -1355,10 +1362,17 @@ class PgJobStore:
 
     def _checked_payload(self, job_type: str, payload: Any) -> Any:
         model = self._payload_models.get(job_type) if isinstance(job_type, str) else None
-        if model is None or is_pydantic_model(payload):
+        if model is None or isinstance(payload, model):
             return payload
-        if isinstance(payload, RawJSON):
-            validate(model, json.loads(payload), job_type)
+        if is_pydantic_model(payload) or isinstance(payload, RawJSON):
+            # Another model, or JSON text: checked as the JSON the handler will read.
+            try:
+                data = json.loads(encode_json(payload, f"payload of {job_type!r}"))
+            except ValueError as exc:
+                raise PayloadInvalid(
+                    f"the payload of job type {job_type!r} is not valid JSON: {exc}"
+                ) from exc
+            validate(model, data, job_type)
             return payload
         return validate(model, {} if payload is None else payload, job_type)
 
@@ -1437,14 +1451,16 @@ class PgJobStore:
         source: list[int] = []  # for each item, the row that carries it
         for number, item in enumerate(jobs):
             try:
-                if "payload" in item and "job_type" in item:
-                    checked = self._checked_payload(item["job_type"], item["payload"])
+                if "job_type" in item:
+                    checked = self._checked_payload(item["job_type"], item.get("payload"))
                     item = {**item, "payload": checked}
                 row = _new_job_row(**item)
             except TypeError as exc:
                 raise TypeError(f"enqueue_many item {number}: {exc}") from exc
-            except ValueError as exc:  # PayloadInvalid stays PayloadInvalid
-                raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
+            except PayloadInvalid as exc:
+                raise PayloadInvalid(f"enqueue_many item {number}: {exc}") from exc
+            except ValueError as exc:
+                raise ValueError(f"enqueue_many item {number}: {exc}") from exc
             key = row[5]
             if key is not None and key in position_of_key:
                 source.append(position_of_key[key])
