@@ -8,10 +8,11 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
+from pydantic import BaseModel
 
 from pqrun import JobContext, PgJobStore, Schedule, Worker
 
-from .helpers import QUICK
+from .helpers import QUICK, wait_until
 
 
 def utc(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
@@ -143,7 +144,12 @@ async def test_ticks_missed_while_no_worker_ran_are_enqueued_once_or_skipped(
     try:
         for worker in crew:
             await worker.start()
-        await asyncio.sleep(1.0)
+
+        async def moved_on() -> bool:
+            return bool(await conn.fetchval("SELECT next_run_at > now() FROM job_schedules"))
+
+        await wait_until(moved_on)
+        await asyncio.sleep(0.3)  # time for a second enqueue, were there one
     finally:
         for worker in crew:
             await worker.stop()
@@ -177,3 +183,45 @@ async def test_schedules_survive_restarts_and_follow_changes(
     assert await store.remove_schedule("cleanup")
     assert not await store.remove_schedule("cleanup")
     assert await store.list_schedules() == []
+
+
+def test_job_settings_of_a_schedule_are_checked_when_declared() -> None:
+    with pytest.raises(ValueError, match="max_attempts must be an int >= 1, got 0"):
+        Schedule("x", every=1, max_attempts=0)
+    with pytest.raises(ValueError, match="priority must be an int"):
+        Schedule("x", every=1, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout_seconds must be seconds"):
+        Schedule("x", every=1, timeout_seconds=0)
+    assert Schedule("x", every=1, timeout_seconds=timedelta(minutes=2)).timeout_seconds == 120
+
+
+class Report(BaseModel):
+    days: int
+
+
+def test_a_schedule_payload_the_handler_refuses_is_refused_at_once() -> None:
+    async def report(ctx: JobContext, payload: Report) -> None:
+        return None
+
+    with pytest.raises(ValueError, match=r"(?s)schedule 'report'.*days"):
+        Worker(
+            PgJobStore("postgresql://unused"),
+            {"report": report},
+            schedules=[Schedule("report", cron="@daily", payload={"days": "many"})],
+        )
+
+
+async def test_a_tick_that_cannot_be_enqueued_holds_up_no_other_schedule(
+    store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.register_payload_model("report", Report)  # as another worker on this store would
+    bad = Schedule("report", every=60, payload={"days": "many"})
+    good = Schedule("sync", every=60)
+    await store.declare_schedules([bad, good])
+    await conn.execute("UPDATE job_schedules SET next_run_at = now() - interval '1 s'")
+    fired, _ = await store.fire_due_schedules([bad, good])
+    assert len(fired) == 1
+    assert await conn.fetchval("SELECT job_type FROM jobs") == "sync"
+    assert "schedule 'report': the tick due at" in caplog.text
+    # Both moved on: the bad one does not come back at every look.
+    assert await conn.fetchval("SELECT bool_and(next_run_at > now()) FROM job_schedules")

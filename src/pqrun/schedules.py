@@ -59,7 +59,7 @@ class Schedule:
     timezone: str = "UTC"
     priority: int = 0
     max_attempts: int = 5
-    timeout_seconds: int | None = None
+    timeout_seconds: int | timedelta | None = None
     missed: Literal["once", "skip"] = "once"
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _expression: str | None = field(init=False, repr=False, compare=False)
@@ -108,6 +108,22 @@ class Schedule:
                 )
             object.__setattr__(self, "every", every)
         object.__setattr__(self, "_expression", expression)
+        for name, low in (("priority", -(2**31) + 1), ("max_attempts", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**31:
+                raise ValueError(
+                    f"Schedule {self.name!r}: {name} must be an int >= {low}, got {value!r}"
+                )
+        timeout = self.timeout_seconds
+        if isinstance(timeout, timedelta):
+            object.__setattr__(self, "timeout_seconds", max(1, round(timeout.total_seconds())))
+        elif timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout < 2**31
+        ):
+            raise ValueError(
+                f"Schedule {self.name!r}: timeout_seconds must be seconds >= 1 or a "
+                f"timedelta, got {timeout!r}"
+            )
         if self.missed not in ("once", "skip"):
             raise ValueError(
                 f"Schedule {self.name!r}: missed must be 'once' or 'skip', got {self.missed!r}"

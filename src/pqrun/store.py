@@ -1883,23 +1883,38 @@ class PgJobStore:
                     schedule = by_name[row["name"]]
                     tick: datetime = row["next_run_at"]
                     now: datetime = row["now"]
+                    next_tick = schedule.next_tick(tick, now)
                     job_id = None
                     if schedule.missed == "once" or not schedule.was_missed(tick, now):
-                        job_id = await self.enqueue(
-                            schedule.job_type,
-                            RawJSON(schedule.payload_json),
-                            priority=schedule.priority,
-                            max_attempts=schedule.max_attempts,
-                            timeout_seconds=schedule.timeout_seconds,
-                            dedupe_key=f"schedule:{schedule.name}:{tick.isoformat()}",
-                            conn=conn,
-                        )
-                        enqueued.append(job_id)
+                        try:
+                            # A savepoint: a tick that cannot be enqueued (a payload its
+                            # handler's model refuses) holds up no other schedule.
+                            async with conn.transaction():
+                                job_id = await self.enqueue(
+                                    schedule.job_type,
+                                    RawJSON(schedule.payload_json),
+                                    priority=schedule.priority,
+                                    max_attempts=schedule.max_attempts,
+                                    timeout_seconds=schedule.timeout_seconds,
+                                    dedupe_key=f"schedule:{schedule.name}:{tick.isoformat()}",
+                                    conn=conn,
+                                )
+                            enqueued.append(job_id)
+                        except (ValueError, TypeError, JobConflict, asyncpg.DataError) as exc:
+                            logger.error(
+                                "schedule %r: the tick due at %s could not be enqueued, and is "
+                                "skipped (next: %s): %s",
+                                schedule.name,
+                                tick.isoformat(),
+                                next_tick.isoformat(),
+                                exc,
+                                extra={"schedule": schedule.name, "job_type": schedule.job_type},
+                            )
                     await conn.execute(
                         ADVANCE_SCHEDULE,
                         schedule.name,
                         tick,
-                        schedule.next_tick(tick, now),
+                        next_tick,
                         tick if job_id is not None else None,
                         job_id,
                         timeout=self.statement_timeout,

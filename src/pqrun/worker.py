@@ -36,10 +36,11 @@ import asyncpg
 
 from . import tracing
 from .config import env_bool, env_duration, env_int
-from .errors import DatabaseUnavailable, Fail, Retry, Snooze, UnknownJobType
+from .errors import DatabaseUnavailable, Fail, PayloadInvalid, Retry, Snooze, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
 from .models import Job, JobStatus, encode_json
 from .outcomes import Outcome, OutcomeWriter
+from .payloads import validate
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
 from .store import INT32_MAX, PgJobStore, _tell
@@ -68,6 +69,8 @@ LISTEN_PROBE_EVERY = 30.0
 # one lets it see schedules that other workers declared or moved.
 SCHEDULE_MIN_SLEEP = 0.05
 SCHEDULE_MAX_SLEEP = 30.0
+# A worker writes its schedules' definitions when it starts and again this often (s).
+SCHEDULE_REDECLARE_EVERY = 300.0
 # While a worker is busy, a limited job type that had nothing due is claimed again after
 # this long (seconds) at the latest, or at once when one of its jobs finishes here.
 LIMITED_RECHECK_SECONDS = 0.05
@@ -274,6 +277,20 @@ class Worker:
                     f"two schedules are named {schedule.name!r}: give each a name= of its own"
                 )
             names.add(schedule.name)
+            runs_it = self.handlers.get(schedule.job_type)
+            if runs_it is not None and runs_it.payload_model is not None:
+                try:
+                    validate(runs_it.payload_model, schedule.payload or {}, schedule.job_type)
+                except PayloadInvalid as exc:
+                    raise ValueError(f"schedule {schedule.name!r}: {exc}") from None
+            elif runs_it is None:
+                logger.warning(
+                    "worker %s enqueues schedule %r, but has no handler for its job type %r: "
+                    "its jobs wait for a worker that has one",
+                    self.worker_id,
+                    schedule.name,
+                    schedule.job_type,
+                )
         store.want_connections(self.concurrency)
 
         self._outage = _OutageLog(self.worker_id)
@@ -1278,12 +1295,15 @@ class Worker:
     async def _schedule_loop(self) -> None:
         """Declare this worker's schedules, then enqueue each tick when it comes due."""
         errors = 0
-        declared = False
+        declared_at: float | None = None
         while not self._stopping.is_set():
             try:
-                if not declared:
+                now = time.monotonic()
+                if declared_at is None or now - declared_at >= SCHEDULE_REDECLARE_EVERY:
+                    # Again now and then: declared_at tells which schedules some running
+                    # worker still declares, and a removed row comes back.
                     await self.store.declare_schedules(self.schedules)
-                    declared = True
+                    declared_at = now
                 fired, until_next = await self.store.fire_due_schedules(self.schedules)
             except Exception as exc:
                 errors += 1
