@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 import pqrun
-from pqrun import PgJobStore
+from pqrun import PgJobStore, SchemaMissing, ddl_sql
 from pqrun.store import PICKUP, REAP_STALE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,3 +146,27 @@ def test_wheel_ships_ddl_and_type_marker(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("pqrun/ddl.sql").decode() == (ROOT / "ddl.sql").read_text()
         assert "pqrun/py.typed" in archive.namelist()
+
+
+async def test_a_store_refuses_a_schema_older_than_itself(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute("DROP SCHEMA IF EXISTS pqrun_old CASCADE; CREATE SCHEMA pqrun_old")
+    try:
+        await conn.execute("SET search_path TO pqrun_old")
+        await conn.execute(ddl_sql())
+        # As a table created by an earlier release, before `awaited` and job_schedules.
+        await conn.execute("ALTER TABLE jobs DROP COLUMN awaited CASCADE; DROP TABLE job_schedules")
+        store = PgJobStore(dsn, schema="pqrun_old")
+        with pytest.raises(SchemaMissing) as refused:
+            await store.start()
+        message = str(refused.value)
+        assert "older than this version of pqrun" in message
+        assert "column jobs.awaited, table job_schedules" in message
+        assert "pqrun setup --schema pqrun_old" in message
+        assert not store.started
+        await store.setup()  # applying ddl.sql again brings it up to date
+        await store.enqueue("after_upgrade")
+        await store.close()
+    finally:
+        await conn.execute("RESET search_path; DROP SCHEMA pqrun_old CASCADE")

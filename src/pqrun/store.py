@@ -828,7 +828,7 @@ EXPECTED_COLUMNS = (
     "id", "job_type", "payload", "status", "priority", "attempts", "max_attempts",
     "run_after", "timeout_seconds", "locked_at", "locked_by", "lease_id", "heartbeat_at",
     "dedupe_key", "last_error", "finished_at", "duration_ms", "result", "created_at",
-    "updated_at", "concurrency_key", "awaited",
+    "updated_at", "concurrency_key", "awaited", "trace_context",
 )  # fmt: skip
 EXPECTED_INDEXES = (
     "jobs_pkey",
@@ -844,6 +844,15 @@ EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules")
 # completions for a rate; beyond, it estimates.
 STATUS_COUNT_CAP = 100_000
 STATUS_RATE_CAP = 10_000
+
+
+def _missing_objects(row: Mapping[str, Any]) -> list[str]:
+    """What ddl.sql creates and SCHEMA_OBJECTS did not find."""
+    missing = [f"column jobs.{c}" for c in EXPECTED_COLUMNS if c not in row["columns"]]
+    missing += [f"table {t}" for t in EXPECTED_TABLES if t not in row["tables"]]
+    missing += [f"index {i}" for i in EXPECTED_INDEXES if i not in row["indexes"]]
+    missing += [f"trigger {t}" for t in EXPECTED_TRIGGERS if t not in row["triggers"]]
+    return missing
 
 
 def _rate(row: Mapping[str, Any], window: timedelta, cap: int) -> dict[str, Any]:
@@ -1107,15 +1116,32 @@ class PgJobStore:
         try:
             async with pool.acquire(timeout=self.statement_timeout) as conn:
                 schema = await conn.fetchval(JOBS_SCHEMA, timeout=self.statement_timeout)
+                objects = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
         except BaseException:
             await self.close()
             raise
-        if schema is not None:
-            self.channel = schema
-            self._schema_checked = True
-        else:
+        if schema is None or objects is None:
             await self.close()
             raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
+        missing = _missing_objects(objects)
+        # Without these, pqrun's statements fail; without an index or a trigger, they
+        # are slower or wake workers later, and `pqrun check` says so.
+        fatal = [thing for thing in missing if thing.startswith(("column", "table"))]
+        if fatal:
+            await self.close()
+            raise SchemaMissing(
+                f"the schema in {self._where()} is older than this version of pqrun: it "
+                f"lacks {', '.join(fatal)}; apply ddl.sql again (safe to repeat): "
+                f"{self._setup_hint().removeprefix('apply the schema first: ')}"
+            )
+        if missing:
+            logger.warning(
+                "the schema in %s lacks %s; apply ddl.sql again (pqrun setup)",
+                self._where(),
+                ", ".join(missing),
+            )
+        self.channel = schema
+        self._schema_checked = True
 
     async def _open_pool(self) -> asyncpg.Pool[Any]:
         loop = asyncio.get_running_loop()
@@ -2084,11 +2110,7 @@ class PgJobStore:
             row = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
         if row is None:
             raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
-        missing = [f"column jobs.{c}" for c in EXPECTED_COLUMNS if c not in row["columns"]]
-        missing += [f"index {i}" for i in EXPECTED_INDEXES if i not in row["indexes"]]
-        missing += [f"trigger {t}" for t in EXPECTED_TRIGGERS if t not in row["triggers"]]
-        missing += [f"table {t}" for t in EXPECTED_TABLES if t not in row["tables"]]
-        return missing
+        return _missing_objects(row)
 
     async def queue_status(
         self, *, count_cap: int = STATUS_COUNT_CAP, rate_cap: int = STATUS_RATE_CAP
