@@ -694,11 +694,12 @@ class Worker:
 
     async def _claim_limited(self, want: int, jobs: list[Job], *, drain: bool) -> None:
         # A claimed job of a limited type counts against its limit while it waits in the
-        # buffer, so these are claimed only for free slots: those not running, and not
-        # promised to limited jobs already waiting (prefetched jobs of other types run
-        # in priority order with them, see _buffered).
+        # buffer, so these are claimed for the free slots plus the prefetch (about 50 ms
+        # of work at the handlers' speed, none for slow handlers), not counting slots
+        # promised to limited jobs already waiting. Other prefetched jobs run in
+        # priority order with them (see _buffered).
         waiting = sum(1 for job, _ in self._buffer if job.job_type in self._limited)
-        free = self.concurrency - len(self._running) - waiting - len(jobs)
+        free = self.concurrency + self._prefetch_target - len(self._running) - waiting - len(jobs)
         now = time.monotonic()
         for job_type, handler in self._limited.items():
             if free <= 0 or want <= 0:
