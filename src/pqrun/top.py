@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from .cli import count_text
 from .errors import PqrunError
 from .store import PgJobStore
 
@@ -26,14 +27,6 @@ TOP_RATE_CAP = 2_000
 
 class NoTerminal(PqrunError):
     """``pqrun top`` was started without a terminal to draw on."""
-
-
-def _count(entry: Mapping[str, Any]) -> str:
-    if entry["exact"]:
-        return f"{entry['count']:,}"
-    if entry["count"] is None:
-        return f">={entry['at_least']:,}"
-    return f"~{entry['count']:,}"
 
 
 def _age(seconds: float) -> str:
@@ -64,7 +57,7 @@ def render(
         note = ""
         if name == "READY" and oldest is not None:
             note = f"   oldest due waits {_age(oldest)}"
-        lines.append(f"  {name:<10}{_count(entry):>14}{note}")
+        lines.append(f"  {name:<10}{count_text(entry):>14}{note}")
 
     done = status["throughput"]["DONE"]
     failed = status["throughput"]["FAILED"]
