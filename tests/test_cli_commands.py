@@ -299,6 +299,15 @@ def make_worker(store):
     from pqrun import Worker
     return Worker(store=store, handlers={"greet": greet}, worker_id="from-factory")
 
+def make_broken_worker(store):
+    from pqrun import IdlePollPolicy, Worker
+
+    class Broken(IdlePollPolicy):
+        def next_sleep(self, consecutive_idle):
+            raise ZeroDivisionError("policy bug")
+
+    return Worker(store=store, handlers={"greet": greet}, idle_policy=Broken())
+
 not_handlers = 42
 """
 
@@ -425,3 +434,13 @@ async def test_schedules_lists_next_and_last_runs(store: PgJobStore, dsn: str) -
     as_json = json.loads((await pqrun("schedules", "--json", "--dsn", dsn)).stdout)
     assert [item["name"] for item in as_json] == ["cleanup", "sync-eu"]
     assert as_json[1]["every_seconds"] == 300
+
+
+async def test_a_worker_that_fails_exits_with_a_failure(
+    store: PgJobStore, dsn: str, tmp_path: Path
+) -> None:
+    (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
+    process = start_worker(tmp_path, "myjobs:make_broken_worker", "--dsn", dsn)
+    _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode != 0
+    assert "policy bug" in stderr

@@ -262,7 +262,9 @@ async def test_a_failing_policy_stops_the_worker_loudly(
         return None
 
     worker = Worker(store=store, handlers={"t": noop}, idle_policy=Broken(), enable_reaper=False)
-    await asyncio.wait_for(worker.run(), timeout=10)
+    # run() ends with the error, so a worker process exits with a failure.
+    with pytest.raises(ZeroDivisionError, match="policy bug"):
+        await asyncio.wait_for(worker.run(), timeout=10)
     assert any("failed; stopping the worker" in r.getMessage() for r in caplog.records)
 
 

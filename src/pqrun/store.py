@@ -1983,7 +1983,8 @@ class PgJobStore:
         raises WaitTimeout. JobNotFound if there is no such job. A job that fails and is
         retried later is not finished: the wait goes on.
         """
-        _check_int("job_id", job_id, 1)
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id < 2**63:
+            raise ValueError(f"job_id must be a job's id (an int >= 1), got {job_id!r}")
         joined = self._joined()
         if joined is not None and joined.is_in_transaction():
             raise RuntimeError(

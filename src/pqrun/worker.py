@@ -455,7 +455,11 @@ class Worker:
         await asyncio.shield(self._shutdown)
 
     async def run(self) -> None:
-        """Run until ``stop()``, ``request_stop()``, SIGTERM or SIGINT, then shut down."""
+        """Run until ``stop()``, ``request_stop()``, SIGTERM or SIGINT, then shut down.
+
+        If a loop or slot of the worker failed (which stops it), that error is raised
+        after the shutdown, so a worker process ends with a failure, not a success.
+        """
         if not self.enabled:
             logger.info("worker %s is disabled (WORKER_ENABLED=false); not running", self.worker_id)
             return
@@ -478,6 +482,8 @@ class Worker:
                 loop.remove_signal_handler(sig)
             if owns_store:
                 await self.store.close(within=self._close_wait())
+        if self._failure is not None:
+            raise self._failure
 
     async def drain(self) -> int:
         """Run every due job of this worker's types, including jobs they enqueue, and return.
