@@ -644,7 +644,9 @@ LIMIT $3
 STATUS_ACTIVE = """
 SELECT job_type, status, count(*) AS n,
        count(*) FILTER (WHERE status = 'READY' AND run_after <= now()) AS due,
-       min(run_after) FILTER (WHERE status = 'READY' AND run_after <= now()) AS oldest_due
+       min(run_after) FILTER (WHERE status = 'READY' AND run_after <= now()) AS oldest_due,
+       extract(epoch FROM now() - min(run_after) FILTER (
+           WHERE status = 'READY' AND run_after <= now()))::float8 AS oldest_due_seconds
 FROM (
     (SELECT job_type, status, run_after FROM jobs WHERE status = 'READY' LIMIT $1)
     UNION ALL
@@ -724,35 +726,9 @@ WHERE c.oid = to_regclass('jobs')
 # Each of these is bounded whatever the size of the table: the active jobs through their
 # partial indexes, finished jobs through a window of ids or the planner's statistics.
 
-# Active jobs by type: READY (all, and due now, with the age of the oldest due one) and
-# RUNNING. Each half reads only the rows of its partial index (jobs_ready_pickup,
-# jobs_running), so the cost follows the backlog, not the table's history.
-QUEUE_STATS = """
-SELECT job_type, 'READY' AS status, count(*) AS jobs,
-       count(*) FILTER (WHERE run_after <= now()) AS due,
-       extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now()))::float8
-           AS oldest_due_seconds
-FROM jobs
-WHERE status = 'READY'
-GROUP BY job_type
-UNION ALL
-SELECT job_type, 'RUNNING', count(*), 0, NULL
-FROM jobs
-WHERE status = 'RUNNING'
-GROUP BY job_type
-"""
-
 # Workers whose heartbeat is younger than $1.
 WORKERS_ALIVE = """
 SELECT count(*) FROM job_workers WHERE heartbeat_at >= now() - $1::interval
-"""
-
-# Jobs per status counted exactly over at most $1 rows: exact on a table that small,
-# else the caller falls back to STATUS_ESTIMATES.
-STATUS_COUNTS_BOUNDED = """
-SELECT status, count(*) AS jobs
-FROM (SELECT status FROM jobs LIMIT $1) AS sample
-GROUP BY status
 """
 
 # The newest id (the primary key's last entry): where a browse starts, and with the
@@ -2113,6 +2089,46 @@ class PgJobStore:
             raise SchemaMissing(f"the table 'jobs' is not in {self._where()}; {self._setup_hint()}")
         return _missing_objects(row)
 
+    async def _counts(
+        self, conn: Connection, count_cap: int
+    ) -> tuple[list[asyncpg.Record], dict[str, dict[str, Any]]]:
+        """The active rows by type and status (at most ``count_cap`` per status), and for
+        each status ``{"count", "exact"}``: exact under the cap, else the planner's
+        estimate (``count`` None before the first ANALYZE) and ``at_least`` the cap."""
+        active = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self.statement_timeout)
+        totals = dict.fromkeys((JobStatus.READY.value, JobStatus.RUNNING.value), 0)
+        for row in active:
+            totals[row["status"]] += row["n"]
+        for finished in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+            totals[finished.value] = await conn.fetchval(
+                STATUS_FINISHED, finished.value, count_cap, timeout=self.statement_timeout
+            )
+        estimates: dict[str, int] | None = None
+        counts: dict[str, dict[str, Any]] = {}
+        for status, total in totals.items():
+            if total < count_cap:
+                counts[status] = {"count": total, "exact": True}
+                continue
+            if estimates is None:
+                rows = await conn.fetch(STATUS_ESTIMATES, timeout=self.statement_timeout)
+                estimates = {row["status"]: row["estimate"] for row in rows}
+            estimate = estimates.get(status)
+            counts[status] = {
+                "count": max(estimate, count_cap) if estimate is not None else None,
+                "exact": False,
+                "at_least": count_cap,
+            }
+        return active, counts
+
+    async def status_counts(self, count_cap: int = 20_000) -> dict[str, dict[str, Any]]:
+        """Jobs per status, each ``{"count", "exact"}``: counted through the indexes up
+        to ``count_cap``, beyond that the planner's estimate (``count`` None before the
+        table was first analyzed; ``at_least`` is the cap)."""
+        _check_int("count_cap", count_cap, 1)
+        async with self._acquire() as conn:
+            _active, counts = await self._counts(conn, count_cap)
+        return counts
+
     async def queue_status(
         self, *, count_cap: int = STATUS_COUNT_CAP, rate_cap: int = STATUS_RATE_CAP
     ) -> dict[str, Any]:
@@ -2129,17 +2145,7 @@ class PgJobStore:
         _check_int("rate_cap", rate_cap, 1)
         async with self._acquire() as conn:
             now = await conn.fetchval(DATABASE_NOW, timeout=self.statement_timeout)
-            active = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self.statement_timeout)
-            finished = {
-                status: await conn.fetchval(
-                    STATUS_FINISHED, status.value, count_cap, timeout=self.statement_timeout
-                )
-                for status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
-            }
-            estimates = {
-                row["status"]: row["estimate"]
-                for row in await conn.fetch(STATUS_ESTIMATES, timeout=self.statement_timeout)
-            }
+            active, counts = await self._counts(conn, count_cap)
             windows = {"last_minute": timedelta(minutes=1), "last_hour": timedelta(hours=1)}
             throughput: dict[str, dict[str, Any]] = {}
             for status in (JobStatus.DONE, JobStatus.FAILED):
@@ -2151,14 +2157,11 @@ class PgJobStore:
                     assert row is not None
                     throughput.setdefault(status.value, {})[name] = _rate(row, window, rate_cap)
             workers = await conn.fetch(LIST_WORKERS, timeout=self.statement_timeout)
-        totals = dict.fromkeys((JobStatus.READY, JobStatus.RUNNING), 0)
         by_type: dict[str, dict[str, int]] = {}
         oldest_due: datetime | None = None
         for row in active:
-            status = JobStatus(row["status"])
-            totals[status] += row["n"]
             entry = by_type.setdefault(row["job_type"], {"ready": 0, "due": 0, "running": 0})
-            if status is JobStatus.READY:
+            if row["status"] == JobStatus.READY:
                 entry["ready"] += row["n"]
                 entry["due"] += row["due"]
                 if row["oldest_due"] is not None and (
@@ -2167,17 +2170,6 @@ class PgJobStore:
                     oldest_due = row["oldest_due"]
             else:
                 entry["running"] += row["n"]
-        counts: dict[str, dict[str, Any]] = {}
-        for status, total in [*totals.items(), *finished.items()]:
-            if total < count_cap:
-                counts[status.value] = {"count": total, "exact": True}
-            else:
-                estimate = estimates.get(status.value)
-                counts[status.value] = {
-                    "count": max(estimate, count_cap) if estimate is not None else None,
-                    "exact": False,
-                    "at_least": count_cap,
-                }
         return {
             "schema": self.schema or self.channel.removeprefix("pqrun:"),
             "now": now.isoformat(),
@@ -2229,16 +2221,18 @@ class PgJobStore:
 
     # -- observability: cheap, bounded reads for metrics and the dashboard -------------
 
-    async def queue_stats(self) -> list[dict[str, Any]]:
-        """Active jobs per type, from the partial indexes (exact, cost follows the backlog).
+    async def queue_stats(self, count_cap: int = STATUS_COUNT_CAP) -> list[dict[str, Any]]:
+        """Active jobs per type, through the partial indexes, at most ``count_cap`` of
+        each status.
 
         One dict per job type with READY or RUNNING jobs: ``job_type``, ``ready`` (all
         READY, due or not), ``due`` (READY and due now), ``running``, and
         ``oldest_due_seconds`` (how long the oldest due READY job has waited; None when
         none is due).
         """
+        _check_int("count_cap", count_cap, 1)
         async with self._acquire() as conn:
-            rows = await conn.fetch(QUEUE_STATS, timeout=self.statement_timeout)
+            rows = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self.statement_timeout)
         stats: dict[str, dict[str, Any]] = {}
         for row in rows:
             entry = stats.setdefault(
@@ -2252,11 +2246,11 @@ class PgJobStore:
                 },
             )
             if row["status"] == "READY":
-                entry["ready"] = row["jobs"]
+                entry["ready"] = row["n"]
                 entry["due"] = row["due"]
                 entry["oldest_due_seconds"] = row["oldest_due_seconds"]
             else:
-                entry["running"] = row["jobs"]
+                entry["running"] = row["n"]
         return [stats[job_type] for job_type in sorted(stats)]
 
     async def workers_alive(self, within: timedelta = timedelta(seconds=30)) -> int:
@@ -2264,24 +2258,6 @@ class PgJobStore:
         async with self._acquire() as conn:
             alive: int = await conn.fetchval(WORKERS_ALIVE, within, timeout=self.statement_timeout)
         return alive
-
-    async def status_counts(self, exact_up_to: int = 20_000) -> tuple[dict[str, int], bool]:
-        """Jobs per status, and whether the counts are exact.
-
-        Exact when the table holds at most ``exact_up_to`` rows (counting them reads no
-        more than that); else estimates from the planner's statistics, as fresh as the
-        last ANALYZE (all zero before the first one).
-        """
-        _check_int("exact_up_to", exact_up_to, 1)
-        async with self._acquire() as conn:
-            rows = await conn.fetch(
-                STATUS_COUNTS_BOUNDED, exact_up_to + 1, timeout=self.statement_timeout
-            )
-            counts = {row["status"]: row["jobs"] for row in rows}
-            if sum(counts.values()) <= exact_up_to:
-                return counts, True
-            rows = await conn.fetch(STATUS_ESTIMATES, timeout=self.statement_timeout)
-        return {row["status"]: row["estimate"] for row in rows}, False
 
     async def max_job_id(self) -> int:
         """The highest job id so far (0 for an empty table); one step of the primary key."""

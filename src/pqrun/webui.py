@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .cli import count_text
 from .errors import JobConflict
 from .models import Job, JobStatus
 from .store import PgJobStore
@@ -255,7 +256,7 @@ class _Dashboard:
         if self._overview is not None and now < self._overview[0]:
             return self._overview[1]
         queues = await self.store.queue_stats()
-        counts, exact = await self.store.status_counts()
+        counts = await self.store.status_counts()
         newest = await self.store.max_job_id()
         workers = await self.store.list_workers()
         list_schedules = getattr(self.store, "list_schedules", None)
@@ -266,7 +267,7 @@ class _Dashboard:
         data = {
             "queues": queues,
             "counts": counts,
-            "exact": exact,
+            "exact": all(entry["exact"] for entry in counts.values()),
             "rates": self.rates(now, newest, active),
             "workers": workers,
             "schedules": schedules,
@@ -297,11 +298,10 @@ class _Dashboard:
     async def overview_fragment(self, request: Request) -> str:
         data = await self.overview_data()
         base = self.base(request)
-        counts: dict[str, int] = data["counts"]
-        approx = "" if data["exact"] else "~"
+        counts: dict[str, dict[str, Any]] = data["counts"]
         cards = "".join(
             f'<div class="card"><a href="{h(base)}/jobs?status={h(status)}">'
-            f"{_badge(status)}</a><b>{approx}{counts.get(status, 0):,}</b></div>"
+            f"{_badge(status)}</a><b>{h(count_text(counts[status]))}</b></div>"
             for status in STATUSES
         )
         rates = data["rates"]
@@ -315,8 +315,8 @@ class _Dashboard:
         note = (
             ""
             if data["exact"]
-            else '<p class="muted">Totals of finished jobs are the planner\'s estimates '
-            "(as of the last ANALYZE); active jobs are counted exactly below.</p>"
+            else '<p class="muted">Totals over 20,000 are the planner\'s estimates (~, as '
+            "of the last ANALYZE; ≥ before the first one).</p>"
         )
         queue_rows = [
             f'<tr><td><a href="{h(base)}/jobs?{h(urlencode({"job_type": q["job_type"]}))}">'
