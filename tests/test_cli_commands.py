@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -444,3 +445,38 @@ async def test_a_worker_that_fails_exits_with_a_failure(
     _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
     assert process.returncode != 0
     assert "policy bug" in stderr
+
+
+async def test_bad_ports_intervals_and_schemas_are_usage_errors(dsn: str) -> None:
+    for command in (
+        ["worker", "myjobs:handlers", "--metrics-port", "70000"],
+        ["dashboard", "--port", "-1"],
+        ["top", "--interval", "0"],
+    ):
+        done = await pqrun(*command, "--dsn", dsn)
+        assert done.returncode == 2, command
+        assert "Traceback" not in done.stderr
+    bad_env = await pqrun("status", "--dsn", dsn, PQRUN_SCHEMA="Bad-Name")
+    assert bad_env.returncode == 2
+    assert bad_env.stderr.startswith("pqrun: PQRUN_SCHEMA: ")
+
+
+async def test_a_metrics_port_in_use_is_a_plain_error(
+    store: PgJobStore, dsn: str, tmp_path: Path
+) -> None:
+    (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        process = start_worker(tmp_path, "myjobs:handlers", "--dsn", dsn, "--metrics-port", port)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode == 1
+    assert f"cannot serve metrics on 0.0.0.0:{port}" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_the_store_reads_its_schema_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PQRUN_SCHEMA", "billing")
+    assert PgJobStore("postgresql://unused").schema == "billing"
+    assert PgJobStore("postgresql://unused", schema="other").schema == "other"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -50,7 +51,8 @@ def resolve_dsn(given: str | None) -> str:
 
 
 def open_store(args: argparse.Namespace) -> PgJobStore:
-    """A store for the command's --dsn and --schema (not connected yet)."""
+    """A store for the command's --dsn and --schema (not connected yet); without
+    --schema, the store reads $PQRUN_SCHEMA as PgJobStore() does in your app."""
     return PgJobStore(resolve_dsn(args.dsn), schema=args.schema, min_size=1, max_size=2)
 
 
@@ -133,6 +135,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port from 0 to 65535")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give from 0.05 to 3600 seconds")
+    return value
+
+
 def job_id(text: str) -> int:
     try:
         value = int(text)
@@ -148,8 +170,9 @@ def job_id(text: str) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     if args.dry_run:
-        if args.schema is not None:
-            quoted = quote_ident(args.schema)
+        schema = args.schema or os.environ.get("PQRUN_SCHEMA") or None
+        if schema is not None:
+            quoted = quote_ident(check_schema_name(schema))
             sys.stdout.write(
                 f"CREATE SCHEMA IF NOT EXISTS {quoted};\nSET search_path TO {quoted};\n\n"
             )
@@ -164,7 +187,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
             await store.close()
 
     asyncio.run(setup())
-    where = f" in schema {args.schema}" if args.schema else ""
+    schema = args.schema or os.environ.get("PQRUN_SCHEMA")
+    where = f" in schema {schema}" if schema else ""
     print(f"pqrun: schema applied{where}")
     return 0
 
@@ -523,7 +547,7 @@ def database_options() -> argparse.ArgumentParser:
     parent.add_argument(
         "--schema",
         type=schema_name,
-        default=os.environ.get("PQRUN_SCHEMA") or None,
+        default=None,
         help="the schema the queue lives in (default: $PQRUN_SCHEMA, else the search_path)",
     )
     return parent
@@ -560,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_number,
         help="serve Prometheus metrics on this port (needs pqrun[metrics])",
     )
     worker.set_defaults(run=cmd_worker)
@@ -610,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the web dashboard (read-only unless --allow-actions)",
     )
     board.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    board.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    board.add_argument("--port", type=port_number, default=8080, help="port to listen on (8080)")
     board.add_argument(
         "--allow-actions",
         action="store_true",
@@ -631,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = commands.add_parser(
         "top", parents=[db], help="a live view of queues, rates, workers, failures (q quits)"
     )
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--interval", type=seconds, default=1.0, help="seconds between refreshes")
     top.set_defaults(run=cmd_top)
 
     demo = commands.add_parser(
@@ -653,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from_environment = os.environ.get("PQRUN_SCHEMA")
+    if from_environment:
+        try:
+            check_schema_name(from_environment)
+        except ValueError as exc:
+            print(f"pqrun: PQRUN_SCHEMA: {exc}", file=sys.stderr)
+            return 2
     try:
         code: int = args.run(args)
     except (CommandError, PqrunError, NoPostgres) as exc:
@@ -664,4 +695,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`pqrun status --json | head`): nothing more to say.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 1
+    except OSError as exc:
+        # The system refused something the command asked for: a port in use, say.
+        print(f"pqrun: {exc}", file=sys.stderr)
+        return 1
     return code

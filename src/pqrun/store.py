@@ -627,7 +627,7 @@ LIST_JOBS = """
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
        run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
        last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at,
-       concurrency_key
+       concurrency_key, trace_context
 FROM jobs
 WHERE ($1::text IS NULL OR status = $1::text)
   AND ($2::text IS NULL OR job_type = $2::text)
@@ -1015,6 +1015,7 @@ class PgJobStore:
             **(pool_kwargs.get("server_settings") or {}),
         }
         #: The schema this store keeps its queue in (None: the search_path decides).
+        schema = schema if schema is not None else os.environ.get("PQRUN_SCHEMA") or None
         self.schema = None if schema is None else check_schema_name(schema)
         self._search_path: str | None = None
         if self.schema is not None:

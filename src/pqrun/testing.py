@@ -98,6 +98,8 @@ def make_job(
         "result": None,
         "created_at": now,
         "updated_at": now,
+        "concurrency_key": None,
+        "trace_context": None,
     }
     unknown = set(fields) - set(values)
     if unknown:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import re
 import secrets
 import time
 from collections import deque
@@ -74,6 +75,8 @@ SHOW_JSON_LIMIT = 100_000
 #: How many failed jobs one "retry all failed" click moves.
 RETRY_FAILED_LIMIT = 10_000
 STATUSES = [s.value for s in JobStatus]
+# Plain ASCII digits (str.isdigit() also takes "²", which int() refuses).
+DIGITS = re.compile(r"[0-9]{1,19}")
 # Stands for the CSRF token in rendered HTML until the response fills it in. A NUL
 # cannot come from the database (text and JSON hold none), so no value can forge it.
 TOKEN_SLOT = "\x00csrf\x00"
@@ -379,7 +382,7 @@ class _Dashboard:
             status = None
         job_type = request.query_params.get("job_type") or None
         before_text = request.query_params.get("before", "")
-        before = min(int(before_text), MAX_ID) if before_text.isdigit() else None
+        before = min(int(before_text), MAX_ID) if DIGITS.fullmatch(before_text) else None
         return status, job_type, before
 
     async def jobs_fragment(self, request: Request, *, limit: int = PAGE_SIZE) -> str:
