@@ -262,10 +262,7 @@ class _Dashboard:
         counts = await self.store.status_counts()
         newest = await self.store.max_job_id()
         workers = await self.store.list_workers()
-        list_schedules = getattr(self.store, "list_schedules", None)
-        schedules: list[dict[str, Any]] = []
-        if callable(list_schedules):
-            schedules = list(await list_schedules())
+        schedules = await self.store.list_schedules()
         active = sum(q["ready"] + q["running"] for q in queues)
         data = {
             "queues": queues,

@@ -1066,13 +1066,15 @@ class Worker:
 
     async def _announce_room(self) -> None:
         # Other workers would otherwise see the freed room only at their next idle poll.
-        # One notification at a time: those freed meanwhile share the next one.
+        # At most one notification per LIMITED_RECHECK_SECONDS: rooms freed meanwhile
+        # share the next one, so a fast limited type does not cost a NOTIFY per batch.
         while True:
             self._announce_again = False
             try:
                 await self.store.wake_workers()
             except Exception as exc:  # they will see it at their next poll
                 logger.debug("could not wake other workers: %s", exc)
+            await self._sleep(LIMITED_RECHECK_SECONDS)
             if not self._announce_again or self._stopping.is_set():
                 return
 
