@@ -26,8 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- out of RUNNING name it and no other run (even one with the same locked_by and
     -- attempts, after a retry()) can make them.
     lease_id        bigint,
-    -- The last sign of life of the run that holds the job: its worker writes it every
-    -- few seconds. The reaper takes back RUNNING jobs whose heartbeat is stale.
+    -- When the run that holds the job was claimed (kept for readers of older versions;
+    -- a worker's liveness is its row in job_workers, which lists the claims it holds).
     heartbeat_at    timestamptz,
     dedupe_key      text,
     -- Jobs with the same key count together against their handler's
@@ -136,6 +136,11 @@ $$;
 
 -- The workers alive now: each registers when it starts, heartbeats every few seconds,
 -- and leaves when it stops; the reaper removes those whose heartbeat went stale.
+-- A worker's liveness lives here, not on the job rows: its heartbeat rewrites only this
+-- row, on a connection of its own, so no lock on a job row and no busy pool can hold it
+-- up. held_jobs/held_leases are the claims (job id, lease_id) the worker holds at that
+-- heartbeat; the reaper leaves a RUNNING job alone while its worker's fresh heartbeat
+-- lists its claim.
 CREATE TABLE IF NOT EXISTS job_workers (
     worker_id    text        PRIMARY KEY,
     host         text        NOT NULL,
@@ -143,8 +148,12 @@ CREATE TABLE IF NOT EXISTS job_workers (
     job_types    text[]      NOT NULL,
     concurrency  integer     NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    held_jobs    bigint[]    NOT NULL DEFAULT '{}',
+    held_leases  bigint[]    NOT NULL DEFAULT '{}'
 );
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_jobs bigint[] NOT NULL DEFAULT '{}';
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_leases bigint[] NOT NULL DEFAULT '{}';
 
 -- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
 -- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by

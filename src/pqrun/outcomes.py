@@ -3,29 +3,56 @@
 Slots hand outcomes to the OutcomeWriter and go on to their next job at once. The writer
 writes whatever has gathered while its previous write was under way, so under load one
 statement completes hundreds of jobs, and with a trickle each job is written at once.
-Database errors are retried with the loop error policy until the write lands: they are
-never the handler's fault and never make a handler run again.
+
+It writes on a connection of its own (not the pool's, which handlers may hold), whose
+``lock_timeout`` keeps a job row that another session holds locked from stalling it.
+Each outcome's fate is its own:
+
+- a failure to reach the database (a lost connection, a timeout) is retried, with the
+  loop error policy, until the write lands: it is never the handler's fault and never
+  makes a handler run again; the outage is logged once;
+- a job whose row is locked by someone else (or a deadlock, a serialization failure) is
+  put aside and retried a little later, while the others are written;
+- a write the database refuses for that job's data (a result too large or too deep, a
+  snooze delay past the end of time, a trigger of yours raising) is isolated by writing
+  the batch one by one; that job then ends FAILED with a message naming the reason, and
+  every other job is written as it came.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-import asyncpg
-
+from .errors import DatabaseUnavailable
 from .models import Job, JobStatus
 from .policies import LoopErrorPolicy
-from .store import PgJobStore
+from .store import CONNECTION_ERRORS, PgJobStore
 
 logger = logging.getLogger("pqrun")
 
 MAX_BATCH = 500
 # Past this many unwritten outcomes, slots wait before handing in more (an outage).
 MAX_PENDING = 5000
+# How long the writer waits for a job row that another session holds locked before it
+# puts that outcome aside and writes the others.
+LOCK_TIMEOUT = "2s"
+# An outcome put aside (its row locked, a deadlock) is tried again after this long, then
+# twice as long each time, up to the cap (seconds).
+RETRY_ASIDE_FIRST = 0.05
+RETRY_ASIDE_MAX = 5.0
+# SQLSTATEs of a write that may well work if tried again a little later: the row was
+# locked (lock_timeout), a deadlock or serialization failure, a cancelled statement, or
+# the server short of connections or memory for the moment.
+TRY_AGAIN_LATER = frozenset(
+    {"55P03", "40P01", "40001", "57014", "53000", "53100", "53200", "53300"}
+)
 
 
 @dataclass(slots=True)
@@ -41,11 +68,38 @@ class Outcome:
     snooze_after: timedelta | None = None  # set when the handler raised Snooze
     # Set once its write committed, so that retrying a partly written batch is safe.
     written: bool = False
+    # Set when not even a plain failure could be recorded: why (the job stays RUNNING
+    # until the reaper takes it back).
+    abandoned: str | None = None
+    # Put aside until this time (monotonic): its row was locked by someone else.
+    not_before: float = 0.0
+    tries_aside: int = 0
 
 
 def storable_text(text: str) -> str:
     """``text`` as a PostgreSQL text column takes it: no NUL, no lone surrogates."""
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be reached, not that it said no."""
+    return isinstance(exc, (DatabaseUnavailable, *CONNECTION_ERRORS))
+
+
+def _try_again_later(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) in TRY_AGAIN_LATER
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why the database refused a write, in one line that names the SQLSTATE."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc).split("\n", 1)[0][:300]
+    code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
+    return f"{type(exc).__name__}{code}: {text}"
+
+
+class _PutAside(Exception):
+    """An outcome's row is busy: try it again later, write the others now."""
 
 
 class OutcomeWriter:
@@ -71,6 +125,7 @@ class OutcomeWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pqrun-outcome-writer")
@@ -105,6 +160,7 @@ class OutcomeWriter:
         """
         task, self._task = self._task, None
         if task is None:
+            self._drop_connection()
             return list(self._pending)
         flushed = asyncio.ensure_future(self.flush())
         await asyncio.wait({flushed, task}, timeout=max(within, 0.0), return_when="FIRST_COMPLETED")
@@ -112,21 +168,45 @@ class OutcomeWriter:
         task.cancel()
         # Not awaited beyond a moment: a write stuck on a dead connection may never end.
         await asyncio.wait({task}, timeout=0.1)
+        self._drop_connection()
         return [o for o in self._pending if not o.written]
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # not close(): its peer may be gone
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._store.dedicated_connection(
+                "the outcome writer's connection", {"lock_timeout": LOCK_TIMEOUT}
+            )
+        return self._conn
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = self._pending[:MAX_BATCH]
+                now = time.monotonic()
+                batch = [o for o in self._pending[: MAX_BATCH * 2] if o.not_before <= now]
+                batch = batch[:MAX_BATCH]
+                if not batch:
+                    # Only outcomes put aside are left: wait for the first of them, or
+                    # for new ones.
+                    wait = min(o.not_before for o in self._pending) - now
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), max(wait, 0.001))
+                    self._wake.clear()
+                    continue
                 await self._write_with_retries(batch)
-                del self._pending[: len(batch)]
+                self._pending = [o for o in self._pending if not o.written]
                 if len(self._pending) < MAX_PENDING:
                     self._room.set()
             self._idle.set()
 
     async def _write_with_retries(self, batch: list[Outcome]) -> None:
+        """Write ``batch`` until every outcome in it is written or put aside."""
         failures = 0
         while True:
             try:
@@ -135,8 +215,12 @@ class OutcomeWriter:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise asyncio.CancelledError from exc  # closing: stop retrying
+                # _write turns every other error into one outcome's fate: this one is the
+                # database out of reach.
+                self._drop_connection()
                 failures += 1
-                self._on_failure("writer", f"recording the outcome of {len(batch)} jobs", exc)
+                unwritten = sum(1 for o in batch if not o.written)
+                self._on_failure("writer", f"recording the outcome of {unwritten} jobs", exc)
                 await asyncio.sleep(self._error_policy.next_sleep(failures))
                 continue
             if failures:
@@ -144,64 +228,125 @@ class OutcomeWriter:
             return
 
     async def _write(self, batch: list[Outcome]) -> None:
+        """Write each outcome of ``batch`` not written yet; raise only when the database
+        cannot be reached."""
+        conn = await self._connection()
         done = [o for o in batch if not o.written and o.result_json is not None]
-        if done:
+        if len(done) > 1:
             try:
                 moved = await self._store.mark_done_batch(
-                    [(o.job, o.result_json or "", o.duration_ms) for o in done]
+                    [(o.job, o.result_json or "", o.duration_ms) for o in done], conn=conn
                 )
-            except asyncpg.DataError:
-                # The database refused a result (a \u0000 in a string, say). Write them
-                # one by one so that only the offending job fails.
-                await self._write_done_one_by_one(done)
+            except Exception as exc:
+                if is_connection_failure(exc):
+                    raise
+                # One row refused (a result too big, a trigger), or one row locked: write
+                # them one by one, so that only that job has to wait or fail.
+                logger.debug("outcome batch refused (%s); writing one by one", _refusal(exc))
             else:
                 for outcome in done:
                     claim = (outcome.job.id, outcome.job.lease_id)
                     self._written(outcome, JobStatus.DONE if claim in moved else None)
         for outcome in batch:
-            if not outcome.written:
-                self._written(outcome, await self._write_error(outcome))
+            if outcome.written or outcome.not_before > time.monotonic():
+                continue
+            try:
+                if outcome.result_json is not None:
+                    await self._write_done(conn, outcome)
+                if not outcome.written and outcome.result_json is None:
+                    self._written(outcome, await self._write_error(conn, outcome))
+            except _PutAside as aside:
+                self._put_aside(outcome, aside)
 
     def _written(self, outcome: Outcome, status: JobStatus | None) -> None:
         outcome.written = True
         self._on_written(outcome, status)
 
-    async def _write_done_one_by_one(self, done: list[Outcome]) -> None:
-        for outcome in done:
+    def _put_aside(self, outcome: Outcome, why: BaseException) -> None:
+        outcome.tries_aside += 1
+        delay = min(RETRY_ASIDE_FIRST * 2 ** min(outcome.tries_aside - 1, 20), RETRY_ASIDE_MAX)
+        outcome.not_before = time.monotonic() + delay
+        if outcome.tries_aside in (1, 20) or outcome.tries_aside % 100 == 0:
+            # Said when it starts and now and then after, never silently for ever.
+            logger.warning(
+                "job %s: its outcome waits for its row, which another session holds (%s); "
+                "tried %d times, trying again in %.2f s while the other jobs are written",
+                outcome.job.id,
+                why.__cause__ and _refusal(why.__cause__),
+                outcome.tries_aside,
+                delay,
+                extra={"job_id": outcome.job.id, "job_type": outcome.job.job_type},
+            )
+
+    async def _write_done(self, conn: Any, outcome: Outcome) -> None:
+        try:
+            moved = await self._store.mark_done_batch(
+                [(outcome.job, outcome.result_json or "", outcome.duration_ms)], conn=conn
+            )
+        except Exception as exc:
+            self._raise_unless_refused(exc)
+            # The database will not take this result: the job fails, with why.
+            outcome.result_json = None
+            outcome.error = f"the handler's result could not be stored: {_refusal(exc)}"
+            outcome.retry_after = None
+            outcome.terminal = True
+        else:
+            self._written(outcome, JobStatus.DONE if moved else None)
+
+    def _raise_unless_refused(self, exc: Exception) -> None:
+        """Re-raise ``exc`` unless the database refused this one write for its data."""
+        if is_connection_failure(exc):
+            raise exc
+        if _try_again_later(exc):
+            raise _PutAside() from exc
+
+    async def _write_error(self, conn: Any, outcome: Outcome) -> JobStatus | None:
+        job = outcome.job
+        if outcome.snooze_after is not None:
             try:
-                moved = await self._store.mark_done_batch(
-                    [(outcome.job, outcome.result_json or "", outcome.duration_ms)]
+                snoozed = await self._store.snooze(
+                    job, outcome.snooze_after, duration_ms=outcome.duration_ms, conn=conn
                 )
-            except asyncpg.DataError as exc:
-                # Left unwritten: the caller writes it as a failure.
-                outcome.result_json = None
-                outcome.error = f"the handler's result could not be stored: {exc}"
+            except Exception as exc:
+                self._raise_unless_refused(exc)
+                # A delay past what a timestamp holds, say: not a job that can run later.
+                outcome.snooze_after = None
+                outcome.error = (
+                    f"Snooze(after={outcome.retry_after}) could not be recorded: {_refusal(exc)}"
+                )
+                outcome.retry_after = None
                 outcome.terminal = True
             else:
-                self._written(outcome, JobStatus.DONE if moved else None)
-
-    async def _write_error(self, outcome: Outcome) -> JobStatus | None:
-        if outcome.snooze_after is not None:
-            snoozed = await self._store.snooze(
-                outcome.job, outcome.snooze_after, duration_ms=outcome.duration_ms
-            )
-            return JobStatus.READY if snoozed else None
+                return JobStatus.READY if snoozed else None
         try:
             return await self._store.mark_error(
-                outcome.job,
+                job,
                 storable_text(outcome.error),
                 retry_after=outcome.retry_after,
                 terminal=outcome.terminal,
                 duration_ms=outcome.duration_ms,
+                conn=conn,
             )
-        except asyncpg.DataError as exc:
-            # Say what happened in plain words the database cannot refuse; an
-            # out-of-range retry delay (say) becomes a failure rather than a stuck job.
-            logger.error("job %s: the database refused its error record: %s", outcome.job.id, exc)
+        except Exception as exc:
+            self._raise_unless_refused(exc)
+            refusal = _refusal(exc)
+        # Say what happened in plain words the database cannot refuse; an out-of-range
+        # retry delay (say) becomes a failure rather than a stuck job.
+        logger.error("job %s: the database refused its error record: %s", job.id, refusal)
+        headline = storable_text(outcome.error.split("\n", 1)[0][:500])
+        outcome.error = (
+            f"{headline}\n(recorded as a failure: the database refused the outcome as it "
+            f"was: {refusal})"
+        )
+        outcome.retry_after = None
+        outcome.terminal = True
+        try:
             return await self._store.mark_error(
-                outcome.job,
-                f"the error could not be recorded as raised ({type(exc).__name__}); "
-                "see the worker's log",
-                terminal=True,
-                duration_ms=outcome.duration_ms,
+                job, outcome.error, terminal=True, duration_ms=outcome.duration_ms, conn=conn
             )
+        except Exception as exc:
+            self._raise_unless_refused(exc)
+            # Not even a plain failure (a trigger of yours that refuses every update?):
+            # give up on this one loudly; the reaper takes the job back once stale.
+            outcome.abandoned = f"the database refused every record of it: {_refusal(exc)}"
+            return None

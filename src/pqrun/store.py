@@ -200,10 +200,18 @@ SET status = 'RUNNING',
 FROM due
 WHERE j.id = due.id AND j.status = 'READY'
 RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
-          j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
-          j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at, j.duration_ms,
-          j.result::text AS result, j.created_at, j.updated_at, j.concurrency_key,
-          j.trace_context
+          j.max_attempts,
+          -- Times a row may hold from SQL (even -infinity, or year 10000 on an old schema)
+          -- come back within what a Python datetime can hold: one odd row must not make
+          -- the whole batch unreadable after its claim committed.
+          least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+              AS run_after,
+          j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,
+          j.dedupe_key, j.last_error, NULL::timestamptz AS finished_at, j.duration_ms,
+          NULL::text AS result,
+          least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+              AS created_at,
+          j.updated_at, j.concurrency_key, j.trace_context
 """
 
 # Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
@@ -288,10 +296,16 @@ claimed AS (
     FROM chosen
     WHERE j.id = chosen.id AND j.status = 'READY'
     RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
-              j.max_attempts, j.run_after, j.timeout_seconds, j.locked_at, j.locked_by,
-              j.lease_id, j.heartbeat_at, j.dedupe_key, j.last_error, j.finished_at,
-              j.duration_ms, j.result::text AS result, j.created_at, j.updated_at,
-              j.concurrency_key, j.trace_context
+              j.max_attempts,
+              -- Readable times whatever the row holds, as in PICKUP.
+              least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+                  AS run_after,
+              j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,
+              j.dedupe_key, j.last_error, NULL::timestamptz AS finished_at, j.duration_ms,
+              NULL::text AS result,
+              least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+                  AS created_at,
+              j.updated_at, j.concurrency_key, j.trace_context
 ),
 recorded AS (
     INSERT INTO job_rate_limits AS r (job_type, starts)
@@ -439,18 +453,37 @@ WHERE j.id = doomed.id AND j.status = $1
 """
 
 # RUNNING with no sign of life for $1 -> READY, or FAILED when that was its last allowed
-# attempt. The sign of life is the run's heartbeat (its worker writes it every few
-# seconds), or its claim. The CTE locks each stale row together with the claim it saw,
-# and the UPDATE repeats that claim, so a job completed or re-picked meanwhile is left
-# alone. SKIP LOCKED: a row that a worker is completing right now is not waited for; if
-# still stale, the next pass takes it.
+# attempt. A run's sign of life is its worker's heartbeat in job_workers (younger than $1)
+# listing the run's claim (job id and lease_id); a claim younger than $1 is left alone
+# too, since its worker lists it only from its next heartbeat on. So a job is taken back
+# only when its worker is gone (or silent for $1), or alive but no longer holding it (a
+# claim whose answer was lost with the connection); a RUNNING row with no owner, written
+# by hand, goes back as well. The reaper reads job_workers and never waits for a worker:
+# heartbeats do not touch job rows. The CTE locks each stale row together with the claim
+# it saw, and the UPDATE repeats that claim, so a job completed or re-picked meanwhile is
+# left alone. SKIP LOCKED: a row that someone holds locked right now is not waited for;
+# if still stale, the next pass takes it.
 REAP_STALE = """
-WITH stale AS (
-    SELECT id, locked_by, attempts, lease_id
-    FROM jobs
-    WHERE status = 'RUNNING'
-      AND COALESCE(heartbeat_at, locked_at) < now() - $1::interval
-    FOR UPDATE SKIP LOCKED
+WITH alive AS (
+    SELECT w.worker_id, w.heartbeat_at, held.id, held.lease_id
+    FROM job_workers AS w,
+         unnest(w.held_jobs, w.held_leases) AS held(id, lease_id)
+    WHERE w.heartbeat_at >= now() - $1::interval
+),
+stale AS (
+    SELECT j.id, j.locked_by, j.attempts, j.lease_id,
+           (SELECT max(w.heartbeat_at) FROM job_workers AS w
+            WHERE w.worker_id = j.locked_by) AS last_heartbeat
+    FROM jobs AS j
+    WHERE j.status = 'RUNNING'
+      AND COALESCE(j.locked_at, j.updated_at) < now() - $1::interval
+      AND NOT EXISTS (
+          SELECT 1 FROM alive
+          WHERE alive.worker_id = j.locked_by AND alive.id = j.id
+            AND alive.lease_id = j.lease_id
+      )
+    ORDER BY j.id
+    FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs AS j
 SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' END,
@@ -461,41 +494,56 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' E
     last_error = CASE
         WHEN j.attempts >= j.max_attempts THEN format(
             'abandoned: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
-            'since %s, and no attempts are left',
-            j.attempts, j.max_attempts, j.locked_by, j.locked_at,
-            COALESCE(j.heartbeat_at, j.locked_at))
+            '(last worker heartbeat: %s), and no attempts are left',
+            j.attempts, j.max_attempts, COALESCE(j.locked_by, 'none'), j.locked_at,
+            COALESCE(stale.last_heartbeat::text, 'none'))
         ELSE format(
             'reaped: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
-            'since %s; put back to READY',
-            j.attempts, j.max_attempts, j.locked_by, j.locked_at,
-            COALESCE(j.heartbeat_at, j.locked_at))
+            '(last worker heartbeat: %s); put back to READY',
+            j.attempts, j.max_attempts, COALESCE(j.locked_by, 'none'), j.locked_at,
+            COALESCE(stale.last_heartbeat::text, 'none'))
     END,
     updated_at = now()
 FROM stale
 WHERE j.id = stale.id
-  AND j.status = 'RUNNING' AND j.locked_by = stale.locked_by
-  AND j.attempts = stale.attempts AND j.lease_id = stale.lease_id
+  AND j.status = 'RUNNING' AND j.locked_by IS NOT DISTINCT FROM stale.locked_by
+  AND j.attempts = stale.attempts AND j.lease_id IS NOT DISTINCT FROM stale.lease_id
 RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 """
 
-# A worker's heartbeat: its row in the registry, and the heartbeat of every job it holds
-# (each guarded by its claim; heartbeat_at is in no index, so these are HOT updates).
+# A worker's heartbeat, run on the worker's own connection: its row in the registry,
+# with the claims it holds ($6 job ids, $7 their lease_ids), and which of those claims
+# still own their job. It writes no job row and reads job rows without locking them, so
+# nothing another session or a handler holds can make it wait (a plain SELECT never
+# waits for row locks). A claim missing from the answer was cancelled or taken back.
 HEARTBEAT = """
 WITH registered AS (
-    INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency)
-    VALUES ($1, $2, $3, $4, $5)
+    INSERT INTO job_workers AS w (worker_id, host, pid, job_types, concurrency, held_jobs,
+                                  held_leases)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (worker_id) DO UPDATE
     SET heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid,
-        job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency
-    RETURNING worker_id
+        job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency,
+        held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases
+    RETURNING w.worker_id
 )
-UPDATE jobs AS j
-SET heartbeat_at = now()
-FROM unnest($6::bigint[], $7::bigint[]) AS mine(id, lease_id)
+SELECT j.id, j.lease_id
+FROM jobs AS j
+JOIN unnest($6::bigint[], $7::bigint[]) AS mine(id, lease_id) ON j.id = mine.id
 WHERE j.id = ANY($6::bigint[])
-  AND j.id = mine.id
   AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
-RETURNING j.id
+  AND EXISTS (SELECT 1 FROM registered)
+"""
+
+# Which of these claims ($2 job ids, $3 lease_ids) of worker $1 still own their job: a
+# read, without locks, for a worker told (by a notification anyone may send) that one
+# of its jobs was cancelled. The row decides, not the notification.
+STILL_OWNED = """
+SELECT j.id, j.lease_id
+FROM jobs AS j
+JOIN unnest($2::bigint[], $3::bigint[]) AS mine(id, lease_id) ON j.id = mine.id
+WHERE j.id = ANY($2::bigint[])
+  AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
 """
 
 # Workers whose heartbeat is older than $1 are gone (or cut off): off the registry.
@@ -929,6 +977,17 @@ def _new_job_row(
     )
 
 
+def _storable(text: str) -> str:
+    """``text`` as a PostgreSQL text column takes it: no NUL, no lone surrogates."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _claims(jobs: Sequence[Job]) -> tuple[list[int], list[int | None]]:
+    """The job ids and lease_ids of ``jobs``, in id order (the order rows are locked in)."""
+    ordered = sorted(jobs, key=lambda job: job.id)
+    return [job.id for job in ordered], [job.lease_id for job in ordered]
+
+
 def _owner(
     job: Job | int, worker_id: str | None, attempt: int | None
 ) -> tuple[int, str, int, int | None]:
@@ -1203,16 +1262,7 @@ class PgJobStore:
         ``on_payload`` gets each notification's payload: empty when jobs are due now,
         else the epoch of the earliest ``run_after`` of a batch of future jobs.
         """
-        await self.start()
-        connect_kwargs = {k: v for k, v in self._pool_kwargs.items() if k not in POOL_ONLY}
-        try:
-            conn: asyncpg.Connection[Any] = await asyncpg.connect(
-                self.dsn, timeout=self._connect_timeout, **connect_kwargs
-            )
-        except CONNECT_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot open a LISTEN connection to {redact_dsn(self.dsn)}: {exc}"
-            ) from exc
+        conn = await self.dedicated_connection("a LISTEN connection")
         try:
             await conn.add_listener(
                 self.channel, lambda _c, _pid, _ch, payload: on_payload(payload)
@@ -1220,6 +1270,35 @@ class PgJobStore:
         except BaseException:
             conn.terminate()
             raise
+        return conn
+
+    async def dedicated_connection(
+        self, purpose: str, server_settings: Mapping[str, str] | None = None
+    ) -> Connection:
+        """A connection of its own, outside the pool, with the store's settings (schema).
+
+        Workers keep their liveness, their outcome writes and their LISTEN on such
+        connections, so that handlers holding every pooled connection cannot starve them.
+        The caller closes it. ``server_settings`` are added to the store's own.
+        """
+        await self.start()
+        connect_kwargs = {k: v for k, v in self._pool_kwargs.items() if k not in POOL_ONLY}
+        if server_settings:
+            connect_kwargs["server_settings"] = {
+                **connect_kwargs.get("server_settings", {}),
+                **server_settings,
+            }
+        try:
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                self.dsn,
+                timeout=self._connect_timeout,
+                connection_class=_DedicatedConnection,
+                **connect_kwargs,
+            )
+        except CONNECT_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"cannot open {purpose} to {redact_dsn(self.dsn)}: {exc}"
+            ) from exc
         return conn
 
     # -- connections -----------------------------------------------------------------
@@ -1269,7 +1348,11 @@ class PgJobStore:
         given = conn
         conn = conn or (self._joined() if join else None)
         try:
-            if given is not None and self._search_path is not None:
+            if (
+                given is not None
+                and self._search_path is not None
+                and not isinstance(given, _DedicatedConnection)  # in the schema already
+            ):
                 async with self._in_schema(given):
                     yield given
             elif conn is not None:
@@ -1526,10 +1609,55 @@ class PgJobStore:
                 limit,
                 timeout=self.statement_timeout,
             )
-        jobs = [Job.from_record(row) for row in rows]
+            jobs = await self._readable(conn, rows)
         # RETURNING does not keep the order of the CTE.
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs
+
+    async def _readable(self, conn: Connection, rows: Sequence[Any]) -> list[Job]:
+        """The claimed rows as Jobs, read one by one; a row that cannot be read fails alone.
+
+        The claim has committed: nothing here may raise, or the readable jobs would be
+        stranded RUNNING with nobody to run them.
+        """
+        jobs: list[Job] = []
+        for row in rows:
+            try:
+                jobs.append(Job.from_record(row))
+            except Exception as exc:  # json too deep, a number Python refuses, ...
+                await self._fail_unreadable(conn, row, exc)
+        return jobs
+
+    async def _fail_unreadable(self, conn: Connection, row: Any, exc: Exception) -> None:
+        reason = _storable(f"its payload could not be read: {type(exc).__name__}: {str(exc)[:300]}")
+        logger.error(
+            "job %s (%s) FAILED: %s",
+            row["id"],
+            row["job_type"],
+            reason,
+            extra={"job_id": row["id"], "job_type": row["job_type"], "outcome": "FAILED"},
+        )
+        try:
+            await conn.fetchval(
+                MARK_ERROR,
+                row["id"],
+                row["locked_by"],
+                row["attempts"],
+                row["lease_id"],
+                reason,
+                True,  # terminal: reading it again would fail the same way
+                timedelta(0),
+                None,
+                timeout=self.statement_timeout,
+            )
+        except Exception as write_exc:
+            logger.error(
+                "job %s: could not record that its payload is unreadable (%s: %s); the "
+                "reaper takes it back once its claim is stale",
+                row["id"],
+                type(write_exc).__name__,
+                write_exc,
+            )
 
     async def pickup_limited(
         self, worker_id: str, job_type: str, handler: Handler, limit: int
@@ -1543,25 +1671,27 @@ class PgJobStore:
         """
         period = handler.rate_period
         assert isinstance(period, timedelta)
-        async with self._acquire() as conn, conn.transaction():
-            locked = await conn.fetchval(
-                LIMIT_LOCK, f"{self.channel}:limits:{job_type}", timeout=self.statement_timeout
-            )
-            if not locked:
-                return [], LIMIT_BUSY_RETRY_SECONDS
-            rows = await conn.fetch(
-                PICKUP_LIMITED,
-                worker_id,
-                job_type,
-                limit,
-                handler.concurrency_limit,
-                handler.concurrency_limit_per_key,
-                handler.rate_limit,
-                period,
-                PER_KEY_WINDOW,
-                timeout=self.statement_timeout,
-            )
-        jobs = [Job.from_record(row) for row in rows if row["id"] is not None]
+        async with self._acquire() as conn:
+            async with conn.transaction():
+                locked = await conn.fetchval(
+                    LIMIT_LOCK, f"{self.channel}:limits:{job_type}", timeout=self.statement_timeout
+                )
+                if not locked:
+                    return [], LIMIT_BUSY_RETRY_SECONDS
+                rows = await conn.fetch(
+                    PICKUP_LIMITED,
+                    worker_id,
+                    job_type,
+                    limit,
+                    handler.concurrency_limit,
+                    handler.concurrency_limit_per_key,
+                    handler.rate_limit,
+                    period,
+                    PER_KEY_WINDOW,
+                    timeout=self.statement_timeout,
+                )
+            # After the commit: a row that cannot be read is failed in a move of its own.
+            jobs = await self._readable(conn, [row for row in rows if row["id"] is not None])
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs, rows[0]["room_in_seconds"] if rows else None
 
@@ -1606,7 +1736,7 @@ class PgJobStore:
         return status == "UPDATE 1"
 
     async def mark_done_batch(
-        self, done: Sequence[tuple[Job, str, int]]
+        self, done: Sequence[tuple[Job, str, int]], *, conn: Connection | None = None
     ) -> set[tuple[int, int | None]]:
         """RUNNING -> DONE for many jobs in one statement: (job, result JSON text, duration_ms).
 
@@ -1616,8 +1746,11 @@ class PgJobStore:
         """
         if not done:
             return set()
-        async with self._acquire() as conn:
-            rows = await conn.fetch(
+        # One lock order (by id) for every multi-row statement of a worker, so that two
+        # of them never wait for each other.
+        done = sorted(done, key=lambda item: item[0].id)
+        async with self._acquire(conn) as c:
+            rows = await c.fetch(
                 MARK_DONE_BATCH,
                 [job.id for job, _, _ in done],
                 [job.locked_by for job, _, _ in done],
@@ -1639,6 +1772,7 @@ class PgJobStore:
         worker_id: str | None = None,
         attempt: int | None = None,
         duration_ms: int | None = None,
+        conn: Connection | None = None,
     ) -> JobStatus | None:
         """RUNNING -> READY again after ``retry_after``, or FAILED.
 
@@ -1646,8 +1780,8 @@ class PgJobStore:
         new status, or None (changing nothing) when this claim no longer owns the job.
         """
         job_id, owner, attempt_no, lease = _owner(job, worker_id, attempt)
-        async with self._acquire() as conn:
-            status = await conn.fetchval(
+        async with self._acquire(conn) as c:
+            status = await c.fetchval(
                 MARK_ERROR,
                 job_id,
                 owner,
@@ -1669,14 +1803,15 @@ class PgJobStore:
         worker_id: str | None = None,
         attempt: int | None = None,
         duration_ms: int | None = None,
+        conn: Connection | None = None,
     ) -> bool:
         """RUNNING -> READY after ``after``, without counting the attempt.
 
         False, changing nothing, when this claim no longer owns the job.
         """
         job_id, owner, attempt_no, lease = _owner(job, worker_id, attempt)
-        async with self._acquire() as conn:
-            status = await conn.execute(
+        async with self._acquire(conn) as c:
+            status = await c.execute(
                 SNOOZE,
                 job_id,
                 owner,
@@ -1695,6 +1830,7 @@ class PgJobStore:
         """
         if not jobs:
             return []
+        jobs = sorted(jobs, key=lambda job: job.id)  # the one lock order, as in completions
         async with self._acquire() as conn:
             rows = await conn.fetch(
                 RELEASE,
@@ -1816,24 +1952,77 @@ class PgJobStore:
         *,
         job_types: Sequence[str] = (),
         concurrency: int = 1,
+        conn: Connection | None = None,
+        within: float | None = None,
     ) -> set[int]:
-        """Register ``worker_id`` (or renew it) and renew the heartbeat of ``jobs``.
+        """Register ``worker_id`` (or renew it) as alive and holding the claims of ``jobs``.
 
-        Returns the ids of the jobs that are still this worker's claims.
+        While these heartbeats go on, the reaper leaves those jobs alone. Writes only
+        the worker's row in ``job_workers``: it never waits for a lock on a job. Returns
+        the ids of the jobs that are still this worker's claims (a missing one was
+        cancelled or taken back). ``conn``: a connection of the caller's (a worker uses
+        one of its own).
         """
-        async with self._acquire() as conn:
-            rows = await conn.fetch(
+        claims = await self._heartbeat_claims(
+            worker_id,
+            jobs,
+            job_types=job_types,
+            concurrency=concurrency,
+            conn=conn,
+            within=within,
+        )
+        return {job_id for job_id, _lease in claims}
+
+    async def _heartbeat_claims(
+        self,
+        worker_id: str,
+        jobs: Sequence[Job],
+        *,
+        job_types: Sequence[str],
+        concurrency: int,
+        conn: Connection | None,
+        within: float | None,
+    ) -> set[tuple[int, int | None]]:
+        """heartbeat(), answering with the (id, lease_id) of the claims still owned."""
+        ids, leases = _claims(jobs)
+        async with self._acquire(conn) as c:
+            rows = await c.fetch(
                 HEARTBEAT,
                 worker_id,
                 socket.gethostname(),
                 os.getpid(),
                 list(job_types),
                 concurrency,
-                [j.id for j in jobs],
-                [j.lease_id for j in jobs],
-                timeout=self.statement_timeout,
+                ids,
+                leases,
+                timeout=self.statement_timeout if within is None else within,
             )
-        return {row["id"] for row in rows}
+        return {(row["id"], row["lease_id"]) for row in rows}
+
+    async def still_owned(
+        self,
+        worker_id: str,
+        jobs: Sequence[Job],
+        *,
+        conn: Connection | None = None,
+        within: float | None = None,
+    ) -> set[tuple[int, int | None]]:
+        """The (id, lease_id) of those ``jobs`` whose claim still owns the job.
+
+        A read without locks: it never waits for a session that holds a job's row.
+        """
+        if not jobs:
+            return set()
+        ids, leases = _claims(jobs)
+        async with self._acquire(conn) as c:
+            rows = await c.fetch(
+                STILL_OWNED,
+                worker_id,
+                ids,
+                leases,
+                timeout=self.statement_timeout if within is None else within,
+            )
+        return {(row["id"], row["lease_id"]) for row in rows}
 
     async def leave(self, worker_id: str) -> None:
         """Take ``worker_id`` off the registry of live workers."""
@@ -2326,6 +2515,10 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+class _DedicatedConnection(asyncpg.Connection):
+    """A connection from ``dedicated_connection()``: opened with the store's settings."""
 
 
 @dataclass(slots=True, eq=False)

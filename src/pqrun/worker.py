@@ -21,6 +21,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -38,6 +39,7 @@ from . import tracing
 from .config import env_bool, env_duration, env_int
 from .errors import DatabaseUnavailable, Fail, PayloadInvalid, Retry, Snooze, UnknownJobType
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
+from .liveness import Claim, Liveness
 from .models import Job, JobStatus, encode_json
 from .outcomes import Outcome, OutcomeWriter
 from .payloads import validate
@@ -81,6 +83,12 @@ PRUNE_BATCHES_PER_STEP = 10
 PRUNE_PAUSE = 0.5
 # Heartbeats a worker sends within one default_stale_after.
 HEARTBEATS_PER_STALE_PERIOD = 6
+# A worker's reaper acts once the worker's own heartbeats have reached the database for
+# this many heartbeat intervals without a break. After an outage every heartbeat is stale
+# at once; by then every worker that is alive has sent one again (their heartbeat
+# connections retry every interval), so only the jobs of the dead are taken back. It is
+# not a whole stale period: workers that restart often must still recover their dead.
+REAP_AFTER_HEARTBEATS = 3
 
 
 def default_worker_id() -> str:
@@ -227,16 +235,18 @@ class Worker:
                     "pip install 'pqrun[metrics]'"
                 ) from exc
             instrument(store)
-        self.reap_interval = env_duration(
-            "WORKER_REAP_INTERVAL", reap_stale_every_seconds, timedelta(seconds=60)
-        )
-        if self.reap_interval <= timedelta(0):
-            raise ValueError("reap_stale_every_seconds / WORKER_REAP_INTERVAL must be > 0")
         self.default_stale_after = env_duration(
             "WORKER_STALE_TIMEOUT", default_stale_after, timedelta(seconds=30)
         )
         if self.default_stale_after <= timedelta(0):
             raise ValueError("default_stale_after / WORKER_STALE_TIMEOUT must be > 0")
+        # A dead worker's jobs go back within one stale period and one reap interval of
+        # its last heartbeat: a third of the stale period by default (10 s).
+        self.reap_interval = env_duration(
+            "WORKER_REAP_INTERVAL", reap_stale_every_seconds, self.default_stale_after / 3
+        )
+        if self.reap_interval <= timedelta(0):
+            raise ValueError("reap_stale_every_seconds / WORKER_REAP_INTERVAL must be > 0")
         # Several heartbeats fit in the stale period, so one slow write is no death.
         self.heartbeat_interval = self.default_stale_after / HEARTBEATS_PER_STALE_PERIOD
         self.shutdown_grace = env_duration(
@@ -576,13 +586,22 @@ class Worker:
         self._limited_first = True
         self._failure = None
         self._outcomes_written = 0
-        # Since when (monotonic) this worker's heartbeats have reached the database
-        # without a break; None while they do not.
-        self._reachable_since: float | None = None
-        self._heartbeats_done = asyncio.Event()
+        # Every claim this worker holds, from its claim until its outcome is written or
+        # it is put back: what its heartbeats tell the reaper it holds.
+        self._held: dict[Claim, Job] = {}
+        self._liveness = Liveness(
+            self.store,
+            self.worker_id,
+            job_types=self.job_types,
+            concurrency=self.concurrency,
+            interval=self.heartbeat_interval.total_seconds(),
+            held=lambda: list(self._held.values()),
+            on_lost=self._stop_runs_no_longer_owned,
+            on_failure=self._outage.failure,
+            on_recovery=self._outage.recovered,
+        )
         self._probes = 0
         self._probe_waiting: tuple[str, asyncio.Event] | None = None
-        self._heartbeats: asyncio.Task[None] | None = None
         self._shutdown = None
         self._writer = OutcomeWriter(
             self.store,
@@ -736,6 +755,8 @@ class Worker:
         """Put claimed jobs in the buffer for the slots."""
         if not jobs:
             return
+        for job in jobs:
+            self._held[(job.id, job.lease_id)] = job
         claimed_at = time.monotonic()
         if self._limited and any(job.job_type in self._limited for job in jobs):
             # Jobs of limited types hold a slot of their limit from their claim: run
@@ -818,7 +839,9 @@ class Worker:
                 )
                 continue
             if outcome is None:
-                continue  # cancelled by store.cancel(): the job is CANCELLED already
+                # Cancelled, or taken back: the row is someone else's to move now.
+                self._held.pop((job.id, job.lease_id), None)
+                continue
             await self._writer.submit(outcome)
             # A handler that never awaits would let this slot run the whole buffer before
             # the fetch loop and the writer get a turn: claiming, running and writing
@@ -907,8 +930,15 @@ class Worker:
         except Fail as exc:
             outcome.error = f"Fail: {exc.reason}"
             outcome.terminal = True
-        except (KeyboardInterrupt, GeneratorExit):
-            raise
+        except (KeyboardInterrupt, GeneratorExit) as exc:
+            # Raised by the handler's own code (a worker stops on SIGINT/SIGTERM through
+            # its signal handlers, not through this): the job's failure, like any other
+            # exception, so that one bad job neither stops the worker nor stays RUNNING.
+            outcome.error = (
+                f"{describe_exception(exc)}\n(the handler raised {type(exc).__name__}; "
+                "counted as a failed attempt, the worker goes on)"
+            )
+            outcome.retry_after = self._retry_delay(job)
         except BaseException as exc:
             current = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and current and current.cancelling():
@@ -980,6 +1010,7 @@ class Worker:
         if status is not None:
             self._processed += 1
         job = outcome.job
+        self._held.pop((job.id, job.lease_id), None)
         if status is JobStatus.READY and outcome.retry_after is not None:
             self._expect_due(time.time() + outcome.retry_after.total_seconds())
         if status is not None and job.job_type in self._limited:
@@ -1005,7 +1036,19 @@ class Worker:
             for observer in self.store.observers:
                 _tell(observer.finished, job, kind, outcome.duration_ms / 1000)
         headline = outcome.error.split("\n", 1)[0]
-        if status is None:
+        if status is None and outcome.abandoned is not None:
+            logger.error(
+                "job %s (%s): attempt %s by %s could not be recorded (%s); it stays RUNNING "
+                "until the reaper takes it back. The run came to: %s",
+                job.id,
+                job.job_type,
+                job.attempts,
+                self.worker_id,
+                outcome.abandoned,
+                headline or "a result",
+                extra=extra,
+            )
+        elif status is None:
             logger.warning(
                 "job %s (%s): attempt %s by %s no longer owns the job (it was reaped, "
                 "cancelled or picked again); its outcome was not recorded",
@@ -1081,6 +1124,12 @@ class Worker:
     # -- listener and reaper ---------------------------------------------------------
 
     def _on_notification(self, payload: str) -> None:
+        """A notification on the queue's channel: a hint, never an order.
+
+        Any role that can connect may NOTIFY on the channel, so nothing heard here moves
+        a job or stops a run by itself: a wake-up only makes the worker look sooner, and
+        a cancel notice only makes it read that job's row (docs/security.md).
+        """
         if not payload:
             self._wakeup.set()
         elif payload.startswith("probe:"):
@@ -1089,22 +1138,16 @@ class Worker:
                 waiting[1].set()
         elif payload.startswith("cancel:"):
             with suppress(ValueError):
-                self._cancel_running(int(payload.removeprefix("cancel:")))
+                job_id = int(payload.removeprefix("cancel:"))
+                if any(job_id == held_id for held_id, _lease in self._held):
+                    self._liveness.check_soon(job_id)
+        elif payload.startswith("finished:"):
+            return  # for store.wait()
         else:
-            with suppress(ValueError):
-                self._expect_due(float(payload))
-
-    def _cancel_running(self, job_id: int) -> None:
-        """Stop the handler of a job that store.cancel() moved to CANCELLED."""
-        if any(job.id == job_id for job, _ in self._buffer):
-            # Claimed but not started: it will not start.
-            self._buffer = deque((job, at) for job, at in self._buffer if job.id != job_id)
-        for flight in list(self._running):
-            # A slot is in _running only while it awaits the handler, so the
-            # cancellation lands there. A thread cannot be stopped: it runs to its end.
-            if flight.job.id == job_id and not flight.is_thread:
-                flight.cancel_requested = True
-                flight.task.cancel()
+            with suppress(ValueError, OverflowError):
+                due = float(payload)
+                if math.isfinite(due):
+                    self._expect_due(due)
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN connection open; reconnect when it drops. Polling covers the gaps."""
@@ -1165,75 +1208,47 @@ class Worker:
             lost_waiter.cancel()
 
     def _start_heartbeats(self) -> None:
-        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="pqrun-heartbeat")
-        self._heartbeats.add_done_callback(self._loop_ended)
+        self._liveness.start().add_done_callback(self._loop_ended)
 
     async def _stop_heartbeats(self, within: float = 1.0) -> None:
         """Heartbeats go on through a shutdown's grace period; they end with it."""
-        self._heartbeats_done.set()
-        if self._heartbeats is not None:
-            await asyncio.wait({self._heartbeats}, timeout=max(min(within, 1.0), 0.001))
-            self._heartbeats.cancel()
+        await self._liveness.stop(within)
 
-    async def _heartbeat_loop(self) -> None:
-        """Keep this worker in the registry and every job it holds alive."""
-        while not self._heartbeats_done.is_set():
-            held = [
-                *(f.job for f in self._running),
-                *(job for job, _ in self._buffer),
-                *self._writer.unwritten_jobs(),  # finished, outcome not yet recorded
-            ]
-            try:
-                # At most one interval: a slow heartbeat must not outlive the next two.
-                owned = await asyncio.wait_for(
-                    self.store.heartbeat(
-                        self.worker_id,
-                        held,
-                        job_types=self.job_types,
-                        concurrency=self.concurrency,
-                    ),
-                    timeout=self.heartbeat_interval.total_seconds(),
-                )
-            except Exception as exc:
-                self._reachable_since = None
-                self._outage.failure("heartbeat", "sending heartbeats", exc)
-            else:
-                if self._reachable_since is None:
-                    self._reachable_since = time.monotonic()
-                self._outage.recovered("heartbeat")
-                self._stop_runs_no_longer_owned(held, owned)
-            with suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._heartbeats_done.wait(), self.heartbeat_interval.total_seconds()
-                )
+    def _stop_runs_no_longer_owned(self, lost: set[Claim]) -> None:
+        """Stop runs whose claim the row says is no longer ours, and drop them unstarted.
 
-    def _stop_runs_no_longer_owned(self, asked: list[Job], owned: set[int]) -> None:
-        """Stop handlers whose job the heartbeat found no longer ours.
-
-        Cancelled (when the cancel notice was not heard) or taken back by the reaper:
-        whatever they answer would be refused anyway.
+        Cancelled, or taken back by the reaper: whatever they answer would be refused.
         """
-        lost = {(j.id, j.lease_id) for j in asked if j.id not in owned}
+        if any((job.id, job.lease_id) in lost for job, _ in self._buffer):
+            self._buffer = deque(
+                (job, at) for job, at in self._buffer if (job.id, job.lease_id) not in lost
+            )
+        running = {(f.job.id, f.job.lease_id) for f in self._running}
+        for claim in lost - running:
+            self._held.pop(claim, None)  # not started: nothing more will come of it
         for flight in list(self._running):
+            # A slot is in _running only while it awaits the handler, so the
+            # cancellation lands there. A thread cannot be stopped: it runs to its end.
             if (flight.job.id, flight.job.lease_id) in lost and not flight.is_thread:
-                logger.warning(
-                    "job %s is no longer this worker's (cancelled or taken back); "
-                    "stopping its handler",
-                    flight.job.id,
-                )
+                if not flight.cancel_requested:
+                    logger.warning(
+                        "job %s is no longer this worker's (cancelled or taken back); "
+                        "stopping its handler",
+                        flight.job.id,
+                        extra={"job_id": flight.job.id, "job_type": flight.job.job_type},
+                    )
                 flight.cancel_requested = True
                 flight.task.cancel()
 
     def _may_reap(self) -> bool:
-        """Reap only after reaching the database for a whole stale period without a break.
+        """Reap only once this worker's heartbeats have reached the database for a while.
 
-        After an outage every worker's heartbeats are stale at once; reaping then would
-        take back jobs that are running fine. Once this worker has been through a stale
-        period with the database, so have the others (or they are really gone).
+        After an outage every worker's heartbeats are stale at once; reaping at once
+        would take back jobs that are running fine. A few heartbeat intervals later,
+        every worker still alive has sent one again (REAP_AFTER_HEARTBEATS).
         """
-        since = self._reachable_since
-        stale = self.default_stale_after.total_seconds()
-        return since is not None and time.monotonic() - since >= stale
+        needed = REAP_AFTER_HEARTBEATS * self.heartbeat_interval.total_seconds()
+        return self._liveness.reachable_for() >= needed
 
     async def _hears_itself(self, conn: Any) -> bool:
         """Notify our own channel on the LISTEN connection; True if it comes back."""
@@ -1329,6 +1344,9 @@ class Worker:
 
     async def _release(self, jobs: list[Job], why: str) -> None:
         reason = f"{why} (worker {self.worker_id}); put back to READY"
+        for job in jobs:
+            # Put back, or (when that fails) left to the reaper: not ours to run either way.
+            self._held.pop((job.id, job.lease_id), None)
         try:
             released = await self.store.release(jobs, reason)
         except Exception as exc:
@@ -1433,11 +1451,9 @@ class Worker:
             if not self._running:  # a handler still running keeps this worker registered
                 await _bounded(self._leave(), remaining())
         finally:
-            self._heartbeats_done.set()
             for task in [*self._background, *self._slots]:
                 task.cancel()
-            if self._heartbeats is not None:
-                self._heartbeats.cancel()
+            await self._liveness.stop(0)
             if self._room_announcement is not None:
                 # Other workers see freed room at their next poll; this one is gone.
                 self._room_announcement.cancel()

@@ -1,0 +1,177 @@
+"""Liveness: a worker proving, every few seconds, that it is alive and which jobs it holds.
+
+It runs on a connection of its own, outside the pool, and its statement (HEARTBEAT in
+store.py) writes only the worker's row in ``job_workers``: a handler holding every
+pooled connection, or a session holding a job's row locked, cannot hold it up. The reaper
+leaves a RUNNING job alone while its worker's fresh heartbeat lists the job's claim.
+
+Each heartbeat also reads, without locks, which of the claims it lists still own their
+job. A claim that no longer does was cancelled or taken back: the worker stops that run.
+A ``cancel:<id>`` notification asks for the same read at once, for that job only; the
+notification itself never stops anything (anyone who can connect can send one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .models import Job
+from .store import PgJobStore
+
+logger = logging.getLogger("pqrun")
+
+Claim = tuple[int, int | None]  # (job id, lease_id)
+
+
+class Liveness:
+    """The heartbeat loop of one worker; see the module docstring.
+
+    ``held()`` returns the jobs the worker holds now; ``on_lost(claims)`` hears the claims
+    that no longer own their job; ``on_failure``/``on_recovery`` report an outage.
+    """
+
+    def __init__(
+        self,
+        store: PgJobStore,
+        worker_id: str,
+        *,
+        job_types: Sequence[str],
+        concurrency: int,
+        interval: float,
+        held: Callable[[], list[Job]],
+        on_lost: Callable[[set[Claim]], None],
+        on_failure: Callable[[str, str, BaseException], None],
+        on_recovery: Callable[[str], None],
+    ) -> None:
+        self._store = store
+        self._worker_id = worker_id
+        self._job_types = list(job_types)
+        self._concurrency = concurrency
+        self._interval = interval
+        self._held = held
+        self._on_lost = on_lost
+        self._on_failure = on_failure
+        self._on_recovery = on_recovery
+        self._conn: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+        self._check = asyncio.Event()
+        self._to_check: set[int] = set()
+        self._failing = False
+        #: Since when (monotonic) the heartbeats have reached the database without a
+        #: break; None while they do not.
+        self.reachable_since: float | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self._run(), name="pqrun-liveness")
+        return self._task
+
+    def check_soon(self, job_id: int) -> None:
+        """Read this job's row soon and stop its run here if the row says it is not ours.
+
+        For a hint (a notification) that it was cancelled.
+        """
+        self._to_check.add(job_id)
+        self._check.set()
+
+    def reachable_for(self) -> float:
+        """Seconds the heartbeats have reached the database without a break (0: not now)."""
+        since = self.reachable_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def stop(self, within: float = 1.0) -> None:
+        """End the loop (after a heartbeat under way, for at most ``within`` seconds)."""
+        self._done.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.wait({task}, timeout=max(min(within, 1.0), 0.001))
+            task.cancel()
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # not close(): its peer may be gone
+
+    async def _run(self) -> None:
+        next_beat = time.monotonic()
+        while not self._done.is_set():
+            if time.monotonic() >= next_beat:
+                await self._beat()
+                next_beat = time.monotonic() + self._interval
+            elif self._to_check:
+                await self._check_claims()
+            self._check.clear()
+            if self._to_check:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    _first(self._done, self._check), max(next_beat - time.monotonic(), 0.0)
+                )
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._store.dedicated_connection("the heartbeat connection")
+        return self._conn
+
+    async def _beat(self) -> None:
+        held = self._held()
+        try:
+            conn = await asyncio.wait_for(self._connection(), self._interval * 2)
+            # At most one interval: a slow heartbeat must not outlive the next two.
+            owned = await self._store._heartbeat_claims(
+                self._worker_id,
+                held,
+                job_types=self._job_types,
+                concurrency=self._concurrency,
+                conn=conn,
+                within=self._interval,
+            )
+        except Exception as exc:
+            self._drop_connection()
+            self.reachable_since = None
+            self._failing = True
+            self._on_failure("liveness", "sending heartbeats", exc)
+            return
+        if self.reachable_since is None:
+            self.reachable_since = time.monotonic()
+        if self._failing:
+            self._failing = False
+            self._on_recovery("liveness")
+        lost = {(job.id, job.lease_id) for job in held} - owned
+        if lost:
+            self._on_lost(lost)
+
+    async def _check_claims(self) -> None:
+        wanted, self._to_check = self._to_check, set()
+        held = [job for job in self._held() if job.id in wanted]
+        if not held:
+            return  # not a job of ours: nothing to read
+        try:
+            conn = await asyncio.wait_for(self._connection(), self._interval)
+            owned = await self._store.still_owned(
+                self._worker_id, held, conn=conn, within=self._interval
+            )
+        except Exception as exc:
+            # The next heartbeat reads every claim anyway.
+            logger.debug("could not check jobs %s: %s", sorted(wanted), exc)
+            self._drop_connection()
+            return
+        lost = {(job.id, job.lease_id) for job in held} - owned
+        if lost:
+            self._on_lost(lost)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
