@@ -35,6 +35,13 @@ from .errors import (
     SchemaMissing,
     WaitTimeout,
 )
+from .limits import (
+    check_run_at,
+    check_run_delay,
+    check_text,
+    check_timeout_seconds,
+    encode_payload,
+)
 from .models import Job, JobStatus, RawJSON, encode_json, is_pydantic_model
 from .observers import JobObserver
 from .payloads import is_model_class, validate
@@ -868,11 +875,6 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _as_utc_aware(moment: datetime) -> datetime:
-    # A naive datetime is read as local time, which is what datetime.now() returns.
-    return moment if moment.tzinfo is not None else moment.astimezone()
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -894,26 +896,28 @@ def _new_job_row(
     """Check enqueue's arguments and turn them into the columns ENQUEUE binds."""
     if not isinstance(job_type, str) or not job_type:
         raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
-    payload_json = encode_json({} if payload is None else payload, f"payload of {job_type!r}")
+    check_text("job_type", job_type)
+    payload_json = encode_payload(payload, f"payload of {job_type!r}")
     if concurrency_key is not None and not isinstance(concurrency_key, str):
         raise TypeError(
             f"concurrency_key must be a string or None, got {type(concurrency_key).__name__} "
             f"{concurrency_key!r}"
         )
+    if concurrency_key is not None:
+        check_text("concurrency_key", concurrency_key)
     _check_int("priority", priority, -INT32_MAX)
     _check_int("max_attempts", max_attempts, 1)
-    if isinstance(timeout_seconds, timedelta):
-        timeout_seconds = max(1, round(timeout_seconds.total_seconds()))
-    if timeout_seconds is not None:
-        _check_int("timeout_seconds", timeout_seconds, 1)
+    timeout_seconds = check_timeout_seconds(timeout_seconds)
     if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
         raise ValueError(f"dedupe_key must be a non-empty string or None, got {dedupe_key!r}")
+    if dedupe_key is not None:
+        check_text("dedupe_key", dedupe_key)
     run_at: datetime | None = None
     delay = timedelta(0)
     if isinstance(run_after, datetime):
-        run_at = _as_utc_aware(run_after)
+        run_at = check_run_at(run_after)
     elif isinstance(run_after, timedelta):
-        delay = run_after
+        delay = check_run_delay(run_after)
     elif run_after is not None:
         raise TypeError(f"run_after must be a datetime, a timedelta or None, got {run_after!r}")
     return (
