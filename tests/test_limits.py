@@ -4,16 +4,22 @@ store in a form a worker or the dashboard could not read back (docs/configuratio
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 
+import pqrun
 import pqrun.sync
-from pqrun import PayloadInvalid, PgJobStore, RawJSON, Schedule
+from pqrun import PayloadInvalid, PgJobStore, RawJSON, Schedule, ddl_sql
+
+from .test_cli import pqrun_cmd
 
 # pqrun.limits.MAX_PAYLOAD_DEPTH and MAX_NUMBER_DIGITS, as documented.
 MAX_PAYLOAD_DEPTH = 500
@@ -234,3 +240,81 @@ async def test_run_after_near_the_limits_is_stored_and_read(store: PgJobStore) -
         job = await store.get_job(await store.enqueue("t", run_after=moment))
         assert job is not None
         assert job.run_after == moment
+
+
+async def test_the_schema_refuses_a_run_after_no_reader_could_read(
+    conn: asyncpg.Connection, store: PgJobStore
+) -> None:
+    for value in ("infinity", "-infinity", "9999-12-31 12:00+00", "0001-01-01 12:00+00"):
+        with pytest.raises(asyncpg.CheckViolationError, match="jobs_run_after_readable"):
+            await conn.execute(
+                "INSERT INTO jobs (job_type, run_after) VALUES ('t', $1::text::timestamptz)",
+                value,
+            )
+    job_id = await store.enqueue("t")
+    with pytest.raises(asyncpg.CheckViolationError, match="jobs_run_after_readable"):
+        await conn.execute("UPDATE jobs SET run_after = 'infinity' WHERE id = $1", job_id)
+
+
+async def test_an_existing_table_gets_the_constraint_without_failing_on_bad_rows(
+    conn: asyncpg.Connection,
+) -> None:
+    warnings: list[str] = []
+    conn.add_log_listener(lambda _conn, message: warnings.append(str(message)))
+    await conn.execute("DROP SCHEMA IF EXISTS pqrun_limits CASCADE; CREATE SCHEMA pqrun_limits")
+    try:
+        await conn.execute("SET search_path TO pqrun_limits")
+        await conn.execute(ddl_sql())
+        # A table from before the constraint, holding a row that breaks it.
+        await conn.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_run_after_readable")
+        await conn.execute("INSERT INTO jobs (job_type, run_after) VALUES ('t', 'infinity')")
+        await conn.execute(ddl_sql())  # does not fail: warns, and checks new rows
+        assert any("jobs_run_after_readable" in w for w in warnings), warnings
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO jobs (job_type, run_after) VALUES ('t', 'infinity')")
+        validated = (
+            "SELECT convalidated FROM pg_constraint "
+            "WHERE conname = $1 AND conrelid = 'jobs'::regclass"
+        )
+        assert await conn.fetchval(validated, "jobs_run_after_readable") is False
+        await conn.execute("UPDATE jobs SET run_after = now() WHERE run_after = 'infinity'")
+        await conn.execute(ddl_sql())
+        assert await conn.fetchval(validated, "jobs_run_after_readable") is True
+    finally:
+        await conn.execute("RESET search_path; DROP SCHEMA pqrun_limits CASCADE")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "9999-12-30 23:59:59.999999+00",
+        "0001-01-02 00:00:00.000001+00",
+        "now() - interval '2000 years'",
+        "now() + interval '7000 years'",
+    ],
+)
+async def test_the_dashboard_and_the_cli_show_any_run_after_the_schema_admits(
+    store: PgJobStore, conn: asyncpg.Connection, dsn: str, moment: str
+) -> None:
+    value = moment if moment.startswith("now()") else f"'{moment}'::timestamptz"
+    job_id = await conn.fetchval(
+        "INSERT INTO jobs (job_type, run_after, locked_at, status, attempts, locked_by) "
+        f"VALUES ('t', {value}, {value}, 'RUNNING', 1, 'w') RETURNING id"
+    )
+    app = FastAPI()
+    app.mount("/jobs", pqrun.dashboard(store))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+        for path in ("/jobs/", "/jobs/jobs", f"/jobs/jobs/{job_id}", f"/jobs/_/jobs/{job_id}"):
+            page = await http.get(path)
+            assert page.status_code == 200, (path, page.text[-500:])
+    commands = (
+        ["jobs", "list"],
+        ["jobs", "list", "--json"],
+        ["jobs", "show", str(job_id)],
+        ["status"],
+    )
+    for args in commands:
+        done = await asyncio.to_thread(pqrun_cmd, *args, "--dsn", dsn)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
