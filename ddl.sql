@@ -16,7 +16,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Runs started so far (a run interrupted by a worker's shutdown is given back).
     attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts    integer     NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
-    run_after       timestamptz NOT NULL DEFAULT now(),
+    -- Within what asyncpg can read back (years 1 to 9999, not +-infinity), with a day
+    -- to spare at each end so that the time is a datetime in every time zone.
+    run_after       timestamptz NOT NULL DEFAULT now()
+                    CONSTRAINT jobs_run_after_readable CHECK (
+                        run_after > '0001-01-02 00:00:00+00'
+                        AND run_after < '9999-12-31 00:00:00+00'),
     -- How long one run may hold the job before the reaper takes it back; NULL means the
     -- worker's default_stale_after.
     timeout_seconds integer     CHECK (timeout_seconds > 0),
@@ -52,6 +57,36 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS concurrency_key text;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT false;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context text;
+
+-- Constraints added after the first release. NOT VALID first: from then on every
+-- insert and update is checked, and the rows already there are checked separately. If
+-- some of those break the rule, the constraint stays NOT VALID (new rows are still
+-- checked) and a warning says how to fix them; the next apply validates it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'jobs'::regclass
+                     AND conname = 'jobs_run_after_readable') THEN
+        ALTER TABLE jobs ADD CONSTRAINT jobs_run_after_readable CHECK (
+            run_after > '0001-01-02 00:00:00+00'
+            AND run_after < '9999-12-31 00:00:00+00') NOT VALID;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_constraint
+               WHERE conrelid = 'jobs'::regclass
+                 AND conname = 'jobs_run_after_readable' AND NOT convalidated) THEN
+        BEGIN
+            ALTER TABLE jobs VALIDATE CONSTRAINT jobs_run_after_readable;
+        EXCEPTION WHEN check_violation THEN
+            RAISE WARNING 'pqrun: some jobs have a run_after that pqrun cannot read '
+                'back (infinity, or a year outside 1..9999), so the constraint '
+                'jobs_run_after_readable only checks new rows for now'
+                USING HINT = 'Fix those rows, e.g. UPDATE jobs SET run_after = now() '
+                    'WHERE NOT (run_after > ''0001-01-02 00:00:00+00'' AND run_after '
+                    '< ''9999-12-31 00:00:00+00''); then apply ddl.sql again';
+        END;
+    END IF;
+END
+$$;
 
 -- A queue leaves a dead row version (and a dead entry in the pickup index) for every job
 -- it moves; until they are vacuumed, each pickup steps over them and slows down. Vacuum

@@ -188,3 +188,37 @@ def test_importing_pqrun_imports_no_optional_extra() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+async def test_the_job_type_label_is_bounded(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = CollectorRegistry()
+    app = metrics_app(store, PrometheusMetrics(registry, refresh_every=0), max_job_types=5)
+    types = [f"type-{n:04d}" for n in range(2000)]
+    await store.enqueue_many([{"job_type": t} for t in types])
+    await store.enqueue_many([{"job_type": t} for t in types[:3]])
+    outer = FastAPI()
+    outer.mount("/metrics", app)
+    transport = httpx.ASGITransport(app=outer)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+        text = (await http.get("/metrics/")).text
+    found = samples(text)
+    labelled = {v for _name, labels in found for k, v in labels if k == "job_type"}
+    assert len(labelled) == 6, sorted(labelled)  # five by name, the rest as one
+    assert "__other__" in labelled
+    enqueued = {
+        dict(labels)["job_type"]: v
+        for (name, labels), v in found.items()
+        if name == "pqrun_jobs_enqueued_total"
+    }
+    assert sum(enqueued.values()) == 2003
+    assert enqueued["__other__"] == 1995
+    assert value(found, "pqrun_queue_ready_jobs", queue="public", job_type="__other__") == 1995
+    assert len(text) < 20_000
+
+    monkeypatch.setenv("PQRUN_METRICS_MAX_JOB_TYPES", "7")
+    assert PrometheusMetrics(CollectorRegistry()).max_job_types == 7
+    monkeypatch.setenv("PQRUN_METRICS_MAX_JOB_TYPES", "0")
+    with pytest.raises(ValueError, match="PQRUN_METRICS_MAX_JOB_TYPES"):
+        PrometheusMetrics(CollectorRegistry())

@@ -76,3 +76,36 @@ async def test_worker_rides_out_a_database_restart(
     finally:
         await worker.stop()
         await store.close()
+
+
+async def test_an_outage_logs_no_asyncpg_traceback(
+    private_cluster: ThrowawayCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # asyncpg's pool retries its connection floor in the background during an outage,
+    # logging a WARNING with a traceback each time: pqrun keeps them out of sight (DEBUG,
+    # one line), since its own ERROR line already says the database is unreachable.
+    caplog.set_level(logging.DEBUG, logger="asyncpg")
+    caplog.set_level(logging.INFO, logger="pqrun")
+    store = PgJobStore(private_cluster.dsn, connect_timeout=1, min_size=2)
+    worker = Worker(
+        store=store,
+        handlers={"t": lambda ctx: None},
+        idle_policy=IdlePollPolicy(0.05, 0.2),
+        loop_error_policy=LoopErrorPolicy(0.1, 0.4),
+        enable_reaper=False,
+    )
+    await worker.start()
+    try:
+        await store.enqueue("t")
+        await asyncio.to_thread(private_cluster.stop)
+        try:
+            await asyncio.sleep(4)
+        finally:
+            await asyncio.to_thread(private_cluster.start)
+        await store.enqueue("t")
+    finally:
+        await worker.stop()
+        await store.close()
+    from_asyncpg = [r for r in caplog.records if r.name.startswith("asyncpg")]
+    assert [r for r in from_asyncpg if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1

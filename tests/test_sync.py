@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 import pqrun.sync
-from pqrun import PgJobStore, RawJSON
+from pqrun import PgJobStore
 from pqrun.store import quote_ident
 
 
@@ -118,8 +118,12 @@ async def test_a_schema_through_a_dsn_and_through_a_psycopg_connection(
             assert pg.execute("SHOW search_path").fetchone() == path
             pg.commit()
             # A statement that fails inside the transaction: the rollback restores it.
-            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
-                pqrun.sync.enqueue(pg, "bad", RawJSON("{nope"), schema=schema)
+            # (pqrun refuses bad arguments before sending them: the table refuses this.)
+            await conn.execute(
+                f"ALTER TABLE {quote_ident(schema)}.jobs ADD CHECK (job_type <> 'bad')"
+            )
+            with pytest.raises(psycopg.errors.CheckViolation):
+                pqrun.sync.enqueue(pg, "bad", schema=schema)
             pg.rollback()
             assert pg.execute("SHOW search_path").fetchone() == path
         assert await rows(conn, f"{quote_ident(schema)}.jobs") == [

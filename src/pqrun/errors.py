@@ -29,7 +29,9 @@ class JobConflict(PqrunError):
 
 
 class PayloadInvalid(PqrunError, ValueError):
-    """A payload that does not match the job type's payload model (a Pydantic model)."""
+    """A payload refused at enqueue: it does not match the job type's payload model (a
+    Pydantic model), or a worker could not read it back (docs/configuration.md, "Limits
+    on what can be enqueued")."""
 
 
 class JobNotFound(PqrunError, LookupError):

@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from .config import env_int
 from .models import Job
 from .observers import JobObserver
 from .store import PgJobStore
@@ -53,6 +54,13 @@ DURATION_BUCKETS = (
 READ_TIMEOUT = 5.0
 #: A worker counts as alive while its heartbeat is younger than this.
 ALIVE_WITHIN = timedelta(seconds=30)
+#: How many job types get a ``job_type`` label of their own, unless told otherwise
+#: (``max_job_types=`` or PQRUN_METRICS_MAX_JOB_TYPES). Each type costs about a dozen
+#: series: an app that makes job types from data (one per customer) would otherwise
+#: make a scrape of megabytes and a Prometheus of millions of series.
+MAX_JOB_TYPES = 100
+#: The ``job_type`` label of every type beyond the first ``max_job_types`` seen.
+OTHER_JOB_TYPES = "__other__"
 
 
 def _queue_name(store: PgJobStore) -> str:
@@ -97,12 +105,21 @@ class _QueueCollector(Collector):
         )
         now = time.monotonic()
         for queue, snapshot in list(self._metrics.snapshots.items()):
+            # Types beyond the bound are summed under OTHER_JOB_TYPES (oldest: the oldest).
+            per_label: dict[str, list[float]] = {}
             for row in snapshot.stats:
-                labels = [queue, row["job_type"]]
-                ready.add_metric(labels, row["ready"])
-                due.add_metric(labels, row["due"])
-                running.add_metric(labels, row["running"])
-                oldest.add_metric(labels, row["oldest_due_seconds"] or 0.0)
+                label = self._metrics.job_type_label(row["job_type"])
+                sums = per_label.setdefault(label, [0, 0, 0, 0.0])
+                sums[0] += row["ready"]
+                sums[1] += row["due"]
+                sums[2] += row["running"]
+                sums[3] = max(sums[3], row["oldest_due_seconds"] or 0.0)
+            for label, (n_ready, n_due, n_running, age_due) in per_label.items():
+                labels = [queue, label]
+                ready.add_metric(labels, n_ready)
+                due.add_metric(labels, n_due)
+                running.add_metric(labels, n_running)
+                oldest.add_metric(labels, age_due)
             workers.add_metric([queue], snapshot.workers_alive)
             age.add_metric([queue], now - snapshot.taken_at)
         yield from (ready, due, running, oldest, workers, age)
@@ -144,13 +161,26 @@ class PrometheusMetrics(JobObserver):
 
     ``instrument(store)`` attaches the process-wide instance to a store; make your own
     with ``registry=CollectorRegistry()`` to keep them apart (tests do).
+
+    ``max_job_types`` bounds the ``job_type`` label: the first that many job types seen
+    are labelled by name, every later one ``job_type="__other__"`` (default: the
+    environment variable PQRUN_METRICS_MAX_JOB_TYPES, else MAX_JOB_TYPES, 100).
     """
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, refresh_every: float = 5.0
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        refresh_every: float = 5.0,
+        max_job_types: int | None = None,
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
         self.refresh_every = refresh_every
+        #: How many job types get a label of their own; the rest count as "__other__".
+        self.max_job_types = env_int("PQRUN_METRICS_MAX_JOB_TYPES", max_job_types, MAX_JOB_TYPES)
+        # The job types labelled by name: the first max_job_types seen, for good, so
+        # that a type's series never moves between its name and "__other__".
+        self._named_types: set[str] = set()
         labels = ["job_type"]
         registry = self.registry
         self.enqueued_total = Counter(
@@ -192,17 +222,29 @@ class PrometheusMetrics(JobObserver):
         self._per_type: dict[str, _TypeCounters] = {}
         registry.register(_QueueCollector(self))
 
+    def job_type_label(self, job_type: str) -> str:
+        """The ``job_type`` label of ``job_type``: its name, or "__other__" beyond the bound."""
+        if job_type in self._named_types:
+            return job_type
+        if len(self._named_types) < self.max_job_types and job_type != OTHER_JOB_TYPES:
+            self._named_types.add(job_type)
+            return job_type
+        return OTHER_JOB_TYPES
+
     def _children(self, job_type: str) -> _TypeCounters:
         children = self._per_type.get(job_type)
         if children is None:
-            children = _TypeCounters(self, job_type)
-            self._per_type[job_type] = children
+            label = self.job_type_label(job_type)
+            children = self._per_type.get(label) or _TypeCounters(self, label)
+            # Kept by label, so this dict is bounded too: a type beyond the bound finds
+            # the children of "__other__" through job_type_label each time.
+            self._per_type[label] = children
         return children
 
     # -- JobObserver -----------------------------------------------------------------
 
     def enqueued(self, job_type: str, count: int) -> None:
-        self.enqueued_total.labels(job_type).inc(count)
+        self.enqueued_total.labels(self.job_type_label(job_type)).inc(count)
 
     def started(self, job: Job) -> None:
         children = self._per_type.get(job.job_type) or self._children(job.job_type)
@@ -281,16 +323,27 @@ def default_metrics() -> PrometheusMetrics:
     return _default
 
 
-def instrument(store: PgJobStore, metrics: PrometheusMetrics | None = None) -> PrometheusMetrics:
+def instrument(
+    store: PgJobStore,
+    metrics: PrometheusMetrics | None = None,
+    *,
+    max_job_types: int | None = None,
+) -> PrometheusMetrics:
     """Count ``store``'s jobs in ``metrics`` (default: ``default_metrics()``); return them.
 
     A store already instrumented keeps its metrics, which are returned.
+    ``max_job_types`` sets how many job types get a label of their own (see
+    PrometheusMetrics).
     """
     for observer in store.observers:
         if isinstance(observer, PrometheusMetrics):
+            if max_job_types is not None:
+                observer.max_job_types = env_int("max_job_types", max_job_types, 1)
             return observer
     if metrics is None:
         metrics = default_metrics()
+    if max_job_types is not None:
+        metrics.max_job_types = env_int("max_job_types", max_job_types, 1)
     store.observe(metrics)
     metrics.watch(store)
     return metrics
@@ -338,13 +391,18 @@ class MetricsApp:
         )
 
 
-def metrics_app(store: PgJobStore, metrics: PrometheusMetrics | None = None) -> MetricsApp:
+def metrics_app(
+    store: PgJobStore,
+    metrics: PrometheusMetrics | None = None,
+    *,
+    max_job_types: int | None = None,
+) -> MetricsApp:
     """An ASGI app serving ``store``'s metrics: ``app.mount("/metrics", metrics_app(store))``.
 
     Instruments the store (``instrument``) so that enqueues through it, and runs by
-    workers on it in this process, are counted.
+    workers on it in this process, are counted; ``max_job_types`` as there.
     """
-    return MetricsApp(instrument(store, metrics))
+    return MetricsApp(instrument(store, metrics, max_job_types=max_job_types))
 
 
 class MetricsServer:

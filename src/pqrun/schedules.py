@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from .limits import check_text, check_timeout_seconds, encode_payload
 from .models import encode_json
 
 #: The usual shortcuts, as cron expressions.
@@ -67,6 +68,7 @@ class Schedule:
     def __post_init__(self) -> None:
         if not isinstance(self.job_type, str) or not self.job_type:
             raise ValueError(f"Schedule needs a job type, got {self.job_type!r}")
+        check_text("Schedule job_type", self.job_type)
         if not self.name:
             object.__setattr__(self, "name", self.job_type)
         if (self.cron is None) == (self.every is None):
@@ -114,23 +116,17 @@ class Schedule:
                 raise ValueError(
                     f"Schedule {self.name!r}: {name} must be an int >= {low}, got {value!r}"
                 )
-        timeout = self.timeout_seconds
-        if isinstance(timeout, timedelta):
-            object.__setattr__(self, "timeout_seconds", max(1, round(timeout.total_seconds())))
-        elif timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout < 2**31
-        ):
-            raise ValueError(
-                f"Schedule {self.name!r}: timeout_seconds must be seconds >= 1 or a "
-                f"timedelta, got {timeout!r}"
-            )
+        try:
+            timeout = check_timeout_seconds(self.timeout_seconds)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Schedule {self.name!r}: {exc}") from None
+        object.__setattr__(self, "timeout_seconds", timeout)
         if self.missed not in ("once", "skip"):
             raise ValueError(
                 f"Schedule {self.name!r}: missed must be 'once' or 'skip', got {self.missed!r}"
             )
-        encode_json(
-            {} if self.payload is None else self.payload, f"schedule {self.name!r}'s payload"
-        )
+        # Checked as enqueue checks it, so a bad payload fails here, not at every tick.
+        encode_payload(self.payload, f"schedule {self.name!r}'s payload")
 
     @property
     def every_seconds(self) -> float | None:

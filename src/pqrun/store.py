@@ -35,6 +35,13 @@ from .errors import (
     SchemaMissing,
     WaitTimeout,
 )
+from .limits import (
+    check_run_at,
+    check_run_delay,
+    check_text,
+    check_timeout_seconds,
+    encode_payload,
+)
 from .models import Job, JobStatus, RawJSON, encode_json, is_pydantic_model
 from .observers import JobObserver
 from .payloads import is_model_class, validate
@@ -85,6 +92,45 @@ LIMIT_BUSY_RETRY_SECONDS = 0.02
 # store.wait() is woken by a notification; it looks again after this long anyway, in
 # case one was lost with a dropped connection.
 WAIT_RECHECK_SECONDS = 10.0
+
+
+class _PoolFloorFilter(logging.Filter):
+    """Turn asyncpg's "Failed to restore the pool connection floor" into one DEBUG line.
+
+    During an outage asyncpg's pool tries to reconnect its ``min_size`` connections in
+    the background and logs a WARNING with a full traceback at each try (1 s, 2 s, ...
+    up to a minute apart). pqrun already logs one ERROR line when the database becomes
+    unreachable and one when it works again; the tracebacks say nothing more. A filter
+    rather than ``min_size=0``: the floor keeps a warm connection, which is worth having,
+    and a user's own ``min_size`` would bring the tracebacks back. The record is kept at
+    DEBUG (shown only where asyncpg's logger is set to DEBUG), without the traceback but
+    with the error's one-line summary. asyncpg's logger is one per process, so this
+    applies to every asyncpg pool in a process that uses pqrun.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(
+            "Failed to restore the pool connection floor"
+        ):
+            error = record.exc_info[1] if record.exc_info else None
+            if error is not None:
+                record.msg = f"{record.msg} ({type(error).__name__}: {error})"
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # Handlers check their own level, not the logger's: decide here, as the
+            # logger would have for a DEBUG record.
+            return logging.getLogger("asyncpg.pool").isEnabledFor(logging.DEBUG)
+        return True
+
+
+_POOL_FLOOR_FILTER = _PoolFloorFilter()
+
+
+def _quiet_pool_floor_warnings() -> None:
+    pool_logger = logging.getLogger("asyncpg.pool")
+    if _POOL_FLOOR_FILTER not in pool_logger.filters:
+        pool_logger.addFilter(_POOL_FLOOR_FILTER)
+
 
 # create_pool arguments that asyncpg.connect does not take.
 POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
@@ -916,11 +962,6 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _as_utc_aware(moment: datetime) -> datetime:
-    # A naive datetime is read as local time, which is what datetime.now() returns.
-    return moment if moment.tzinfo is not None else moment.astimezone()
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -942,26 +983,28 @@ def _new_job_row(
     """Check enqueue's arguments and turn them into the columns ENQUEUE binds."""
     if not isinstance(job_type, str) or not job_type:
         raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
-    payload_json = encode_json({} if payload is None else payload, f"payload of {job_type!r}")
+    check_text("job_type", job_type)
+    payload_json = encode_payload(payload, f"payload of {job_type!r}")
     if concurrency_key is not None and not isinstance(concurrency_key, str):
         raise TypeError(
             f"concurrency_key must be a string or None, got {type(concurrency_key).__name__} "
             f"{concurrency_key!r}"
         )
+    if concurrency_key is not None:
+        check_text("concurrency_key", concurrency_key)
     _check_int("priority", priority, -INT32_MAX)
     _check_int("max_attempts", max_attempts, 1)
-    if isinstance(timeout_seconds, timedelta):
-        timeout_seconds = max(1, round(timeout_seconds.total_seconds()))
-    if timeout_seconds is not None:
-        _check_int("timeout_seconds", timeout_seconds, 1)
+    timeout_seconds = check_timeout_seconds(timeout_seconds)
     if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
         raise ValueError(f"dedupe_key must be a non-empty string or None, got {dedupe_key!r}")
+    if dedupe_key is not None:
+        check_text("dedupe_key", dedupe_key)
     run_at: datetime | None = None
     delay = timedelta(0)
     if isinstance(run_after, datetime):
-        run_at = _as_utc_aware(run_after)
+        run_at = check_run_at(run_after)
     elif isinstance(run_after, timedelta):
-        delay = run_after
+        delay = check_run_delay(run_after)
     elif run_after is not None:
         raise TypeError(f"run_after must be a datetime, a timedelta or None, got {run_after!r}")
     return (
@@ -1189,6 +1232,7 @@ class PgJobStore:
                 self._pool.terminate()
             self._pool = None
         max_size = self._max_size or max(10, self._connections_wanted + 2)
+        _quiet_pool_floor_warnings()
         try:
             pool = await asyncpg.create_pool(
                 self.dsn,
