@@ -58,10 +58,11 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS concurrency_key text;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT false;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context text;
 
--- Constraints added after the first release. NOT VALID first: from then on every
--- insert and update is checked, and the rows already there are checked separately. If
--- some of those break the rule, the constraint stays NOT VALID (new rows are still
--- checked) and a warning says how to fix them; the next apply validates it.
+-- Constraints added after the first release, for tables created before them: added
+-- NOT VALID, then validated against the rows already there. If some of those break the
+-- rule, the constraint is dropped again and a warning says how to fix them (the next
+-- apply adds it): a NOT VALID constraint would still refuse every UPDATE of such a row,
+-- and a claim that touches one would fail for the whole batch.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
@@ -77,9 +78,10 @@ BEGIN
         BEGIN
             ALTER TABLE jobs VALIDATE CONSTRAINT jobs_run_after_readable;
         EXCEPTION WHEN check_violation THEN
+            ALTER TABLE jobs DROP CONSTRAINT jobs_run_after_readable;
             RAISE WARNING 'pqrun: some jobs have a run_after that pqrun cannot read '
                 'back (infinity, or a year outside 1..9999), so the constraint '
-                'jobs_run_after_readable only checks new rows for now'
+                'jobs_run_after_readable is not added yet'
                 USING HINT = 'Fix those rows, e.g. UPDATE jobs SET run_after = now() '
                     'WHERE NOT (run_after > ''0001-01-02 00:00:00+00'' AND run_after '
                     '< ''9999-12-31 00:00:00+00''); then apply ddl.sql again';

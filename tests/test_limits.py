@@ -257,7 +257,7 @@ async def test_the_schema_refuses_a_run_after_no_reader_could_read(
 
 
 async def test_an_existing_table_gets_the_constraint_without_failing_on_bad_rows(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Connection, dsn: str
 ) -> None:
     warnings: list[str] = []
     conn.add_log_listener(lambda _conn, message: warnings.append(str(message)))
@@ -267,19 +267,24 @@ async def test_an_existing_table_gets_the_constraint_without_failing_on_bad_rows
         await conn.execute(ddl_sql())
         # A table from before the constraint, holding a row that breaks it.
         await conn.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_run_after_readable")
-        await conn.execute("INSERT INTO jobs (job_type, run_after) VALUES ('t', 'infinity')")
-        await conn.execute(ddl_sql())  # does not fail: warns, and checks new rows
+        await conn.execute("INSERT INTO jobs (job_type, run_after) VALUES ('t', '-infinity')")
+        await conn.execute(ddl_sql())  # does not fail: warns, and leaves the rows movable
         assert any("jobs_run_after_readable" in w for w in warnings), warnings
-        with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("INSERT INTO jobs (job_type, run_after) VALUES ('t', 'infinity')")
-        validated = (
+        present = (
             "SELECT convalidated FROM pg_constraint "
             "WHERE conname = $1 AND conrelid = 'jobs'::regclass"
         )
-        assert await conn.fetchval(validated, "jobs_run_after_readable") is False
-        await conn.execute("UPDATE jobs SET run_after = now() WHERE run_after = 'infinity'")
+        assert await conn.fetchval(present, "jobs_run_after_readable") is None
+        # A NOT VALID constraint would refuse the claim's UPDATE of that row, and so the
+        # whole claim: it must still be claimed (its time read back as the earliest one).
+        async with PgJobStore(dsn, schema="pqrun_limits") as store:
+            (job,) = await store.pickup_batch("w", None, 10)
+            assert job.run_after.year == 1
+            assert job.run_after.tzinfo is not None
+            assert await store.mark_done(job)
+        await conn.execute("UPDATE jobs SET run_after = now() WHERE run_after = '-infinity'")
         await conn.execute(ddl_sql())
-        assert await conn.fetchval(validated, "jobs_run_after_readable") is True
+        assert await conn.fetchval(present, "jobs_run_after_readable") is True
     finally:
         await conn.execute("RESET search_path; DROP SCHEMA pqrun_limits CASCADE")
 
