@@ -26,7 +26,8 @@ def test_defaults(lazy_store: PgJobStore, monkeypatch: pytest.MonkeyPatch) -> No
     assert worker.concurrency == 1
     assert worker.enabled
     assert worker.enable_reaper
-    assert worker.reap_interval == timedelta(seconds=60)
+    # A third of the stale period: a dead worker's jobs are back within 40 s.
+    assert worker.reap_interval == timedelta(seconds=10)
     assert worker.default_stale_after == timedelta(seconds=30)
     assert worker.heartbeat_interval == timedelta(seconds=5)
     assert worker.shutdown_grace == timedelta(seconds=20)
@@ -46,6 +47,8 @@ def test_environment_configures_the_worker(
     worker = Worker(store=lazy_store, handlers={"t": noop})
     assert not worker.enabled
     assert not worker.enable_reaper
+    monkeypatch.delenv("WORKER_REAP_INTERVAL")
+    assert Worker(store=lazy_store, handlers={"t": noop}).reap_interval == timedelta(seconds=30)
     assert worker.concurrency == 4
     assert worker.reap_interval == timedelta(seconds=15)
     assert worker.default_stale_after == timedelta(seconds=90)

@@ -85,7 +85,7 @@ async def test_the_reaper_takes_back_a_dead_workers_job_after_one_stale_period(
         await wait_until(lambda: _done(store, job_id), within=10)
     finally:
         await worker.stop()
-    # Not before this worker had reached the database for a whole stale period.
+    # Not before the dead worker's claim was a whole stale period old.
     assert time.monotonic() - began >= 1.0
     job = await store.get_job(job_id)
     assert job is not None

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from pqrun import JobContext, JobStatus, PgJobStore, Worker
+from pqrun.localpg import ThrowawayCluster
 
 from .helpers import QUICK_POLICIES, picked, wait_until
 
@@ -253,3 +254,65 @@ async def test_a_cancel_notification_from_any_role_cannot_stop_a_run(
     job = await store.get_job(job_id)
     assert job is not None
     assert (job.status, job.result, job.attempts) == (JobStatus.DONE, "finished", 1)
+
+
+@pytest.mark.slow
+async def test_after_a_database_restart_no_live_workers_job_is_taken_back(
+    private_cluster: ThrowawayCluster,
+) -> None:
+    # Every heartbeat is stale once the database is back; the reaper must wait until the
+    # live workers have sent theirs again.
+    dsn = private_cluster.dsn
+    started = asyncio.Event()
+    finish = asyncio.Event()
+    runs: list[int] = []
+
+    async def long_job(ctx: JobContext) -> str:
+        runs.append(ctx.job.id)
+        started.set()
+        await finish.wait()
+        return "done"
+
+    async def nothing(ctx: JobContext) -> None:
+        return None
+
+    stale = timedelta(seconds=2)
+    holder = Worker(
+        PgJobStore(dsn, connect_timeout=1),
+        handlers={"long": long_job},
+        default_stale_after=stale,
+        enable_reaper=False,
+        **QUICK_POLICIES,
+    )
+    reaper = Worker(
+        PgJobStore(dsn, connect_timeout=1),
+        handlers={"other": nothing},
+        default_stale_after=stale,
+        reap_stale_every_seconds=0.1,
+        **QUICK_POLICIES,
+    )
+    await holder.start()
+    await reaper.start()
+    try:
+        job_id = await holder.store.enqueue("long")
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.to_thread(private_cluster.stop)
+        await asyncio.sleep(stale.total_seconds() * 1.5)  # every heartbeat goes stale
+        await asyncio.to_thread(private_cluster.start)
+        await asyncio.sleep(stale.total_seconds() * 3)  # the reaper has had its chances
+        job = await holder.store.get_job(job_id)
+        assert job is not None
+        assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
+        finish.set()
+
+        async def done() -> bool:
+            job = await holder.store.get_job(job_id)
+            return job is not None and job.status is JobStatus.DONE
+
+        await wait_until(done, within=30)
+    finally:
+        finish.set()
+        for worker in (holder, reaper):
+            await worker.stop()
+            await worker.store.close()
+    assert runs == [job_id]

@@ -1395,7 +1395,9 @@ class PgJobStore:
             if (
                 given is not None
                 and self._search_path is not None
-                and not isinstance(given, _DedicatedConnection)  # in the schema already
+                # In the schema already. (Not isinstance(): asyncpg's Connection class
+                # says every connection is an instance of each of its subclasses.)
+                and type(given) is not _DedicatedConnection
             ):
                 async with self._in_schema(given):
                     yield given
