@@ -27,7 +27,7 @@ from .errors import PqrunError
 from .localpg import NoPostgres
 from .models import Job, JobStatus
 from .schema import ddl_sql
-from .store import PgJobStore, check_schema_name, quote_ident
+from .store import PgJobStore, check_schema_name, quote_ident, redact_secrets
 
 T = TypeVar("T")
 
@@ -687,11 +687,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except (CommandError, PqrunError, NoPostgres) as exc:
-        print(f"pqrun: {exc}", file=sys.stderr)
+        report_error(args, str(exc))
         return 1
     except asyncpg.PostgresError as exc:
         # A refusal by the server (permissions, a lock timeout): its words, no traceback.
-        print(f"pqrun: PostgreSQL said: {type(exc).__name__}: {exc}", file=sys.stderr)
+        report_error(args, f"PostgreSQL said: {type(exc).__name__}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -702,6 +702,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:
         # The system refused something the command asked for: a port in use, say.
-        print(f"pqrun: {exc}", file=sys.stderr)
+        report_error(args, str(exc))
         return 1
     return code
+
+
+def report_error(args: argparse.Namespace, text: str) -> None:
+    """Print ``pqrun: text`` to stderr, safe to show: the text may quote a driver, the
+    OS or the database, so it loses the passwords of every DSN the command could have
+    used (--dsn, $PQRUN_DSN, $DATABASE_URL)."""
+    for dsn in (
+        getattr(args, "dsn", None),
+        os.environ.get("PQRUN_DSN"),
+        os.environ.get("DATABASE_URL"),
+    ):
+        if dsn:
+            text = redact_secrets(text, dsn)
+    print(f"pqrun: {text}", file=sys.stderr)
