@@ -1,4 +1,5 @@
-"""No password reaches a message, a log, a repr or the terminal, whatever the DSN's form.
+"""No password reaches a message, a log, a repr or the terminal, whatever the DSN's form;
+and no database text reaches the terminal with its control characters live.
 
 The secrets are passed to a real server (trust auth ignores them, as a server with
 password auth would not) and to a closed port, and looked for everywhere they could show.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import traceback
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -18,6 +21,7 @@ import pytest
 from pqrun import DatabaseUnavailable, PgJobStore, Worker
 from pqrun.errors import PqrunError
 from pqrun.store import redact_dsn
+from pqrun.top import render
 
 from .test_cli import pqrun_cmd
 
@@ -197,3 +201,103 @@ def test_a_dsn_from_the_environment_is_not_shown_either(server_dsn: str) -> None
         assert done.returncode == 1
         assert "cannot connect to PostgreSQL at" in done.stderr
         assert not leaked(done.stdout + done.stderr), done.stderr
+
+
+# -- terminal escapes -----------------------------------------------------------------
+
+EVIL = "evil\x1b[2J\x07"
+EVIL_SHOWN = "evil\\x1b[2J\\x07"
+
+
+@pytest.fixture
+async def evil(store: PgJobStore, conn: asyncpg.Connection) -> PgJobStore:
+    """A job, a worker and a schedule whose texts carry escape sequences."""
+    await conn.execute(
+        """
+        INSERT INTO jobs (job_type, status, attempts, dedupe_key, last_error, finished_at)
+        VALUES ($1, 'FAILED', 5, NULL, $2, now());
+        INSERT INTO jobs (job_type, status, dedupe_key) VALUES ($1, 'READY', $3);
+        INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency)
+        VALUES ($4, $4, 1, ARRAY[$1], 1);
+        INSERT INTO job_schedules (name, job_type, every_seconds, next_run_at, timezone)
+        VALUES ($4, $1, 60, now(), $4);
+        """.replace("$1", "$x$" + EVIL + "$x$")
+        .replace("$2", "$x$" + "Boom\x1b]0;pwned\x07\nsecond line\x1b[31m" + "$x$")
+        .replace("$3", "$x$" + "key\x1b[1m" + "$x$")
+        .replace("$4", "$x$" + "w\x1b[5m\r" + "$x$")
+    )
+    return store
+
+
+def no_control(text: str) -> bool:
+    return not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["jobs", "list"], ["jobs", "show", "1"], ["jobs", "show", "2"], ["workers"],
+     ["schedules"], ["jobs", "list", "--type", EVIL]],
+)  # fmt: skip
+async def test_the_cli_shows_control_characters_escaped(
+    evil: PgJobStore, dsn: str, command: list[str]
+) -> None:
+    done = await asyncio.to_thread(pqrun_cmd, *command, "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    assert no_control(done.stdout + done.stderr), repr(done.stdout)
+    assert "\\x1b" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["jobs", "list"], ["jobs", "show", "1"], ["workers"], ["schedules"]],
+)
+async def test_json_output_keeps_the_exact_text(
+    evil: PgJobStore, dsn: str, command: list[str]
+) -> None:
+    done = await asyncio.to_thread(pqrun_cmd, *command, "--json", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout  # JSON escapes it: \u001b
+    assert EVIL in strings(json.loads(done.stdout))
+
+
+def strings(value: object) -> list[str]:
+    """Every string in a JSON document, at any depth."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
+
+
+def test_the_last_error_keeps_its_lines_in_jobs_show(evil: PgJobStore, dsn: str) -> None:
+    done = pqrun_cmd("jobs", "show", "1", "--dsn", dsn)
+    assert "    Boom\\x1b]0;pwned\\x07\n    second line\\x1b[31m\n" in done.stdout
+
+
+def test_top_shows_control_characters_escaped() -> None:
+    counts = {s: {"count": 0, "exact": True} for s in ("READY", "RUNNING", "DONE")}
+    rate = {"count": 0, "per_second": 0.0, "exact": True}
+    status = {
+        "schema": "public\x1b[2J",
+        "now": datetime.now(UTC).isoformat(),
+        "counts": counts,
+        "by_type": [{"job_type": EVIL, "ready": 1, "due": 1, "running": 0}],
+        "oldest_due_seconds": None,
+        "throughput": {
+            s: {"last_minute": rate, "last_hour": rate} for s in ("DONE", "FAILED")
+        },
+        "workers": [
+            {"worker_id": EVIL, "concurrency": 1, "heartbeat_age_seconds": 1.0,
+             "job_types": [EVIL]},
+        ],
+    }  # fmt: skip
+    failures = [
+        {"id": 1, "job_type": EVIL, "finished_at": datetime.now(UTC), "attempts": 1,
+         "max_attempts": 1, "error": "x\x1b[31m\x00"},
+    ]  # fmt: skip
+    lines = render(status, failures, error=f"DatabaseUnavailable: {EVIL}")
+    assert all(no_control(line) for line in lines), lines
+    assert any(EVIL_SHOWN in line for line in lines)
+    assert all("\n" not in line for line in lines)
