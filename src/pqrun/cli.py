@@ -27,7 +27,8 @@ from .errors import PqrunError
 from .localpg import NoPostgres
 from .models import Job, JobStatus
 from .schema import ddl_sql
-from .store import PgJobStore, check_schema_name, quote_ident
+from .store import PgJobStore, check_schema_name, quote_ident, redact_secrets
+from .terminal import printable
 
 T = TypeVar("T")
 
@@ -320,7 +321,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def format_status(status: Mapping[str, Any]) -> str:
-    lines = [f"pqrun status: schema {status['schema']}, at {status['now']}", ""]
+    lines = [f"pqrun status: schema {printable(status['schema'])}, at {status['now']}", ""]
     counts = status["counts"]
     oldest = status["oldest_due_seconds"]
     due = sum(t["due"] for t in status["by_type"])
@@ -340,7 +341,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append(f"  {'job_type':<24} {'ready':>9} {'due':>9} {'running':>9}")
         for entry in status["by_type"]:
             lines.append(
-                f"  {entry['job_type']:<24} {entry['ready']:>9,} {entry['due']:>9,} "
+                f"  {printable(entry['job_type']):<24} {entry['ready']:>9,} {entry['due']:>9,} "
                 f"{entry['running']:>9,}"
             )
     else:
@@ -365,9 +366,9 @@ def rate_text(entry: Mapping[str, Any]) -> str:
 
 
 def worker_line(worker: Mapping[str, Any]) -> str:
-    types = ",".join(worker["job_types"]) or "-"
+    types = printable(",".join(worker["job_types"])) or "-"
     return (
-        f"{worker['worker_id']}  pid {worker['pid']} on {worker['host']}, "
+        f"{printable(worker['worker_id'])}  pid {worker['pid']} on {printable(worker['host'])}, "
         f"concurrency {worker['concurrency']}, types {types}, "
         f"heartbeat {human_duration(worker['heartbeat_age_seconds'])} ago"
     )
@@ -396,11 +397,12 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print("no schedules stored (a worker stores those it declares when it starts)")
         return 0
     for item in schedules:
-        timing = item["cron"] or f"every {human_duration(item['every_seconds'])}"
+        timing = printable(item["cron"] or f"every {human_duration(item['every_seconds'])}")
         last = item["last_run_at"].isoformat() if item["last_run_at"] else "never"
         job = f" (job {item['last_job_id']})" if item["last_job_id"] else ""
         print(
-            f"{item['name']}  {item['job_type']}  {timing} {item['timezone']}  "
+            f"{printable(item['name'])}  {printable(item['job_type'])}  {timing} "
+            f"{printable(item['timezone'])}  "
             f"next {item['next_run_at'].isoformat()}  last {last}{job}  "
             f"declared {item['declared_at'].isoformat()}"
         )
@@ -439,10 +441,10 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'id':>8}  {'job_type':<20} {'status':<9} {'attempts':>8}  {'run_after':<19}  error")
     for job in jobs:
-        error = (job.last_error or "").split("\n", 1)[0][:60]
+        error = printable((job.last_error or "").split("\n", 1)[0])[:60]
         run_after = job.run_after.strftime("%Y-%m-%d %H:%M:%S")
         print(
-            f"{job.id:>8}  {job.job_type:<20} {job.status.value:<9} "
+            f"{job.id:>8}  {printable(job.job_type):<20} {job.status.value:<9} "
             f"{job.attempts:>4}/{job.max_attempts:<3}  {run_after:<19}  {error}"
         )
     return 0
@@ -461,10 +463,10 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
             value = json.dumps(value)
         if name == "last_error" and value:
             print(f"{name}:")
-            for line in str(value).splitlines():
+            for line in printable(value, multiline=True).splitlines():
                 print(f"    {line}")
             continue
-        print(f"{name + ':':<17}{value if value is not None else '-'}")
+        print(f"{name + ':':<17}{printable(value) if value is not None else '-'}")
     return 0
 
 
@@ -687,11 +689,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except (CommandError, PqrunError, NoPostgres) as exc:
-        print(f"pqrun: {exc}", file=sys.stderr)
+        report_error(args, str(exc))
         return 1
     except asyncpg.PostgresError as exc:
         # A refusal by the server (permissions, a lock timeout): its words, no traceback.
-        print(f"pqrun: PostgreSQL said: {type(exc).__name__}: {exc}", file=sys.stderr)
+        report_error(args, f"PostgreSQL said: {type(exc).__name__}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -702,6 +704,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:
         # The system refused something the command asked for: a port in use, say.
-        print(f"pqrun: {exc}", file=sys.stderr)
+        report_error(args, str(exc))
         return 1
     return code
+
+
+def report_error(args: argparse.Namespace, text: str) -> None:
+    """Print ``pqrun: text`` to stderr, safe to show: the text may quote a driver, the
+    OS or the database, so it loses the passwords of every DSN the command could have
+    used (--dsn, $PQRUN_DSN, $DATABASE_URL) and shows control characters escaped."""
+    for dsn in (
+        getattr(args, "dsn", None),
+        os.environ.get("PQRUN_DSN"),
+        os.environ.get("DATABASE_URL"),
+    ):
+        if dsn:
+            text = redact_secrets(text, dsn)
+    print(f"pqrun: {printable(text, multiline=True)}", file=sys.stderr)

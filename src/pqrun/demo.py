@@ -18,7 +18,13 @@ from .errors import DatabaseUnavailable, Retry
 from .handlers import JobContext
 from .localpg import find_or_start
 from .policies import IdlePollPolicy
-from .store import CONNECT_ERRORS, PgJobStore, redact_dsn
+from .store import (
+    CONNECT_ERRORS,
+    PgJobStore,
+    cause_without_secrets,
+    error_text,
+    redact_dsn,
+)
 from .worker import Worker
 
 
@@ -55,9 +61,9 @@ async def run_demo(say: Callable[[str], None] = print) -> None:
         admin = await asyncpg.connect(dsn, timeout=10)
     except CONNECT_ERRORS as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {redact_dsn(dsn)} ({type(exc).__name__}: {exc}). Fix "
-            f"{how}, or unset it to let the demo find or start a PostgreSQL of its own"
-        ) from exc
+            f"cannot connect to {redact_dsn(dsn)} ({error_text(exc, dsn)}). Fix {how}, "
+            "or unset it to let the demo find or start a PostgreSQL of its own"
+        ) from cause_without_secrets(exc, dsn)
     try:
         await admin.execute(f"CREATE SCHEMA {schema}")
         store = PgJobStore(dsn, server_settings={"search_path": schema})

@@ -17,12 +17,13 @@ import logging
 import os
 import re
 import socket
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus
 
 import asyncpg
 
@@ -73,10 +74,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
 )
 
-# Errors of opening a connection that say the server is not there (or not for us).
+# What asyncpg raises for a DSN it cannot read: urllib's and ipaddress's ValueError
+# (whose text may quote part of the password: a password holding [ ] is read as an IPv6
+# address), OverflowError for a port out of range.
+DSN_ERRORS: tuple[type[BaseException], ...] = (ValueError, OverflowError)
+
+# Errors of opening a connection that say the server is not there (or not for us: no
+# such role or database), or that the DSN does not say where it is.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
+    *DSN_ERRORS,
     asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
 )
 
 INT32_MAX = 2**31 - 1
@@ -953,13 +962,141 @@ class Pruned:
         return self.done + self.failed + self.cancelled
 
 
+REDACTED = "***"
+
+# A URL DSN (postgresql://...); anything else is read as libpq's keyword=value form.
+URL_DSN = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+# One keyword=value of libpq's form. A quoted value may hold spaces and \' or \\; an
+# unterminated quote runs to the end (so a typo cannot reveal the rest of a password).
+KEYWORD_VALUE = re.compile(
+    r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|[^\s']\S*|)",
+    re.DOTALL,
+)
+
+
+def _is_secret_key(key: str) -> bool:
+    # password and sslpassword, however a URL query spells them (PassWord, pass%77ord):
+    # libpq and asyncpg would read some of those spellings as the password, and a key
+    # that names a password holds one whoever reads it.
+    return "password" in unquote_plus(key).lower()
+
+
+def _dsn_parts(dsn: str) -> tuple[str, list[str]]:
+    """(the DSN with every secret value replaced by ***, the secret values as written
+    and decoded). Never raises: a DSN too broken to read is still redacted."""
+    found: list[str] = []
+    url = URL_DSN.match(dsn)
+    if url is None:
+
+        def keyword(match: re.Match[str]) -> str:
+            value = match["value"]
+            if not _is_secret_key(match["key"]) or value in ("", "''"):
+                return match[0]
+            found.append(value)
+            if value.startswith("'"):
+                inner = value[1:-1] if len(value) > 1 and value.endswith("'") else value[1:]
+                found.extend((inner, re.sub(r"\\(.)", r"\1", inner)))
+            return f"{match['key']}{match['eq']}{REDACTED}"
+
+        return KEYWORD_VALUE.sub(keyword, dsn), found
+    head, body = dsn[: url.end()], dsn[url.end() :]
+    # The user info ends at the last @ of the authority. A password written with an
+    # unencoded / # or ? still counts as password: the @ is looked for before the query
+    # first, then anywhere (at worst more than the password is hidden).
+    at = body.split("?", 1)[0].rfind("@")
+    if at < 0:
+        at = body.rfind("@")
+    userinfo, rest = (body[:at], body[at + 1 :]) if at >= 0 else (None, body)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            found += [password, unquote(password)]
+            userinfo = f"{user}:{REDACTED}"
+        head += f"{userinfo}@"
+    before, question, query = rest.partition("?")
+    if question:
+        params = query.split("&")
+        for number, param in enumerate(params):
+            key, equals, value = param.partition("=")
+            if equals and value and _is_secret_key(key):
+                found += [value, unquote(value), unquote_plus(value)]
+                params[number] = f"{key}={REDACTED}"
+        rest = f"{before}?{'&'.join(params)}"
+    return head + rest, found
+
+
 def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced, for messages and logs."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The DSN with every password in it replaced by ``***``, for messages and logs.
+
+    Covers the URL form (``postgresql://user:pw@host/db``, also with an empty user), a
+    password given as a query parameter (``?password=``, ``?sslpassword=``, in any case
+    or percent-encoding) and libpq's ``key=value`` form (``password=pw``,
+    ``password='a b'``). See docs/security.md.
+    """
+    return _dsn_parts(dsn)[0]
+
+
+def _secrets(dsn: str | None, extra: Iterable[object]) -> list[str]:
+    """The passwords of ``dsn`` (as written and decoded) and the strings among ``extra``,
+    longest first: a decoded password may be part of its encoded spelling."""
+    found = [secret for secret in extra if isinstance(secret, str)]
+    if dsn:
+        found += _dsn_parts(dsn)[1]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+# A text that still holds this many characters of a password in a row (or all of a
+# shorter one) after redaction is not shown.
+SECRET_PIECE = 5
+
+
+def redact_secrets(text: str, dsn: str | None, *secrets: object) -> str:
+    """``text`` with the DSN shown redacted and each of its passwords (and ``secrets``,
+    such as a ``password=`` keyword argument) replaced by ``***``.
+
+    For texts pqrun does not write itself: an asyncpg or OS error may echo the DSN or
+    the password, in any of the spellings the DSN used.
+    """
+    if dsn:
+        text = text.replace(dsn, redact_dsn(dsn))  # first, so host and database stay readable
+    for secret in _secrets(dsn, secrets):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _holds_piece(text: str, secrets: list[str]) -> bool:
+    for secret in secrets:
+        size = min(SECRET_PIECE, len(secret))
+        if any(secret[i : i + size] in text for i in range(len(secret) - size + 1)):
+            return True
+    return False
+
+
+def error_text(exc: BaseException, dsn: str | None, *secrets: object) -> str:
+    """``Type: text`` of an error, fit for a message: through ``redact_secrets``, and
+    without its text at all when that still holds a piece of a password.
+
+    A driver that cannot read a DSN quotes pieces of it (asyncpg reads a password with
+    an unencoded ``[`` as an IPv6 address, and says which): no replacement of the whole
+    password catches those.
+    """
+    text = redact_secrets(str(exc), dsn, *secrets)
+    if _holds_piece(text, _secrets(dsn, secrets)):
+        text = (
+            "(its text is not shown: it quotes part of the password. Percent-encode "
+            "the characters @ : / ? # [ ] % in a password in a URL DSN)"
+        )
+    return f"{type(exc).__name__}: {text}"
+
+
+def cause_without_secrets(
+    exc: BaseException, dsn: str | None, *secrets: object
+) -> BaseException | None:
+    """What an error made from ``exc`` should be raised ``from``: ``exc``, unless its
+    traceback (its own causes included) would print a password of ``dsn`` or a piece of
+    one; then None, and the new error's message carries ``error_text(exc, ...)``."""
+    shown = "".join(traceback.format_exception(exc))
+    return None if _holds_piece(shown, _secrets(dsn, secrets)) else exc
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -1193,9 +1330,13 @@ class PgJobStore:
             return
         pool = await self._open_pool()
         try:
+            # With min_size=0 the pool opened without a connection: this is the first.
             async with pool.acquire(timeout=self.statement_timeout) as conn:
                 schema = await conn.fetchval(JOBS_SCHEMA, timeout=self.statement_timeout)
                 objects = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
+        except CONNECT_ERRORS as exc:
+            await self.close()
+            raise self._cannot_connect(exc) from self._cause(exc)
         except BaseException:
             await self.close()
             raise
@@ -1233,26 +1374,19 @@ class PgJobStore:
             self._pool = None
         max_size = self._max_size or max(10, self._connections_wanted + 2)
         _quiet_pool_floor_warnings()
+        # Built first, then awaited: a ValueError from the pool's own arguments is the
+        # caller's to see as is; one while connecting is about the DSN.
+        opening = asyncpg.create_pool(
+            self.dsn,
+            min_size=min(self._min_size, max_size),
+            max_size=max_size,
+            timeout=self._connect_timeout,
+            **self._pool_kwargs,
+        )
         try:
-            pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=min(self._min_size, max_size),
-                max_size=max_size,
-                timeout=self._connect_timeout,
-                **self._pool_kwargs,
-            )
-        except asyncpg.InvalidCatalogNameError as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: {exc}. "
-                "Create the database or fix the DSN"
-            ) from exc
+            pool = await opening
         except CONNECT_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}: "
-                f"{type(exc).__name__}: {exc}. Check that the server is running and that "
-                "the DSN (dsn=, PQRUN_DSN or DATABASE_URL) names the right host, port, "
-                "user and database"
-            ) from exc
+            raise self._cannot_connect(exc) from self._cause(exc)
         if self._pool is not None and self._pool_loop is loop:
             await pool.close()  # another task opened one while this one connected
             return self._pool
@@ -1341,8 +1475,8 @@ class PgJobStore:
             )
         except CONNECT_ERRORS as exc:
             raise DatabaseUnavailable(
-                f"cannot open {purpose} to {redact_dsn(self.dsn)}: {exc}"
-            ) from exc
+                f"cannot open {purpose} to {redact_dsn(self.dsn)}: {self._error_text(exc)}"
+            ) from self._cause(exc)
         return conn
 
     # -- connections -----------------------------------------------------------------
@@ -1352,11 +1486,34 @@ class PgJobStore:
         block = self._current.get()
         return block.conn if block is not None and block.open else None
 
-    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+    def _cannot_connect(self, exc: BaseException) -> DatabaseUnavailable:
+        """Raise it ``from self._cause(exc)``."""
+        where = f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}"
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return DatabaseUnavailable(
+                f"{where}: {self._error_text(exc)}. Create the database or fix the DSN"
+            )
+        if URL_DSN.match(self.dsn) is None:
+            # asyncpg reads URLs only; libpq's host=... form fails as "invalid DSN".
+            where += " (write the DSN as a URL: postgresql://user:password@host:port/db)"
         return DatabaseUnavailable(
-            f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{where}: {self._error_text(exc)}. Check that the server is running and "
+            "that the DSN (dsn=, PQRUN_DSN or DATABASE_URL) names the right host, port, "
+            "user and database"
         )
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """Raise it ``from self._cause(exc)``."""
+        return DatabaseUnavailable(
+            f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: {self._error_text(exc)}"
+        )
+
+    def _error_text(self, exc: BaseException) -> str:
+        """``Type: text`` of ``exc`` without this store's passwords (``error_text``)."""
+        return error_text(exc, self.dsn, self._pool_kwargs.get("password"))
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        return cause_without_secrets(exc, self.dsn, self._pool_kwargs.get("password"))
 
     @asynccontextmanager
     async def _pooled(self) -> AsyncIterator[Connection]:
@@ -1366,8 +1523,8 @@ class PgJobStore:
         assert self._pool is not None
         try:
             conn = await self._pool.acquire(timeout=self.statement_timeout)
-        except CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+        except (*CONNECTION_ERRORS, *DSN_ERRORS) as exc:  # DSN: the first connection of a
+            raise self._unavailable(exc) from self._cause(exc)  # pool opened with min_size=0
         try:
             yield conn
         except BaseException:
@@ -1413,7 +1570,7 @@ class PgJobStore:
                 f"the table 'jobs' is gone from {self._where()}: {self._setup_hint()}"
             ) from exc
         except CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            raise self._unavailable(exc) from self._cause(exc)
 
     @asynccontextmanager
     async def _in_schema(self, conn: Connection) -> AsyncIterator[None]:

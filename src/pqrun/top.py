@@ -17,6 +17,7 @@ from typing import Any
 from .cli import count_text
 from .errors import PqrunError
 from .store import PgJobStore
+from .terminal import printable
 
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # 27: Escape
 FAILURES_SHOWN = 8
@@ -44,13 +45,14 @@ def render(
     error: str | None = None,
     interval: float = 1.0,
 ) -> list[str]:
-    """The lines of one screen of ``pqrun top``."""
+    """The lines of one screen of ``pqrun top``: one line each, with the control
+    characters of database text (job types, worker ids, errors) shown escaped."""
     lines = [f"pqrun top   refresh {interval:g}s   q quits"]
     if error is not None:
-        lines.append(f"!! {error}")
+        lines.append(f"!! {printable(error)}")
     if status is None:
         return [*lines, "", "waiting for the database ..."]
-    lines[0] = f"pqrun top   schema {status['schema']}   {status['now'][:19]}   q quits"
+    lines[0] = f"pqrun top   schema {printable(status['schema'])}   {status['now'][:19]}   q quits"
     oldest = status["oldest_due_seconds"]
     lines += ["", "JOBS"]
     for name, entry in status["counts"].items():
@@ -74,7 +76,8 @@ def render(
         lines.append("  (no READY or RUNNING jobs)")
     for entry in status["by_type"]:
         lines.append(
-            f"         {entry['job_type']:<28}{entry['ready']:>10,}{entry['due']:>10,}"
+            f"         {printable(entry['job_type']):<28}{entry['ready']:>10,}"
+            f"{entry['due']:>10,}"
             f"{entry['running']:>10,}"
         )
 
@@ -82,9 +85,9 @@ def render(
     lines += ["", f"WORKERS  {len(workers)} alive"]
     for worker in workers:
         lines.append(
-            f"  {worker['worker_id']:<30} concurrency {worker['concurrency']:<4} "
+            f"  {printable(worker['worker_id']):<30} concurrency {worker['concurrency']:<4} "
             f"heartbeat {_age(worker['heartbeat_age_seconds'])} ago   "
-            f"{','.join(worker['job_types'])}"
+            f"{printable(','.join(worker['job_types']))}"
         )
 
     lines += ["", "RECENT FAILURES"]
@@ -93,10 +96,12 @@ def render(
     for failure in failures:
         finished: datetime = failure["finished_at"]
         lines.append(
-            f"  {failure['id']:>8}  {failure['job_type']:<20} {finished:%H:%M:%S}  "
-            f"{failure['attempts']}/{failure['max_attempts']}  {failure['error'] or ''}"
+            f"  {failure['id']:>8}  {printable(failure['job_type']):<20} {finished:%H:%M:%S}  "
+            f"{failure['attempts']}/{failure['max_attempts']}  {printable(failure['error'] or '')}"
         )
-    return lines
+    # Each field above is escaped where it is placed (so columns line up); this catches
+    # whatever a change adds without, since curses would draw a newline or ESC as is.
+    return [printable(line) for line in lines]
 
 
 def _draw(screen: Any, lines: list[str]) -> None:
