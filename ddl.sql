@@ -187,10 +187,14 @@ CREATE TABLE IF NOT EXISTS job_workers (
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     held_jobs    bigint[]    NOT NULL DEFAULT '{}',
-    held_leases  bigint[]    NOT NULL DEFAULT '{}'
+    held_leases  bigint[]    NOT NULL DEFAULT '{}',
+    -- A random token of the running Worker object: two live workers given the same
+    -- worker_id would overwrite each other's claims here, so the second one is refused.
+    instance     text
 );
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_jobs bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_leases bigint[] NOT NULL DEFAULT '{}';
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS instance text;
 
 -- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
 -- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by

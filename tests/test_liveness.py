@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from pqrun import JobContext, JobStatus, PgJobStore, Worker
+from pqrun.errors import WorkerIdInUse
 from pqrun.localpg import ThrowawayCluster
 
 from .helpers import QUICK_POLICIES, picked, wait_until
@@ -316,3 +317,34 @@ async def test_after_a_database_restart_no_live_workers_job_is_taken_back(
             await worker.stop()
             await worker.store.close()
     assert runs == [job_id]
+
+
+async def test_a_second_live_worker_with_the_same_worker_id_is_refused(
+    store: PgJobStore, dsn: str
+) -> None:
+    # Its heartbeats would overwrite the first one's list of claims, and the reaper would
+    # take the first one's jobs while it runs them.
+    async def handler(ctx: JobContext) -> None:
+        return None
+
+    first = Worker(store, handlers={"t": handler}, worker_id="same", **QUICK_POLICIES)
+    second = Worker(PgJobStore(dsn), handlers={"t": handler}, worker_id="same", **QUICK_POLICIES)
+    await first.start()
+    try:
+
+        async def registered() -> bool:
+            return any(w["worker_id"] == "same" for w in await store.list_workers())
+
+        await wait_until(registered)
+        with pytest.raises(WorkerIdInUse, match="'same' is in use by another live worker"):
+            await asyncio.wait_for(second.run(), 30)
+        assert first.is_running
+        assert any(w["worker_id"] == "same" for w in await store.list_workers())
+    finally:
+        await first.stop()
+        await second.store.close()
+    # Once the first is gone, the name is free again.
+    third = Worker(PgJobStore(dsn), handlers={"t": handler}, worker_id="same", **QUICK_POLICIES)
+    await third.store.enqueue("t")
+    assert await asyncio.wait_for(third.drain(), 30) == 1
+    await third.store.close()

@@ -38,6 +38,10 @@ class JobNotFound(PqrunError, LookupError):
     """No job has this id (it was never enqueued, or it was pruned)."""
 
 
+class WorkerIdInUse(PqrunError):
+    """Another live worker has this worker_id: each worker needs its own."""
+
+
 class WaitTimeout(PqrunError, TimeoutError):
     """``store.wait()`` gave up: the job had not finished within the timeout."""
 

@@ -18,8 +18,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
+from .errors import WorkerIdInUse
 from .models import Job
 from .store import PgJobStore
 
@@ -32,7 +34,8 @@ class Liveness:
     """The heartbeat loop of one worker; see the module docstring.
 
     ``held()`` returns the jobs the worker holds now; ``on_lost(claims)`` hears the claims
-    that no longer own their job; ``on_failure``/``on_recovery`` report an outage.
+    that no longer own their job; ``on_failure``/``on_recovery`` report an outage. The
+    loop ends with WorkerIdInUse when another live worker has this worker's id.
     """
 
     def __init__(
@@ -43,6 +46,8 @@ class Liveness:
         job_types: Sequence[str],
         concurrency: int,
         interval: float,
+        stale_after: float,
+        instance: str,
         held: Callable[[], list[Job]],
         on_lost: Callable[[set[Claim]], None],
         on_failure: Callable[[str, str, BaseException], None],
@@ -53,6 +58,9 @@ class Liveness:
         self._job_types = list(job_types)
         self._concurrency = concurrency
         self._interval = interval
+        self._stale_after = stale_after
+        #: The worker's token in job_workers (two live ones with one worker_id: refused).
+        self.instance = instance
         self._held = held
         self._on_lost = on_lost
         self._on_failure = on_failure
@@ -111,7 +119,7 @@ class Liveness:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    _first(self._done, self._check), max(next_beat - time.monotonic(), 0.0)
+                    first_of(self._done, self._check), max(next_beat - time.monotonic(), 0.0)
                 )
 
     async def _connection(self) -> Any:
@@ -131,7 +139,11 @@ class Liveness:
                 concurrency=self._concurrency,
                 conn=conn,
                 within=self._interval,
+                instance=self.instance,
+                stale_after=timedelta(seconds=self._stale_after),
             )
+        except WorkerIdInUse:
+            raise  # ends the loop, and the worker with it: its claims would not be listed
         except Exception as exc:
             self._drop_connection()
             self.reachable_since = None
@@ -167,7 +179,7 @@ class Liveness:
             self._on_lost(lost)
 
 
-async def _first(*events: asyncio.Event) -> None:
+async def first_of(*events: asyncio.Event) -> None:
     """Return when any of ``events`` is set."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:

@@ -35,6 +35,7 @@ from .errors import (
     PayloadInvalid,
     SchemaMissing,
     WaitTimeout,
+    WorkerIdInUse,
 )
 from .limits import (
     check_run_at,
@@ -571,23 +572,34 @@ RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 # still own their job. It writes no job row and reads job rows without locking them, so
 # nothing another session or a handler holds can make it wait (a plain SELECT never
 # waits for row locks). A claim missing from the answer was cancelled or taken back.
+# The row is this worker's only if it carries its instance token $8, or its last
+# heartbeat is older than $9 (that worker is gone): a second live worker with the same
+# worker_id would erase the first one's claims, so it is told (registered = false).
 HEARTBEAT = """
 WITH registered AS (
     INSERT INTO job_workers AS w (worker_id, host, pid, job_types, concurrency, held_jobs,
-                                  held_leases)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                  held_leases, instance)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (worker_id) DO UPDATE
     SET heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid,
         job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency,
-        held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases
+        held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases,
+        instance = EXCLUDED.instance,
+        started_at = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
+                          THEN w.started_at ELSE now() END
+    WHERE w.instance IS NOT DISTINCT FROM EXCLUDED.instance
+       OR w.heartbeat_at < now() - $9::interval
     RETURNING w.worker_id
+),
+owned AS (
+    SELECT j.id, j.lease_id
+    FROM jobs AS j
+    JOIN unnest($6::bigint[], $7::bigint[]) AS mine(id, lease_id) ON j.id = mine.id
+    WHERE j.id = ANY($6::bigint[])
+      AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
 )
-SELECT j.id, j.lease_id
-FROM jobs AS j
-JOIN unnest($6::bigint[], $7::bigint[]) AS mine(id, lease_id) ON j.id = mine.id
-WHERE j.id = ANY($6::bigint[])
-  AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
-  AND EXISTS (SELECT 1 FROM registered)
+SELECT EXISTS (SELECT 1 FROM registered) AS registered, owned.id, owned.lease_id
+FROM (SELECT 1) AS one LEFT JOIN owned ON true
 """
 
 # Which of these claims ($2 job ids, $3 lease_ids) of worker $1 still own their job: a
@@ -606,7 +618,12 @@ FORGET_DEAD_WORKERS = """
 DELETE FROM job_workers WHERE heartbeat_at < now() - $1::interval RETURNING worker_id
 """
 
-LEAVE = "DELETE FROM job_workers WHERE worker_id = $1"
+# Only this instance's row: a worker leaving must not take a namesake off the registry.
+LEAVE = """
+DELETE FROM job_workers WHERE worker_id = $1 AND instance IS NOT DISTINCT FROM $2
+"""
+
+WORKER_ROW = "SELECT host, pid, started_at FROM job_workers WHERE worker_id = $1"
 
 LIST_WORKERS = """
 SELECT worker_id, host, pid, job_types, concurrency, started_at, heartbeat_at
@@ -2157,6 +2174,8 @@ class PgJobStore:
         concurrency: int = 1,
         conn: Connection | None = None,
         within: float | None = None,
+        instance: str | None = None,
+        stale_after: timedelta = timedelta(seconds=30),
     ) -> set[int]:
         """Register ``worker_id`` (or renew it) as alive and holding the claims of ``jobs``.
 
@@ -2164,7 +2183,9 @@ class PgJobStore:
         the worker's row in ``job_workers``: it never waits for a lock on a job. Returns
         the ids of the jobs that are still this worker's claims (a missing one was
         cancelled or taken back). ``conn``: a connection of the caller's (a worker uses
-        one of its own).
+        one of its own). ``instance``: a token of the running worker; while a worker
+        with the same ``worker_id`` and another token has sent a heartbeat within
+        ``stale_after``, this raises WorkerIdInUse.
         """
         claims = await self._heartbeat_claims(
             worker_id,
@@ -2173,6 +2194,8 @@ class PgJobStore:
             concurrency=concurrency,
             conn=conn,
             within=within,
+            instance=instance,
+            stale_after=stale_after,
         )
         return {job_id for job_id, _lease in claims}
 
@@ -2185,6 +2208,8 @@ class PgJobStore:
         concurrency: int,
         conn: Connection | None,
         within: float | None,
+        instance: str | None = None,
+        stale_after: timedelta = timedelta(seconds=30),
     ) -> set[tuple[int, int | None]]:
         """heartbeat(), answering with the (id, lease_id) of the claims still owned."""
         ids, leases = _claims(jobs)
@@ -2198,9 +2223,24 @@ class PgJobStore:
                 concurrency,
                 ids,
                 leases,
+                instance,
+                stale_after,
                 timeout=self.statement_timeout if within is None else within,
             )
-        return {(row["id"], row["lease_id"]) for row in rows}
+            if not rows[0]["registered"]:
+                other = await c.fetchrow(WORKER_ROW, worker_id, timeout=self.statement_timeout)
+                raise WorkerIdInUse(
+                    f"worker_id {worker_id!r} is in use by another live worker"
+                    + (
+                        f" (host {other['host']!r}, pid {other['pid']}, started "
+                        f"{other['started_at']:%Y-%m-%d %H:%M:%S %Z})"
+                        if other is not None
+                        else ""
+                    )
+                    + ": give each worker its own worker_id (Worker(worker_id=...), "
+                    "`pqrun worker --worker-id`), or leave it to the default"
+                )
+        return {(row["id"], row["lease_id"]) for row in rows if row["id"] is not None}
 
     async def still_owned(
         self,
@@ -2227,10 +2267,11 @@ class PgJobStore:
             )
         return {(row["id"], row["lease_id"]) for row in rows}
 
-    async def leave(self, worker_id: str) -> None:
-        """Take ``worker_id`` off the registry of live workers."""
+    async def leave(self, worker_id: str, *, instance: str | None = None) -> None:
+        """Take ``worker_id`` (the one whose heartbeats carried ``instance``) off the
+        registry of live workers."""
         async with self._acquire() as conn:
-            await conn.execute(LEAVE, worker_id, timeout=self.statement_timeout)
+            await conn.execute(LEAVE, worker_id, instance, timeout=self.statement_timeout)
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """The registered workers: id, host, pid, job types, concurrency, started, heartbeat."""

@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import time
@@ -304,6 +305,9 @@ class Worker:
         store.want_connections(self.concurrency)
 
         self._outage = _OutageLog(self.worker_id)
+        # This Worker object's token in job_workers, the same across its runs and drains:
+        # another live worker with the same worker_id has another one, and is refused.
+        self._instance = secrets.token_hex(8)
         self._started = False
         self._shutdown: asyncio.Task[None] | None = None
         self._processed = 0
@@ -595,6 +599,8 @@ class Worker:
             job_types=self.job_types,
             concurrency=self.concurrency,
             interval=self.heartbeat_interval.total_seconds(),
+            stale_after=self.default_stale_after.total_seconds(),
+            instance=self._instance,
             held=lambda: list(self._held.values()),
             on_lost=self._stop_runs_no_longer_owned,
             on_failure=self._outage.failure,
@@ -1365,7 +1371,7 @@ class Worker:
 
     async def _leave(self) -> None:
         try:
-            await self.store.leave(self.worker_id)
+            await self.store.leave(self.worker_id, instance=self._instance)
         except Exception as exc:
             logger.info(
                 "worker %s could not leave the registry (%s); the reaper removes it once "
