@@ -12,10 +12,14 @@ asyncpg connection of its worker process (not the store's pool). Afterwards:
   SIGKILL (or saw it exit by itself, or killed it at teardown);
 - two runs of one job overlap if each started before the other ended;
 - recovery is the time from the last kill to the last job done; it must not exceed twice
-  the default stale period.
+  the default stale period;
+- a job whose run a kill cut off must start again within twice the stale period of the
+  kill (the kills go on meanwhile);
+- every job must be finished before the deadline stops the kills: jobs that only finish
+  once the kills stop were not recovered under them.
 
-Exit status 0 when every job is DONE, none FAILED, no two runs overlap and recovery fits;
-1 otherwise; 2 when the run itself could not be carried out.
+Exit status 0 when every job is DONE, none FAILED, no two runs overlap and every time
+above fits; 1 otherwise; 2 when the run itself could not be carried out.
 
     python scripts/chaos.py [--jobs 10000] [--workers 4] [--concurrency 8]
                             [--kill-every 2] [--deadline 600] [--json report.json]
@@ -84,6 +88,8 @@ class RunLog:
         self.lock = asyncio.Lock()
 
     async def execute(self, sql: str, *args: Any) -> None:
+        """Run ``sql`` until it works; the statements are written to be safe to repeat
+        (a write may have committed on a connection that broke before it answered)."""
         give_up = time.monotonic() + RECORD_PATIENCE
         while True:
             try:
@@ -111,7 +117,7 @@ async def worker_main(dsn: str, concurrency: int) -> None:
         # handler fails before doing anything, and the job is retried.
         await runs.execute(
             "INSERT INTO chaos_runs (run_id, job_id, lease_id, attempt, worker)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING",
             run_id,
             ctx.job.id,
             ctx.job.lease_id,
@@ -131,7 +137,7 @@ async def worker_main(dsn: str, concurrency: int) -> None:
             await asyncio.shield(
                 runs.execute(
                     "UPDATE chaos_runs SET ended_at = clock_timestamp(), ended_how = $2"
-                    " WHERE run_id = $1",
+                    " WHERE run_id = $1 AND ended_at IS NULL",
                     run_id,
                     how,
                 )
@@ -377,6 +383,14 @@ async def measure(
         # overlap rule blind; there should be none (every child is ended above).
         unbounded = await conn.fetchval("SELECT count(*) FROM runs WHERE effective_end IS NULL")
         last_done = await conn.fetchval("SELECT max(finished_at) FROM jobs WHERE status = 'DONE'")
+        # For each run cut off by a kill: how long until its job started again.
+        reruns = await conn.fetch(
+            "SELECT r.job_id, r.worker, e.exited_at AS killed_at,"
+            " (SELECT min(n.started_at) FROM chaos_runs n"
+            "  WHERE n.job_id = r.job_id AND n.started_at > e.exited_at) AS next_start"
+            " FROM chaos_runs r JOIN chaos_exits e ON e.worker = r.worker AND e.how = 'kill'"
+            " WHERE r.ended_at IS NULL"
+        )
     finally:
         await conn.close()
 
@@ -389,11 +403,24 @@ async def measure(
     recovery: float | None = None
     if lost == 0 and last_kill is not None and last_done is not None:
         recovery = max(0.0, (last_done - last_kill).total_seconds())
+    waits = sorted(
+        (
+            ((row["next_start"] - row["killed_at"]).total_seconds(), row)
+            for row in reruns
+            if row["next_start"] is not None
+        ),
+        key=lambda pair: pair[0],
+    )
+    never_rerun = sum(1 for row in reruns if row["next_start"] is None)
+    stopped = children.kills_stopped
     checks = {
         "no job lost": lost == 0,
         "no job FAILED": failed == 0,
         "no overlapping runs": overlaps == 0 and unbounded == 0,
         "recovery within twice the stale period": recovery is not None and recovery <= limit,
+        "cut-off jobs ran again within twice the stale period": never_rerun == 0
+        and all(wait <= limit for wait, _ in waits),
+        "every job finished while the kills went on": stopped.get("jobs_unfinished") == 0,
     }
 
     def when(value: datetime | None) -> str | None:
@@ -446,6 +473,23 @@ async def measure(
             "seconds": round(recovery, 1) if recovery is not None else None,
             "limit_seconds": limit,
         },
+        "rerun_after_kill": {
+            "cut_off_runs": len(reruns),
+            "never_ran_again": never_rerun,
+            "median_seconds": round(waits[len(waits) // 2][0], 1) if waits else None,
+            "max_seconds": round(waits[-1][0], 1) if waits else None,
+            "over_limit": sum(1 for wait, _ in waits if wait > limit),
+            "limit_seconds": limit,
+            "longest": [
+                {
+                    "job_id": row["job_id"],
+                    "killed_at": row["killed_at"].isoformat(),
+                    "next_start": row["next_start"].isoformat(),
+                    "seconds": round(wait, 1),
+                }
+                for wait, row in waits[-3:]
+            ],
+        },
         "checks": checks,
         "ok": all(checks.values()),
         "overlap_rule": (
@@ -484,6 +528,12 @@ def show(report: dict[str, Any]) -> None:
         + (f"{rec['seconds']} s" if rec["seconds"] is not None else "never (jobs left)")
         + f" vs {rec['limit_seconds']:.0f} s (twice the stale period)",
     ]
+    again = report["rerun_after_kill"]
+    lines.append(
+        f"jobs cut off by a kill started again after: median {again['median_seconds']} s, "
+        f"max {again['max_seconds']} s; {again['over_limit']} of {again['cut_off_runs']} "
+        f"over {again['limit_seconds']:.0f} s, {again['never_ran_again']} never"
+    )
     lines += [f"{'PASS' if ok else 'FAIL'}: {name}" for name, ok in report["checks"].items()]
     print("\n".join(lines), flush=True)
 
