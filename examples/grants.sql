@@ -9,6 +9,8 @@ GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT, INSERT, UPDATE ON TABLE jobs TO :"role";
 -- Workers register in job_workers, and the reaper removes the dead ones.
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE job_workers TO :"role";
+-- Claims of handlers with a rate or concurrency limit, and schedules (Worker(schedules=)).
+GRANT SELECT, INSERT, UPDATE ON TABLE job_rate_limits, job_schedules TO :"role";
 -- enqueue_many draws ids from the table's identity sequence itself.
 SELECT format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence('jobs', 'id'), :'role')
 \gexec

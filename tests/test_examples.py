@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from fastapi.testclient import TestClient
 
-from pqrun import JobContext, JobStatus, PgJobStore, Retry, Worker
+from pqrun import Handler, JobContext, JobStatus, PgJobStore, Retry, Schedule, Worker
 
 from .conftest import reset_jobs
 from .helpers import counts, wait_until
@@ -211,13 +211,25 @@ async def test_least_privilege_role_can_do_everything(
             assert await app_store.enqueue_many([{"job_type": "t", "dedupe_key": "k"}]) == [ok]
             worker = Worker(store=app_store, handlers={"t": once_more})
             assert await worker.drain() == 2
+            # Limited handlers claim through job_rate_limits; schedules live in job_schedules.
+            await app_store.enqueue_many([{"job_type": "rated"}, {"job_type": "one_at_a_time"}])
+            limited = Worker(
+                store=app_store,
+                handlers={
+                    "rated": Handler(once_more, rate_limit=10),
+                    "one_at_a_time": Handler(once_more, concurrency_limit=1),
+                },
+            )
+            assert await limited.drain() == 2
+            await app_store.declare_schedules([Schedule("t", every=3600)])
+            assert [s["name"] for s in await app_store.list_schedules()] == ["t"]
             assert await app_store.cancel((await app_store.enqueue_many([{"job_type": "x"}]))[0])
             cancelled = await app_store.enqueue("t")
             assert await app_store.cancel(cancelled)
             assert await app_store.retry(cancelled)
             await app_store.pickup("w")
             assert await app_store.reap_stale(timedelta(0)) == [(cancelled, JobStatus.READY)]
-            assert len(await app_store.list_jobs()) == 3
+            assert len(await app_store.list_jobs()) == 5
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
