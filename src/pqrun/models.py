@@ -46,6 +46,8 @@ class Job:
     locked_at: datetime | None
     locked_by: str | None
     lease_id: int | None
+    #: When the run that holds the job was claimed. (A worker's liveness is its row in
+    #: job_workers, which lists the claims it holds: ``store.list_workers()``.)
     heartbeat_at: datetime | None
     dedupe_key: str | None
     last_error: str | None

@@ -485,7 +485,6 @@ class _Dashboard:
             ("claimed", _when(job.locked_at)),
             ("waited for a worker", h(waited)),
             ("worker", h(job.locked_by or "-")),
-            ("heartbeat", _when(job.heartbeat_at)),
             ("finished", _when(job.finished_at)),
             ("took", h(_ms(job.duration_ms))),
             ("updated", _when(job.updated_at)),
