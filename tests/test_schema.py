@@ -157,12 +157,16 @@ async def test_a_store_refuses_a_schema_older_than_itself(
         await conn.execute(ddl_sql())
         # As a table created by an earlier release, before `awaited` and job_schedules.
         await conn.execute("ALTER TABLE jobs DROP COLUMN awaited CASCADE; DROP TABLE job_schedules")
+        await conn.execute("ALTER TABLE job_workers DROP COLUMN held_jobs, DROP COLUMN instance")
         store = PgJobStore(dsn, schema="pqrun_old")
         with pytest.raises(SchemaMissing) as refused:
             await store.start()
         message = str(refused.value)
         assert "older than this version of pqrun" in message
-        assert "column jobs.awaited, table job_schedules" in message
+        assert (
+            "column jobs.awaited, table job_schedules, column job_workers.held_jobs, "
+            "column job_workers.instance" in message
+        )
         assert "pqrun setup --schema pqrun_old" in message
         assert not store.started
         await store.setup()  # applying ddl.sql again brings it up to date

@@ -837,7 +837,10 @@ SELECT n.nspname AS schema,
        ARRAY(SELECT tgname::text FROM pg_trigger
              WHERE tgrelid = c.oid AND NOT tgisinternal) AS triggers,
        ARRAY(SELECT t.relname::text FROM pg_class AS t
-             WHERE t.relnamespace = n.oid AND t.relkind IN ('r', 'p')) AS tables
+             WHERE t.relnamespace = n.oid AND t.relkind IN ('r', 'p')) AS tables,
+       ARRAY(SELECT a.attname::text FROM pg_attribute AS a
+             WHERE a.attrelid = to_regclass(quote_ident(n.nspname) || '.job_workers')
+               AND a.attnum > 0 AND NOT a.attisdropped) AS worker_columns
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('jobs')
 """
@@ -935,6 +938,7 @@ EXPECTED_INDEXES = (
 )
 EXPECTED_TRIGGERS = ("jobs_notify_inserted", "jobs_notify_finished")
 EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules")
+EXPECTED_WORKER_COLUMNS = ("held_jobs", "held_leases", "instance")
 
 # `pqrun status` counts at most this many rows of a status, and at most this many recent
 # completions for a rate; beyond, it estimates.
@@ -946,6 +950,13 @@ def _missing_objects(row: Mapping[str, Any]) -> list[str]:
     """What ddl.sql creates and SCHEMA_OBJECTS did not find."""
     missing = [f"column jobs.{c}" for c in EXPECTED_COLUMNS if c not in row["columns"]]
     missing += [f"table {t}" for t in EXPECTED_TABLES if t not in row["tables"]]
+    if "job_workers" in row["tables"]:
+        # Without these a worker's heartbeat fails, and its jobs look abandoned.
+        missing += [
+            f"column job_workers.{c}"
+            for c in EXPECTED_WORKER_COLUMNS
+            if c not in row["worker_columns"]
+        ]
     missing += [f"index {i}" for i in EXPECTED_INDEXES if i not in row["indexes"]]
     missing += [f"trigger {t}" for t in EXPECTED_TRIGGERS if t not in row["triggers"]]
     return missing
