@@ -110,7 +110,7 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
     for sql, args in (
         (PICKUP, ("w", ["t", "later"], 10)),
         (PICKUP, ("w", None, 10)),
-        (REAP_STALE, (timedelta(minutes=20),)),
+        (REAP_STALE, (timedelta(minutes=20), timedelta(seconds=15), timedelta(seconds=10))),
     ):
         tx = conn.transaction()
         await tx.start()
@@ -129,7 +129,8 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
         assert scan["Actual Rows"] <= 10
         assert scan.get("Rows Removed by Filter", 0) <= 10
     reaper = plans[2]
-    assert "Seq Scan" not in [n["Node Type"] for n in reaper]
+    # (job_workers, one row per worker, may be read whole.)
+    assert not [n for n in reaper if n["Node Type"] == "Seq Scan" and n["Relation Name"] == "jobs"]
     assert any(n.get("Index Name") == "jobs_running" for n in reaper)
 
 

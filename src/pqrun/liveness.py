@@ -71,9 +71,6 @@ class Liveness:
         self._check = asyncio.Event()
         self._to_check: set[int] = set()
         self._failing = False
-        #: Since when (monotonic) the heartbeats have reached the database without a
-        #: break; None while they do not.
-        self.reachable_since: float | None = None
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="pqrun-liveness")
@@ -86,11 +83,6 @@ class Liveness:
         """
         self._to_check.add(job_id)
         self._check.set()
-
-    def reachable_for(self) -> float:
-        """Seconds the heartbeats have reached the database without a break (0: not now)."""
-        since = self.reachable_since
-        return 0.0 if since is None else time.monotonic() - since
 
     async def stop(self, within: float = 1.0) -> None:
         """End the loop (after a heartbeat under way, for at most ``within`` seconds)."""
@@ -146,12 +138,9 @@ class Liveness:
             raise  # ends the loop, and the worker with it: its claims would not be listed
         except Exception as exc:
             self._drop_connection()
-            self.reachable_since = None
             self._failing = True
             self._on_failure("liveness", "sending heartbeats", exc)
             return
-        if self.reachable_since is None:
-            self.reachable_since = time.monotonic()
         if self._failing:
             self._failing = False
             self._on_recovery("liveness")

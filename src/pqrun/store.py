@@ -91,6 +91,9 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 
 INT32_MAX = 2**31 - 1
 
+# Heartbeats a worker sends within one stale period (default_stale_after).
+HEARTBEATS_PER_STALE_PERIOD = 6
+
 # With concurrency_limit_per_key, a claim chooses among this many of the first due jobs
 # of the type: keys beyond them wait until those ahead have run.
 PER_KEY_WINDOW = 200
@@ -533,6 +536,13 @@ stale AS (
     FROM jobs AS j
     WHERE j.status = 'RUNNING'
       AND COALESCE(j.locked_at, j.updated_at) < now() - $1::interval
+      -- After an outage: only once some worker's heartbeats have come for $2 without a
+      -- gap (and it is alive now), by when every live worker has sent one again.
+      AND ($2::interval IS NULL OR EXISTS (
+          SELECT 1 FROM job_workers AS v
+          WHERE v.heartbeat_at >= now() - $3::interval
+            AND v.alive_since <= now() - $2::interval
+      ))
       AND NOT EXISTS (
           SELECT 1 FROM alive
           WHERE alive.worker_id = j.locked_by AND alive.id = j.id
@@ -575,6 +585,7 @@ RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 # The row is this worker's only if it carries its instance token $8, or its last
 # heartbeat is older than $9 (that worker is gone): a second live worker with the same
 # worker_id would erase the first one's claims, so it is told (registered = false).
+# alive_since is kept while heartbeats come less than $10 apart, else starts again.
 HEARTBEAT = """
 WITH registered AS (
     INSERT INTO job_workers AS w (worker_id, host, pid, job_types, concurrency, held_jobs,
@@ -586,7 +597,10 @@ WITH registered AS (
         held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases,
         instance = EXCLUDED.instance,
         started_at = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
-                          THEN w.started_at ELSE now() END
+                          THEN w.started_at ELSE now() END,
+        alive_since = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
+                            AND w.heartbeat_at >= now() - $10::interval
+                           THEN w.alive_since ELSE now() END
     WHERE w.instance IS NOT DISTINCT FROM EXCLUDED.instance
        OR w.heartbeat_at < now() - $9::interval
     RETURNING w.worker_id
@@ -938,7 +952,7 @@ EXPECTED_INDEXES = (
 )
 EXPECTED_TRIGGERS = ("jobs_notify_inserted", "jobs_notify_finished")
 EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules")
-EXPECTED_WORKER_COLUMNS = ("held_jobs", "held_leases", "instance")
+EXPECTED_WORKER_COLUMNS = ("held_jobs", "held_leases", "instance", "alive_since")
 
 # `pqrun status` counts at most this many rows of a status, and at most this many recent
 # completions for a rate; beyond, it estimates.
@@ -1188,6 +1202,11 @@ def _new_job_row(
 def _storable(text: str) -> str:
     """``text`` as a PostgreSQL text column takes it: no NUL, no lone surrogates."""
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _heartbeat_gap(stale_after: timedelta) -> timedelta:
+    """Two heartbeat intervals: heartbeats further apart than this break a streak."""
+    return stale_after * 2 / HEARTBEATS_PER_STALE_PERIOD
 
 
 def _claims(jobs: Sequence[Job]) -> tuple[list[int], list[int | None]]:
@@ -2076,21 +2095,33 @@ class PgJobStore:
         return [row["id"] for row in rows]
 
     async def reap_stale(
-        self, default_stale_after: timedelta = timedelta(seconds=30)
+        self,
+        default_stale_after: timedelta = timedelta(seconds=30),
+        *,
+        reachable_for: timedelta | None = None,
     ) -> list[tuple[int, JobStatus]]:
         """Take back RUNNING jobs that gave no sign of life for ``default_stale_after``.
 
-        A running job's worker heartbeats it every few seconds; a job whose heartbeat
-        (or, before its first one, its claim) is older than that is taken back: to READY
-        when attempts are left, else to FAILED. Workers whose heartbeat is that old are
-        removed from the registry. One reaper acts at a time: while another holds the
-        queue's reaper lock this returns [] at once. Returns (id, new status) for each
-        job taken back.
+        A worker's heartbeat lists the claims it holds every few seconds; a job whose
+        claim is older than ``default_stale_after`` and that no heartbeat of that age
+        lists is taken back: to READY when attempts are left, else to FAILED. So are
+        RUNNING rows with no owner. Workers whose heartbeat is that old are removed from
+        the registry. With ``reachable_for``, nothing is taken back unless some worker's
+        heartbeats have come for that long without a gap (workers pass three heartbeat
+        intervals: after an outage, every live worker has sent one again by then). One
+        reaper acts at a time: while another holds the queue's reaper lock this returns
+        [] at once. Returns (id, new status) for each job taken back.
         """
         async with self._acquire() as conn, conn.transaction():
             if not await conn.fetchval(REAPER_LOCK, self.channel, timeout=self.statement_timeout):
                 return []
-            rows = await conn.fetch(REAP_STALE, default_stale_after, timeout=self.statement_timeout)
+            rows = await conn.fetch(
+                REAP_STALE,
+                default_stale_after,
+                reachable_for,
+                _heartbeat_gap(default_stale_after),
+                timeout=self.statement_timeout,
+            )
             gone = await conn.fetch(
                 FORGET_DEAD_WORKERS, default_stale_after, timeout=self.statement_timeout
             )
@@ -2236,6 +2267,7 @@ class PgJobStore:
                 leases,
                 instance,
                 stale_after,
+                _heartbeat_gap(stale_after),
                 timeout=self.statement_timeout if within is None else within,
             )
             if not rows[0]["registered"]:

@@ -46,7 +46,7 @@ from .outcomes import Outcome, OutcomeWriter
 from .payloads import validate
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
-from .store import INT32_MAX, PgJobStore, _tell
+from .store import HEARTBEATS_PER_STALE_PERIOD, INT32_MAX, PgJobStore, _tell
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -82,13 +82,12 @@ LIMITED_RECHECK_SECONDS = 0.05
 PRUNE_BATCH_SIZE = 1000
 PRUNE_BATCHES_PER_STEP = 10
 PRUNE_PAUSE = 0.5
-# Heartbeats a worker sends within one default_stale_after.
-HEARTBEATS_PER_STALE_PERIOD = 6
-# A worker's reaper acts once the worker's own heartbeats have reached the database for
-# this many heartbeat intervals without a break. After an outage every heartbeat is stale
-# at once; by then every worker that is alive has sent one again (their heartbeat
-# connections retry every interval), so only the jobs of the dead are taken back. It is
-# not a whole stale period: workers that restart often must still recover their dead.
+# The reaper takes jobs back only once some worker's heartbeats (its own or another's)
+# have reached the database for this many heartbeat intervals without a gap. After an
+# outage every heartbeat is stale at once; by then every worker that is alive has sent
+# one again (their heartbeat connections retry every interval), so only the jobs of the
+# dead are taken back. Any worker will do as the witness, so a worker that has just
+# started can reap at once: workers that restart often still recover their dead.
 REAP_AFTER_HEARTBEATS = 3
 
 
@@ -1246,16 +1245,6 @@ class Worker:
                 flight.cancel_requested = True
                 flight.task.cancel()
 
-    def _may_reap(self) -> bool:
-        """Reap only once this worker's heartbeats have reached the database for a while.
-
-        After an outage every worker's heartbeats are stale at once; reaping at once
-        would take back jobs that are running fine. A few heartbeat intervals later,
-        every worker still alive has sent one again (REAP_AFTER_HEARTBEATS).
-        """
-        needed = REAP_AFTER_HEARTBEATS * self.heartbeat_interval.total_seconds()
-        return self._liveness.reachable_for() >= needed
-
     async def _hears_itself(self, conn: Any) -> bool:
         """Notify our own channel on the LISTEN connection; True if it comes back."""
         self._probes += 1
@@ -1275,13 +1264,15 @@ class Worker:
 
     async def _reap_loop(self) -> None:
         while not self._stopping.is_set():
-            if self._may_reap():
-                try:
-                    await self.store.reap_stale(self.default_stale_after)
-                except Exception as exc:
-                    self._outage.failure("reaper", "reaping stale jobs", exc)
-                else:
-                    self._outage.recovered("reaper")
+            try:
+                await self.store.reap_stale(
+                    self.default_stale_after,
+                    reachable_for=self.heartbeat_interval * REAP_AFTER_HEARTBEATS,
+                )
+            except Exception as exc:
+                self._outage.failure("reaper", "reaping stale jobs", exc)
+            else:
+                self._outage.recovered("reaper")
             await self._sleep(self.reap_interval.total_seconds())
 
     async def _prune_loop(self) -> None:
