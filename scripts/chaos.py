@@ -391,6 +391,11 @@ async def measure(
             " FROM chaos_runs r JOIN chaos_exits e ON e.worker = r.worker AND e.how = 'kill'"
             " WHERE r.ended_at IS NULL"
         )
+        # What the jobs that did not end DONE say about why.
+        not_done = await conn.fetch(
+            "SELECT id, status, attempts, max_attempts, locked_by, last_error FROM jobs"
+            " WHERE status <> 'DONE' ORDER BY id LIMIT 10"
+        )
     finally:
         await conn.close()
 
@@ -444,6 +449,7 @@ async def measure(
             "other": {s: n for s, n in statuses.items() if s not in ("DONE", "FAILED")},
             "lost": lost,
             "never_ran_to_completion": never_ran,
+            "not_done_examples": [dict(row) for row in not_done],
         },
         "runs": {
             "total": runs["total"],
@@ -513,6 +519,11 @@ def show(report: dict[str, Any]) -> None:
         f"{runs['ended_cancelled']} cancelled, {runs['ended_error']} errors, "
         f"{runs['cut_off_by_kills']} cut off by kills, {runs['cut_off_otherwise']} cut off "
         "otherwise",
+        *(
+            f"  not DONE: job {row['id']} {row['status']} attempt {row['attempts']} of "
+            f"{row['max_attempts']} ({row['locked_by']}): {row['last_error']}"
+            for row in jobs["not_done_examples"]
+        ),
         f"jobs finished twice: {report['jobs_finished_twice']}",
         f"overlapping runs: {report['overlapping_runs']['pairs']} pairs",
     ]

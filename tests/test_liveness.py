@@ -348,3 +348,32 @@ async def test_a_second_live_worker_with_the_same_worker_id_is_refused(
     await third.store.enqueue("t")
     assert await asyncio.wait_for(third.drain(), 30) == 1
     await third.store.close()
+
+
+async def test_after_an_outage_nothing_is_reaped_until_the_workers_have_been_back_a_while(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    job_id = await store.enqueue("t")
+    await store.pickup_batch("dead", None, 1)
+    await conn.execute("UPDATE jobs SET locked_at = now() - interval '1 hour'")
+    stale, wait = timedelta(seconds=30), timedelta(seconds=15)
+
+    async def workers(*spans: tuple[int, int]) -> None:
+        # (seconds ago its run of heartbeats began, seconds ago its last heartbeat)
+        await conn.execute("DELETE FROM job_workers")
+        for number, (since, last) in enumerate(spans):
+            await conn.execute(
+                "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency,"
+                " alive_since, heartbeat_at) VALUES ($1, 'h', 1, '{}', 1,"
+                " now() - $2::interval, now() - $3::interval)",
+                f"w{number}",
+                timedelta(seconds=since),
+                timedelta(seconds=last),
+            )
+
+    # Everyone has just come back after a minute without the database.
+    await workers((5, 1), (4, 2), (70, 65))
+    assert await store.reap_stale(stale, reachable_for=wait) == []
+    # Workers that each lived a few seconds, one after another, cover the last 15 s.
+    await workers((40, 12), (14, 6), (7, 1))
+    assert await store.reap_stale(stale, reachable_for=wait) == [(job_id, JobStatus.READY)]

@@ -529,6 +529,32 @@ WITH alive AS (
          unnest(w.held_jobs, w.held_leases) AS held(id, lease_id)
     WHERE w.heartbeat_at >= now() - $1::interval
 ),
+-- After an outage every heartbeat is stale at once. So ($2 given) nothing is taken back
+-- unless workers reached the database all through the last $2: each worker's run of
+-- heartbeats (from alive_since to its last heartbeat, plus $3, the gap that would have
+-- broken the run) is a span, and the spans of all workers, dead ones included, must
+-- cover [now() - $2, now()] without a hole. Workers that restart often still cover it
+-- together; after an outage nobody covers it until $2 after the first is back, by when
+-- every live worker has sent a heartbeat again.
+spans AS (
+    SELECT greatest(w.alive_since, now() - $2::interval) AS from_at,
+           w.heartbeat_at + $3::interval AS to_at
+    FROM job_workers AS w
+    WHERE $2::interval IS NOT NULL AND w.heartbeat_at + $3::interval >= now() - $2::interval
+),
+reach AS (
+    SELECT from_at, to_at,
+           max(to_at) OVER (ORDER BY from_at ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+               AS covered_to
+    FROM spans
+),
+reachable AS (
+    SELECT $2::interval IS NULL
+           OR COALESCE(min(from_at) <= now() - $2::interval AND max(to_at) >= now()
+                       AND bool_and(covered_to IS NULL OR from_at <= covered_to), false)
+           AS ok
+    FROM reach
+),
 stale AS (
     SELECT j.id, j.locked_by, j.attempts, j.lease_id,
            (SELECT max(w.heartbeat_at) FROM job_workers AS w
@@ -536,13 +562,7 @@ stale AS (
     FROM jobs AS j
     WHERE j.status = 'RUNNING'
       AND COALESCE(j.locked_at, j.updated_at) < now() - $1::interval
-      -- After an outage: only once some worker's heartbeats have come for $2 without a
-      -- gap (and it is alive now), by when every live worker has sent one again.
-      AND ($2::interval IS NULL OR EXISTS (
-          SELECT 1 FROM job_workers AS v
-          WHERE v.heartbeat_at >= now() - $3::interval
-            AND v.alive_since <= now() - $2::interval
-      ))
+      AND (SELECT ok FROM reachable)
       AND NOT EXISTS (
           SELECT 1 FROM alive
           WHERE alive.worker_id = j.locked_by AND alive.id = j.id
@@ -2106,9 +2126,10 @@ class PgJobStore:
         claim is older than ``default_stale_after`` and that no heartbeat of that age
         lists is taken back: to READY when attempts are left, else to FAILED. So are
         RUNNING rows with no owner. Workers whose heartbeat is that old are removed from
-        the registry. With ``reachable_for``, nothing is taken back unless some worker's
-        heartbeats have come for that long without a gap (workers pass three heartbeat
-        intervals: after an outage, every live worker has sent one again by then). One
+        the registry. With ``reachable_for``, nothing is taken back unless the workers'
+        heartbeats, together, have reached the database all through that long (workers
+        pass three heartbeat intervals: after an outage, every live worker has sent one
+        again by then). One
         reaper acts at a time: while another holds the queue's reaper lock this returns
         [] at once. Returns (id, new status) for each job taken back.
         """
