@@ -1035,6 +1035,10 @@ KEYWORD_VALUE = re.compile(
     re.DOTALL,
 )
 
+# ``user:password@`` anywhere in a DSN that is not a URL (a URL whose scheme has a typo).
+TYPO_USERINFO = re.compile(r"(?P<user>[^\s:/@]*):(?P<password>[^\s@]+)@")
+
+
 
 def _is_secret_key(key: str) -> bool:
     # password and sslpassword, however a URL query spells them (PassWord, pass%77ord):
@@ -1060,7 +1064,15 @@ def _dsn_parts(dsn: str) -> tuple[str, list[str]]:
                 found.extend((inner, re.sub(r"\\(.)", r"\1", inner)))
             return f"{match['key']}{match['eq']}{REDACTED}"
 
-        return KEYWORD_VALUE.sub(keyword, dsn), found
+        redacted = KEYWORD_VALUE.sub(keyword, dsn)
+
+        def userinfo(match: re.Match[str]) -> str:
+            # Not a URL, yet ``user:password@`` in it: a URL with a typo in its scheme
+            # (``postgresql:/``, ``postgresql//``) still holds a password there.
+            found.extend((match["password"], unquote(match["password"])))
+            return f"{match['user']}:{REDACTED}@"
+
+        return TYPO_USERINFO.sub(userinfo, redacted), found
     head, body = dsn[: url.end()], dsn[url.end() :]
     # The user info ends at the last @ of the authority. A password written with an
     # unencoded / # or ? still counts as password: the @ is looked for before the query
