@@ -194,12 +194,16 @@ CREATE TABLE IF NOT EXISTS job_workers (
     -- Since when this worker's heartbeats have come without a gap. After an outage every
     -- heartbeat is stale at once; reapers wait until some worker has been back this
     -- long, by when every live worker has sent one again.
-    alive_since  timestamptz NOT NULL DEFAULT now()
+    alive_since  timestamptz NOT NULL DEFAULT now(),
+    -- The worker's own default_stale_after: a reaper configured with a shorter one still
+    -- leaves this worker's jobs alone while its heartbeats are younger than this.
+    stale_after  interval
 );
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_jobs bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_leases bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS instance text;
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS alive_since timestamptz NOT NULL DEFAULT now();
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS stale_after interval;
 
 -- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
 -- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by

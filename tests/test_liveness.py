@@ -171,7 +171,10 @@ async def test_a_claim_its_live_worker_no_longer_holds_is_taken_back(
     await store.enqueue("t")
     await store.enqueue("t")
     held, lost = await store.pickup_batch("w", None, 2)
-    await conn.execute("UPDATE jobs SET locked_at = now() - interval '1 hour'")
+    await conn.execute(
+        "UPDATE jobs SET locked_at = now() - interval '1 hour',"
+        " heartbeat_at = now() - interval '1 hour'"
+    )
     await store.heartbeat("w", [held])
     assert await store.reap_stale(timedelta(seconds=30)) == [(lost.id, JobStatus.READY)]
     assert await store.heartbeat("w", [held]) == {held.id}
@@ -186,7 +189,9 @@ async def test_workers_that_each_live_less_than_a_stale_period_still_recover_the
     job_id = await store.enqueue("t")
     await store.pickup_batch("dead", None, 1)
     await conn.execute(
-        "UPDATE jobs SET locked_at = now() - interval '1 hour' WHERE id = $1", job_id
+        "UPDATE jobs SET locked_at = now() - interval '1 hour',"
+        " heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+        job_id,
     )
     ran = asyncio.Event()
 
@@ -355,7 +360,10 @@ async def test_after_an_outage_nothing_is_reaped_until_the_workers_have_been_bac
 ) -> None:
     job_id = await store.enqueue("t")
     await store.pickup_batch("dead", None, 1)
-    await conn.execute("UPDATE jobs SET locked_at = now() - interval '1 hour'")
+    await conn.execute(
+        "UPDATE jobs SET locked_at = now() - interval '1 hour',"
+        " heartbeat_at = now() - interval '1 hour'"
+    )
     stale, wait = timedelta(seconds=30), timedelta(seconds=15)
 
     async def workers(*spans: tuple[int, int]) -> None:

@@ -110,7 +110,7 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
     for sql, args in (
         (PICKUP, ("w", ["t", "later"], 10)),
         (PICKUP, ("w", None, 10)),
-        (REAP_STALE, (timedelta(minutes=20), timedelta(seconds=15), timedelta(seconds=10))),
+        (REAP_STALE, (timedelta(minutes=20), timedelta(seconds=15), timedelta(seconds=10), None)),
     ):
         tx = conn.transaction()
         await tx.start()

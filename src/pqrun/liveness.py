@@ -122,17 +122,28 @@ class Liveness:
     async def _beat(self) -> None:
         held = self._held()
         try:
-            conn = await asyncio.wait_for(self._connection(), self._interval * 2)
+            try:
+                conn = await asyncio.wait_for(self._connection(), self._interval * 2)
+            except Exception as exc:
+                # No connection of its own (the server or the role at its connection
+                # limit, say) while the pool may still work: beat through the pool
+                # rather than let a live worker's jobs be taken back.
+                logger.debug("heartbeat connection: %s; beating through the pool", exc)
+                self._drop_connection()
+                conn = None
             # At most one interval: a slow heartbeat must not outlive the next two.
-            owned = await self._store._heartbeat_claims(
-                self._worker_id,
-                held,
-                job_types=self._job_types,
-                concurrency=self._concurrency,
-                conn=conn,
-                within=self._interval,
-                instance=self.instance,
-                stale_after=timedelta(seconds=self._stale_after),
+            owned = await asyncio.wait_for(
+                self._store._heartbeat_claims(
+                    self._worker_id,
+                    held,
+                    job_types=self._job_types,
+                    concurrency=self._concurrency,
+                    conn=conn,
+                    within=self._interval,
+                    instance=self.instance,
+                    stale_after=timedelta(seconds=self._stale_after),
+                ),
+                self._interval * 1.5,
             )
         except WorkerIdInUse:
             raise  # ends the loop, and the worker with it: its claims would not be listed

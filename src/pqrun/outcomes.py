@@ -53,6 +53,10 @@ RETRY_ASIDE_MAX = 5.0
 TRY_AGAIN_LATER = frozenset(
     {"55P03", "40P01", "40001", "57014", "53000", "53100", "53200", "53300"}
 )
+# A row locked by someone else is waited for as long as that lasts (and said now and
+# then); any other of those errors only this many times, then the job fails with it.
+LOCK_NOT_AVAILABLE = "55P03"
+MAX_TRIES_ASIDE = 6
 
 
 @dataclass(slots=True)
@@ -178,8 +182,14 @@ class OutcomeWriter:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
+            # The server gives up on a write a second before the client would: a write
+            # it cancels is known not to have happened, where one the client gave up on
+            # might have committed after all.
+            client_ms = round(self._store.statement_timeout * 1000)
+            server_ms = max(client_ms - min(1000, client_ms // 10), 1)
             self._conn = await self._store.dedicated_connection(
-                "the outcome writer's connection", {"lock_timeout": LOCK_TIMEOUT}
+                "the outcome writer's connection",
+                {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": f"{server_ms}ms"},
             )
         return self._conn
 
@@ -268,11 +278,16 @@ class OutcomeWriter:
         outcome.not_before = time.monotonic() + delay
         if outcome.tries_aside in (1, 20) or outcome.tries_aside % 100 == 0:
             # Said when it starts and now and then after, never silently for ever.
+            cause = why.__cause__
+            locked = getattr(cause, "sqlstate", None) == LOCK_NOT_AVAILABLE
             logger.warning(
-                "job %s: its outcome waits for its row, which another session holds (%s); "
-                "tried %d times, trying again in %.2f s while the other jobs are written",
+                "job %s: its outcome %s (%s); tried %d times, trying again in %.2f s while "
+                "the other jobs are written",
                 outcome.job.id,
-                why.__cause__ and _refusal(why.__cause__),
+                "waits for its row, which another session holds"
+                if locked
+                else "could not be written just now",
+                cause and _refusal(cause),
                 outcome.tries_aside,
                 delay,
                 extra={"job_id": outcome.job.id, "job_type": outcome.job.job_type},
@@ -284,7 +299,7 @@ class OutcomeWriter:
                 [(outcome.job, outcome.result_json or "", outcome.duration_ms)], conn=conn
             )
         except Exception as exc:
-            self._raise_unless_refused(exc)
+            self._raise_unless_refused(exc, outcome)
             # The database will not take this result: the job fails, with why.
             outcome.result_json = None
             outcome.error = f"the handler's result could not be stored: {_refusal(exc)}"
@@ -293,11 +308,18 @@ class OutcomeWriter:
         else:
             self._written(outcome, JobStatus.DONE if moved else None)
 
-    def _raise_unless_refused(self, exc: Exception) -> None:
-        """Re-raise ``exc`` unless the database refused this one write for its data."""
+    def _raise_unless_refused(self, exc: Exception, outcome: Outcome) -> None:
+        """Re-raise ``exc`` unless the database refused this one write for its data.
+
+        A "try again later" error is put aside, for ever when the row is locked by
+        someone else, else MAX_TRIES_ASIDE times: after that it counts as a refusal.
+        """
         if is_connection_failure(exc):
             raise exc
-        if _try_again_later(exc):
+        if _try_again_later(exc) and (
+            getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
+            or outcome.tries_aside < MAX_TRIES_ASIDE
+        ):
             raise _PutAside() from exc
 
     async def _write_error(self, conn: Any, outcome: Outcome) -> JobStatus | None:
@@ -308,7 +330,7 @@ class OutcomeWriter:
                     job, outcome.snooze_after, duration_ms=outcome.duration_ms, conn=conn
                 )
             except Exception as exc:
-                self._raise_unless_refused(exc)
+                self._raise_unless_refused(exc, outcome)
                 # A delay past what a timestamp holds, say: not a job that can run later.
                 outcome.snooze_after = None
                 outcome.error = (
@@ -328,7 +350,7 @@ class OutcomeWriter:
                 conn=conn,
             )
         except Exception as exc:
-            self._raise_unless_refused(exc)
+            self._raise_unless_refused(exc, outcome)
             refusal = _refusal(exc)
         # Say what happened in plain words the database cannot refuse; an out-of-range
         # retry delay (say) becomes a failure rather than a stuck job.
@@ -345,7 +367,7 @@ class OutcomeWriter:
                 job, outcome.error, terminal=True, duration_ms=outcome.duration_ms, conn=conn
             )
         except Exception as exc:
-            self._raise_unless_refused(exc)
+            self._raise_unless_refused(exc, outcome)
             # Not even a plain failure (a trigger of yours that refuses every update?):
             # give up on this one loudly; the reaper takes the job back once stale.
             outcome.abandoned = f"the database refused every record of it: {_refusal(exc)}"

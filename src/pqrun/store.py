@@ -527,7 +527,8 @@ WITH alive AS (
     SELECT w.worker_id, w.heartbeat_at, held.id, held.lease_id
     FROM job_workers AS w,
          unnest(w.held_jobs, w.held_leases) AS held(id, lease_id)
-    WHERE w.heartbeat_at >= now() - $1::interval
+    -- Fresh by the longer of the reaper's stale period and the worker's own.
+    WHERE w.heartbeat_at >= now() - greatest($1::interval, COALESCE(w.stale_after, $1::interval))
 ),
 -- After an outage every heartbeat is stale at once. So ($2 given) nothing is taken back
 -- unless workers reached the database all through the last $2: each worker's run of
@@ -556,12 +557,17 @@ reachable AS (
     FROM reach
 ),
 stale AS (
-    SELECT j.id, j.locked_by, j.attempts, j.lease_id,
-           (SELECT max(w.heartbeat_at) FROM job_workers AS w
-            WHERE w.worker_id = j.locked_by) AS last_heartbeat
+    SELECT j.id, j.locked_by, j.attempts, j.lease_id, owner.heartbeat_at AS last_heartbeat
     FROM jobs AS j
+    -- The stale period is the longer of the reaper's and the owner's own.
+    LEFT JOIN job_workers AS owner ON owner.worker_id = j.locked_by
     WHERE j.status = 'RUNNING'
-      AND COALESCE(j.locked_at, j.updated_at) < now() - $1::interval
+      AND COALESCE(j.locked_at, j.updated_at)
+          < now() - greatest($1::interval, COALESCE(owner.stale_after, $1::interval))
+      -- A worker of a version before job_workers listed claims heartbeats the job row.
+      AND COALESCE(j.heartbeat_at, j.locked_at, j.updated_at)
+          < now() - greatest($1::interval, COALESCE(owner.stale_after, $1::interval))
+      AND ($4::bigint IS NULL OR j.id = $4)  -- one job (reaping one by one)
       AND (SELECT ok FROM reachable)
       AND NOT EXISTS (
           SELECT 1 FROM alive
@@ -597,6 +603,17 @@ WHERE j.id = stale.id
 RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 """
 
+# The RUNNING jobs REAP_STALE may take back ($1: the stale period), for reaping one by one
+# when one row refuses the move; REAP_STALE checks each again.
+REAP_CANDIDATES = """
+SELECT id FROM jobs
+WHERE status = 'RUNNING' AND COALESCE(locked_at, updated_at) < now() - $1::interval
+ORDER BY id
+LIMIT 1000
+"""
+# Errors of a reap that say "not now" rather than "not this row".
+REAP_TRY_AGAIN = frozenset({"57014", "40001", "40P01", "55P03", "53000", "53100", "53200", "53300"})
+
 # A worker's heartbeat, run on the worker's own connection: its row in the registry,
 # with the claims it holds ($6 job ids, $7 their lease_ids), and which of those claims
 # still own their job. It writes no job row and reads job rows without locking them, so
@@ -609,13 +626,13 @@ RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 HEARTBEAT = """
 WITH registered AS (
     INSERT INTO job_workers AS w (worker_id, host, pid, job_types, concurrency, held_jobs,
-                                  held_leases, instance)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                  held_leases, instance, stale_after)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (worker_id) DO UPDATE
     SET heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid,
         job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency,
         held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases,
-        instance = EXCLUDED.instance,
+        instance = EXCLUDED.instance, stale_after = EXCLUDED.stale_after,
         started_at = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
                           THEN w.started_at ELSE now() END,
         alive_since = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
@@ -647,9 +664,12 @@ WHERE j.id = ANY($2::bigint[])
   AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
 """
 
-# Workers whose heartbeat is older than $1 are gone (or cut off): off the registry.
+# Workers whose heartbeat is older than $1 (and than their own stale period) are gone,
+# or cut off: off the registry.
 FORGET_DEAD_WORKERS = """
-DELETE FROM job_workers WHERE heartbeat_at < now() - $1::interval RETURNING worker_id
+DELETE FROM job_workers
+WHERE heartbeat_at < now() - greatest($1::interval, COALESCE(stale_after, $1::interval))
+RETURNING worker_id
 """
 
 # Only this instance's row: a worker leaving must not take a namesake off the registry.
@@ -972,7 +992,7 @@ EXPECTED_INDEXES = (
 )
 EXPECTED_TRIGGERS = ("jobs_notify_inserted", "jobs_notify_finished")
 EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules")
-EXPECTED_WORKER_COLUMNS = ("held_jobs", "held_leases", "instance", "alive_since")
+EXPECTED_WORKER_COLUMNS = ("held_jobs", "held_leases", "instance", "alive_since", "stale_after")
 
 # `pqrun status` counts at most this many rows of a status, and at most this many recent
 # completions for a rate; beyond, it estimates.
@@ -1039,7 +1059,6 @@ KEYWORD_VALUE = re.compile(
 TYPO_USERINFO = re.compile(r"(?P<user>[^\s:/@]*):(?P<password>[^\s@]+)@")
 
 
-
 def _is_secret_key(key: str) -> bool:
     # password and sslpassword, however a URL query spells them (PassWord, pass%77ord):
     # libpq and asyncpg would read some of those spellings as the password, and a key
@@ -1066,13 +1085,13 @@ def _dsn_parts(dsn: str) -> tuple[str, list[str]]:
 
         redacted = KEYWORD_VALUE.sub(keyword, dsn)
 
-        def userinfo(match: re.Match[str]) -> str:
+        def typo_userinfo(match: re.Match[str]) -> str:
             # Not a URL, yet ``user:password@`` in it: a URL with a typo in its scheme
             # (``postgresql:/``, ``postgresql//``) still holds a password there.
             found.extend((match["password"], unquote(match["password"])))
             return f"{match['user']}:{REDACTED}@"
 
-        return TYPO_USERINFO.sub(userinfo, redacted), found
+        return TYPO_USERINFO.sub(typo_userinfo, redacted), found
     head, body = dsn[: url.end()], dsn[url.end() :]
     # The user info ends at the last @ of the authority. A password written with an
     # unencoded / # or ? still counts as password: the @ is looked for before the query
@@ -2148,13 +2167,22 @@ class PgJobStore:
         async with self._acquire() as conn, conn.transaction():
             if not await conn.fetchval(REAPER_LOCK, self.channel, timeout=self.statement_timeout):
                 return []
-            rows = await conn.fetch(
-                REAP_STALE,
-                default_stale_after,
-                reachable_for,
-                _heartbeat_gap(default_stale_after),
-                timeout=self.statement_timeout,
-            )
+            try:
+                async with conn.transaction():  # a savepoint
+                    rows = await conn.fetch(
+                        REAP_STALE,
+                        default_stale_after,
+                        reachable_for,
+                        _heartbeat_gap(default_stale_after),
+                        None,
+                        timeout=self.statement_timeout,
+                    )
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate in REAP_TRY_AGAIN:
+                    raise
+                # One row refused the move (a trigger of yours, say): reap the others one
+                # by one, so that one bad row cannot keep every dead worker's jobs.
+                rows = await self._reap_one_by_one(conn, default_stale_after, reachable_for)
             gone = await conn.fetch(
                 FORGET_DEAD_WORKERS, default_stale_after, timeout=self.statement_timeout
             )
@@ -2179,6 +2207,35 @@ class PgJobStore:
                 },
             )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
+
+    async def _reap_one_by_one(
+        self, conn: Connection, stale_after: timedelta, reachable_for: timedelta | None
+    ) -> list[Any]:
+        candidates = await conn.fetch(REAP_CANDIDATES, stale_after, timeout=self.statement_timeout)
+        rows: list[Any] = []
+        for candidate in candidates:
+            try:
+                async with conn.transaction():
+                    rows += await conn.fetch(
+                        REAP_STALE,
+                        stale_after,
+                        reachable_for,
+                        _heartbeat_gap(stale_after),
+                        candidate["id"],
+                        timeout=self.statement_timeout,
+                    )
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate in REAP_TRY_AGAIN:
+                    raise
+                logger.error(
+                    "the reaper cannot take back job %s: the database refuses the move "
+                    "(%s: %s); it stays RUNNING until the refusal is lifted",
+                    candidate["id"],
+                    type(exc).__name__,
+                    str(exc).split("\n", 1)[0][:300],
+                    extra={"job_id": candidate["id"]},
+                )
+        return rows
 
     async def prune(
         self,

@@ -811,6 +811,8 @@ class Worker:
         last_yield = time.monotonic()
         while (claimed := await self._take()) is not None:
             job, claimed_at = claimed
+            if (job.id, job.lease_id) not in self._held:
+                continue  # found no longer ours (cancelled, taken back) while being taken
             if await self._waited_too_long(job, claimed_at):
                 continue
             task = asyncio.current_task()
@@ -1407,21 +1409,31 @@ class Worker:
                 grace = min(self.shutdown_grace.total_seconds(), remaining() - reserve)
                 if grace > 0:
                     await asyncio.wait(self._slots, timeout=grace)
-            # Handlers still running are cancelled and their jobs put back at once. A
-            # plain function in a thread cannot be stopped: its job stays RUNNING, and
-            # its outcome is written if it returns before the deadline.
+            # Handlers still running are cancelled, and the jobs of those that stopped
+            # are put back at once. A handler that goes on (it catches CancelledError,
+            # or cleans up slowly), like a plain function in a thread, which cannot be
+            # stopped, keeps its job RUNNING: put back, the job would run elsewhere while
+            # this run goes on. Its outcome is written if it returns before the deadline.
             interrupted = [f for f in self._running if not f.is_thread]
             for flight in interrupted:
-                flight.released = True
+                flight.released = True  # whatever it answers now is not written
                 flight.task.cancel()
             if interrupted:
-                await _bounded(
-                    self._release(
-                        [f.job for f in interrupted],
-                        "interrupted: the worker shut down before the handler finished",
-                    ),
-                    remaining(),
+                await asyncio.wait(
+                    {f.task for f in interrupted},
+                    timeout=max(remaining() - reserve / 2, 0.001),
                 )
+                going_on = [f for f in interrupted if f in self._running]
+                for flight in going_on:
+                    flight.released = False
+                stopped = [f.job for f in interrupted if f not in self._running]
+                if stopped:
+                    await _bounded(
+                        self._release(
+                            stopped, "interrupted: the worker shut down before the handler finished"
+                        ),
+                        remaining(),
+                    )
             if self._slots and remaining() > 0:
                 await asyncio.wait(self._slots, timeout=remaining())
             stuck = [f for f in self._running if not f.task.done()]
@@ -1429,8 +1441,8 @@ class Worker:
                 logger.error(
                     "worker %s: %d handlers did not end within shutdown_timeout (%s): jobs "
                     "%s. A handler that catches CancelledError, or a plain function in a "
-                    "thread, keeps running; jobs left RUNNING go back once their heartbeat "
-                    "is stale",
+                    "thread, keeps running; its job is left RUNNING, and goes back once this "
+                    "worker's heartbeat is stale",
                     self.worker_id,
                     len(stuck),
                     self.shutdown_timeout,
