@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
+import pytest
 
 from pqrun import JobContext, JobStatus, PgJobStore, RawJSON, Snooze, Worker
 
@@ -155,3 +157,30 @@ async def test_a_handler_raising_keyboardinterrupt_or_generatorexit_fails_its_jo
     job = await store.get_job(ids[1])
     assert job is not None
     assert job.status is JobStatus.DONE
+
+
+async def test_a_driver_error_that_is_no_refusal_is_retried_not_blamed_on_the_job(
+    store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A driver in a state it should not be in (seen once in the chaos run, around a
+    # database restart) says nothing about the job: the write is tried again on a new
+    # connection, and the job is not failed. (A fake: a real database cannot be made to
+    # do this on demand.)
+    original = PgJobStore.mark_done_batch
+    failures = [asyncpg.exceptions.InternalClientError("cannot switch to state 12")]
+
+    async def flaky(self: PgJobStore, *args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PgJobStore, "mark_done_batch", flaky)
+
+    async def handler(ctx: JobContext) -> str:
+        return "ok"
+
+    job_id = await store.enqueue("t")
+    worker = Worker(store, handlers={"t": handler}, **QUICK)
+    assert await asyncio.wait_for(worker.drain(), 60) == 1
+    assert (await _statuses(conn))[job_id][:2] == ("DONE", 1)
+    assert failures == []

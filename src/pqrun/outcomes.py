@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .errors import DatabaseUnavailable
+import asyncpg
+
 from .models import Job, JobStatus
 from .policies import LoopErrorPolicy
-from .store import CONNECTION_ERRORS, PgJobStore
+from .store import CONNECTION_ERRORS, ClientDataError, PgJobStore
 
 logger = logging.getLogger("pqrun")
 
@@ -85,13 +86,24 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def is_connection_failure(exc: BaseException) -> bool:
-    """True when ``exc`` says the database could not be reached, not that it said no."""
-    return isinstance(exc, (DatabaseUnavailable, *CONNECTION_ERRORS))
-
-
 def _try_again_later(exc: BaseException) -> bool:
-    return getattr(exc, "sqlstate", None) in TRY_AGAIN_LATER
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in TRY_AGAIN_LATER
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when the database (or the driver, for a value it cannot send) refused this
+    write for what it holds: writing it again the same way would fail the same way.
+
+    Anything else (a lost connection, a timeout, a driver in a state it should not be
+    in) is about the connection: it is dropped, and the write tried again.
+    """
+    if isinstance(exc, ClientDataError):
+        return True
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and not isinstance(exc, CONNECTION_ERRORS)
+        and not _try_again_later(exc)
+    )
 
 
 def _refusal(exc: BaseException) -> str:
@@ -248,7 +260,7 @@ class OutcomeWriter:
                     [(o.job, o.result_json or "", o.duration_ms) for o in done], conn=conn
                 )
             except Exception as exc:
-                if is_connection_failure(exc):
+                if not is_refusal(exc) and not _try_again_later(exc):
                     raise
                 # One row refused (a result too big, a trigger), or one row locked: write
                 # them one by one, so that only that job has to wait or fail.
@@ -314,13 +326,14 @@ class OutcomeWriter:
         A "try again later" error is put aside, for ever when the row is locked by
         someone else, else MAX_TRIES_ASIDE times: after that it counts as a refusal.
         """
-        if is_connection_failure(exc):
-            raise exc
-        if _try_again_later(exc) and (
-            getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
-            or outcome.tries_aside < MAX_TRIES_ASIDE
-        ):
-            raise _PutAside() from exc
+        if _try_again_later(exc):
+            if (
+                getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
+                or outcome.tries_aside < MAX_TRIES_ASIDE
+            ):
+                raise _PutAside() from exc
+        elif not is_refusal(exc):
+            raise exc  # the connection: dropped, and the batch written again
 
     async def _write_error(self, conn: Any, outcome: Outcome) -> JobStatus | None:
         job = outcome.job

@@ -89,6 +89,10 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InvalidCatalogNameError,
 )
 
+# A value asyncpg cannot encode for its parameter (an InterfaceError, so it would pass
+# for a connection error): the data is refused, nothing is wrong with the connection.
+ClientDataError = asyncpg.exceptions._base.DataError
+
 INT32_MAX = 2**31 - 1
 
 # Heartbeats a worker sends within one stale period (default_stale_after).
@@ -1667,6 +1671,8 @@ class PgJobStore:
             raise SchemaMissing(
                 f"the table 'jobs' is gone from {self._where()}: {self._setup_hint()}"
             ) from exc
+        except ClientDataError:
+            raise  # a value the driver cannot send: about the data, not the connection
         except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from self._cause(exc)
 
