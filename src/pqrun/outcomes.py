@@ -155,10 +155,6 @@ class OutcomeWriter:
         if len(self._pending) >= MAX_PENDING:
             self._room.clear()
 
-    def unwritten_jobs(self) -> list[Job]:
-        """The jobs whose outcome is waiting to be written (they still need heartbeats)."""
-        return [o.job for o in self._pending if not o.written]
-
     @property
     def idle(self) -> bool:
         """True when every outcome submitted so far is written."""
