@@ -20,9 +20,14 @@ QUICK: dict[str, Any] = {**QUICK_POLICIES, "enable_reaper": False}
 
 
 async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], within: float = 10.0, every: float = 0.02
+    predicate: Callable[[], Awaitable[bool]], within: float = 30.0, every: float = 0.02
 ) -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``within`` seconds."""
+    """Poll ``predicate`` until it is true; fail the test after ``within`` seconds.
+
+    The default is generous: a test waits for a state, and on a busy machine anything may
+    take seconds. A test that shows something happens *soon* makes the alternative take
+    far longer (a poll interval of a minute, say) rather than bounding a latency.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await predicate():
