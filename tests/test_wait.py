@@ -51,7 +51,7 @@ async def test_wait_returns_the_result_when_a_worker_finishes_the_job(store: PgJ
     await worker.start()
     try:
         started = time.monotonic()
-        job = await store.wait(job_id, timeout=30)
+        job = await store.wait(job_id, timeout=2 * RECHECK_SECONDS)
         waited = time.monotonic() - started
     finally:
         await worker.stop()
@@ -100,16 +100,17 @@ async def test_wait_sees_failed_cancelled_and_sql_finishes(
     assert "no such account" in (job.last_error or "")
 
     cancelled = await store.enqueue("nobody_runs_this")
-    waiting = asyncio.ensure_future(store.wait(cancelled, timeout=30))
+    # Long timeouts: a wait also looks at its job when its timeout is up.
+    waiting = asyncio.ensure_future(store.wait(cancelled, timeout=2 * RECHECK_SECONDS))
     await asyncio.sleep(0.2)
     assert await store.cancel(cancelled)
-    assert (await asyncio.wait_for(waiting, 60)).status is JobStatus.CANCELLED
+    assert (await asyncio.wait_for(waiting, RECHECK_SECONDS / 2)).status is JobStatus.CANCELLED
 
     by_sql = await store.enqueue("nobody_runs_this")
-    waiting = asyncio.ensure_future(store.wait(by_sql, timeout=30))
+    waiting = asyncio.ensure_future(store.wait(by_sql, timeout=2 * RECHECK_SECONDS))
     await asyncio.sleep(0.2)
     await conn.execute("UPDATE jobs SET status = 'DONE', result = '1' WHERE id = $1", by_sql)
-    job = await asyncio.wait_for(waiting, 60)
+    job = await asyncio.wait_for(waiting, RECHECK_SECONDS / 2)
     assert job.status is JobStatus.DONE
     assert job.result == 1
 
