@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,17 @@ async def status_of(store: PgJobStore, job_id: int) -> str:
 async def counts(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
     return {row["status"]: row["n"] for row in rows}
+
+
+async def listener_pids(conn: asyncpg.Connection, since: datetime) -> list[int]:
+    """The backends of this database that LISTEN, connected at ``since`` or later: those
+    of earlier tests may not have ended yet."""
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid() AND backend_start >= $1",
+        since,
+    )
+    return [row["pid"] for row in rows]
 
 
 async def picked(store: PgJobStore, worker_id: str, job_types: Any = None) -> Job:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -20,7 +21,7 @@ from pqrun import (
     Worker,
 )
 
-from .helpers import QUICK, wait_until
+from .helpers import QUICK, listener_pids, wait_until
 
 # The fallback look of a wait() at its job, made long here: a wait that ends well within
 # it was woken by the job's notification.
@@ -32,13 +33,9 @@ def slow_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pqrun.store.WAIT_RECHECK_SECONDS", RECHECK_SECONDS)
 
 
-async def listeners(conn: asyncpg.Connection) -> int:
-    return int(
-        await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-        )
-    )
+async def now(conn: asyncpg.Connection) -> datetime:
+    moment: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return moment
 
 
 async def test_wait_returns_the_result_when_a_worker_finishes_the_job(store: PgJobStore) -> None:
@@ -66,11 +63,12 @@ async def test_many_waiters_share_one_listening_connection(
 ) -> None:
     ids = await store.enqueue_many([{"job_type": "echo", "payload": {"n": n}} for n in range(200)])
     waiting_store = PgJobStore(dsn)
+    since = await now(conn)
     try:
         waits = [asyncio.ensure_future(waiting_store.wait(i, timeout=300)) for i in ids]
-        await wait_until(lambda: _at_least_one(conn), within=30)
+        await wait_until(lambda: _at_least_one(conn, since), within=30)
         await asyncio.sleep(0.5)  # the other waiters start (a connection each would show)
-        assert await listeners(conn) == 1
+        assert len(await listener_pids(conn, since)) == 1
 
         async def echo(ctx: JobContext) -> object:
             return ctx.payload
@@ -82,8 +80,8 @@ async def test_many_waiters_share_one_listening_connection(
     assert [job.result for job in jobs] == [{"n": n} for n in range(200)]
 
 
-async def _at_least_one(conn: asyncpg.Connection) -> bool:
-    return await listeners(conn) >= 1
+async def _at_least_one(conn: asyncpg.Connection, since: datetime) -> bool:
+    return bool(await listener_pids(conn, since))
 
 
 async def test_wait_sees_failed_cancelled_and_sql_finishes(
@@ -163,16 +161,23 @@ async def test_closing_the_store_ends_waits_without_reconnecting(
 ) -> None:
     job_id = await store.enqueue("nobody_runs_this")
     other = PgJobStore(dsn)
+    since = await now(conn)
     waiting = asyncio.ensure_future(other.wait(job_id, timeout=300))
-    await wait_until(lambda: _at_least_one(conn), within=30)  # the wait has begun
+
+    async def awaited() -> bool:
+        return bool(await conn.fetchval("SELECT awaited FROM jobs WHERE id = $1", job_id))
+
+    # The wait listens, and has marked its job awaited: it is waiting, not starting.
+    await wait_until(lambda: _at_least_one(conn, since), within=30)
+    await wait_until(awaited, within=30)
     await other.close()
     with pytest.raises(DatabaseUnavailable, match="closed while waiting"):
         await asyncio.wait_for(waiting, 60)
     assert not other.started
 
     async def none_left() -> bool:
-        return await listeners(conn) == 0
+        return not await listener_pids(conn, since)
 
     await wait_until(none_left, within=30)  # a closed connection's backend ends soon after
     await asyncio.sleep(0.5)
-    assert await listeners(conn) == 0  # and no reconnect brought it back
+    assert not await listener_pids(conn, since)  # and no reconnect brought it back

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
 
 from pqrun import IdlePollPolicy, JobContext, LoopErrorPolicy, PgJobStore, Worker
 
-from .helpers import status_of, wait_until
+from .helpers import listener_pids, status_of, wait_until
 
 POLL_SECONDS = 60.0
 # Far below POLL_SECONDS, and below LISTEN_PROBE_EVERY (30 s), whose probe also wakes
@@ -25,12 +26,16 @@ POLL_SECONDS = 60.0
 WAKE_WITHIN = 20.0
 
 
+@dataclass
+class Idle:
+    worker: Worker
+    starts: dict[int, float]  # job id -> monotonic time its handler started
+    since: datetime  # the database's clock before the worker started
+
+
 @pytest.fixture
-async def started(
-    store: PgJobStore, conn: asyncpg.Connection
-) -> AsyncIterator[tuple[Worker, dict[int, float]]]:
-    """A running, idle, listening worker; the dict maps job id -> monotonic time its
-    handler started."""
+async def started(store: PgJobStore, conn: asyncpg.Connection) -> AsyncIterator[Idle]:
+    """A running, idle, listening worker."""
     starts: dict[int, float] = {}
     idle_sleeps: list[int] = []
 
@@ -49,14 +54,15 @@ async def started(
         loop_error_policy=LoopErrorPolicy(0.05, 0.2),
         enable_reaper=False,
     )
+    since = await conn.fetchval("SELECT clock_timestamp()")
     await worker.start()
     try:
         # Idle (a claim found nothing: it sleeps a whole poll interval) and listening:
         # from here on, only a notification or a known due time wakes it.
-        await wait_until(lambda: _listening(conn), within=30)
+        await wait_until(lambda: _listening(conn, since), within=30)
         await wait_until(lambda: _true(bool(idle_sleeps)), within=30)
         await asyncio.sleep(0.3)  # the claim the listener's start triggers, if still under way
-        yield worker, starts
+        yield Idle(worker, starts, since)
     finally:
         await worker.stop()
 
@@ -65,22 +71,14 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def _listening(conn: asyncpg.Connection) -> bool:
-    return bool(await _listener_pids(conn))
-
-
-async def _listener_pids(conn: asyncpg.Connection) -> list[int]:
-    rows = await conn.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
-    )
-    return [row["pid"] for row in rows]
+async def _listening(conn: asyncpg.Connection, since: datetime) -> bool:
+    return bool(await listener_pids(conn, since))
 
 
 async def test_plain_sql_insert_wakes_an_idle_worker(
-    started: tuple[Worker, dict[int, float]], conn: asyncpg.Connection
+    started: Idle, conn: asyncpg.Connection
 ) -> None:
-    _, starts = started
+    starts = started.starts
     job_id = await conn.fetchval("INSERT INTO jobs (job_type) VALUES ('t') RETURNING id")
 
     async def ran() -> bool:
@@ -90,9 +88,9 @@ async def test_plain_sql_insert_wakes_an_idle_worker(
 
 
 async def test_delayed_job_starts_when_due_not_at_the_next_poll(
-    started: tuple[Worker, dict[int, float]], store: PgJobStore, conn: asyncpg.Connection
+    started: Idle, store: PgJobStore, conn: asyncpg.Connection
 ) -> None:
-    _, starts = started
+    starts = started.starts
     before = time.monotonic()
     job_id = await store.enqueue("t", run_after=timedelta(seconds=2))
 
@@ -109,14 +107,14 @@ async def test_delayed_job_starts_when_due_not_at_the_next_poll(
 
 
 async def test_worker_listens_again_after_losing_its_listen_connection(
-    started: tuple[Worker, dict[int, float]], store: PgJobStore, conn: asyncpg.Connection
+    started: Idle, store: PgJobStore, conn: asyncpg.Connection
 ) -> None:
-    _, starts = started
-    (old_pid,) = await _listener_pids(conn)
+    starts = started.starts
+    (old_pid,) = await listener_pids(conn, started.since)
     await conn.execute("SELECT pg_terminate_backend($1)", old_pid)
 
     async def listening_again() -> bool:
-        pids = await _listener_pids(conn)
+        pids = await listener_pids(conn, started.since)
         return bool(pids) and old_pid not in pids
 
     await wait_until(listening_again, within=30)
@@ -128,10 +126,8 @@ async def test_worker_listens_again_after_losing_its_listen_connection(
     await wait_until(ran, within=WAKE_WITHIN)  # long before the next poll
 
 
-async def test_retry_wakes_an_idle_worker(
-    started: tuple[Worker, dict[int, float]], store: PgJobStore
-) -> None:
-    _, starts = started
+async def test_retry_wakes_an_idle_worker(started: Idle, store: PgJobStore) -> None:
+    starts = started.starts
     job_id = await store.enqueue("t", run_after=timedelta(hours=1))
     assert await store.cancel(job_id)
     await asyncio.sleep(0.2)
