@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -20,9 +21,14 @@ QUICK: dict[str, Any] = {**QUICK_POLICIES, "enable_reaper": False}
 
 
 async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], within: float = 10.0, every: float = 0.02
+    predicate: Callable[[], Awaitable[bool]], within: float = 30.0, every: float = 0.02
 ) -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``within`` seconds."""
+    """Poll ``predicate`` until it is true; fail the test after ``within`` seconds.
+
+    The default is generous: a test waits for a state, and on a busy machine anything may
+    take seconds. A test that shows something happens *soon* makes the alternative take
+    far longer (a poll interval of a minute, say) rather than bounding a latency.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await predicate():
@@ -40,6 +46,17 @@ async def status_of(store: PgJobStore, job_id: int) -> str:
 async def counts(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
     return {row["status"]: row["n"] for row in rows}
+
+
+async def listener_pids(conn: asyncpg.Connection, since: datetime) -> list[int]:
+    """The backends of this database that LISTEN, connected at ``since`` or later: those
+    of earlier tests may not have ended yet."""
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid() AND backend_start >= $1",
+        since,
+    )
+    return [row["pid"] for row in rows]
 
 
 async def picked(store: PgJobStore, worker_id: str, job_types: Any = None) -> Job:

@@ -285,13 +285,15 @@ async def test_dsn_comes_from_the_option_then_pqrun_dsn_then_database_url(
 
 HANDLERS_MODULE = """
 import asyncio
+from pathlib import Path
 from pqrun import JobContext
 
 async def greet(ctx: JobContext) -> str:
     return "hello " + ctx.job.payload["name"]
 
 async def slow(ctx: JobContext) -> str:
-    await asyncio.sleep(0.5)
+    Path("slow.started").write_text(str(ctx.job.id))  # in the worker's cwd: tmp_path
+    await asyncio.sleep(3)
     return "slow done"
 
 handlers = {"greet": greet, "slow": slow}
@@ -343,14 +345,16 @@ async def test_worker_runs_jobs_and_stops_gracefully_on_sigterm(
         await wait_until(done, within=60)
         assert (await store.get_job(first)).result == "hello ops"  # type: ignore[union-attr]
         if target.endswith("handlers"):
-            # A running job finishes within the grace period after SIGTERM.
+            # A running job finishes within the grace period after SIGTERM. RUNNING is
+            # not enough: a job claimed into the prefetch buffer is RUNNING too, and goes
+            # back to READY at the stop. The handler says when it has started; it then
+            # runs for 3 s more, well inside the 10 s grace.
             slow = await store.enqueue("slow")
 
-            async def running() -> bool:
-                job = await store.get_job(slow)
-                return job is not None and job.status == "RUNNING"
+            async def started() -> bool:
+                return (tmp_path / "slow.started").exists()
 
-            await wait_until(running, within=60)
+            await wait_until(started, within=60)
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
     finally:

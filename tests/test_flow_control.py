@@ -215,14 +215,14 @@ async def test_a_busy_claim_lock_holds_up_no_other_type(
             async def free_done() -> bool:
                 return await counts(conn) == {"DONE": 1, "READY": 1}
 
-            await wait_until(free_done, within=10)
+            await wait_until(free_done, within=30)
             assert (await store.get_job(free)).status == "DONE"  # type: ignore[union-attr]
             await blocker.execute("SELECT pg_advisory_unlock_all()")
 
             async def all_done() -> bool:
                 return await counts(conn) == {"DONE": 2}
 
-            await wait_until(all_done, within=10)
+            await wait_until(all_done, within=30)
         finally:
             await worker.stop()
         assert (await store.get_job(limited)).attempts == 1  # type: ignore[union-attr]

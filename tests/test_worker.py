@@ -284,7 +284,7 @@ async def test_late_answer_after_cancel_is_logged_and_ignored(
     job_id = await store.enqueue("slow")
     worker = make_worker(store, {"slow": slow})
     drained = asyncio.create_task(worker.drain())
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     assert await store.cancel(job_id)
     finish.set()
     await drained
@@ -304,22 +304,30 @@ async def test_idle_poll_policy_base_interval_is_used(store: PgJobStore) -> None
     async def handler(ctx: JobContext) -> None:
         return None
 
+    # No LISTEN: only polling finds the job.
     worker = make_worker(
-        store, {"t": handler}, idle_policy=Recording(base_seconds=0.05, max_seconds=0.2)
+        store,
+        {"t": handler},
+        idle_policy=Recording(base_seconds=0.05, max_seconds=0.2),
+        listen=False,
     )
     await worker.start()
     try:
-        await asyncio.sleep(0.5)
+        # 12 empty polls: uncapped, the next sleep would be 0.05 * 2**11 = 102 s.
+        await wait_until(lambda: _true(len(calls) >= 12), within=60)
         job_id = await store.enqueue("t")
-        enqueued = time.monotonic()
-        await wait_until(lambda: _is_done(store, job_id), within=5)
-        waited = time.monotonic() - enqueued
+        # Found by a poll at most 0.2 s away (a busy machine may take longer, never 100 s).
+        await wait_until(lambda: _is_done(store, job_id), within=30)
     finally:
         await worker.stop()
     assert calls[0] == (1, 0.05)
     assert calls[1] == (2, 0.1)
     assert max(s for _, s in calls) == 0.2
-    assert waited < 0.2 + 0.5  # found within one capped idle interval (+ slack)
+    assert [n for n, _ in calls[:12]] == list(range(1, 13))
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _is_done(store: PgJobStore, job_id: int) -> bool:
@@ -331,9 +339,12 @@ async def test_database_errors_back_off_and_log_once_per_outage(
 ) -> None:
     sleeps: list[int] = []
 
+    asked_at: list[float] = []
+
     class Recording(LoopErrorPolicy):
         def next_sleep(self, consecutive_errors: int) -> float:
             sleeps.append(consecutive_errors)
+            asked_at.append(time.monotonic())
             return super().next_sleep(consecutive_errors)
 
     async def handler(ctx: JobContext) -> None:
@@ -345,11 +356,14 @@ async def test_database_errors_back_off_and_log_once_per_outage(
     )
     caplog.set_level(logging.INFO, logger="pqrun")
     await worker.start()
-    await asyncio.sleep(2.0)
-    await worker.stop()
-    # Default policy: 0.5s, 1s, 2s ... : at most 3 attempts in 2s, never a busy loop.
-    assert 1 <= len(sleeps) <= 3
+    try:
+        await wait_until(lambda: _true(len(sleeps) >= 3), within=60)
+    finally:
+        await worker.stop()
+    # Default policy: 0.5 s, 1 s, 2 s ... between attempts, never a busy loop.
     assert sleeps == list(range(1, len(sleeps) + 1))
+    assert asked_at[1] - asked_at[0] >= 0.45, asked_at
+    assert asked_at[2] - asked_at[1] >= 0.95, asked_at
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "127.0.0.1:1" in errors[0].getMessage()
@@ -359,12 +373,28 @@ async def test_idle_worker_stops_at_once(store: PgJobStore) -> None:
     async def handler(ctx: JobContext) -> None:
         return None
 
-    worker = make_worker(store, {"t": handler}, idle_policy=IdlePollPolicy(10.0, 10.0))
+    idle = asyncio.Event()
+
+    class Recording(IdlePollPolicy):
+        def next_sleep(self, consecutive_idle: int) -> float:
+            idle.set()
+            return super().next_sleep(consecutive_idle)
+
+    # Every sleep of the worker is long: an idle poll an hour, a heartbeat every 100 s,
+    # a LISTEN probe every 30 s. Stopping waits for none of them: it wakes them all.
+    worker = make_worker(
+        store,
+        {"t": handler},
+        idle_policy=Recording(3600.0, 3600.0),
+        default_stale_after=timedelta(seconds=600),
+    )
     await worker.start()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(idle.wait(), 30)
     began = time.monotonic()
-    await worker.stop()
-    assert time.monotonic() - began < 0.5
+    await asyncio.wait_for(worker.stop(), 60)
+    # A loop that did not wake would be waited for 5 s, then cancelled. A stop that wakes
+    # them takes well under 0.5 s, on a loaded machine too: 4 s is room enough.
+    assert time.monotonic() - began < 4
     assert not worker.is_running
 
 
@@ -379,7 +409,7 @@ async def test_shutdown_lets_running_jobs_finish_within_grace(store: PgJobStore)
     job_id = await store.enqueue("short")
     worker = make_worker(store, {"short": short}, shutdown_grace=5, shutdown_timeout=10)
     await worker.start()
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     await worker.stop()
     assert await status_of(store, job_id) == "DONE"
 
@@ -402,13 +432,13 @@ async def test_shutdown_puts_unfinished_jobs_back_at_once(store: PgJobStore) -> 
         store,
         {"endless": endless},
         shutdown_grace=timedelta(seconds=0.2),
-        shutdown_timeout=timedelta(seconds=2),
+        shutdown_timeout=timedelta(seconds=30),
     )
     await worker.start()
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     began = time.monotonic()
-    await worker.stop()
-    assert time.monotonic() - began < 1.5
+    await asyncio.wait_for(worker.stop(), 60)
+    assert time.monotonic() - began < 15  # after the grace, not at shutdown_timeout
     assert cancelled
     job = await store.get_job(job_id)
     assert job is not None
@@ -423,27 +453,34 @@ async def test_shutdown_is_bounded_when_a_handler_swallows_cancellation(
     started = asyncio.Event()
     release = asyncio.Event()
 
+    returned = asyncio.Event()
+
     async def stubborn(ctx: JobContext) -> str:
         started.set()
-        while not release.is_set():
-            try:
-                await asyncio.sleep(0.05)
-            except asyncio.CancelledError:
-                continue  # a badly behaved handler
-        return "too late"
+        try:
+            while not release.is_set():
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    continue  # a badly behaved handler
+            return "too late"
+        finally:
+            returned.set()
 
     job_id = await store.enqueue("stubborn")
-    worker = make_worker(store, {"stubborn": stubborn}, shutdown_grace=0.2, shutdown_timeout=0.8)
+    worker = make_worker(store, {"stubborn": stubborn}, shutdown_grace=0.2, shutdown_timeout=2)
     await worker.start()
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     began = time.monotonic()
-    await worker.stop()
-    assert time.monotonic() - began < 1.3
+    # The handler never ends by itself: the shutdown_timeout (2 s) ends the stop.
+    await asyncio.wait_for(worker.stop(), 60)
+    assert time.monotonic() - began < 10
     # Not put back while its handler still runs: it would run elsewhere at the same time.
     # The reaper takes it back once this worker's heartbeat is stale.
     assert await status_of(store, job_id) == "RUNNING"
     release.set()
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(returned.wait(), 30)
+    await asyncio.sleep(0.5)  # time to write its result, were it written
     assert await status_of(store, job_id) == "RUNNING"  # its late result was not written
 
 
@@ -509,7 +546,7 @@ async def test_run_until_stop(store: PgJobStore) -> None:
     job_id = await store.enqueue("t")
     await wait_until(lambda: _is_done(store, job_id))
     await worker.stop()
-    await asyncio.wait_for(running, 5)
+    await asyncio.wait_for(running, 30)
 
 
 async def test_many_jobs_with_concurrency(store: PgJobStore, conn: asyncpg.Connection) -> None:
