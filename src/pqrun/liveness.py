@@ -4,6 +4,8 @@ It runs on a connection of its own, outside the pool, and its statement (HEARTBE
 store.py) writes only the worker's row in ``job_workers``: a handler holding every
 pooled connection, or a session holding a job's row locked, cannot hold it up. The reaper
 leaves a RUNNING job alone while its worker's fresh heartbeat lists the job's claim.
+When that connection cannot be opened (the server at its connection limit, say), the
+heartbeat goes through the pool rather than not at all.
 
 Each heartbeat also reads, without locks, which of the claims it lists still own their
 job. A claim that no longer does was cancelled or taken back: the worker stops that run.
