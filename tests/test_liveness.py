@@ -372,8 +372,8 @@ async def test_after_an_outage_nothing_is_reaped_until_the_workers_have_been_bac
         for number, (since, last) in enumerate(spans):
             await conn.execute(
                 "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency,"
-                " alive_since, heartbeat_at) VALUES ($1, 'h', 1, '{}', 1,"
-                " now() - $2::interval, now() - $3::interval)",
+                " alive_since, heartbeat_at, stale_after) VALUES ($1, 'h', 1, '{}', 1,"
+                " now() - $2::interval, now() - $3::interval, interval '30 seconds')",
                 f"w{number}",
                 timedelta(seconds=since),
                 timedelta(seconds=last),
@@ -381,6 +381,12 @@ async def test_after_an_outage_nothing_is_reaped_until_the_workers_have_been_bac
 
     # Everyone has just come back after a minute without the database.
     await workers((5, 1), (4, 2), (70, 65))
+    assert await store.reap_stale(stale, reachable_for=wait) == []
+    # A worker of an older release keeps no alive_since: its row proves nothing.
+    await conn.execute(
+        "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency, alive_since)"
+        " VALUES ('old', 'h', 1, '{}', 1, now() - interval '1 hour')"
+    )
     assert await store.reap_stale(stale, reachable_for=wait) == []
     # Workers that each lived a few seconds, one after another, cover the last 15 s.
     await workers((40, 12), (14, 6), (7, 1))

@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--concurrency", type=positive_int, help="jobs run at once (handlers dict)")
     worker.add_argument("--job-types", help="comma-separated job types to run (handlers dict)")
-    worker.add_argument("--worker-id", help="default: hostname-pid")
+    worker.add_argument("--worker-id", help="default: hostname-pid-xxxx (random)")
     worker.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )

@@ -105,7 +105,9 @@ class Liveness:
         while not self._done.is_set():
             if time.monotonic() >= next_beat:
                 await self._beat()
-                next_beat = time.monotonic() + self._interval
+                # At a fixed rate, whatever a beat took (a beat takes at most one
+                # interval): the reaper counts on one every interval from a live worker.
+                next_beat = max(next_beat + self._interval, time.monotonic())
             elif self._to_check:
                 await self._check_claims()
             self._check.clear()
@@ -125,7 +127,7 @@ class Liveness:
         held = self._held()
         try:
             try:
-                conn = await asyncio.wait_for(self._connection(), self._interval * 2)
+                conn = await asyncio.wait_for(self._connection(), self._interval / 2)
             except Exception as exc:
                 # No connection of its own (the server or the role at its connection
                 # limit, say) while the pool may still work: beat through the pool
@@ -133,7 +135,8 @@ class Liveness:
                 logger.debug("heartbeat connection: %s; beating through the pool", exc)
                 self._drop_connection()
                 conn = None
-            # At most one interval: a slow heartbeat must not outlive the next two.
+            # Within the interval, connecting included: a slow heartbeat must not push
+            # the next one back.
             owned = await asyncio.wait_for(
                 self._store._heartbeat_claims(
                     self._worker_id,
@@ -141,11 +144,11 @@ class Liveness:
                     job_types=self._job_types,
                     concurrency=self._concurrency,
                     conn=conn,
-                    within=self._interval,
+                    within=self._interval / 2,
                     instance=self.instance,
                     stale_after=timedelta(seconds=self._stale_after),
                 ),
-                self._interval * 1.5,
+                self._interval / 2,
             )
         except WorkerIdInUse:
             raise  # ends the loop, and the worker with it: its claims would not be listed
@@ -167,9 +170,10 @@ class Liveness:
         if not held:
             return  # not a job of ours: nothing to read
         try:
-            conn = await asyncio.wait_for(self._connection(), self._interval)
+            # Half an interval in all: the next heartbeat must not wait for this.
+            conn = await asyncio.wait_for(self._connection(), self._interval / 4)
             owned = await self._store.still_owned(
-                self._worker_id, held, conn=conn, within=self._interval
+                self._worker_id, held, conn=conn, within=self._interval / 4
             )
         except Exception as exc:
             # The next heartbeat reads every claim anyway.

@@ -43,7 +43,7 @@ MAX_BATCH = 500
 MAX_PENDING = 5000
 # How long the writer waits for a job row that another session holds locked before it
 # puts that outcome aside and writes the others.
-LOCK_TIMEOUT = "2s"
+LOCK_TIMEOUT_MS = 2000
 # An outcome put aside (its row locked, a deadlock) is tried again after this long, then
 # twice as long each time, up to the cap (seconds).
 RETRY_ASIDE_FIRST = 0.05
@@ -51,9 +51,12 @@ RETRY_ASIDE_MAX = 5.0
 # SQLSTATEs of a write that may well work if tried again a little later: the row was
 # locked (lock_timeout), a deadlock or serialization failure, a cancelled statement, or
 # the server short of connections or memory for the moment.
-TRY_AGAIN_LATER = frozenset(
-    {"55P03", "40P01", "40001", "57014", "53000", "53100", "53200", "53300"}
-)
+TRY_AGAIN_LATER = frozenset({"55P03", "40P01", "40001", "57014"})
+# SQLSTATEs (or their classes) that say the server cannot take any write just now: out
+# of resources (53), read-only after a failover (25006), shutting down (57P), a system
+# or I/O error (58). Like a lost connection: the connection is dropped and the write
+# tried again, never blamed on the job.
+SERVER_CANNOT_WRITE = ("53", "25006", "57P", "58")
 # A row locked by someone else is waited for as long as that lasts (and said now and
 # then); any other of those errors only this many times, then the job fails with it.
 LOCK_NOT_AVAILABLE = "55P03"
@@ -102,6 +105,7 @@ def is_refusal(exc: BaseException) -> bool:
     return (
         isinstance(exc, asyncpg.PostgresError)
         and not isinstance(exc, CONNECTION_ERRORS)
+        and not (exc.sqlstate or "").startswith(SERVER_CANNOT_WRITE)
         and not _try_again_later(exc)
     )
 
@@ -195,9 +199,12 @@ class OutcomeWriter:
             # might have committed after all.
             client_ms = round(self._store.statement_timeout * 1000)
             server_ms = max(client_ms - min(1000, client_ms // 10), 1)
+            # Shorter than the statement_timeout, so that a locked row says so (55P03,
+            # waited for) rather than time the statement out (57014, given up on).
+            lock_ms = max(min(LOCK_TIMEOUT_MS, server_ms // 2), 1)
             self._conn = await self._store.dedicated_connection(
                 "the outcome writer's connection",
-                {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": f"{server_ms}ms"},
+                {"lock_timeout": f"{lock_ms}ms", "statement_timeout": f"{server_ms}ms"},
             )
         return self._conn
 

@@ -535,17 +535,27 @@ WITH alive AS (
     WHERE w.heartbeat_at >= now() - greatest($1::interval, COALESCE(w.stale_after, $1::interval))
 ),
 -- After an outage every heartbeat is stale at once. So ($2 given) nothing is taken back
--- unless workers reached the database all through the last $2: each worker's run of
--- heartbeats (from alive_since to its last heartbeat, plus $3, the gap that would have
--- broken the run) is a span, and the spans of all workers, dead ones included, must
--- cover [now() - $2, now()] without a hole. Workers that restart often still cover it
--- together; after an outage nobody covers it until $2 after the first is back, by when
--- every live worker has sent a heartbeat again.
-spans AS (
-    SELECT greatest(w.alive_since, now() - $2::interval) AS from_at,
-           w.heartbeat_at + $3::interval AS to_at
+-- unless workers reached the database all through the last stretch of time `wait`: $2
+-- (three of the reaper's heartbeat intervals), or half the longest stale period of any
+-- worker (three of its intervals), whichever is longer. Each worker's run of heartbeats
+-- (from alive_since to its last heartbeat, plus two of its intervals, the gap that would
+-- have broken the run) is a span, and the spans of all workers, dead ones included, must
+-- cover [now() - wait, now()] without a hole. Workers that restart often still cover it
+-- together; after an outage nobody covers it until `wait` after the first is back, by
+-- when every live worker has sent a heartbeat again. Only rows this release writes
+-- count (stale_after set): an older worker's row keeps no alive_since.
+wait AS (
+    SELECT greatest($2::interval, max(w.stale_after) / 2) AS span
     FROM job_workers AS w
-    WHERE $2::interval IS NOT NULL AND w.heartbeat_at + $3::interval >= now() - $2::interval
+    WHERE w.stale_after IS NOT NULL
+),
+spans AS (
+    SELECT greatest(w.alive_since, now() - (SELECT span FROM wait)) AS from_at,
+           w.heartbeat_at + COALESCE(w.stale_after / 3, $3::interval) AS to_at
+    FROM job_workers AS w
+    WHERE $2::interval IS NOT NULL AND w.stale_after IS NOT NULL
+      AND w.heartbeat_at + COALESCE(w.stale_after / 3, $3::interval)
+          >= now() - (SELECT span FROM wait)
 ),
 reach AS (
     SELECT from_at, to_at,
@@ -555,7 +565,7 @@ reach AS (
 ),
 reachable AS (
     SELECT $2::interval IS NULL
-           OR COALESCE(min(from_at) <= now() - $2::interval AND max(to_at) >= now()
+           OR COALESCE(min(from_at) <= now() - (SELECT span FROM wait) AND max(to_at) >= now()
                        AND bool_and(covered_to IS NULL OR from_at <= covered_to), false)
            AS ok
     FROM reach
@@ -609,14 +619,32 @@ RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 
 # The RUNNING jobs REAP_STALE may take back ($1: the stale period), for reaping one by one
 # when one row refuses the move; REAP_STALE checks each again.
+# (The jobs of live workers, which their heartbeats list, are left out as in REAP_STALE;
+# at most 1,000 a pass, the next pass takes the rest.)
 REAP_CANDIDATES = """
-SELECT id FROM jobs
-WHERE status = 'RUNNING' AND COALESCE(locked_at, updated_at) < now() - $1::interval
-ORDER BY id
+WITH alive AS (
+    SELECT w.worker_id, held.id, held.lease_id
+    FROM job_workers AS w,
+         unnest(w.held_jobs, w.held_leases) AS held(id, lease_id)
+    WHERE w.heartbeat_at >= now() - greatest($1::interval, COALESCE(w.stale_after, $1::interval))
+)
+SELECT j.id
+FROM jobs AS j
+LEFT JOIN job_workers AS owner ON owner.worker_id = j.locked_by
+WHERE j.status = 'RUNNING'
+  AND COALESCE(j.locked_at, j.updated_at)
+      < now() - greatest($1::interval, COALESCE(owner.stale_after, $1::interval))
+  AND NOT EXISTS (
+      SELECT 1 FROM alive
+      WHERE alive.worker_id = j.locked_by AND alive.id = j.id AND alive.lease_id = j.lease_id
+  )
+ORDER BY j.id
 LIMIT 1000
 """
-# Errors of a reap that say "not now" rather than "not this row".
-REAP_TRY_AGAIN = frozenset({"57014", "40001", "40P01", "55P03", "53000", "53100", "53200", "53300"})
+# Errors of a reap that one row's data or a rule about it can cause (data exceptions,
+# integrity and check constraints, triggers raising): reaped one by one, the other rows
+# go on. Any other error (permissions, a missing column, the server) is everyone's.
+REAP_ROW_REFUSALS = ("22", "23", "27", "44", "P0")
 
 # A worker's heartbeat, run on the worker's own connection: its row in the registry,
 # with the claims it holds ($6 job ids, $7 their lease_ids), and which of those claims
@@ -643,7 +671,7 @@ WITH registered AS (
                             AND w.heartbeat_at >= now() - $10::interval
                            THEN w.alive_since ELSE now() END
     WHERE w.instance IS NOT DISTINCT FROM EXCLUDED.instance
-       OR w.heartbeat_at < now() - $9::interval
+       OR w.heartbeat_at < now() - greatest($9::interval, COALESCE(w.stale_after, $9::interval))
     RETURNING w.worker_id
 ),
 owned AS (
@@ -2184,7 +2212,7 @@ class PgJobStore:
                         timeout=self.statement_timeout,
                     )
             except asyncpg.PostgresError as exc:
-                if exc.sqlstate in REAP_TRY_AGAIN:
+                if not (exc.sqlstate or "").startswith(REAP_ROW_REFUSALS):
                     raise
                 # One row refused the move (a trigger of yours, say): reap the others one
                 # by one, so that one bad row cannot keep every dead worker's jobs.
@@ -2231,7 +2259,7 @@ class PgJobStore:
                         timeout=self.statement_timeout,
                     )
             except asyncpg.PostgresError as exc:
-                if exc.sqlstate in REAP_TRY_AGAIN:
+                if not (exc.sqlstate or "").startswith(REAP_ROW_REFUSALS):
                     raise
                 logger.error(
                     "the reaper cannot take back job %s: the database refuses the move "

@@ -38,7 +38,15 @@ import asyncpg
 
 from . import tracing
 from .config import env_bool, env_duration, env_int
-from .errors import DatabaseUnavailable, Fail, PayloadInvalid, Retry, Snooze, UnknownJobType
+from .errors import (
+    DatabaseUnavailable,
+    Fail,
+    PayloadInvalid,
+    Retry,
+    Snooze,
+    UnknownJobType,
+    WorkerIdInUse,
+)
 from .handlers import Handler, Handlers, JobContext, as_handlers, describe_exception
 from .liveness import Claim, Liveness
 from .models import Job, JobStatus, encode_json
@@ -92,10 +100,14 @@ REAP_AFTER_HEARTBEATS = 3
 
 
 def default_worker_id() -> str:
-    """``hostname-pid``; further workers in the same process get ``-2``, ``-3``, ..."""
+    """``hostname-pid-xxxx``: four random hex digits, because a restarted container often
+    has the hostname and pid of the one before it (pid 1), whose heartbeats may still
+    be fresh; further workers in the same process get ``-2``, ``-3``, ... before them."""
     number = next(_worker_numbers)
     base = f"{socket.gethostname()}-{os.getpid()}"
-    return base if number == 1 else f"{base}-{number}"
+    if number != 1:
+        base = f"{base}-{number}"
+    return f"{base}-{secrets.token_hex(2)}"
 
 
 class _OutageLog:
@@ -154,6 +166,9 @@ class _InFlight:
     cancel_consumed: bool = False
     # Put back to READY by shutdown: whatever the handler returns later is dropped.
     released: bool = False
+    # The run handed an outcome to the writer (or was found cancelled): nothing is left
+    # to put back for it.
+    answered: bool = False
 
 
 class Worker:
@@ -845,6 +860,7 @@ class Worker:
                     extra={"job_id": job.id},
                 )
                 continue
+            flight.answered = True
             if outcome is None:
                 # Cancelled, or taken back: the row is someone else's to move now.
                 self._held.pop((job.id, job.lease_id), None)
@@ -1407,6 +1423,9 @@ class Worker:
                     len(self._running),
                 )
                 grace = min(self.shutdown_grace.total_seconds(), remaining() - reserve)
+                if isinstance(self._failure, WorkerIdInUse):
+                    # Its claims are in no heartbeat: the reaper may take them any time.
+                    grace = 0
                 if grace > 0:
                     await asyncio.wait(self._slots, timeout=grace)
             # Handlers still running are cancelled, and the jobs of those that stopped
@@ -1436,6 +1455,14 @@ class Worker:
                     )
             if self._slots and remaining() > 0:
                 await asyncio.wait(self._slots, timeout=remaining())
+            if interrupted:
+                # Handlers that went on but have ended since without an answer (they
+                # re-raised the cancellation): their jobs go back now, not at the reaper.
+                silent = [f.job for f in going_on if f.task.done() and not f.answered]
+                if silent:
+                    await _bounded(
+                        self._release(silent, "interrupted: the worker shut down"), remaining()
+                    )
             stuck = [f for f in self._running if not f.task.done()]
             if stuck:
                 logger.error(
