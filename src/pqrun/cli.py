@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ._ui.formatting import count_text, duration_text, printable
 from .errors import PqrunError
 from .localpg import NoPostgres
 from .models import Job, JobStatus
 from .schema import ddl_sql
 from .store import PgJobStore, check_schema_name, quote_ident, redact_secrets
-from .terminal import printable
 
 T = TypeVar("T")
 
@@ -90,25 +90,6 @@ def schema_name(text: str) -> str:
         return check_schema_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def human_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def count_text(entry: Mapping[str, Any]) -> str:
-    """An exact count as is, an estimate as ~N, an unknown one over the cap as >=N."""
-    if entry["exact"]:
-        return f"{entry['count']:,}"
-    if entry["count"] is None:
-        return f">={entry['at_least']:,}"
-    return f"~{entry['count']:,}"
 
 
 def to_json(value: Any) -> str:
@@ -331,7 +312,9 @@ def format_status(status: Mapping[str, Any]) -> str:
         if name == "READY":
             at_least = "" if entry["exact"] else "at least "
             note = f"  ({at_least}{due:,} due now" + (
-                f", the oldest waiting {human_duration(oldest)})" if oldest is not None else ")"
+                f", the oldest waiting {duration_text(oldest, tenths=True)})"
+                if oldest is not None
+                else ")"
             )
         lines.append(f"  {name:<10} {count_text(entry):>12}{note}")
     if not all(entry["exact"] for entry in counts.values()):
@@ -370,7 +353,7 @@ def worker_line(worker: Mapping[str, Any]) -> str:
     return (
         f"{printable(worker['worker_id'])}  pid {worker['pid']} on {printable(worker['host'])}, "
         f"concurrency {worker['concurrency']}, types {types}, "
-        f"heartbeat {human_duration(worker['heartbeat_age_seconds'])} ago"
+        f"heartbeat {duration_text(worker['heartbeat_age_seconds'], tenths=True)} ago"
     )
 
 
@@ -397,7 +380,9 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print("no schedules stored (a worker stores those it declares when it starts)")
         return 0
     for item in schedules:
-        timing = printable(item["cron"] or f"every {human_duration(item['every_seconds'])}")
+        timing = printable(
+            item["cron"] or f"every {duration_text(item['every_seconds'], tenths=True)}"
+        )
         last = item["last_run_at"].isoformat() if item["last_run_at"] else "never"
         job = f" (job {item['last_job_id']})" if item["last_job_id"] else ""
         print(

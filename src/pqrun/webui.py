@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .cli import count_text
+from ._ui.formatting import count_text, relative_text
 from .errors import JobConflict
 from .models import Job, JobStatus
 from .store import PgJobStore
@@ -103,21 +103,7 @@ def _when(moment: datetime | None) -> str:
         moment = moment.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - moment).total_seconds()
     stamp = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f'<span title="{h(stamp)} UTC">{h(_relative(age))}</span>'
-
-
-def _relative(seconds: float) -> str:
-    future = seconds < 0
-    seconds = abs(seconds)
-    if seconds < 60:
-        text = f"{seconds:.0f}s"
-    elif seconds < 3600:
-        text = f"{seconds / 60:.0f}m"
-    elif seconds < 86400:
-        text = f"{seconds / 3600:.1f}h"
-    else:
-        text = f"{seconds / 86400:.1f}d"
-    return f"in {text}" if future else f"{text} ago"
+    return f'<span title="{h(stamp)} UTC">{h(relative_text(age))}</span>'
 
 
 def _badge(status: str) -> str:
@@ -653,7 +639,7 @@ def _refuse(status: int, message: str) -> Response:
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return _relative(seconds).removesuffix(" ago")
+    return relative_text(seconds).removesuffix(" ago")
 
 
 def _ms(duration_ms: int | None) -> str:
