@@ -194,14 +194,38 @@ def one_cycle(graph: dict[str, set[str]], component: frozenset[str]) -> list[str
 # -- the checks ------------------------------------------------------------------------
 
 
-def test_the_import_graph_is_read_from_the_source() -> None:
-    graph = import_graph()
-    # A relative import, a module through `from . import`, a TYPE_CHECKING-only import
-    # and a function-level one: counted, counted, skipped, skipped.
-    assert "pqrun.store" in graph["pqrun"]
-    assert "pqrun.tracing" in graph["pqrun.store"]
-    assert "pqrun.webui" not in graph["pqrun"]
-    assert "pqrun.worker" not in graph["pqrun.cli"] | graph["pqrun._ui.process_commands"]
+def test_imports_are_resolved_as_python_runs_them() -> None:
+    source = """
+from . import web_html
+from .. import store
+from ..models import Job
+import pqrun.sync
+from pqrun import errors, PgJobStore
+if TYPE_CHECKING:
+    from pqrun import worker
+else:
+    from pqrun import policies
+try:
+    from pqrun import schema
+except ImportError:
+    from pqrun import limits
+def later():
+    from pqrun import cli
+"""
+    statements = import_time_statements(ast.parse(source).body)
+    assert imported_modules("pqrun._ui.formatting", statements) == {
+        "pqrun",
+        "pqrun._ui.web_html",
+        "pqrun.errors",
+        "pqrun.limits",
+        "pqrun.models",
+        "pqrun.policies",
+        "pqrun.schema",
+        "pqrun.store",
+        "pqrun.sync",
+    }
+    package_init = import_time_statements(ast.parse("from .web_html import h").body)
+    assert imported_modules("pqrun._ui", package_init) == {"pqrun._ui.web_html"}
 
 
 def test_no_import_cycle() -> None:
