@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pqrun`` with ``argv`` (default: the process's arguments); return the exit
+    code: 0 done, 1 refused or failed (said on stderr), 2 a bad $PQRUN_SCHEMA, 130 on
+    Ctrl-C. A usage error exits 2 from argparse."""
     args = build_parser().parse_args(argv)
     from_environment = os.environ.get("PQRUN_SCHEMA")
     if from_environment:
