@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .cli import count_text
+from ._ui.formatting import count_text, duration_text, printable
 from .errors import PqrunError
 from .store import PgJobStore
-from .terminal import printable
 
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # 27: Escape
 FAILURES_SHOWN = 8
@@ -28,14 +27,6 @@ TOP_RATE_CAP = 2_000
 
 class NoTerminal(PqrunError):
     """``pqrun top`` was started without a terminal to draw on."""
-
-
-def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def render(
@@ -58,7 +49,7 @@ def render(
     for name, entry in status["counts"].items():
         note = ""
         if name == "READY" and oldest is not None:
-            note = f"   oldest due waits {_age(oldest)}"
+            note = f"   oldest due waits {duration_text(oldest)}"
         lines.append(f"  {name:<10}{count_text(entry):>14}{note}")
 
     done = status["throughput"]["DONE"]
@@ -86,7 +77,7 @@ def render(
     for worker in workers:
         lines.append(
             f"  {printable(worker['worker_id']):<30} concurrency {worker['concurrency']:<4} "
-            f"heartbeat {_age(worker['heartbeat_age_seconds'])} ago   "
+            f"heartbeat {duration_text(worker['heartbeat_age_seconds'])} ago   "
             f"{printable(','.join(worker['job_types']))}"
         )
 

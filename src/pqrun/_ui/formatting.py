@@ -1,4 +1,5 @@
-"""Text from the database, made safe to print on a terminal.
+"""Text shared by the command line, ``pqrun top`` and the web dashboard: counts, spans
+of time, and database text made safe to print on a terminal.
 
 Job types, dedupe keys, worker ids, error texts and schedule names are written by
 whoever can enqueue a job or run a worker. Printed raw, an escape sequence in one of them
@@ -11,6 +12,8 @@ output needs nothing, as JSON escapes control characters itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # C0 and C1 control characters (ESC, BEL, CR, ...) and DEL; the Unicode line and
 # paragraph separators, which some terminals and viewers break lines at; and the
@@ -35,3 +38,34 @@ def printable(value: object, *, multiline: bool = False) -> str:
     if multiline:
         return "\n".join(UNSAFE.sub(_escaped, line) for line in text.split("\n"))
     return UNSAFE.sub(_escaped, text)
+
+
+def count_text(entry: Mapping[str, Any]) -> str:
+    """An exact count as is, an estimate as ~N, an unknown one over the cap as >=N."""
+    if entry["exact"]:
+        return f"{entry['count']:,}"
+    if entry["count"] is None:
+        return f">={entry['at_least']:,}"
+    return f"~{entry['count']:,}"
+
+
+def duration_text(seconds: float, *, tenths: bool = False) -> str:
+    """A span of time in its largest fitting unit: ``42s``, ``5m``, ``1.5h``, ``2.0d``.
+
+    Seconds and minutes are whole unless ``tenths`` (``42.4s``, ``5.0m``): the command
+    line's reports (``pqrun status``, ``workers``, ``schedules``) print tenths, the live
+    views (``pqrun top``, the dashboard) round to whole units, as docs/cli.md shows.
+    """
+    if seconds < 60:
+        return f"{seconds:.1f}s" if tenths else f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m" if tenths else f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def relative_text(seconds: float) -> str:
+    """How far a moment is from now, given ``now - moment``: ``3s ago``, ``in 2m``."""
+    text = duration_text(abs(seconds))
+    return f"in {text}" if seconds < 0 else f"{text} ago"

@@ -1,0 +1,205 @@
+"""The commands that look at and act on the queue's jobs: ``status``, ``workers``,
+``schedules``, ``jobs list|show|retry|cancel`` and ``prune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .command_support import CommandError, job_dict, to_json, with_store
+from .formatting import count_text, duration_text, printable
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = with_store(args, lambda store: store.queue_status())
+    if args.json:
+        print(to_json(status))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    lines = [f"pqrun status: schema {printable(status['schema'])}, at {status['now']}", ""]
+    counts = status["counts"]
+    oldest = status["oldest_due_seconds"]
+    due = sum(t["due"] for t in status["by_type"])
+    lines.append("jobs by status")
+    for name, entry in counts.items():
+        note = ""
+        if name == "READY":
+            at_least = "" if entry["exact"] else "at least "
+            note = f"  ({at_least}{due:,} due now"
+            if oldest is not None:
+                note += f", the oldest waiting {duration_text(oldest, tenths=True)}"
+            note += ")"
+        lines.append(f"  {name:<10} {count_text(entry):>12}{note}")
+    if not all(entry["exact"] for entry in counts.values()):
+        lines.append("  (~: the planner's estimate; >=: more than counted, no estimate yet)")
+    lines += ["", "active jobs by type"]
+    if status["by_type"]:
+        lines.append(f"  {'job_type':<24} {'ready':>9} {'due':>9} {'running':>9}")
+        for entry in status["by_type"]:
+            lines.append(
+                f"  {printable(entry['job_type']):<24} {entry['ready']:>9,} {entry['due']:>9,} "
+                f"{entry['running']:>9,}"
+            )
+    else:
+        lines.append("  (none)")
+    lines += ["", f"  {'finished':<24} {'DONE':>12} {'FAILED':>12}"]
+    for window, label in (("last_minute", "last minute"), ("last_hour", "last hour")):
+        done = status["throughput"]["DONE"][window]
+        failed = status["throughput"]["FAILED"][window]
+        lines.append(
+            f"  {label:<24} {rate_text(done):>12} {rate_text(failed):>12}"
+            f"   ({done['per_second']:.1f}/s done)"
+        )
+    workers = status["workers"]
+    lines += ["", f"workers alive: {len(workers)}"]
+    for worker in workers:
+        lines.append("  " + worker_line(worker))
+    return "\n".join(lines)
+
+
+def rate_text(entry: Mapping[str, Any]) -> str:
+    return f"{entry['count']:,}" if entry["exact"] else f"~{entry['count']:,}"
+
+
+def worker_line(worker: Mapping[str, Any]) -> str:
+    types = printable(",".join(worker["job_types"])) or "-"
+    return (
+        f"{printable(worker['worker_id'])}  pid {worker['pid']} on {printable(worker['host'])}, "
+        f"concurrency {worker['concurrency']}, types {types}, "
+        f"heartbeat {duration_text(worker['heartbeat_age_seconds'], tenths=True)} ago"
+    )
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    status = with_store(args, lambda store: store.queue_status(count_cap=1, rate_cap=1))
+    workers = status["workers"]
+    if args.json:
+        print(to_json(workers))
+        return 0
+    if not workers:
+        print("no workers registered")
+        return 0
+    for worker in workers:
+        print(worker_line(worker))
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    schedules = with_store(args, lambda store: store.list_schedules())
+    if args.json:
+        print(to_json(schedules))
+        return 0
+    if not schedules:
+        print("no schedules stored (a worker stores those it declares when it starts)")
+        return 0
+    for item in schedules:
+        timing = printable(
+            item["cron"] or f"every {duration_text(item['every_seconds'], tenths=True)}"
+        )
+        last = item["last_run_at"].isoformat() if item["last_run_at"] else "never"
+        job = f" (job {item['last_job_id']})" if item["last_job_id"] else ""
+        print(
+            f"{printable(item['name'])}  {printable(item['job_type'])}  {timing} "
+            f"{printable(item['timezone'])}  "
+            f"next {item['next_run_at'].isoformat()}  last {last}{job}  "
+            f"declared {item['declared_at'].isoformat()}"
+        )
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    jobs = with_store(
+        args,
+        lambda store: store.list_jobs(status=args.status, job_type=args.type, limit=args.limit),
+    )
+    if args.json:
+        print(to_json([job_dict(job) for job in jobs]))
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    print(f"{'id':>8}  {'job_type':<20} {'status':<9} {'attempts':>8}  {'run_after':<19}  error")
+    for job in jobs:
+        error = printable((job.last_error or "").split("\n", 1)[0])[:60]
+        run_after = job.run_after.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{job.id:>8}  {printable(job.job_type):<20} {job.status.value:<9} "
+            f"{job.attempts:>4}/{job.max_attempts:<3}  {run_after:<19}  {error}"
+        )
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    job = with_store(args, lambda store: store.get_job(args.id))
+    if job is None:
+        raise CommandError(f"no job {args.id} (it may have been pruned)")
+    fields = job_dict(job)
+    if args.json:
+        print(to_json(fields))
+        return 0
+    for name, value in fields.items():
+        if name in ("payload", "result") and value is not None:
+            value = json.dumps(value)
+        if name == "last_error" and value:
+            print(f"{name}:")
+            for line in printable(value, multiline=True).splitlines():
+                print(f"    {line}")
+            continue
+        print(f"{name + ':':<17}{printable(value) if value is not None else '-'}")
+    return 0
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    if (args.id is None) == (not args.failed):
+        raise CommandError("give a job id, or --failed (optionally with --type), not both")
+    if args.id is not None:
+        if args.type:
+            raise CommandError("--type goes with --failed, not with a job id")
+        if not with_store(args, lambda store: store.retry(args.id)):
+            raise CommandError(f"job {args.id} is not FAILED or CANCELLED (or does not exist)")
+        print(f"job {args.id}: READY again")
+        return 0
+    retried, conflicts = with_store(args, lambda store: store.retry_failed(args.type))
+    kind = f" {args.type}" if args.type else ""
+    print(f"retried {len(retried)} FAILED{kind} jobs")
+    if conflicts:
+        print(
+            f"left {len(conflicts)} FAILED: an active job holds their dedupe_key "
+            f"(ids {', '.join(map(str, conflicts[:20]))}{', ...' if len(conflicts) > 20 else ''})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    if not with_store(args, lambda store: store.cancel(args.id)):
+        raise CommandError(f"job {args.id} is not READY or RUNNING (or does not exist)")
+    print(f"job {args.id}: CANCELLED")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    pruned = with_store(
+        args,
+        lambda store: store.prune(
+            None if args.keep_done_forever else args.keep_done,
+            None if args.keep_failed_forever else args.keep_failed,
+            batch_size=args.batch_size,
+        ),
+    )
+    print(
+        f"pruned {pruned.total:,} jobs: {pruned.done:,} DONE, {pruned.failed:,} FAILED, "
+        f"{pruned.cancelled:,} CANCELLED"
+    )
+    if pruned.busy:
+        print("stopped early: another process is pruning this queue right now", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,127 @@
+"""The dashboard's page of one job: every column, the payload, the result and the
+last error, with retry and cancel when actions are allowed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pqrun._ui.web_html import age_text, badge_html, h, ms_text, refuse, when_html
+from pqrun._ui.web_jobs import MAX_ID
+from pqrun._ui.web_page import DashboardPage
+from pqrun.errors import JobConflict
+from pqrun.models import Job, JobStatus
+
+#: Payload and result are cut to this many characters on the job page.
+SHOW_JSON_LIMIT = 100_000
+
+
+class JobPage(DashboardPage):
+    """``/jobs/{id}``, its live fragment, and its retry and cancel POSTs."""
+
+    def job_fragment(self, request: Request, job: Job) -> str:
+        base = self.base(request)
+        actions = ""
+        if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            actions += self.action_button(request, f"/jobs/{job.id}/retry", "Retry")
+        if job.status in (JobStatus.READY, JobStatus.RUNNING):
+            actions += self.action_button(request, f"/jobs/{job.id}/cancel", "Cancel")
+        waited = (
+            age_text((job.locked_at - job.run_after).total_seconds())
+            if job.locked_at is not None and job.locked_at >= job.run_after
+            else "-"
+        )
+        facts = [
+            ("status", badge_html(job.status.value)),
+            ("job type", h(job.job_type)),
+            ("attempts", f"{h(job.attempts)} of {h(job.max_attempts)}"),
+            ("priority", h(job.priority)),
+            ("dedupe key", h(job.dedupe_key or "-")),
+            ("timeout", h(f"{job.timeout_seconds} s" if job.timeout_seconds else "none")),
+            ("created", when_html(job.created_at)),
+            ("due", when_html(job.run_after)),
+            ("claimed", when_html(job.locked_at)),
+            ("waited for a worker", h(waited)),
+            ("worker", h(job.locked_by or "-")),
+            ("finished", when_html(job.finished_at)),
+            ("took", h(ms_text(job.duration_ms))),
+            ("updated", when_html(job.updated_at)),
+            ("trace", h(job.trace_context or "-")),
+        ]
+        listing = "".join(f"<dt>{h(name)}</dt><dd>{value}</dd>" for name, value in facts)
+        earlier = " (of an earlier attempt)" if job.status is JobStatus.DONE else ""
+        error = (
+            f'<h2>Last error{earlier}</h2><pre class="err" id="last-error">'
+            f"{h(job.last_error)}</pre>"
+            if job.last_error
+            else ""
+        )
+        return (
+            f'<p id="actions">{actions}</p><dl id="facts" data-status="{h(job.status.value)}">'
+            f"{listing}</dl>"
+            f'<h2>Payload</h2><pre id="payload">{h(json_text(job.payload))}</pre>'
+            f'<h2>Result</h2><pre id="result">{h(json_text(job.result))}</pre>{error}'
+            f'<p><a href="{h(base)}/jobs?{h(urlencode({"job_type": job.job_type}))}">'
+            f"More {h(job.job_type)} jobs</a></p>"
+        )
+
+    async def get_job(self, request: Request) -> Job | None:
+        try:
+            job_id = int(request.path_params["job_id"])
+        except ValueError:
+            return None
+        if not 0 < job_id <= MAX_ID:
+            return None
+        return await self.store.get_job(job_id)
+
+    async def route_job(self, request: Request) -> Response:
+        job = await self.get_job(request)
+        if job is None:
+            return refuse(404, "No such job.")
+        live = f"{self.base(request)}/_/jobs/{job.id}"
+        return self.page(
+            request,
+            f"Job {job.id}",
+            f"<h2>Job {h(job.id)}</h2>"
+            f'<div id="job" data-live="{h(live)}">{self.job_fragment(request, job)}</div>',
+        )
+
+    async def route_job_fragment(self, request: Request) -> Response:
+        job = await self.get_job(request)
+        if job is None:
+            return refuse(404, "No such job.")
+        return self.fragment(request, self.job_fragment(request, job))
+
+    async def route_retry(self, request: Request) -> Response:
+        refused = await self.check_action(request)
+        if refused is not None:
+            return refused
+        job = await self.get_job(request)
+        if job is None:
+            return refuse(404, "No such job.")
+        try:
+            notice = "retried" if await self.store.retry(job.id) else "not-retried"
+        except JobConflict:
+            notice = "conflict"
+        return self.after_action(request, f"/jobs/{job.id}", notice)
+
+    async def route_cancel(self, request: Request) -> Response:
+        refused = await self.check_action(request)
+        if refused is not None:
+            return refused
+        job = await self.get_job(request)
+        if job is None:
+            return refuse(404, "No such job.")
+        notice = "cancelled" if await self.store.cancel(job.id) else "not-cancelled"
+        return self.after_action(request, f"/jobs/{job.id}", notice)
+
+
+def json_text(value: Any) -> str:
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    if len(text) > SHOW_JSON_LIMIT:
+        return text[:SHOW_JSON_LIMIT] + f"\n... ({len(text):,} characters in all)"
+    return text

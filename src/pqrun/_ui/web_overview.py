@@ -1,0 +1,154 @@
+"""The dashboard's overview: totals by status, rates, queues, workers and schedules,
+read at most once a second however many browsers watch, and the recent jobs."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pqrun._ui.formatting import count_text
+from pqrun._ui.web_html import STATUSES, age_text, badge_html, h, table_html
+from pqrun._ui.web_jobs import JobsListPage
+from pqrun._ui.web_page import DashboardPage
+from pqrun._ui.web_schedules import schedules_table
+from pqrun._ui.web_workers import workers_table
+from pqrun.store import PgJobStore
+
+#: How often pages poll their live parts (milliseconds).
+REFRESH_MS = 2000
+#: The overview is read from the database at most this often, however many viewers...
+OVERVIEW_CACHE_SECONDS = 1.0
+#: ... and a slow read (a backlog of millions of READY jobs) is kept this many times
+#: longer than it took, so that watching the dashboard costs the database at most a
+#: tenth of one connection's time.
+OVERVIEW_COST_FACTOR = 10.0
+#: Rates are measured over samples this old at most.
+RATE_WINDOW_SECONDS = 60.0
+#: Jobs the overview lists under "Recent jobs".
+RECENT_JOBS = 12
+
+
+class OverviewPage(DashboardPage):
+    """``/`` and its live fragments ``/_/overview`` and ``/_/recent``."""
+
+    def __init__(
+        self, store: PgJobStore, *, allow_actions: bool, title: str, jobs: JobsListPage
+    ) -> None:
+        super().__init__(store, allow_actions=allow_actions, title=title)
+        self.jobs = jobs
+        self._overview: tuple[float, dict[str, Any]] | None = None
+        # (monotonic time, newest id, active jobs): the rates come from their changes.
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    async def overview_data(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._overview is not None and now < self._overview[0]:
+            return self._overview[1]
+        queues = await self.store.queue_stats()
+        counts = await self.store.status_counts()
+        newest = await self.store.max_job_id()
+        workers = await self.store.list_workers()
+        schedules = await self.store.list_schedules()
+        active = sum(q["ready"] + q["running"] for q in queues)
+        data = {
+            "queues": queues,
+            "counts": counts,
+            "exact": all(entry["exact"] for entry in counts.values()),
+            "rates": self.rates(now, newest, active),
+            "workers": workers,
+            "schedules": schedules,
+        }
+        took = time.monotonic() - now
+        keep = max(OVERVIEW_CACHE_SECONDS, OVERVIEW_COST_FACTOR * took)
+        self._overview = (now + took + keep, data)  # (good until, data)
+        return data
+
+    def rates(self, now: float, newest: int, active: int) -> tuple[float, float] | None:
+        """(enqueued/s, finished/s) since the oldest sample in the window, if any.
+
+        New ids count enqueues; enqueues minus the growth of the active jobs count the
+        jobs that left READY/RUNNING. Exact enough for a glance, and free.
+        """
+        samples = self._samples
+        samples.append((now, newest, active))
+        while samples and now - samples[0][0] > RATE_WINDOW_SECONDS:
+            samples.popleft()
+        then, old_newest, old_active = samples[0]
+        elapsed = now - then
+        if elapsed < 1.0:
+            return None
+        enqueued = max(newest - old_newest, 0)
+        finished = max(enqueued - (active - old_active), 0)
+        return enqueued / elapsed, finished / elapsed
+
+    async def overview_fragment(self, request: Request) -> str:
+        data = await self.overview_data()
+        base = self.base(request)
+        counts: dict[str, dict[str, Any]] = data["counts"]
+        cards = "".join(
+            f'<div class="card"><a href="{h(base)}/jobs?status={h(status)}">'
+            f"{badge_html(status)}</a><b>{h(count_text(counts[status]))}</b></div>"
+            for status in STATUSES
+        )
+        rates = data["rates"]
+        if rates is None:
+            rate_cards = '<div class="card">rates<b class="muted">measuring</b></div>'
+        else:
+            rate_cards = (
+                f'<div class="card">enqueued<b>{rates[0]:,.1f}/s</b></div>'
+                f'<div class="card">finished<b>{rates[1]:,.1f}/s</b></div>'
+            )
+        note = (
+            ""
+            if data["exact"]
+            else '<p class="muted">Totals over 20,000 are the planner\'s estimates (~, as '
+            "of the last ANALYZE; ≥ before the first one).</p>"
+        )
+        queue_rows = [
+            f'<tr><td><a href="{h(base)}/jobs?{h(urlencode({"job_type": q["job_type"]}))}">'
+            f"{h(q['job_type'])}</a></td>"
+            f'<td class="num">{q["ready"]:,}</td><td class="num">{q["due"]:,}</td>'
+            f'<td class="num">{q["running"]:,}</td>'
+            f"<td>{h(age_text(q['oldest_due_seconds']))}</td></tr>"
+            for q in data["queues"]
+        ]
+        queues = table_html(
+            ["job type", "#ready", "#due now", "#running", "oldest due waits"],
+            queue_rows,
+            "No READY or RUNNING jobs.",
+        )
+        workers = workers_table(data["workers"])
+        schedules = schedules_table(base, data["schedules"])
+        return (
+            f'<div class="cards" id="totals">{cards}{rate_cards}</div>{note}'
+            f'<h2>Queues</h2><div id="queues">{queues}</div>'
+            f'<h2>Workers</h2><div id="workers">{workers}</div>'
+            f'<h2>Schedules</h2><div id="schedules">{schedules}</div>'
+        )
+
+    async def recent_fragment(self, request: Request) -> str:
+        return await self.jobs.jobs_fragment(request, limit=RECENT_JOBS)
+
+    async def route_overview(self, request: Request) -> Response:
+        content = await self.overview_fragment(request)
+        recent = await self.recent_fragment(request)
+        base = self.base(request)
+        return self.page(
+            request,
+            "Overview",
+            f'<div id="overview" data-live="{h(base)}/_/overview" data-every="{REFRESH_MS}">'
+            f"{content}</div><h2>Recent jobs</h2>"
+            f'<div id="recent" data-live="{h(base)}/_/recent" data-every="{REFRESH_MS}">'
+            f"{recent}</div>",
+        )
+
+    async def route_recent_fragment(self, request: Request) -> Response:
+        return self.fragment(request, await self.recent_fragment(request))
+
+    async def route_overview_fragment(self, request: Request) -> Response:
+        return self.fragment(request, await self.overview_fragment(request))
