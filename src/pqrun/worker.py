@@ -119,7 +119,7 @@ class Worker:
             metrics_host=metrics_host,
         )
         # The settings, as attributes of their own (read them; the settings are frozen).
-        self.handlers: dict[str, Handler] = dict(settings.handlers)
+        self.handlers: dict[str, Handler] = settings.handlers
         self.job_types = settings.job_types
         self.worker_id = settings.worker_id
         self.enabled = settings.enabled

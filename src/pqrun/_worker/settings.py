@@ -46,7 +46,7 @@ def default_worker_id() -> str:
 class WorkerSettings:
     """Everything a worker is told, checked; see docs/configuration.md."""
 
-    handlers: Mapping[str, Handler]
+    handlers: dict[str, Handler]
     worker_id: str
     enabled: bool
     enable_reaper: bool
