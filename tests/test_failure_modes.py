@@ -21,8 +21,8 @@ from pqrun import (
     Retry,
     Worker,
 )
-from pqrun.outcomes import OutcomeWriter
-from pqrun.worker import _OutageLog
+from pqrun._worker.loops import OutageLog as _OutageLog
+from pqrun._worker.outcome_writer import OutcomeWriter
 
 from .helpers import QUICK, picked, status_of, wait_until
 

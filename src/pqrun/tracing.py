@@ -125,21 +125,21 @@ def set_enqueued_id(job_id: int) -> None:
         span.set_attribute("messaging.message.id", str(job_id))
 
 
-@contextmanager
-def run_span(job: Job) -> Iterator[Any]:
-    """The span of one run of ``job``, current while the handler runs.
+def start_run_span(job: Job) -> Any:
+    """Start the span of one run of ``job`` (None without a tracer provider).
 
-    Yields the span (or None without opentelemetry); ``record_outcome`` finishes it.
+    The span is made current around the handler with ``current_span``, and ended by the
+    worker once the run's outcome is written (or found moot), so that its
+    ``pqrun.job.outcome`` is what the run came to, as the metrics say it.
     """
     tracer = _tracer()
     if tracer is None:
-        yield None
-        return
+        return None
     assert _trace is not None
     parent = None
     if job.trace_context:
         parent = _propagator.extract({"traceparent": job.trace_context})
-    with tracer.start_as_current_span(
+    return tracer.start_span(
         f"pqrun run {job.job_type}",
         context=parent,
         kind=_trace.SpanKind.CONSUMER,
@@ -153,14 +153,29 @@ def run_span(job: Job) -> Iterator[Any]:
         },
         record_exception=False,  # the outcome says what happened, not a raw exception
         set_status_on_exception=False,
-    ) as span:
-        yield span
+    )
 
 
-def record_outcome(span: Any, outcome: str, error: str) -> None:
-    """Mark the run's span with what the run came to (error status unless it succeeded)."""
+@contextmanager
+def current_span(span: Any) -> Iterator[None]:
+    """Make ``span`` the current span (the parent of the handler's own) without ending it."""
+    if span is None or _trace is None:
+        yield
+        return
+    with _trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    ):
+        yield
+
+
+def record_outcome(span: Any, outcome: str | None, error: str) -> None:
+    """Mark the run's span with what the run came to (error status unless it succeeded).
+
+    ``outcome`` None: the run's outcome is not known (it could not be recorded).
+    """
     if span is None or _trace is None or not span.is_recording():
         return
-    span.set_attribute("pqrun.job.outcome", outcome)
+    if outcome is not None:
+        span.set_attribute("pqrun.job.outcome", outcome)
     if error:
         span.set_status(_trace.Status(_trace.StatusCode.ERROR, error.split("\n", 1)[0][:500]))

@@ -1,7 +1,7 @@
 """Liveness: a worker proving, every few seconds, that it is alive and which jobs it holds.
 
-It runs on a connection of its own, outside the pool, and its statement (HEARTBEAT in
-store.py) writes only the worker's row in ``job_workers``: a handler holding every
+It runs on a connection of its own, outside the pool, and its statement (the heartbeat
+query of the store) writes only the worker's row in ``job_workers``: a handler holding every
 pooled connection, or a session holding a job's row locked, cannot hold it up. The reaper
 leaves a RUNNING job alone while its worker's fresh heartbeat lists the job's claim.
 When that connection cannot be opened (the server at its connection limit, say), the
@@ -19,25 +19,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
-from .errors import WorkerIdInUse
-from .models import Job
-from .store import PgJobStore
+from pqrun.errors import WorkerIdInUse
+from pqrun.models import Job
+from pqrun.store import PgJobStore
+
+from .loops import ErrorStreak, first_of
+from .runs import Claim
 
 logger = logging.getLogger("pqrun")
-
-Claim = tuple[int, int | None]  # (job id, lease_id)
 
 
 class Liveness:
     """The heartbeat loop of one worker; see the module docstring.
 
     ``held()`` returns the jobs the worker holds now; ``on_lost(claims)`` hears the claims
-    that no longer own their job; ``on_failure``/``on_recovery`` report an outage. The
-    loop ends with WorkerIdInUse when another live worker has this worker's id.
+    that no longer own their job; ``errors`` reports an outage. The loop ends with
+    WorkerIdInUse when another live worker has this worker's id.
     """
 
     def __init__(
@@ -52,8 +53,7 @@ class Liveness:
         instance: str,
         held: Callable[[], list[Job]],
         on_lost: Callable[[set[Claim]], None],
-        on_failure: Callable[[str, str, BaseException], None],
-        on_recovery: Callable[[str], None],
+        errors: ErrorStreak,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
@@ -65,18 +65,16 @@ class Liveness:
         self.instance = instance
         self._held = held
         self._on_lost = on_lost
-        self._on_failure = on_failure
-        self._on_recovery = on_recovery
+        self._errors = errors
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._check = asyncio.Event()
         self._to_check: set[int] = set()
-        self._failing = False
 
-    def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._run(), name="pqrun-liveness")
-        return self._task
+    def start(self, spawn: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
+        """Start beating, in a task that ``spawn`` starts and names."""
+        self._task = spawn("liveness", self._run())
 
     def check_soon(self, job_id: int) -> None:
         """Read this job's row soon and stop its run here if the row says it is not ours.
@@ -154,12 +152,10 @@ class Liveness:
             raise  # ends the loop, and the worker with it: its claims would not be listed
         except Exception as exc:
             self._drop_connection()
-            self._failing = True
-            self._on_failure("liveness", "sending heartbeats", exc)
+            # No backoff: the next beat is due at its time, the reaper counts on it.
+            self._errors.failed("sending heartbeats", exc)
             return
-        if self._failing:
-            self._failing = False
-            self._on_recovery("liveness")
+        self._errors.succeeded()
         lost = {(job.id, job.lease_id) for job in held} - owned
         if lost:
             self._on_lost(lost)
@@ -183,13 +179,3 @@ class Liveness:
         lost = {(job.id, job.lease_id) for job in held} - owned
         if lost:
             self._on_lost(lost)
-
-
-async def first_of(*events: asyncio.Event) -> None:
-    """Return when any of ``events`` is set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -25,16 +25,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
 
-from .models import Job, JobStatus
-from .policies import LoopErrorPolicy
-from .store import CONNECTION_ERRORS, ClientDataError, PgJobStore
+from pqrun.models import JobStatus
+from pqrun.store import CONNECTION_ERRORS, ClientDataError, PgJobStore
+
+from .loops import ErrorStreak
+from .outcome import Outcome
 
 logger = logging.getLogger("pqrun")
 
@@ -61,27 +61,6 @@ SERVER_CANNOT_WRITE = ("53", "25006", "57P", "58")
 # then); any other of those errors only this many times, then the job fails with it.
 LOCK_NOT_AVAILABLE = "55P03"
 MAX_TRIES_ASIDE = 6
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one run came to, before it is written."""
-
-    job: Job
-    duration_ms: int
-    result_json: str | None = None  # set when the handler returned
-    error: str = ""
-    retry_after: timedelta | None = None
-    terminal: bool = False
-    snooze_after: timedelta | None = None  # set when the handler raised Snooze
-    # Set once its write committed, so that retrying a partly written batch is safe.
-    written: bool = False
-    # Set when not even a plain failure could be recorded: why (the job stays RUNNING
-    # until the reaper takes it back).
-    abandoned: str | None = None
-    # Put aside until this time (monotonic): its row was locked by someone else.
-    not_before: float = 0.0
-    tries_aside: int = 0
 
 
 def storable_text(text: str) -> str:
@@ -123,20 +102,19 @@ class _PutAside(Exception):
 
 
 class OutcomeWriter:
-    """Writes outcomes in the background; ``on_written`` hears each one after it commits."""
+    """Writes outcomes in the background; ``on_written`` hears each one after it commits.
+
+    ``errors`` counts its failures to reach the database (the outage log, the backoff).
+    """
 
     def __init__(
         self,
         store: PgJobStore,
-        error_policy: LoopErrorPolicy,
-        on_failure: Callable[[str, str, BaseException], None],
-        on_recovery: Callable[[str], None],
+        errors: ErrorStreak,
         on_written: Callable[[Outcome, JobStatus | None], None],
     ) -> None:
         self._store = store
-        self._error_policy = error_policy
-        self._on_failure = on_failure
-        self._on_recovery = on_recovery
+        self._errors = errors
         self._on_written = on_written
         self._pending: list[Outcome] = []
         self._wake = asyncio.Event()
@@ -147,8 +125,9 @@ class OutcomeWriter:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pqrun-outcome-writer")
+    def start(self, spawn: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
+        """Start writing, in a task that ``spawn`` starts and names."""
+        self._task = spawn("outcome-writer", self._run())
 
     async def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for writing; waits only when too many are unwritten."""
@@ -232,7 +211,6 @@ class OutcomeWriter:
 
     async def _write_with_retries(self, batch: list[Outcome]) -> None:
         """Write ``batch`` until every outcome in it is written or put aside."""
-        failures = 0
         while True:
             try:
                 await self._write(batch)
@@ -243,13 +221,11 @@ class OutcomeWriter:
                 # _write turns every other error into one outcome's fate: this one is the
                 # database out of reach.
                 self._drop_connection()
-                failures += 1
                 unwritten = sum(1 for o in batch if not o.written)
-                self._on_failure("writer", f"recording the outcome of {unwritten} jobs", exc)
-                await asyncio.sleep(self._error_policy.next_sleep(failures))
+                self._errors.failed(f"recording the outcome of {unwritten} jobs", exc)
+                await asyncio.sleep(self._errors.wait())
                 continue
-            if failures:
-                self._on_recovery("writer")
+            self._errors.succeeded()
             return
 
     async def _write(self, batch: list[Outcome]) -> None:

@@ -1,0 +1,247 @@
+"""The executor: ``concurrency`` slots, each taking jobs from the buffer and running them.
+
+A slot runs one handler at a time, within the job's deadline, and turns what it did
+(returned, raised Retry/Snooze/Fail or anything else, timed out, was cancelled) into one
+``Outcome``, handed to the outcome writer. The moves of a run are in runs.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from pqrun import tracing
+from pqrun.errors import Fail, Retry, Snooze
+from pqrun.handlers import Handler, JobContext, describe_exception
+from pqrun.models import Job, encode_json
+from pqrun.store import INT32_MAX, PgJobStore, _tell
+
+from .fetcher import Fetcher
+from .loops import Lifetime
+from .outcome import Outcome, RunOutcome, end_span, report_cancelled, report_released
+from .outcome_writer import OutcomeWriter
+from .runs import Run, RunRegistry
+from .settings import WorkerSettings
+
+logger = logging.getLogger("pqrun")
+
+# A slot lets the event loop run other tasks at least this often (seconds).
+YIELD_EVERY = 0.001
+
+
+class Executor:
+    """The slots of one worker run; ``start()`` starts them, ``slots`` are their tasks."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        store: PgJobStore,
+        registry: RunRegistry,
+        fetcher: Fetcher,
+        writer: OutcomeWriter,
+        life: Lifetime,
+        release: Callable[[list[Job], str], Awaitable[None]],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._registry = registry
+        self._fetcher = fetcher
+        self._writer = writer
+        self._life = life
+        self._release = release
+        self.slots: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.slots = [
+            self._life.spawn(f"slot-{n}", self._slot()) for n in range(self._settings.concurrency)
+        ]
+
+    async def _slot(self) -> None:
+        last_yield = time.monotonic()
+        registry = self._registry
+        while (claimed := await self._take()) is not None:
+            job, claimed_at = claimed
+            if not registry.holds(job):
+                continue  # found no longer ours (cancelled, taken back) while being taken
+            if await self._waited_too_long(job, claimed_at):
+                continue
+            task = asyncio.current_task()
+            assert task is not None
+            handler = self._settings.handlers[job.job_type]
+            run = registry.start_run(job, task, is_thread=not handler.is_async)
+            for observer in self._store.observers:
+                _tell(observer.started, job)
+            span = tracing.start_run_span(job) if tracing.AVAILABLE else None
+            try:
+                with tracing.current_span(span):
+                    outcome = await self._run_handler(run, handler, span)
+            except Exception as exc:  # a fault of pqrun's own: still record something
+                logger.exception("job %s: the worker failed around its handler", job.id)
+                outcome = Outcome(
+                    job=job,
+                    duration_ms=0,
+                    error=f"the worker failed around the handler: {describe_exception(exc)}",
+                    retry_after=self.retry_delay(job),
+                    span=span,
+                )
+            except BaseException:
+                # Shutdown cancelled the slot: a released run is put back by shutdown.
+                if run.released:
+                    end_span(span, RunOutcome.RELEASED, "put back to READY by shutdown")
+                else:
+                    end_span(span, None, "the slot running the handler was cancelled")
+                raise
+            finally:
+                registry.running.discard(run)
+                if self._fetcher.runs_low():
+                    self._fetcher.want_more.set()  # claim more (or, draining, look again)
+            if run.released:
+                report_released(job, span)
+                continue
+            run.answer()
+            if outcome is None:
+                # Cancelled, or taken back: the row is someone else's to move now.
+                registry.drop(job)
+                continue
+            try:
+                await self._writer.submit(outcome)
+            except BaseException:
+                end_span(span, None, "the worker failed to hand on the outcome")
+                raise
+            # A handler that never awaits would let this slot run the whole buffer before
+            # the fetch loop and the writer get a turn: claiming, running and writing
+            # overlap only if slots yield now and then.
+            now = time.monotonic()
+            if now - last_yield >= YIELD_EVERY:
+                last_yield = now
+                await asyncio.sleep(0)
+
+    async def _take(self) -> tuple[Job, float] | None:
+        registry = self._registry
+        want_more = self._fetcher.want_more
+        while not self._life.stopping.is_set():
+            if registry.buffer:
+                claimed = registry.buffer.popleft()
+                if self._fetcher.runs_low() and not want_more.is_set():
+                    # The buffer runs low: let the fetch loop send its claim now, so that
+                    # it overlaps with running what is left.
+                    want_more.set()
+                    await asyncio.sleep(0)
+                return claimed
+            registry.job_ready.clear()
+            want_more.set()
+            await registry.job_ready.wait()
+        return None
+
+    async def _waited_too_long(self, job: Job, claimed_at: float) -> bool:
+        """Give back a job that waited in the buffer half its deadline or stale period."""
+        limit = job.timeout_seconds or self._settings.default_stale_after.total_seconds()
+        if time.monotonic() - claimed_at < limit / 2:
+            return False
+        await self._release([job], "waited too long in the worker's buffer; put back")
+        return True
+
+    async def _run_handler(self, run: Run, handler: Handler, span: Any) -> Outcome | None:
+        """Run the job's handler; None when store.cancel() stopped it."""
+        job = run.job
+        ctx = JobContext(job=job, store=self._store, worker_id=self._settings.worker_id)
+        started = time.monotonic()
+        outcome = Outcome(job=job, duration_ms=0, span=span)
+        deadline = asyncio.timeout(job.timeout_seconds)  # None: no deadline
+        try:
+            return await self._handle(run, handler, ctx, deadline, outcome, started)
+        finally:
+            # A cancel requested for this run that the handler swallowed must not stay
+            # counted on the slot's task: it would end the slot at the next one.
+            current = asyncio.current_task()
+            if run.claim_lost and not run.cancel_consumed and current:
+                run.cancel_consumed = True
+                current.uncancel()
+
+    async def _handle(
+        self,
+        run: Run,
+        handler: Handler,
+        ctx: JobContext,
+        deadline: asyncio.Timeout,
+        outcome: Outcome,
+        started: float,
+    ) -> Outcome | None:
+        job = run.job
+        try:
+            async with deadline:
+                value = await handler(ctx)
+        except Retry as exc:
+            outcome.error = f"Retry: {exc}"
+            outcome.retry_after = exc.after
+        except Snooze as exc:
+            outcome.snooze_after = exc.after
+            outcome.retry_after = exc.after  # when it comes due again
+        except Fail as exc:
+            outcome.error = f"Fail: {exc.reason}"
+            outcome.terminal = True
+        except (KeyboardInterrupt, GeneratorExit) as exc:
+            # Raised by the handler's own code (a worker stops on SIGINT/SIGTERM through
+            # its signal handlers, not through this): the job's failure, like any other
+            # exception, so that one bad job neither stops the worker nor stays RUNNING.
+            outcome.error = (
+                f"{describe_exception(exc)}\n(the handler raised {type(exc).__name__}; "
+                "counted as a failed attempt, the worker goes on)"
+            )
+            outcome.retry_after = self.retry_delay(job)
+        except BaseException as exc:
+            current = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and current and current.cancelling():
+                # Ours: store.cancel() (the slot goes on with its next job), or shutdown.
+                if run.claim_lost and not run.cancel_consumed:
+                    run.cancel_consumed = True
+                    remaining = current.uncancel()
+                else:
+                    remaining = current.cancelling()
+                if run.claim_lost and remaining == 0:
+                    elapsed = time.monotonic() - started
+                    duration_ms = min(round(elapsed * 1000), INT32_MAX)
+                    report_cancelled(self._store.observers, job, outcome.span, elapsed, duration_ms)
+                    return None
+                raise
+            if deadline.expired():
+                outcome.error = (
+                    f"timed out: the handler ran past the job's timeout_seconds "
+                    f"({job.timeout_seconds} s) and was cancelled"
+                )
+            else:
+                # Any other exception, SystemExit and the handler's own CancelledError
+                # too, is the job's failure, not the worker's.
+                outcome.error = describe_exception(exc)
+            outcome.retry_after = self.retry_delay(job)
+        else:
+            try:
+                outcome.result_json = encode_json(
+                    value, f"the value returned by the {job.job_type!r} handler"
+                )
+            except Exception as exc:  # TypeError, ValueError, RecursionError (too deep)
+                # Running it again would return the same kind of value: fail it now.
+                outcome.error = (
+                    str(exc)
+                    if isinstance(exc, TypeError)
+                    else (
+                        f"the value returned by the {job.job_type!r} handler could not be "
+                        f"encoded as JSON: {type(exc).__name__}: {exc}"
+                    )
+                )
+                outcome.terminal = True
+        elapsed = time.monotonic() - started
+        outcome.duration_ms = min(round(elapsed * 1000), INT32_MAX)
+        self._fetcher.measured(elapsed)
+        return outcome
+
+    def retry_delay(self, job: Job) -> timedelta:
+        try:
+            return self._settings.backoff.retry_delay(job.attempts)
+        except Exception:
+            logger.exception("the backoff policy failed for job %s; retrying in 1 minute", job.id)
+            return timedelta(minutes=1)

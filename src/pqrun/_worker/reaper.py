@@ -1,0 +1,44 @@
+"""The reaper: takes back the jobs of workers whose heartbeats went stale.
+
+Any worker may run it; the store lets one reap at a time. It reaps only once some
+worker's heartbeats have reached the database for a while without a gap, so that after
+an outage (when every heartbeat is stale at once) only the jobs of the dead go back.
+"""
+
+from __future__ import annotations
+
+from pqrun.store import PgJobStore
+
+from .loops import Lifetime
+from .settings import WorkerSettings
+
+# The reaper takes jobs back only once some worker's heartbeats (its own or another's)
+# have reached the database for this many heartbeat intervals without a gap. After an
+# outage every heartbeat is stale at once; by then every worker that is alive has sent
+# one again (their heartbeat connections retry every interval), so only the jobs of the
+# dead are taken back. Any worker will do as the witness, so a worker that has just
+# started can reap at once: workers that restart often still recover their dead.
+REAP_AFTER_HEARTBEATS = 3
+
+
+class Reaper:
+    def __init__(self, settings: WorkerSettings, store: PgJobStore, life: Lifetime) -> None:
+        self._settings = settings
+        self._store = store
+        self._life = life
+
+    async def run(self) -> None:
+        settings = self._settings
+        errors = self._life.streak("reaper")
+        while not self._life.stopping.is_set():
+            try:
+                await self._store.reap_stale(
+                    settings.default_stale_after,
+                    reachable_for=settings.heartbeat_interval * REAP_AFTER_HEARTBEATS,
+                )
+            except Exception as exc:
+                # No backoff: the reap interval is the wait.
+                errors.failed("reaping stale jobs", exc)
+            else:
+                errors.succeeded()
+            await self._life.sleep(settings.reap_interval.total_seconds())

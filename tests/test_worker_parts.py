@@ -1,0 +1,57 @@
+"""The parts of a worker: named tasks, and the states of one run (pqrun._worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from pqrun import JobContext, PgJobStore, Worker
+from pqrun._worker.runs import Run, RunState
+from pqrun.models import Job
+
+from .helpers import QUICK_POLICIES
+
+
+async def noop(ctx: JobContext) -> None:
+    return None
+
+
+async def test_every_task_of_a_worker_is_named_after_it_and_its_part(store: PgJobStore) -> None:
+    worker = Worker(store, {"t": noop}, worker_id="w-named", concurrency=2, **QUICK_POLICIES)
+    await worker.start()
+    try:
+        names = {task.get_name() for task in asyncio.all_tasks()}
+    finally:
+        await worker.stop()
+    parts = {"fetcher", "slot-0", "slot-1", "outcome-writer", "liveness", "listener"}
+    parts |= {"reaper", "pruner"}
+    assert {f"pqrun:w-named:{part}" for part in parts} <= names
+
+
+async def test_a_run_released_at_shutdown_goes_back_to_where_it_was_if_it_goes_on() -> None:
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(forever())
+    try:
+        run = Run(cast(Job, None), task)  # the job itself plays no part here
+        assert state_of(run) is RunState.RUNNING
+        assert run.request_cancel()  # the claim is lost
+        assert not run.request_cancel()  # said once
+        assert state_of(run) is RunState.CANCEL_REQUESTED
+        run.release()
+        assert run.released
+        assert run.request_cancel() is False
+        assert run.released
+        run.keep()  # the handler went on: it is still the cancelled run it was
+        assert state_of(run) is RunState.CANCEL_REQUESTED
+        assert run.claim_lost
+        run.answer()
+        assert run.answered
+    finally:
+        task.cancel()
+
+
+def state_of(run: Run) -> RunState:
+    """The run's state now (a call, so that the type checker does not pin it)."""
+    return run.state
