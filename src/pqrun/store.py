@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from ._store.connections import Connection, StoreConnections
+from ._store.connections import Connection, StoreConnections, dedicated_connection, listen
 from ._store.inspection import InspectionMethods
 from ._store.interventions import InterventionMethods
 from ._store.maintenance import MaintenanceMethods, Pruned
@@ -185,7 +185,7 @@ class PgJobStore(
         ``on_payload`` gets each notification's payload: empty when jobs are due now,
         else the epoch of the earliest ``run_after`` of a batch of future jobs.
         """
-        return await self._db.listen(on_payload)
+        return await listen(self._db, on_payload)
 
     async def dedicated_connection(
         self, purpose: str, server_settings: Mapping[str, str] | None = None
@@ -196,7 +196,7 @@ class PgJobStore(
         connections, so that handlers holding every pooled connection cannot starve them.
         The caller closes it. ``server_settings`` are added to the store's own.
         """
-        return await self._db.dedicated_connection(purpose, server_settings)
+        return await dedicated_connection(self._db, purpose, server_settings)
 
     # -- your own statements ---------------------------------------------------------
 

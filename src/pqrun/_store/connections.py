@@ -324,51 +324,6 @@ class StoreConnections:
             logger.warning("closing the pool took over %.0fs; closing connections at once", within)
             pool.terminate()
 
-    async def listen(self, on_payload: Callable[[str], None]) -> Connection:
-        """A dedicated connection LISTENing on this store's channel (for workers).
-
-        ``on_payload`` gets each notification's payload: empty when jobs are due now,
-        else the epoch of the earliest ``run_after`` of a batch of future jobs.
-        """
-        conn = await self.dedicated_connection("a LISTEN connection")
-        try:
-            await conn.add_listener(
-                self.channel, lambda _c, _pid, _ch, payload: on_payload(payload)
-            )
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
-
-    async def dedicated_connection(
-        self, purpose: str, server_settings: Mapping[str, str] | None = None
-    ) -> Connection:
-        """A connection of its own, outside the pool, with the store's settings (schema).
-
-        Workers keep their liveness, their outcome writes and their LISTEN on such
-        connections, so that handlers holding every pooled connection cannot starve them.
-        The caller closes it. ``server_settings`` are added to the store's own.
-        """
-        await self.start()
-        connect_kwargs = {k: v for k, v in self.pool_kwargs.items() if k not in POOL_ONLY}
-        if server_settings:
-            connect_kwargs["server_settings"] = {
-                **connect_kwargs.get("server_settings", {}),
-                **server_settings,
-            }
-        try:
-            conn: asyncpg.Connection[Any] = await asyncpg.connect(
-                self.dsn,
-                timeout=self.connect_timeout,
-                connection_class=_DedicatedConnection,
-                **connect_kwargs,
-            )
-        except CONNECT_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot open {purpose} to {redact_dsn(self.dsn)}: {self.describe(exc)}"
-            ) from self.cause(exc)
-        return conn
-
     def joined(self) -> Connection | None:
         """The connection of the open block the code runs in, if any."""
         block = self.current.get()
@@ -554,6 +509,51 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+async def listen(db: StoreConnections, on_payload: Callable[[str], None]) -> Connection:
+    """A dedicated connection LISTENing on this store's channel (for workers).
+
+    ``on_payload`` gets each notification's payload: empty when jobs are due now,
+    else the epoch of the earliest ``run_after`` of a batch of future jobs.
+    """
+    conn = await dedicated_connection(db, "a LISTEN connection")
+    try:
+        await conn.add_listener(db.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+async def dedicated_connection(
+    db: StoreConnections, purpose: str, server_settings: Mapping[str, str] | None = None
+) -> Connection:
+    """A connection of its own, outside the pool, with the store's settings (schema).
+
+    Workers keep their liveness, their outcome writes and their LISTEN on such
+    connections, so that handlers holding every pooled connection cannot starve them.
+    The caller closes it. ``server_settings`` are added to the store's own.
+    """
+    await db.start()
+    connect_kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in POOL_ONLY}
+    if server_settings:
+        connect_kwargs["server_settings"] = {
+            **connect_kwargs.get("server_settings", {}),
+            **server_settings,
+        }
+    try:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            db.dsn,
+            timeout=db.connect_timeout,
+            connection_class=_DedicatedConnection,
+            **connect_kwargs,
+        )
+    except CONNECT_ERRORS as exc:
+        raise DatabaseUnavailable(
+            f"cannot open {purpose} to {redact_dsn(db.dsn)}: {db.describe(exc)}"
+        ) from db.cause(exc)
+    return conn
 
 
 class _DedicatedConnection(asyncpg.Connection):

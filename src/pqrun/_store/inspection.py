@@ -47,8 +47,7 @@ class InspectionMethods:
 
     async def get_job(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
-        async with self._db.acquire() as conn:
-            row = await conn.fetchrow(GET_JOB, job_id, timeout=self._db.statement_timeout)
+        row = await self._db.fetchrow(GET_JOB, job_id)
         return None if row is None else Job.from_record(row)
 
     async def list_jobs(
@@ -59,14 +58,7 @@ class InspectionMethods:
     ) -> list[Job]:
         """The newest jobs first, optionally of one status and/or job type."""
         check_int("limit", limit, 1)
-        async with self._db.acquire() as conn:
-            rows = await conn.fetch(
-                LIST_JOBS,
-                status_filter(status),
-                job_type,
-                limit,
-                timeout=self._db.statement_timeout,
-            )
+        rows = await self._db.fetch(LIST_JOBS, status_filter(status), job_type, limit)
         return [Job.from_record(row) for row in rows]
 
     async def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
@@ -75,8 +67,7 @@ class InspectionMethods:
         ``error`` is the first line of ``last_error``.
         """
         check_int("limit", limit, 1)
-        async with self._db.acquire() as conn:
-            rows = await conn.fetch(RECENT_FAILURES, limit, timeout=self._db.statement_timeout)
+        rows = await self._db.fetch(RECENT_FAILURES, limit)
         return [dict(row) for row in rows]
 
     async def status_counts(self, count_cap: int = 20_000) -> dict[str, dict[str, Any]]:
@@ -159,8 +150,7 @@ class InspectionMethods:
         none is due).
         """
         check_int("count_cap", count_cap, 1)
-        async with self._db.acquire() as conn:
-            rows = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self._db.statement_timeout)
+        rows = await self._db.fetch(STATUS_ACTIVE, count_cap)
         stats: dict[str, dict[str, Any]] = {}
         for row in rows:
             entry = stats.setdefault(
@@ -183,16 +173,12 @@ class InspectionMethods:
 
     async def workers_alive(self, within: timedelta = timedelta(seconds=30)) -> int:
         """How many registered workers sent a heartbeat in the last ``within``."""
-        async with self._db.acquire() as conn:
-            alive: int = await conn.fetchval(
-                WORKERS_ALIVE, within, timeout=self._db.statement_timeout
-            )
+        alive: int = await self._db.fetchval(WORKERS_ALIVE, within)
         return alive
 
     async def max_job_id(self) -> int:
         """The highest job id so far (0 for an empty table); one step of the primary key."""
-        async with self._db.acquire() as conn:
-            newest: int = await conn.fetchval(MAX_JOB_ID, timeout=self._db.statement_timeout)
+        newest: int = await self._db.fetchval(MAX_JOB_ID)
         return newest
 
     async def browse_jobs(
@@ -216,16 +202,9 @@ class InspectionMethods:
         check_int("limit", limit, 1)
         if before is None:
             before = await self.max_job_id() + 1
-        async with self._db.acquire() as conn:
-            rows = await conn.fetch(
-                BROWSE_JOBS,
-                before,
-                window,
-                status_filter(status),
-                job_type,
-                limit,
-                timeout=self._db.statement_timeout,
-            )
+        rows = await self._db.fetch(
+            BROWSE_JOBS, before, window, status_filter(status), job_type, limit
+        )
         return [dict(row) for row in rows]
 
 

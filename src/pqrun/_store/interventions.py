@@ -34,6 +34,7 @@ class InterventionMethods:
         A RUNNING job's worker is told, and cancels the handler (an ``async`` one: a plain
         function in a thread runs to its end). Whatever the run answers is ignored.
         """
+        # The channel is read once connected: starting the store may learn it.
         async with self._db.acquire() as conn:
             row = await conn.fetchval(
                 CANCEL, job_id, self._db.channel, timeout=self._db.statement_timeout
@@ -74,10 +75,7 @@ class InterventionMethods:
         conflicts: list[int] = []
         after = 0
         while limit is None or len(retried) < limit:
-            async with self._db.acquire() as conn:
-                rows = await conn.fetch(
-                    FAILED_IDS, job_type, after, 1000, timeout=self._db.statement_timeout
-                )
+            rows = await self._db.fetch(FAILED_IDS, job_type, after, 1000)
             if not rows:
                 return retried, conflicts
             for row in rows:

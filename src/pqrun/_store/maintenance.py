@@ -65,8 +65,7 @@ class MaintenanceMethods:
 
         Raises SchemaMissing when there is no jobs table at all.
         """
-        async with self._db.acquire() as conn:
-            row = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self._db.statement_timeout)
+        row = await self._db.fetchrow(SCHEMA_OBJECTS)
         if row is None:
             raise SchemaMissing(
                 f"the table 'jobs' is not in {self._db.where()}; {self._db.setup_hint()}"

@@ -141,17 +141,9 @@ class WorkerMoves:
         """
         job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
         result_json = encode_json(result, f"result of job {job_id}")
-        async with self._db.acquire() as conn:
-            status = await conn.execute(
-                MARK_DONE,
-                job_id,
-                owner,
-                attempt_no,
-                lease,
-                result_json,
-                duration_ms,
-                timeout=self._db.statement_timeout,
-            )
+        status = await self._db.execute(
+            MARK_DONE, job_id, owner, attempt_no, lease, result_json, duration_ms
+        )
         return status == "UPDATE 1"
 
     async def mark_done_batch(
@@ -168,17 +160,16 @@ class WorkerMoves:
         # One lock order (by id) for every multi-row statement of a worker, so that two
         # of them never wait for each other.
         done = sorted(done, key=lambda item: item[0].id)
-        async with self._db.acquire(conn) as c:
-            rows = await c.fetch(
-                MARK_DONE_BATCH,
-                [job.id for job, _, _ in done],
-                [job.locked_by for job, _, _ in done],
-                [job.attempts for job, _, _ in done],
-                [job.lease_id for job, _, _ in done],
-                [result for _, result, _ in done],
-                [duration for _, _, duration in done],
-                timeout=self._db.statement_timeout,
-            )
+        rows = await self._db.fetch(
+            MARK_DONE_BATCH,
+            [job.id for job, _, _ in done],
+            [job.locked_by for job, _, _ in done],
+            [job.attempts for job, _, _ in done],
+            [job.lease_id for job, _, _ in done],
+            [result for _, result, _ in done],
+            [duration for _, _, duration in done],
+            conn=conn,
+        )
         return {(row["id"], row["lease_id"]) for row in rows}
 
     async def mark_error(
@@ -199,19 +190,18 @@ class WorkerMoves:
         new status, or None (changing nothing) when this claim no longer owns the job.
         """
         job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
-        async with self._db.acquire(conn) as c:
-            status = await c.fetchval(
-                MARK_ERROR,
-                job_id,
-                owner,
-                attempt_no,
-                lease,
-                error,
-                terminal,
-                retry_after or timedelta(0),
-                duration_ms,
-                timeout=self._db.statement_timeout,
-            )
+        status = await self._db.fetchval(
+            MARK_ERROR,
+            job_id,
+            owner,
+            attempt_no,
+            lease,
+            error,
+            terminal,
+            retry_after or timedelta(0),
+            duration_ms,
+            conn=conn,
+        )
         return None if status is None else JobStatus(status)
 
     async def snooze(
@@ -229,17 +219,9 @@ class WorkerMoves:
         False, changing nothing, when this claim no longer owns the job.
         """
         job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
-        async with self._db.acquire(conn) as c:
-            status = await c.execute(
-                SNOOZE,
-                job_id,
-                owner,
-                attempt_no,
-                lease,
-                after,
-                duration_ms,
-                timeout=self._db.statement_timeout,
-            )
+        status = await self._db.execute(
+            SNOOZE, job_id, owner, attempt_no, lease, after, duration_ms, conn=conn
+        )
         return status == "UPDATE 1"
 
     async def release(self, jobs: Sequence[Job], reason: str) -> list[int]:
@@ -250,6 +232,7 @@ class WorkerMoves:
         if not jobs:
             return []
         jobs = sorted(jobs, key=lambda job: job.id)  # the one lock order, as in completions
+        # The channel is read once connected: starting the store may learn it.
         async with self._db.acquire() as conn:
             rows = await conn.fetch(
                 RELEASE,

@@ -153,6 +153,5 @@ class RegistryMethods:
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """The registered workers: id, host, pid, job types, concurrency, started, heartbeat."""
-        async with self._db.acquire() as conn:
-            rows = await conn.fetch(LIST_WORKERS, timeout=self._db.statement_timeout)
+        rows = await self._db.fetch(LIST_WORKERS)
         return [dict(row) for row in rows]

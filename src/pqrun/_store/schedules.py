@@ -119,8 +119,7 @@ class ScheduleMethods(EnqueueMethods):
         """Every stored schedule: its definition, ``next_run_at``, ``last_run_at`` (the tick
         last enqueued), ``last_job_id`` and ``declared_at`` (when a worker last declared it:
         an old one is no longer declared by any running worker)."""
-        async with self._db.acquire() as conn:
-            rows = await conn.fetch(LIST_SCHEDULES, timeout=self._db.statement_timeout)
+        rows = await self._db.fetch(LIST_SCHEDULES)
         schedules = []
         for row in rows:
             item = dict(row)
@@ -130,6 +129,5 @@ class ScheduleMethods(EnqueueMethods):
 
     async def remove_schedule(self, name: str) -> bool:
         """Delete a stored schedule (one no worker declares any more). False if none."""
-        async with self._db.acquire() as conn:
-            status = await conn.execute(REMOVE_SCHEDULE, name, timeout=self._db.statement_timeout)
+        status = await self._db.execute(REMOVE_SCHEDULE, name)
         return bool(status == "DELETE 1")
