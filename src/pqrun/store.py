@@ -85,7 +85,8 @@ class PgJobStore(
             pool_kwargs=pool_kwargs,
         )
         self._payload_models: dict[str, type[Any]] = {}
-        self._waiters = FinishWaiters(self.listen)
+        # Looked up at each use, as any other call of the store's own methods.
+        self._waiters = FinishWaiters(lambda on_payload: self.listen(on_payload))
         self._db.before_close = self._waiters.close
         #: Who hears about enqueues here and runs by workers on this store (metrics).
         self.observers: tuple[JobObserver, ...] = ()

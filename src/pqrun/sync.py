@@ -30,12 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import tracing
-from ._store.connections import (
-    RESTORE_SEARCH_PATH_DBAPI,
-    SWITCH_SEARCH_PATH_DBAPI,
-    check_schema_name,
-    quote_ident,
-)
+from ._store.connections import dbapi_in_schema
 from ._store.enqueue import ENQUEUE_DBAPI, dedupe_attempts, tracing_enqueues
 from ._store.rows import NewJobRow, new_job_row
 from .store import PgJobStore
@@ -194,30 +189,10 @@ def _enqueue_dbapi(
     connection: Any, row: NewJobRow, schema: str | None, trace_context: str | None
 ) -> int:
     params = {**row._asdict(), "trace_context": trace_context}
-    with contextlib.closing(connection.cursor()) as cursor:
-        was: str | None = None
-        if schema is not None:
-            path = quote_ident(check_schema_name(schema))
-            cursor.execute(SWITCH_SEARCH_PATH_DBAPI, {"path": path})
-            was, now = cursor.fetchone()
-            if was == now:
-                was = None
-        failed = True
-        try:
-            for _ in dedupe_attempts(row.dedupe_key):
-                cursor.execute(ENQUEUE_DBAPI, params)
-                found = cursor.fetchone()
-                if found is not None:
-                    failed = False
-                    return int(found[0])
-            raise AssertionError("dedupe_attempts() raises once the tries ran out")
-        finally:
-            if was is not None:
-                try:
-                    cursor.execute(RESTORE_SEARCH_PATH_DBAPI, {"path": was})
-                    cursor.fetchone()
-                except Exception:
-                    # In a transaction the failed statement aborted, the restore cannot
-                    # run, and the caller's rollback puts the search_path back itself.
-                    if not failed:
-                        raise
+    with contextlib.closing(connection.cursor()) as cursor, dbapi_in_schema(cursor, schema):
+        for _ in dedupe_attempts(row.dedupe_key):
+            cursor.execute(ENQUEUE_DBAPI, params)
+            found = cursor.fetchone()
+            if found is not None:
+                return int(found[0])
+        raise AssertionError("dedupe_attempts() raises once the tries ran out")

@@ -16,8 +16,8 @@ import contextvars
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +144,35 @@ def check_schema_name(schema: str) -> str:
 def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def dbapi_in_schema(cursor: Any, schema: str | None) -> Iterator[None]:
+    """``StoreConnections.in_schema`` for a DB-API cursor (pqrun.sync): the block runs
+    with the cursor's search_path set to ``schema`` alone (None: left as it is)."""
+    if schema is None:
+        yield
+        return
+    path = quote_ident(check_schema_name(schema))
+    cursor.execute(SWITCH_SEARCH_PATH_DBAPI, {"path": path})
+    was, now = cursor.fetchone()
+    if was == now:
+        yield  # already there
+        return
+    try:
+        yield
+    except BaseException:
+        # In a transaction the failed statement aborted, the restore cannot run, and
+        # the caller's rollback puts the search_path back itself.
+        with contextlib.suppress(Exception):
+            _restore_dbapi_search_path(cursor, was)
+        raise
+    _restore_dbapi_search_path(cursor, was)
+
+
+def _restore_dbapi_search_path(cursor: Any, path: str) -> None:
+    cursor.execute(RESTORE_SEARCH_PATH_DBAPI, {"path": path})
+    cursor.fetchone()
 
 
 class StoreConnections:
