@@ -42,7 +42,7 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.
 -- name: limit_lock
 -- Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
 -- time: each takes this transaction-scoped advisory lock, named after the queue's channel
--- and the job type, in a statement of its own before PICKUP_LIMITED. Under READ
+-- and the job type, in a statement of its own before pickup_limited. Under READ
 -- COMMITTED each statement sees what was committed when it began, so the claim that
 -- follows the lock counts every claim committed before, including the previous holder's.
 -- (Taking the lock inside the claim's own statement would count from a snapshot taken
@@ -54,7 +54,7 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.
 SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))
 
 -- name: pickup_limited
--- READY -> RUNNING for one limited job type, under LIMIT_LOCK. How many to claim:
+-- READY -> RUNNING for one limited job type, under limit_lock. How many to claim:
 -- $3  at most this many (the worker's free slots),
 -- $4  concurrency_limit: minus the jobs of the type RUNNING now,
 -- $5  concurrency_limit_per_key: per concurrency_key (NULL keys count as one key),
@@ -127,7 +127,7 @@ claimed AS (
     WHERE j.id = chosen.id AND j.status = 'READY'
     RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
               j.max_attempts,
-              -- Readable times whatever the row holds, as in PICKUP.
+              -- Readable times whatever the row holds, as in pickup.
               least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
                   AS run_after,
               j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,

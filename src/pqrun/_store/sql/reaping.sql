@@ -108,9 +108,9 @@ WHERE j.id = stale.id
 RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 
 -- name: reap_candidates
--- The RUNNING jobs REAP_STALE may take back ($1: the stale period), for reaping one by one
--- when one row refuses the move; REAP_STALE checks each again.
--- (The jobs of live workers, which their heartbeats list, are left out as in REAP_STALE;
+-- The RUNNING jobs reap_stale may take back ($1: the stale period), for reaping one by one
+-- when one row refuses the move; reap_stale checks each again.
+-- (The jobs of live workers, which their heartbeats list, are left out as in reap_stale;
 -- at most 1,000 a pass, the next pass takes the rest.)
 -- Guard: a read without locks; reap_stale checks each candidate again.
 WITH alive AS (
