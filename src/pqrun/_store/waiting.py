@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pqrun.errors import DatabaseUnavailable, JobNotFound, WaitTimeout
 from pqrun.models import Job
 
+from .inspection import GET_JOB
 from .queries import query
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pqrun")
 
 MARK_AWAITED = query("mark_awaited")
-GET_JOB = query("get_job")
 
 # store.wait() is woken by a notification; it looks again after this long anyway, in
 # case one was lost with a dropped connection.
