@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 import pqrun
 from pqrun import PgJobStore
-from pqrun.store import BROWSE_JOBS, STATUS_ACTIVE, STATUS_FINISHED
+from pqrun._store.inspection import BROWSE_JOBS, STATUS_ACTIVE, STATUS_FINISHED
 from pqrun.webui import CSRF_COOKIE, CSRF_FIELD
 
 from .dashboard_server import running_dashboard

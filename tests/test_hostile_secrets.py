@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from pqrun import PgJobStore
+from pqrun._store.secrets import redact_dsn
 from pqrun.errors import DatabaseUnavailable
-from pqrun.store import redact_dsn
 
 SECRET = "S3cretPW"
 TYPOS = [

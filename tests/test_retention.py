@@ -13,13 +13,13 @@ import asyncpg
 import pytest
 
 from pqrun import PgJobStore, Worker
-from pqrun.store import (
-    PRUNE_FINISHED,
+from pqrun._store.inspection import (
     RECENT_FAILURES,
     STATUS_ACTIVE,
     STATUS_FINISHED,
     STATUS_RECENT,
 )
+from pqrun._store.maintenance import PRUNE_FINISHED
 
 from .helpers import QUICK, wait_until
 

@@ -15,7 +15,8 @@ import pytest
 
 import pqrun
 from pqrun import PgJobStore, SchemaMissing, ddl_sql
-from pqrun.store import PICKUP, REAP_STALE
+from pqrun._store.moves import PICKUP
+from pqrun._store.reaping import REAP_STALE
 
 ROOT = Path(__file__).resolve().parent.parent
 

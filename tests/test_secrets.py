@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from pqrun import DatabaseUnavailable, PgJobStore, Worker
+from pqrun._store.secrets import redact_dsn
 from pqrun.errors import PqrunError
-from pqrun.store import redact_dsn
 from pqrun.top import render
 
 from .test_cli import pqrun_cmd
@@ -83,7 +83,7 @@ def bad_dsn(request: pytest.FixtureRequest, target: dict[str, str]) -> str:
 
 
 def test_redact_dsn_hides_every_form_of_password() -> None:
-    from pqrun.store import redact_secrets  # new with this test: main lacks it
+    from pqrun._store.secrets import redact_secrets  # new with this test: main lacks it
 
     cases = {
         "postgresql://u:pw@h/db": "postgresql://u:***@h/db",

@@ -30,7 +30,7 @@ RECHECK_SECONDS = 120.0
 
 @pytest.fixture(autouse=True)
 def slow_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pqrun.store.WAIT_RECHECK_SECONDS", RECHECK_SECONDS)
+    monkeypatch.setattr("pqrun._store.waiting.WAIT_RECHECK_SECONDS", RECHECK_SECONDS)
 
 
 async def now(conn: asyncpg.Connection) -> datetime:

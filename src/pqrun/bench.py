@@ -25,9 +25,11 @@ from typing import Any
 
 import asyncpg
 
+from ._store.moves import PICKUP
+from ._store.secrets import redact_dsn
 from .handlers import JobContext
 from .localpg import find_or_start
-from .store import PICKUP, PgJobStore, redact_dsn
+from .store import PgJobStore
 from .worker import Worker
 
 MODES = ("drain", "continuous", "latency", "bulk", "bigtable")

@@ -247,3 +247,16 @@ def check_run_delay(delay: timedelta) -> timedelta:
             f"{RUN_AFTER_MAX:%Y-%m-%d} (UTC); give a shorter delay"
         ) from None
     return delay
+
+
+#: The largest value of an ``integer`` column (priority, max_attempts, duration_ms).
+INT32_MAX = 2**31 - 1
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) in [minimum, INT32_MAX], else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not minimum <= value <= INT32_MAX:
+        raise ValueError(f"{name} must be between {minimum} and {INT32_MAX}, got {value}")
+    return value

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -64,30 +64,26 @@ class Job:
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a row whose jsonb columns were selected as text."""
-        return cls(
-            id=row["id"],
-            job_type=row["job_type"],
-            payload=json.loads(row["payload"]),
-            status=JobStatus(row["status"]),
-            priority=row["priority"],
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            run_after=row["run_after"],
-            timeout_seconds=row["timeout_seconds"],
-            locked_at=row["locked_at"],
-            locked_by=row["locked_by"],
-            lease_id=row["lease_id"],
-            heartbeat_at=row["heartbeat_at"],
-            dedupe_key=row["dedupe_key"],
-            last_error=row["last_error"],
-            finished_at=row["finished_at"],
-            duration_ms=row["duration_ms"],
-            result=None if row["result"] is None else json.loads(row["result"]),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            concurrency_key=row.get("concurrency_key"),
-            trace_context=row.get("trace_context"),
-        )
+        values: dict[str, Any] = {}
+        for column in JOB_COLUMNS:
+            # Columns added after the first release are optional in a row (as in Job).
+            value = row.get(column) if column in _OPTIONAL_COLUMNS else row[column]
+            decode = _DECODERS.get(column)
+            values[column] = value if decode is None else decode(value)
+        return cls(**values)
+
+
+#: The columns of ``jobs`` a Job holds, in order: the one list every job-returning query
+#: selects (tests/test_named_queries.py checks them against it).
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
+
+_OPTIONAL_COLUMNS = frozenset(f.name for f in fields(Job) if f.default is not MISSING)
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "payload": json.loads,
+    "status": JobStatus,
+    "result": lambda text: None if text is None else json.loads(text),
+}
 
 
 class RawJSON(str):

@@ -29,18 +29,11 @@ from collections.abc import Coroutine, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from .errors import JobConflict
-from .store import (
-    DEDUPE_TRIES,
-    ENQUEUE_DBAPI,
-    RESTORE_SEARCH_PATH_DBAPI,
-    SWITCH_SEARCH_PATH_DBAPI,
-    PgJobStore,
-    _dedupe_unresolved,
-    _new_job_row,
-    check_schema_name,
-    quote_ident,
-)
+from . import tracing
+from ._store.connections import dbapi_in_schema
+from ._store.enqueue import ENQUEUE_DBAPI, dedupe_attempts, tracing_enqueues
+from ._store.rows import NewJobRow, new_job_row
+from .store import PgJobStore
 
 T = TypeVar("T")
 
@@ -136,7 +129,7 @@ def enqueue(
                 concurrency_key=concurrency_key,
             )
         )
-    row = _new_job_row(
+    row = new_job_row(
         job_type,
         payload,
         priority,
@@ -146,7 +139,14 @@ def enqueue(
         timeout_seconds,
         concurrency_key,
     )
-    return _enqueue_dbapi(_checked(target), row, schema)
+    connection = _checked(target)
+    if tracing_enqueues():
+        # As store.enqueue: the job carries the enqueue span's trace context.
+        with tracing.enqueue_span(job_type) as trace_context:
+            job_id = _enqueue_dbapi(connection, row, schema, trace_context)
+            tracing.set_enqueued_id(job_id)
+        return job_id
+    return _enqueue_dbapi(connection, row, schema, None)
 
 
 def enqueue_many(
@@ -164,11 +164,16 @@ def enqueue_many(
     rows = []
     for number, item in enumerate(jobs):
         try:
-            rows.append(_new_job_row(**item))
+            rows.append(new_job_row(**item))
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
     connection = _checked(target)
-    return [_enqueue_dbapi(connection, row, schema) for row in rows]
+    if rows and tracing_enqueues():
+        # As store.enqueue_many: one span, whose trace context every job carries.
+        types = sorted({row.job_type for row in rows})
+        with tracing.enqueue_span(types[0] if len(types) == 1 else "*", len(rows)) as trace:
+            return [_enqueue_dbapi(connection, row, schema, trace) for row in rows]
+    return [_enqueue_dbapi(connection, row, schema, None) for row in rows]
 
 
 def _checked(connection: Any) -> Any:
@@ -180,43 +185,14 @@ def _checked(connection: Any) -> Any:
     return connection
 
 
-def _enqueue_dbapi(connection: Any, row: tuple[Any, ...], schema: str | None) -> int:
-    job_type, payload, priority, run_at, delay, dedupe_key, max_attempts, timeout, key = row
-    params = {
-        "job_type": job_type,
-        "payload": payload,
-        "priority": priority,
-        "run_at": run_at,
-        "delay": delay,
-        "dedupe_key": dedupe_key,
-        "max_attempts": max_attempts,
-        "timeout_seconds": timeout,
-        "concurrency_key": key,
-    }
-    with contextlib.closing(connection.cursor()) as cursor:
-        was: str | None = None
-        if schema is not None:
-            path = quote_ident(check_schema_name(schema))
-            cursor.execute(SWITCH_SEARCH_PATH_DBAPI, {"path": path})
-            was, now = cursor.fetchone()
-            if was == now:
-                was = None
-        failed = True
-        try:
-            for _ in range(DEDUPE_TRIES):
-                cursor.execute(ENQUEUE_DBAPI, params)
-                found = cursor.fetchone()
-                if found is not None:
-                    failed = False
-                    return int(found[0])
-            raise JobConflict(_dedupe_unresolved(dedupe_key))
-        finally:
-            if was is not None:
-                try:
-                    cursor.execute(RESTORE_SEARCH_PATH_DBAPI, {"path": was})
-                    cursor.fetchone()
-                except Exception:
-                    # In a transaction the failed statement aborted, the restore cannot
-                    # run, and the caller's rollback puts the search_path back itself.
-                    if not failed:
-                        raise
+def _enqueue_dbapi(
+    connection: Any, row: NewJobRow, schema: str | None, trace_context: str | None
+) -> int:
+    params = {**row._asdict(), "trace_context": trace_context}
+    with contextlib.closing(connection.cursor()) as cursor, dbapi_in_schema(cursor, schema):
+        for _ in dedupe_attempts(row.dedupe_key):
+            cursor.execute(ENQUEUE_DBAPI, params)
+            found = cursor.fetchone()
+            if found is not None:
+                return int(found[0])
+        raise AssertionError("dedupe_attempts() raises once the tries ran out")

@@ -32,9 +32,11 @@ from typing import Any, cast
 
 import asyncpg
 
+from ._store.maintenance import DROP_SCHEMA_STATEMENT
+from ._store.rows import new_job_row
 from .handlers import Handler, HandlerFunc, JobContext
-from .models import Job, JobStatus
-from .store import DROP_SCHEMA_STATEMENT, PgJobStore, _new_job_row
+from .models import JOB_COLUMNS, Job, JobStatus
+from .store import PgJobStore
 
 
 @dataclass
@@ -49,7 +51,7 @@ class RecordingStore:
 
     async def enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
         options.pop("conn", None)
-        _new_job_row(job_type, payload, **options)  # the same checks as the real one
+        new_job_row(job_type, payload, **options)  # the same checks as the real one
         self.enqueued.append({"job_type": job_type, "payload": payload, **options})
         return len(self.enqueued)
 
@@ -77,30 +79,24 @@ def make_job(
 ) -> Job:
     """A RUNNING job as a worker would hand it to a handler (no database involved)."""
     now = datetime.now(UTC)
-    values: dict[str, Any] = {
-        "id": job_id,
-        "job_type": job_type,
-        "payload": {} if payload is None else payload,
-        "status": JobStatus.RUNNING,
-        "priority": 0,
-        "attempts": attempt,
-        "max_attempts": max_attempts,
-        "run_after": now,
-        "timeout_seconds": None,
-        "locked_at": now,
-        "locked_by": "test-worker",
-        "lease_id": 1,
-        "heartbeat_at": now,
-        "dedupe_key": None,
-        "last_error": None,
-        "finished_at": None,
-        "duration_ms": None,
-        "result": None,
-        "created_at": now,
-        "updated_at": now,
-        "concurrency_key": None,
-        "trace_context": None,
-    }
+    # Every column None but those a claimed job has.
+    values: dict[str, Any] = dict.fromkeys(JOB_COLUMNS)
+    values.update(
+        id=job_id,
+        job_type=job_type,
+        payload={} if payload is None else payload,
+        status=JobStatus.RUNNING,
+        priority=0,
+        attempts=attempt,
+        max_attempts=max_attempts,
+        run_after=now,
+        locked_at=now,
+        locked_by="test-worker",
+        lease_id=1,
+        heartbeat_at=now,
+        created_at=now,
+        updated_at=now,
+    )
     unknown = set(fields) - set(values)
     if unknown:
         raise TypeError(f"make_job: Job has no field(s) {', '.join(sorted(unknown))}")

@@ -1,0 +1,555 @@
+"""The connections every statement of the store runs on, and the errors it translates.
+
+One ``StoreConnections`` per store: its pool (opened on first use, in the running event
+loop), the statement timeout, the schema's search_path (set on the pool's connections,
+and switched for one statement on a connection the caller passes in), the open
+``connection()``/``transaction()`` block that store calls join, the dedicated
+connections outside the pool, and the translation of a lost server into
+DatabaseUnavailable (a value the driver cannot send, ClientDataError, stays as it is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from pqrun.errors import DatabaseUnavailable, SchemaMissing
+
+from .pool_floor import quiet_pool_floor_warnings
+from .queries import dbapi_query, query
+from .schema_objects import JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
+from .secrets import URL_DSN, cause_without_secrets, error_text, redact_dsn
+
+logger = logging.getLogger("pqrun")
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    #: A connection from ``store.connection()`` / ``store.transaction()``, or your own.
+    Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+else:
+    Connection = asyncpg.Connection
+
+    Connection = asyncpg.Connection
+
+# Errors that say the connection or the server went away, rather than that a statement
+# was wrong. They become DatabaseUnavailable for the caller.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+# What asyncpg raises for a DSN it cannot read: urllib's and ipaddress's ValueError
+# (whose text may quote part of the password: a password holding [ ] is read as an IPv6
+# address), OverflowError for a port out of range.
+DSN_ERRORS: tuple[type[BaseException], ...] = (ValueError, OverflowError)
+
+# Errors of opening a connection that say the server is not there (or not for us: no
+# such role or database), or that the DSN does not say where it is.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    *DSN_ERRORS,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+# A value asyncpg cannot encode for its parameter (an InterfaceError, so it would pass
+# for a connection error): the data is refused, nothing is wrong with the connection.
+ClientDataError = asyncpg.exceptions._base.DataError
+
+
+# create_pool arguments that asyncpg.connect does not take.
+POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
+
+SWITCH_SEARCH_PATH = query("switch_search_path")
+RESTORE_SEARCH_PATH = query("restore_search_path")
+# The same two for a DB-API connection (pqrun.sync).
+SWITCH_SEARCH_PATH_DBAPI = dbapi_query("switch_search_path", ("path",))
+RESTORE_SEARCH_PATH_DBAPI = dbapi_query("restore_search_path", ("path",))
+
+# A schema name pqrun accepts: lower case, so that it means the same quoted or not in
+# psql and SQL, and at most 63 bytes, PostgreSQL's limit for a name.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a usable schema name, else raise ValueError."""
+    if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"schema must be a lower-case name of letters, digits and underscores "
+            f"starting with a letter or underscore (at most 63), got {schema!r}"
+        )
+    if schema.startswith("pg_"):
+        raise ValueError(f"schema {schema!r}: names starting with pg_ are PostgreSQL's own")
+    return schema
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def dbapi_in_schema(cursor: Any, schema: str | None) -> Iterator[None]:
+    """``StoreConnections.in_schema`` for a DB-API cursor (pqrun.sync): the block runs
+    with the cursor's search_path set to ``schema`` alone (None: left as it is)."""
+    if schema is None:
+        yield
+        return
+    path = quote_ident(check_schema_name(schema))
+    cursor.execute(SWITCH_SEARCH_PATH_DBAPI, {"path": path})
+    was, now = cursor.fetchone()
+    if was == now:
+        yield  # already there
+        return
+    try:
+        yield
+    except BaseException:
+        # In a transaction the failed statement aborted, the restore cannot run, and
+        # the caller's rollback puts the search_path back itself.
+        with contextlib.suppress(Exception):
+            _restore_dbapi_search_path(cursor, was)
+        raise
+    _restore_dbapi_search_path(cursor, was)
+
+
+def _restore_dbapi_search_path(cursor: Any, path: str) -> None:
+    cursor.execute(RESTORE_SEARCH_PATH_DBAPI, {"path": path})
+    cursor.fetchone()
+
+
+class StoreConnections:
+    """The pool, the settings and the connection rules of one PgJobStore."""
+
+    def __init__(
+        self,
+        dsn: str | None,
+        *,
+        min_size: int,
+        max_size: int | None,
+        connect_timeout: float,
+        statement_timeout: float,
+        schema: str | None,
+        pool_kwargs: dict[str, Any],
+    ) -> None:
+        dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
+        if not dsn:
+            raise ValueError(
+                "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
+                "or set PQRUN_DSN or DATABASE_URL"
+            )
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connections_wanted = 0
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        # pqrun's batch statements take arrays whose length changes from call to call; a
+        # generic plan (what PostgreSQL switches to after five runs of a prepared
+        # statement) picks scans sized for no array in particular and made batch
+        # completion ten times slower in docs/benchmarks.md. Plan each run for its
+        # arrays. A server_settings of yours overrides this.
+        settings = {
+            "plan_cache_mode": "force_custom_plan",
+            **(pool_kwargs.get("server_settings") or {}),
+        }
+        #: The schema this store keeps its queue in (None: the search_path decides).
+        schema = schema if schema is not None else os.environ.get("PQRUN_SCHEMA") or None
+        self.schema = None if schema is None else check_schema_name(schema)
+        self.search_path: str | None = None
+        if self.schema is not None:
+            if "search_path" in settings:
+                raise ValueError(
+                    "pass either schema= or server_settings={'search_path': ...}, not both"
+                )
+            self.search_path = quote_ident(self.schema)
+            settings["search_path"] = self.search_path
+        pool_kwargs["server_settings"] = settings
+        self.pool_kwargs = pool_kwargs
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.pool_loop: asyncio.AbstractEventLoop | None = None
+        self.schema_checked = False  # and self.channel learned
+        #: Run first by close() (the store's waiters end with the pool).
+        self.before_close: Callable[[], Awaitable[None]] | None = None
+        #: The LISTEN/NOTIFY channel of this store's jobs table; known once started.
+        self.channel = f"pqrun:{self.schema or 'public'}"
+        # The connection of the transaction() or connection() block the code is in, so
+        # that store calls inside it join it instead of taking a second connection.
+        # Tasks started inside the block inherit it, but only while the block is open.
+        self.current: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
+            f"pqrun_store_{id(self)}_connection", default=None
+        )
+
+    def where(self) -> str:
+        """Where this store's jobs table is, for messages."""
+        if self.schema is not None:
+            return f"schema {self.schema!r} of {redact_dsn(self.dsn)}"
+        return f"the search_path of {redact_dsn(self.dsn)}"
+
+    def setup_hint(self) -> str:
+        """How to create the schema, for messages."""
+        option = f" --schema {self.schema}" if self.schema is not None else ""
+        return f"apply the schema first: `pqrun setup{option}`, or `await store.setup()`" + (
+            "" if self.schema is not None else ', or psql "$DATABASE_URL" -f ddl.sql'
+        )
+
+    @property
+    def started(self) -> bool:
+        """True while the connection pool is open (in the running event loop)."""
+        return self.pool is not None and self.pool_loop is running_loop()
+
+    def want_connections(self, count: int) -> None:
+        """Ask for a pool of at least ``count`` + 2 connections (Workers call this).
+
+        Has no effect once the pool is open or when ``max_size`` was given explicitly.
+        """
+        self.connections_wanted += count
+
+    async def start(self) -> None:
+        """Open the pool and check that the schema is there. Calling it again does nothing."""
+        if self.started and self.schema_checked:
+            return
+        pool = await self.open_pool()
+        try:
+            # With min_size=0 the pool opened without a connection: this is the first.
+            async with pool.acquire(timeout=self.statement_timeout) as conn:
+                schema = await conn.fetchval(JOBS_SCHEMA, timeout=self.statement_timeout)
+                objects = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
+        except CONNECT_ERRORS as exc:
+            await self.close()
+            raise self.cannot_connect(exc) from self.cause(exc)
+        except BaseException:
+            await self.close()
+            raise
+        if schema is None or objects is None:
+            await self.close()
+            raise SchemaMissing(f"the table 'jobs' is not in {self.where()}; {self.setup_hint()}")
+        missing = missing_objects(objects)
+        # Without these, pqrun's statements fail; without an index or a trigger, they
+        # are slower or wake workers later, and `pqrun check` says so.
+        fatal = [thing for thing in missing if thing.startswith(("column", "table"))]
+        if fatal:
+            await self.close()
+            raise SchemaMissing(
+                f"the schema in {self.where()} is older than this version of pqrun: it "
+                f"lacks {', '.join(fatal)}; apply ddl.sql again (safe to repeat): "
+                f"{self.setup_hint().removeprefix('apply the schema first: ')}"
+            )
+        if missing:
+            logger.warning(
+                "the schema in %s lacks %s; apply ddl.sql again (pqrun setup)",
+                self.where(),
+                ", ".join(missing),
+            )
+        self.channel = schema
+        self.schema_checked = True
+
+    async def open_pool(self) -> asyncpg.Pool[Any]:
+        """The pool of the running event loop, opened if need be (no schema check)."""
+        loop = asyncio.get_running_loop()
+        if self.pool is not None and self.pool_loop is loop:
+            return self.pool
+        if self.pool is not None:
+            # Opened under another event loop (an earlier asyncio.run()): unusable here.
+            with contextlib.suppress(RuntimeError):  # that loop may be closed already
+                self.pool.terminate()
+            self.pool = None
+        max_size = self.max_size or max(10, self.connections_wanted + 2)
+        quiet_pool_floor_warnings()
+        # Built first, then awaited: a ValueError from the pool's own arguments is the
+        # caller's to see as is; one while connecting is about the DSN.
+        opening = asyncpg.create_pool(
+            self.dsn,
+            min_size=min(self.min_size, max_size),
+            max_size=max_size,
+            timeout=self.connect_timeout,
+            **self.pool_kwargs,
+        )
+        try:
+            pool = await opening
+        except CONNECT_ERRORS as exc:
+            raise self.cannot_connect(exc) from self.cause(exc)
+        if self.pool is not None and self.pool_loop is loop:
+            await pool.close()  # another task opened one while this one connected
+            return self.pool
+        self.pool, self.pool_loop = pool, loop
+        self.schema_checked = False
+        return pool
+
+    async def close(self, within: float = 10.0) -> None:
+        """Close the pool, waiting up to ``within`` s for connections in use to come back.
+
+        Past that they are closed anyway. The store opens a new pool if used again.
+        """
+        if self.before_close is not None:
+            await self.before_close()
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        if self.pool_loop is not running_loop():
+            with contextlib.suppress(RuntimeError):
+                pool.terminate()
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pool.close()), timeout=within)
+        except TimeoutError:
+            logger.warning("closing the pool took over %.0fs; closing connections at once", within)
+            pool.terminate()
+
+    def joined(self) -> Connection | None:
+        """The connection of the open block the code runs in, if any."""
+        block = self.current.get()
+        return block.conn if block is not None and block.open else None
+
+    def cannot_connect(self, exc: BaseException) -> DatabaseUnavailable:
+        """Raise it ``from self.cause(exc)``."""
+        where = f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}"
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return DatabaseUnavailable(
+                f"{where}: {self.describe(exc)}. Create the database or fix the DSN"
+            )
+        if URL_DSN.match(self.dsn) is None:
+            # asyncpg reads URLs only; libpq's host=... form fails as "invalid DSN".
+            where += " (write the DSN as a URL: postgresql://user:password@host:port/db)"
+        return DatabaseUnavailable(
+            f"{where}: {self.describe(exc)}. Check that the server is running and "
+            "that the DSN (dsn=, PQRUN_DSN or DATABASE_URL) names the right host, port, "
+            "user and database"
+        )
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """Raise it ``from self.cause(exc)``."""
+        return DatabaseUnavailable(
+            f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: {self.describe(exc)}"
+        )
+
+    def describe(self, exc: BaseException) -> str:
+        """``Type: text`` of ``exc`` without this store's passwords (``error_text``)."""
+        return error_text(exc, self.dsn, self.pool_kwargs.get("password"))
+
+    def cause(self, exc: BaseException) -> BaseException | None:
+        """What an error made from ``exc`` is raised from (None: it would show a password)."""
+        return cause_without_secrets(exc, self.dsn, self.pool_kwargs.get("password"))
+
+    @asynccontextmanager
+    async def pooled(self) -> AsyncIterator[Connection]:
+        """A pooled connection; only getting it is translated into pqrun's errors."""
+        if not self.started:
+            await self.start()
+        assert self.pool is not None
+        try:
+            conn = await self.pool.acquire(timeout=self.statement_timeout)
+        except (*CONNECTION_ERRORS, *DSN_ERRORS) as exc:  # DSN: the first connection of a
+            raise self.unavailable(exc) from self.cause(exc)  # pool opened with min_size=0
+        try:
+            yield conn
+        except BaseException:
+            # Releasing a connection whose query was cancelled can itself time out; that
+            # must not replace the error (or the cancellation) already on its way.
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn, timeout=self.statement_timeout)
+            raise
+        await self.pool.release(conn, timeout=self.statement_timeout)
+
+    @asynccontextmanager
+    async def acquire(
+        self, conn: Connection | None = None, *, join: bool = True
+    ) -> AsyncIterator[Connection]:
+        """A connection for pqrun's own statements, whose errors it translates.
+
+        ``conn`` is a connection of the caller's: with a ``schema``, its search_path is
+        pointed at the store's schema for the statement and put back after. Without it,
+        the connection of an enclosing ``connection()``/``transaction()`` block, unless
+        ``join`` is false; else one from the pool.
+        """
+        given = conn
+        conn = conn or (self.joined() if join else None)
+        try:
+            if (
+                given is not None
+                and self.search_path is not None
+                # In the schema already. (Not isinstance(): asyncpg's Connection class
+                # says every connection is an instance of each of its subclasses.)
+                and type(given) is not _DedicatedConnection
+            ):
+                async with self.in_schema(given):
+                    yield given
+            elif conn is not None:
+                yield conn
+            else:
+                async with self.pooled() as pooled:
+                    yield pooled
+        except asyncpg.UndefinedTableError as exc:
+            if '"jobs"' not in str(exc):
+                raise
+            raise SchemaMissing(
+                f"the table 'jobs' is gone from {self.where()}: {self.setup_hint()}"
+            ) from exc
+        except ClientDataError:
+            raise  # a value the driver cannot send: about the data, not the connection
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from self.cause(exc)
+
+    @asynccontextmanager
+    async def in_schema(self, conn: Connection) -> AsyncIterator[None]:
+        """Run the block with ``conn``'s search_path set to the store's schema alone."""
+        assert self.search_path is not None
+        row = await conn.fetchrow(
+            SWITCH_SEARCH_PATH, self.search_path, timeout=self.statement_timeout
+        )
+        assert row is not None
+        if row["was"] == row["now"]:
+            yield  # already there (a connection of this store's own pool)
+            return
+        try:
+            yield
+        finally:
+            # After an error inside the caller's transaction the restore cannot run, and
+            # need not: the rollback puts the search_path back as well.
+            with contextlib.suppress(asyncpg.InFailedSQLTransactionError, *CONNECTION_ERRORS):
+                await conn.fetchval(RESTORE_SEARCH_PATH, row["was"], timeout=self.statement_timeout)
+
+    @asynccontextmanager
+    async def joinable(self, conn: Connection) -> AsyncIterator[Connection]:
+        block = _Block(conn)
+        token = self.current.set(block)
+        try:
+            yield conn
+        finally:
+            block.open = False  # a task that outlives the block must not use its connection
+            self.current.reset(token)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection for your own queries.
+
+        Store calls made inside the block by the same task use this connection too, so
+        the block never needs a second one. Inside ``transaction()``: its connection.
+        Errors raised by your own code in the block reach you unchanged.
+        """
+        joined = self.joined()
+        if joined is not None:
+            yield joined
+            return
+        async with self.pooled() as conn, self.joinable(conn):
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A connection inside a transaction: committed on success, rolled back on error.
+
+        Store calls made inside the block by the same task (``enqueue``, ``cancel``, ...)
+        join this transaction, so a job enqueued here exists if and only if it commits,
+        and a handler never needs a second pooled connection. Nested blocks become
+        savepoints. One connection runs one statement at a time: inside the block, await
+        store calls one after another rather than gathering them. Tasks you start inside
+        the block join it while it is open, and use their own connections after.
+        """
+        joined = self.joined()
+        if joined is not None:
+            async with joined.transaction():
+                yield joined
+            return
+        async with self.pooled() as conn, conn.transaction(), self.joinable(conn):
+            yield conn
+
+    # -- one statement on a connection of acquire()'s, bounded by the statement timeout.
+
+    async def fetch(self, sql: str, *args: Any, conn: Connection | None = None) -> list[Any]:
+        """The rows of ``sql``."""
+        async with self.acquire(conn) as c:
+            return await c.fetch(sql, *args, timeout=self.statement_timeout)
+
+    async def fetchrow(self, sql: str, *args: Any, conn: Connection | None = None) -> Any:
+        """The first row of ``sql``, or None."""
+        async with self.acquire(conn) as c:
+            return await c.fetchrow(sql, *args, timeout=self.statement_timeout)
+
+    async def fetchval(self, sql: str, *args: Any, conn: Connection | None = None) -> Any:
+        """The first column of the first row of ``sql``, or None."""
+        async with self.acquire(conn) as c:
+            return await c.fetchval(sql, *args, timeout=self.statement_timeout)
+
+    async def execute(self, sql: str, *args: Any, conn: Connection | None = None) -> str:
+        """The status of ``sql`` ("UPDATE 1", ...)."""
+        async with self.acquire(conn) as c:
+            return await c.execute(sql, *args, timeout=self.statement_timeout)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def listen(db: StoreConnections, on_payload: Callable[[str], None]) -> Connection:
+    """A dedicated connection LISTENing on this store's channel (for workers).
+
+    ``on_payload`` gets each notification's payload: empty when jobs are due now,
+    else the epoch of the earliest ``run_after`` of a batch of future jobs.
+    """
+    conn = await dedicated_connection(db, "a LISTEN connection")
+    try:
+        await conn.add_listener(db.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+async def dedicated_connection(
+    db: StoreConnections, purpose: str, server_settings: Mapping[str, str] | None = None
+) -> Connection:
+    """A connection of its own, outside the pool, with the store's settings (schema).
+
+    Workers keep their liveness, their outcome writes and their LISTEN on such
+    connections, so that handlers holding every pooled connection cannot starve them.
+    The caller closes it. ``server_settings`` are added to the store's own.
+    """
+    await db.start()
+    connect_kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in POOL_ONLY}
+    if server_settings:
+        connect_kwargs["server_settings"] = {
+            **connect_kwargs.get("server_settings", {}),
+            **server_settings,
+        }
+    try:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            db.dsn,
+            timeout=db.connect_timeout,
+            connection_class=_DedicatedConnection,
+            **connect_kwargs,
+        )
+    except CONNECT_ERRORS as exc:
+        raise DatabaseUnavailable(
+            f"cannot open {purpose} to {redact_dsn(db.dsn)}: {db.describe(exc)}"
+        ) from db.cause(exc)
+    return conn
+
+
+class _DedicatedConnection(asyncpg.Connection):
+    """A connection from ``dedicated_connection()``: opened with the store's settings."""
+
+
+@dataclass(slots=True, eq=False)
+class _Block:
+    """An open connection() or transaction() block."""
+
+    conn: Connection
+    open: bool = True

@@ -1,0 +1,133 @@
+"""Operators' upkeep: applying the schema, checking it, and pruning finished jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from pqrun.errors import SchemaMissing
+from pqrun.limits import check_int
+from pqrun.models import JobStatus
+from pqrun.schema import ddl_sql
+
+from .queries import query
+from .schema_objects import SCHEMA_OBJECTS, missing_objects
+
+if TYPE_CHECKING:
+    from .connections import StoreConnections
+
+CREATE_SCHEMA_STATEMENT = query("create_schema")
+# Drops a schema with everything in it: for pqrun.testing's temporary queues only.
+DROP_SCHEMA_STATEMENT = query("drop_schema")
+PRUNE_LOCK = query("prune_lock")
+PRUNE_FINISHED = query("prune_finished")
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one ``store.prune()`` deleted."""
+
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    #: Another process held the prune lock, so this call stopped early.
+    busy: bool = False
+    #: The last batch was full: more may be due for deletion (max_batches ran out).
+    more: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.done + self.failed + self.cancelled
+
+
+class MaintenanceMethods:
+    """PgJobStore's setup, schema check and pruning (operators', and workers' pruner)."""
+
+    _db: StoreConnections
+
+    async def setup(self) -> None:
+        """Apply ddl.sql (safe to repeat) and open the pool.
+
+        With ``schema=``, the schema is created first if missing and everything goes in
+        it; otherwise into the first schema of the connection's search_path.
+        """
+        pool = await self._db.open_pool()
+        async with pool.acquire(timeout=self._db.statement_timeout) as conn:
+            if self._db.schema is not None:
+                create = await conn.fetchval(CREATE_SCHEMA_STATEMENT, self._db.schema)
+                await conn.execute(create)
+            await conn.execute(ddl_sql())
+        await self._db.start()
+
+    async def check_schema(self) -> list[str]:
+        """What ddl.sql would add to the schema in use (empty: it is current).
+
+        Raises SchemaMissing when there is no jobs table at all.
+        """
+        row = await self._db.fetchrow(SCHEMA_OBJECTS)
+        if row is None:
+            raise SchemaMissing(
+                f"the table 'jobs' is not in {self._db.where()}; {self._db.setup_hint()}"
+            )
+        return missing_objects(row)
+
+    async def prune(
+        self,
+        keep_done: timedelta | None = timedelta(days=1),
+        keep_failed: timedelta | None = timedelta(days=7),
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> Pruned:
+        """Delete finished jobs older than their retention, in small batches.
+
+        DONE jobs go ``keep_done`` after they finished, FAILED and CANCELLED ones
+        ``keep_failed`` after (None keeps them for ever). Each batch of at most
+        ``batch_size`` rows is its own short transaction, so no lock is held long; at
+        most ``max_batches`` batches run (None: until nothing is due). One pruner runs at
+        a time per queue: while another holds the prune lock this stops and says
+        ``busy``. Needs DELETE on the jobs table.
+        """
+        check_int("batch_size", batch_size, 1)
+        if max_batches is not None:
+            check_int("max_batches", max_batches, 1)
+        plan = [
+            (status, keep)
+            for status, keep in (
+                (JobStatus.DONE, keep_done),
+                (JobStatus.FAILED, keep_failed),
+                (JobStatus.CANCELLED, keep_failed),
+            )
+            if keep is not None
+        ]
+        deleted = dict.fromkeys(JobStatus, 0)
+
+        def pruned(**flags: bool) -> Pruned:
+            return Pruned(
+                deleted[JobStatus.DONE],
+                deleted[JobStatus.FAILED],
+                deleted[JobStatus.CANCELLED],
+                **flags,
+            )
+
+        batches = 0
+        for status, keep in plan:
+            while True:
+                if max_batches is not None and batches >= max_batches:
+                    return pruned(more=True)
+                batches += 1
+                async with self._db.acquire() as conn, conn.transaction():
+                    if not await conn.fetchval(
+                        PRUNE_LOCK, self._db.channel, timeout=self._db.statement_timeout
+                    ):
+                        return pruned(busy=True)
+                    outcome = await conn.execute(
+                        PRUNE_FINISHED, status.value, keep, batch_size,
+                        timeout=self._db.statement_timeout,
+                    )  # fmt: skip
+                count = int(outcome.split()[-1])  # "DELETE <n>"
+                deleted[status] += count
+                if count < batch_size:
+                    break
+        return pruned()

@@ -1,0 +1,295 @@
+"""The workers' moves of the state machine: claims, and the outcomes of runs.
+
+Each move out of RUNNING names the claim it expects (``locked_by``, ``attempts`` and
+``lease_id``); a move whose claim no longer owns the job changes nothing, and the
+caller learns it from the return value. docs/state-machine.md lists the guards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pqrun.models import Job, JobStatus, encode_json
+
+from .queries import query
+from .rows import expected_claim, storable
+
+if TYPE_CHECKING:
+    from .connections import Connection, StoreConnections
+
+logger = logging.getLogger("pqrun")
+
+PICKUP = query("pickup")
+LIMIT_LOCK = query("limit_lock")
+PICKUP_LIMITED = query("pickup_limited")
+WAKE_WORKERS = query("wake_workers")
+MARK_DONE = query("mark_done")
+MARK_DONE_BATCH = query("mark_done_batch")
+MARK_ERROR = query("mark_error")
+SNOOZE = query("snooze")
+RELEASE = query("release")
+
+# With concurrency_limit_per_key, a claim chooses among this many of the first due jobs
+# of the type: keys beyond them wait until those ahead have run.
+PER_KEY_WINDOW = 200
+
+# A limited job type that another worker is claiming right now is looked at again after
+# this long (seconds).
+LIMIT_BUSY_RETRY_SECONDS = 0.02
+
+
+class ClaimLimits(Protocol):
+    """The flow-control limits of a handler (pqrun.handlers.Handler has them)."""
+
+    @property
+    def concurrency_limit(self) -> int | None: ...
+    @property
+    def concurrency_limit_per_key(self) -> int | None: ...
+    @property
+    def rate_limit(self) -> int | None: ...
+    @property
+    def rate_period(self) -> timedelta | float | None: ...
+
+
+class WorkerMoves:
+    """PgJobStore's claims and outcome writes (the worker's)."""
+
+    _db: StoreConnections
+
+    async def pickup_batch(
+        self, worker_id: str, job_types: Sequence[str] | None, limit: int
+    ) -> list[Job]:
+        """Claim up to ``limit`` due READY jobs of ``job_types`` (None: any type)."""
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(
+                PICKUP,
+                worker_id,
+                None if job_types is None else list(job_types),
+                limit,
+                timeout=self._db.statement_timeout,
+            )
+            jobs = await readable(self._db, conn, rows)
+        # RETURNING does not keep the order of the CTE.
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        return jobs
+
+    async def pickup_limited(
+        self, worker_id: str, job_type: str, handler: ClaimLimits, limit: int
+    ) -> tuple[list[Job], float | None]:
+        """Claim up to ``limit`` due jobs of ``job_type`` within ``handler``'s limits.
+
+        Returns the jobs and, when this type cannot be claimed now (its rate limit is
+        used up while jobs are due, or another worker is claiming it), in how many
+        seconds to look again. Claims of one limited type are made one at a time across
+        all workers.
+        """
+        period = handler.rate_period
+        assert isinstance(period, timedelta)
+        async with self._db.acquire() as conn:
+            async with conn.transaction():
+                locked = await conn.fetchval(
+                    LIMIT_LOCK,
+                    f"{self._db.channel}:limits:{job_type}",
+                    timeout=self._db.statement_timeout,
+                )
+                if not locked:
+                    return [], LIMIT_BUSY_RETRY_SECONDS
+                rows = await conn.fetch(
+                    PICKUP_LIMITED,
+                    worker_id,
+                    job_type,
+                    limit,
+                    handler.concurrency_limit,
+                    handler.concurrency_limit_per_key,
+                    handler.rate_limit,
+                    period,
+                    PER_KEY_WINDOW,
+                    timeout=self._db.statement_timeout,
+                )
+            # After the commit: a row that cannot be read is failed in a move of its own.
+            jobs = await readable(self._db, conn, [row for row in rows if row["id"] is not None])
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        return jobs, rows[0]["room_in_seconds"] if rows else None
+
+    async def wake_workers(self) -> None:
+        """Wake the idle workers of this queue, as an insert would."""
+        async with self._db.acquire() as conn:
+            await conn.execute(WAKE_WORKERS, self._db.channel, timeout=self._db.statement_timeout)
+
+    async def pickup(self, worker_id: str, job_types: Sequence[str] | None = None) -> Job | None:
+        """Claim the next due READY job for ``worker_id``, or return None."""
+        jobs = await self.pickup_batch(worker_id, job_types, 1)
+        return jobs[0] if jobs else None
+
+    async def mark_done(
+        self,
+        job: Job | int,
+        result: Any = None,
+        duration_ms: int | None = None,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """RUNNING -> DONE, storing ``result`` as JSON.
+
+        Pass the Job that ``pickup`` returned (or its id with ``worker_id`` and
+        ``attempt``). Returns False, changing nothing, when that claim no longer owns
+        the job (it was reaped, cancelled or picked again).
+        """
+        job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
+        result_json = encode_json(result, f"result of job {job_id}")
+        status = await self._db.execute(
+            MARK_DONE, job_id, owner, attempt_no, lease, result_json, duration_ms
+        )
+        return status == "UPDATE 1"
+
+    async def mark_done_batch(
+        self, done: Sequence[tuple[Job, str, int]], *, conn: Connection | None = None
+    ) -> set[tuple[int, int | None]]:
+        """RUNNING -> DONE for many jobs in one statement: (job, result JSON text, duration_ms).
+
+        Each row is guarded by its own claim. Returns the (id, lease_id) of the claims
+        that moved their job; a claim missing from the set no longer owned its job, which
+        was left as it was.
+        """
+        if not done:
+            return set()
+        # One lock order (by id) for every multi-row statement of a worker, so that two
+        # of them never wait for each other.
+        done = sorted(done, key=lambda item: item[0].id)
+        rows = await self._db.fetch(
+            MARK_DONE_BATCH,
+            [job.id for job, _, _ in done],
+            [job.locked_by for job, _, _ in done],
+            [job.attempts for job, _, _ in done],
+            [job.lease_id for job, _, _ in done],
+            [result for _, result, _ in done],
+            [duration for _, _, duration in done],
+            conn=conn,
+        )
+        return {(row["id"], row["lease_id"]) for row in rows}
+
+    async def mark_error(
+        self,
+        job: Job | int,
+        error: str,
+        retry_after: timedelta | None = None,
+        terminal: bool = False,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        duration_ms: int | None = None,
+        conn: Connection | None = None,
+    ) -> JobStatus | None:
+        """RUNNING -> READY again after ``retry_after``, or FAILED.
+
+        The job fails when ``terminal`` is true or its attempts are used up. Returns the
+        new status, or None (changing nothing) when this claim no longer owns the job.
+        """
+        job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
+        status = await self._db.fetchval(
+            MARK_ERROR,
+            job_id,
+            owner,
+            attempt_no,
+            lease,
+            error,
+            terminal,
+            retry_after or timedelta(0),
+            duration_ms,
+            conn=conn,
+        )
+        return None if status is None else JobStatus(status)
+
+    async def snooze(
+        self,
+        job: Job | int,
+        after: timedelta,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        duration_ms: int | None = None,
+        conn: Connection | None = None,
+    ) -> bool:
+        """RUNNING -> READY after ``after``, without counting the attempt.
+
+        False, changing nothing, when this claim no longer owns the job.
+        """
+        job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
+        status = await self._db.execute(
+            SNOOZE, job_id, owner, attempt_no, lease, after, duration_ms, conn=conn
+        )
+        return status == "UPDATE 1"
+
+    async def release(self, jobs: Sequence[Job], reason: str) -> list[int]:
+        """RUNNING -> READY at once for jobs this worker claimed but will not finish.
+
+        Used on shutdown. Returns the ids that were still owned and so were released.
+        """
+        if not jobs:
+            return []
+        jobs = sorted(jobs, key=lambda job: job.id)  # the one lock order, as in completions
+        # The channel is read once connected: starting the store may learn it.
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(
+                RELEASE,
+                [j.id for j in jobs],
+                [j.locked_by for j in jobs],
+                [j.attempts for j in jobs],
+                [j.lease_id for j in jobs],
+                reason,
+                self._db.channel,
+                timeout=self._db.statement_timeout,
+            )
+        return [row["id"] for row in rows]
+
+
+async def readable(db: StoreConnections, conn: Connection, rows: Sequence[Any]) -> list[Job]:
+    """The claimed rows as Jobs, read one by one; a row that cannot be read fails alone.
+
+    The claim has committed: nothing here may raise, or the readable jobs would be
+    stranded RUNNING with nobody to run them.
+    """
+    jobs: list[Job] = []
+    for row in rows:
+        try:
+            jobs.append(Job.from_record(row))
+        except Exception as exc:  # json too deep, a number Python refuses, ...
+            await fail_unreadable(db, conn, row, exc)
+    return jobs
+
+
+async def fail_unreadable(db: StoreConnections, conn: Connection, row: Any, exc: Exception) -> None:
+    """RUNNING (this claim) -> FAILED for a claimed row that cannot be read as a Job."""
+    reason = storable(f"its payload could not be read: {type(exc).__name__}: {str(exc)[:300]}")
+    logger.error(
+        "job %s (%s) FAILED: %s",
+        row["id"],
+        row["job_type"],
+        reason,
+        extra={"job_id": row["id"], "job_type": row["job_type"], "outcome": "FAILED"},
+    )
+    try:
+        await conn.fetchval(
+            MARK_ERROR,
+            row["id"],
+            row["locked_by"],
+            row["attempts"],
+            row["lease_id"],
+            reason,
+            True,  # terminal: reading it again would fail the same way
+            timedelta(0),
+            None,
+            timeout=db.statement_timeout,
+        )
+    except Exception as write_exc:
+        logger.error(
+            "job %s: could not record that its payload is unreadable (%s: %s); the "
+            "reaper takes it back once its claim is stale",
+            row["id"],
+            type(write_exc).__name__,
+            write_exc,
+        )

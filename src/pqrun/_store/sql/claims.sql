@@ -1,0 +1,164 @@
+-- name: pickup
+-- READY -> RUNNING. SKIP LOCKED lets concurrent pickups take disjoint rows without
+-- waiting; the row lock it takes is what makes the status test in the UPDATE safe.
+-- lease_id, the id of this transaction, names this claim: no other claim of any job has
+-- it, so a move that names it can only be made by this run.
+-- Guard: READY and due, locked by FOR UPDATE SKIP LOCKED, and READY again in the UPDATE
+-- (rows other transactions hold are passed over).
+WITH due AS (
+    SELECT id
+    FROM jobs
+    WHERE status = 'READY'
+      AND run_after <= now()
+      AND ($2::text[] IS NULL OR job_type = ANY($2::text[]))
+    ORDER BY priority DESC, run_after, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET status = 'RUNNING',
+    attempts = j.attempts + 1,
+    lease_id = txid_current(),
+    heartbeat_at = now(),
+    locked_at = now(),
+    locked_by = $1,
+    updated_at = now()
+FROM due
+WHERE j.id = due.id AND j.status = 'READY'
+RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
+          j.max_attempts,
+          -- Times a row may hold from SQL (even -infinity, or year 10000 on an old schema)
+          -- come back within what a Python datetime can hold: one odd row must not make
+          -- the whole batch unreadable after its claim committed.
+          least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+              AS run_after,
+          j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,
+          j.dedupe_key, j.last_error, NULL::timestamptz AS finished_at, j.duration_ms,
+          NULL::text AS result,
+          least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+              AS created_at,
+          j.updated_at, j.concurrency_key, j.trace_context
+
+-- name: limit_lock
+-- Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
+-- time: each takes this transaction-scoped advisory lock, named after the queue's channel
+-- and the job type, in a statement of its own before pickup_limited. Under READ
+-- COMMITTED each statement sees what was committed when it began, so the claim that
+-- follows the lock counts every claim committed before, including the previous holder's.
+-- (Taking the lock inside the claim's own statement would count from a snapshot taken
+-- before the wait: two workers could both see room for the last slot.) A worker that
+-- finds the lock taken does not wait: another worker is claiming that type right now,
+-- and this one looks again a moment later.
+-- Guard: none on rows: the advisory lock itself is the guard that serialises claims of one
+-- limited type.
+SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))
+
+-- name: pickup_limited
+-- READY -> RUNNING for one limited job type, under limit_lock. How many to claim:
+-- $3  at most this many (the worker's free slots),
+-- $4  concurrency_limit: minus the jobs of the type RUNNING now,
+-- $5  concurrency_limit_per_key: per concurrency_key (NULL keys count as one key),
+-- choosing among the first $8 due jobs,
+-- $6  rate_limit per $7: minus the claims recorded in job_rate_limits in the last $7.
+-- Each claim is recorded there, by start time. The last column is in how many seconds the
+-- rate limit has room again, set only when it was used up and due jobs remain (the
+-- worker looks again then). A duration, not a time: the worker's clock may differ.
+-- Times are statement_timestamp(): the transaction began before the lock wait.
+-- Guard: READY and due, under limit_lock, locked by FOR UPDATE SKIP LOCKED, READY again in
+-- the UPDATE; counts RUNNING rows of the type after the lock.
+WITH running AS (
+    SELECT count(*) AS total
+    FROM jobs
+    WHERE $4::integer IS NOT NULL AND status = 'RUNNING' AND job_type = $2
+),
+recent AS (
+    SELECT count(*) AS started, min(s.at) AS oldest
+    FROM job_rate_limits AS r, unnest(r.starts) AS s(at)
+    WHERE $6::integer IS NOT NULL AND r.job_type = $2
+      AND s.at > statement_timestamp() - $7::interval
+),
+room AS (
+    SELECT greatest(0, least($3::integer,
+                             COALESCE($4::integer - running.total, $3::integer),
+                             COALESCE($6::integer - recent.started, $3::integer))) AS n
+    FROM running, recent
+),
+candidates AS (
+    SELECT id, concurrency_key, priority, run_after
+    FROM jobs
+    WHERE status = 'READY' AND run_after <= now() AND job_type = $2
+    ORDER BY priority DESC, run_after, id
+    LIMIT (SELECT CASE WHEN n = 0 THEN 0 WHEN $5::integer IS NULL THEN n
+                       ELSE greatest(n, $8::integer) END
+           FROM room)
+    FOR UPDATE SKIP LOCKED
+),
+running_per_key AS (
+    SELECT concurrency_key, count(*) AS total
+    FROM jobs
+    WHERE $5::integer IS NOT NULL AND status = 'RUNNING' AND job_type = $2
+    GROUP BY concurrency_key
+),
+ranked AS (
+    SELECT c.id, c.priority, c.run_after,
+           COALESCE(k.total, 0) + row_number() OVER (
+               PARTITION BY c.concurrency_key ORDER BY c.priority DESC, c.run_after, c.id
+           ) AS running_with_it
+    FROM candidates AS c
+    LEFT JOIN running_per_key AS k ON k.concurrency_key IS NOT DISTINCT FROM c.concurrency_key
+),
+chosen AS (
+    SELECT id
+    FROM ranked
+    WHERE $5::integer IS NULL OR running_with_it <= $5::integer
+    ORDER BY priority DESC, run_after, id
+    LIMIT (SELECT n FROM room)
+),
+claimed AS (
+    UPDATE jobs AS j
+    SET status = 'RUNNING',
+        attempts = j.attempts + 1,
+        lease_id = txid_current(),
+        heartbeat_at = statement_timestamp(),
+        locked_at = statement_timestamp(),
+        locked_by = $1,
+        updated_at = statement_timestamp()
+    FROM chosen
+    WHERE j.id = chosen.id AND j.status = 'READY'
+    RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
+              j.max_attempts,
+              -- Readable times whatever the row holds, as in pickup.
+              least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+                  AS run_after,
+              j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,
+              j.dedupe_key, j.last_error, NULL::timestamptz AS finished_at, j.duration_ms,
+              NULL::text AS result,
+              least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+                  AS created_at,
+              j.updated_at, j.concurrency_key, j.trace_context
+),
+recorded AS (
+    INSERT INTO job_rate_limits AS r (job_type, starts)
+    SELECT $2, array_fill(statement_timestamp(), ARRAY[(SELECT count(*) FROM claimed)::integer])
+    WHERE $6::integer IS NOT NULL AND EXISTS (SELECT 1 FROM claimed)
+    ON CONFLICT (job_type) DO UPDATE
+    SET starts = ARRAY(SELECT s.at FROM unnest(r.starts) AS s(at)
+                       WHERE s.at > statement_timestamp() - $7::interval) || EXCLUDED.starts
+),
+rate AS (
+    SELECT CASE WHEN recent.started + (SELECT count(*) FROM claimed) >= $6::integer
+                 AND EXISTS (SELECT 1 FROM jobs
+                             WHERE status = 'READY' AND run_after <= now() AND job_type = $2
+                               AND id NOT IN (SELECT id FROM claimed))
+                THEN extract(epoch FROM COALESCE(recent.oldest, statement_timestamp())
+                                        + $7::interval - statement_timestamp())::float8
+           END AS room_in_seconds
+    FROM recent
+)
+SELECT claimed.*, rate.room_in_seconds
+FROM rate LEFT JOIN claimed ON true
+
+-- name: wake_workers
+-- Wake idle workers: a limited job type may have room again.
+-- Guard: moves nothing: a notification only.
+SELECT pg_notify($1, '')

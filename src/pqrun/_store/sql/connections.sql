@@ -1,0 +1,9 @@
+-- name: switch_search_path
+-- Switches the search_path of a connection the caller passed in (conn=) to the store's
+-- schema for one statement, returning what it was so that it can be put back.
+-- Guard: the session's search_path only (set_config, not a job row).
+SELECT current_setting('search_path') AS was, set_config('search_path', $1, false) AS now
+
+-- name: restore_search_path
+-- Guard: the session's search_path only (set_config, not a job row).
+SELECT set_config('search_path', $1, false)

@@ -1,0 +1,106 @@
+-- name: get_job
+-- Guard: a read; moves nothing.
+SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
+       run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
+       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at,
+       concurrency_key, trace_context
+FROM jobs
+WHERE id = $1
+
+-- name: list_jobs
+-- Guard: a read; moves nothing.
+SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,
+       run_after, timeout_seconds, locked_at, locked_by, lease_id, heartbeat_at, dedupe_key,
+       last_error, finished_at, duration_ms, result::text AS result, created_at, updated_at,
+       concurrency_key, trace_context
+FROM jobs
+WHERE ($1::text IS NULL OR status = $1::text)
+  AND ($2::text IS NULL OR job_type = $2::text)
+ORDER BY id DESC
+LIMIT $3
+
+-- name: status_active
+-- READY and RUNNING jobs by type, through the pickup and running indexes, at most $1 of
+-- each status.
+-- Guard: a read through the partial indexes, at most $1 rows per status; moves nothing.
+SELECT job_type, status, count(*) AS n,
+       count(*) FILTER (WHERE status = 'READY' AND run_after <= now()) AS due,
+       min(run_after) FILTER (WHERE status = 'READY' AND run_after <= now()) AS oldest_due,
+       extract(epoch FROM now() - min(run_after) FILTER (
+           WHERE status = 'READY' AND run_after <= now()))::float8 AS oldest_due_seconds
+FROM (
+    (SELECT job_type, status, run_after FROM jobs WHERE status = 'READY' LIMIT $1)
+    UNION ALL
+    (SELECT job_type, status, run_after FROM jobs WHERE status = 'RUNNING' LIMIT $1)
+) AS active
+GROUP BY job_type, status
+
+-- name: status_finished
+-- How many jobs have finished status $1, counting at most $2 (the jobs_finished index).
+-- Guard: a read of at most $2 rows; moves nothing.
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs WHERE status = $1 AND finished_at IS NOT NULL LIMIT $2
+) AS finished
+
+-- name: status_estimates
+-- Rows per status as the planner estimates them: the table's row estimate times the
+-- share of each status in its statistics (kept by ANALYZE and autovacuum). No rows
+-- before the table was first analyzed.
+-- Guard: a read of the planner statistics; moves nothing.
+SELECT v.status, round(c.reltuples * v.share)::bigint AS estimate
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN pg_stats AS s
+  ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'status'
+CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+     AS v(status, share)
+WHERE c.oid = to_regclass('jobs') AND c.reltuples >= 0
+
+-- name: status_recent
+-- Jobs that reached status $1 within the last $2: the count of at most $3 of the newest,
+-- and the finish time of the oldest of those (to extrapolate a rate when capped).
+-- Guard: a read of at most $3 rows; moves nothing.
+SELECT count(*) AS n, min(finished_at) AS oldest, now() AS now
+FROM (
+    SELECT finished_at FROM jobs
+    WHERE status = $1 AND finished_at IS NOT NULL AND finished_at > now() - $2::interval
+    ORDER BY status, finished_at DESC
+    LIMIT $3
+) AS recent
+
+-- name: recent_failures
+-- The newest failures, through the jobs_finished index.
+-- Guard: a read; moves nothing.
+SELECT id, job_type, attempts, max_attempts, finished_at,
+       split_part(last_error, E'
+', 1) AS error
+FROM jobs
+WHERE status = 'FAILED' AND finished_at IS NOT NULL
+ORDER BY status, finished_at DESC
+LIMIT $1
+
+-- name: workers_alive
+-- Workers whose heartbeat is younger than $1.
+-- Guard: a read of the registry; moves nothing.
+SELECT count(*) FROM job_workers WHERE heartbeat_at >= now() - $1::interval
+
+-- name: max_job_id
+-- The newest id (the primary key's last entry): where a browse starts, and with the
+-- count of active jobs, how the dashboard measures the rates of enqueue and completion.
+-- Guard: a read; moves nothing.
+SELECT coalesce(max(id), 0) FROM jobs
+
+-- name: browse_jobs
+-- One page of jobs, newest first, among the ids in [$1 - $2, $1): a walk of at most $2
+-- entries of the primary key however rare the filters are on a big table. The caller
+-- moves the window to look further back.
+-- Guard: a read of at most $2 ids; moves nothing.
+SELECT id, job_type, status, priority, attempts, max_attempts, run_after, locked_by,
+       dedupe_key, created_at, updated_at, finished_at, duration_ms,
+       left(last_error, 300) AS last_error
+FROM jobs
+WHERE id < $1 AND id >= $1 - $2
+  AND ($3::text IS NULL OR status = $3::text)
+  AND ($4::text IS NULL OR job_type = $4::text)
+ORDER BY id DESC
+LIMIT $5

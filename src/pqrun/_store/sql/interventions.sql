@@ -1,0 +1,57 @@
+-- name: mark_awaited
+-- Flag a job whose finish someone waits for (store.wait()): from then on, the trigger
+-- jobs_notify_finished announces its move to DONE, FAILED or CANCELLED on the channel.
+-- Guard: READY or RUNNING and not awaited yet; moves no job between states.
+UPDATE jobs SET awaited = true
+WHERE id = $1 AND status IN ('READY', 'RUNNING') AND NOT awaited
+
+-- name: cancel
+-- READY or RUNNING -> CANCELLED. The worker running a RUNNING job is told on the
+-- channel ('cancel:<id>') and cancels its handler; whatever that run answers finds the
+-- job CANCELLED and changes nothing.
+-- Guard: READY or RUNNING, locked FOR UPDATE, and still READY or RUNNING in the UPDATE.
+WITH target AS (
+    SELECT id, status AS was FROM jobs
+    WHERE id = $1 AND status IN ('READY', 'RUNNING')
+    FOR UPDATE
+),
+cancelled AS (
+    UPDATE jobs AS j
+    SET status = 'CANCELLED', finished_at = now(), updated_at = now()
+    FROM target
+    WHERE j.id = target.id AND j.status IN ('READY', 'RUNNING')
+    RETURNING j.id, target.was
+),
+told AS (SELECT pg_notify($2, 'cancel:' || id) FROM cancelled WHERE was = 'RUNNING')
+SELECT cancelled.id FROM cancelled LEFT JOIN told ON true
+
+-- name: retry
+-- FAILED or CANCELLED -> READY with a fresh count of attempts. Only an explicit call
+-- does this: nothing in pqrun calls it by itself. Idle workers are woken.
+-- Guard: FAILED or CANCELLED only; jobs_dedupe_active refuses the move while another
+-- active job holds the key.
+WITH moved AS (
+    UPDATE jobs
+    SET status = 'READY',
+        attempts = 0,
+        run_after = now(),
+        locked_at = NULL,
+        locked_by = NULL,
+        finished_at = NULL,
+        duration_ms = NULL,
+        result = NULL,
+        updated_at = now()
+    WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')
+    RETURNING id
+),
+woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))
+SELECT moved.id FROM moved LEFT JOIN woken ON true
+
+-- name: failed_ids
+-- FAILED jobs (of type $1, or any) with an id above $2, oldest first: `pqrun jobs retry
+-- --failed` walks them in pages.
+-- Guard: a read; retry checks each job again.
+SELECT id FROM jobs
+WHERE status = 'FAILED' AND ($1::text IS NULL OR job_type = $1) AND id > $2
+ORDER BY id
+LIMIT $3

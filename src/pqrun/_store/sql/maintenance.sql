@@ -1,0 +1,63 @@
+-- name: prune_lock
+-- One pruner at a time per queue, like the reaper, under a lock of its own.
+-- Guard: none on rows: the advisory lock lets one pruner act at a time per queue.
+SELECT pg_try_advisory_xact_lock(hashtext($1 || ':prune'))
+
+-- name: prune_finished
+-- (DONE, FAILED or CANCELLED) $1, finished more than $2 ago -> deleted, at most $3 rows:
+-- a short transaction that locks few rows, through the jobs_finished index. SKIP LOCKED:
+-- a row someone is retrying right now is left for the next pass; the DELETE repeats the
+-- status, so a job that left $1 meanwhile is not deleted.
+-- Guard: status $1 finished before now() - $2, locked FOR UPDATE SKIP LOCKED; the DELETE
+-- repeats the status.
+WITH doomed AS (
+    SELECT id
+    FROM jobs
+    WHERE status = $1 AND finished_at IS NOT NULL AND finished_at < now() - $2::interval
+    ORDER BY status, finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs AS j
+USING doomed
+WHERE j.id = doomed.id AND j.status = $1
+
+-- name: schema_objects
+-- What `pqrun check` compares with what ddl.sql creates.
+-- Guard: a read of the catalogs; moves nothing.
+SELECT n.nspname AS schema,
+       ARRAY(SELECT attname::text FROM pg_attribute
+             WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS columns,
+       ARRAY(SELECT i.relname::text FROM pg_index AS x JOIN pg_class AS i
+             ON i.oid = x.indexrelid WHERE x.indrelid = c.oid) AS indexes,
+       ARRAY(SELECT tgname::text FROM pg_trigger
+             WHERE tgrelid = c.oid AND NOT tgisinternal) AS triggers,
+       ARRAY(SELECT t.relname::text FROM pg_class AS t
+             WHERE t.relnamespace = n.oid AND t.relkind IN ('r', 'p')) AS tables,
+       ARRAY(SELECT a.attname::text FROM pg_attribute AS a
+             WHERE a.attrelid = to_regclass(quote_ident(n.nspname) || '.job_workers')
+               AND a.attnum > 0 AND NOT a.attisdropped) AS worker_columns
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('jobs')
+
+-- name: jobs_schema
+-- The schema holding the jobs table (NULL: not in the search_path). Notifications go to
+-- the channel 'pqrun:<schema>', so queues in different schemas do not wake each other.
+-- The channel name is computed as in ddl.sql's trigger function: a channel name is at
+-- most 63 bytes, so a long schema name is replaced by its md5.
+-- Guard: a read of the catalogs; moves nothing.
+SELECT CASE WHEN octet_length('pqrun:' || n.nspname) <= 63 THEN 'pqrun:' || n.nspname
+            ELSE 'pqrun:' || md5(n.nspname) END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('jobs')
+
+-- name: create_schema
+-- Creates the store's schema for setup(). An identifier cannot be a bound parameter, so
+-- PostgreSQL itself quotes the (already validated) name with format('%I').
+-- Guard: builds a statement; the caller runs it. The name is quoted by format(%I).
+SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)
+
+-- name: drop_schema
+-- Drops a schema with everything in it: for pqrun.testing's temporary queues only.
+-- Guard: builds a statement; the caller runs it. The name is quoted by format(%I).
+SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)

@@ -1,0 +1,90 @@
+-- name: mark_done
+-- RUNNING (this claim) -> DONE. $4 NULL: the caller knows the owner and attempt only.
+-- Guard: RUNNING and owned by this claim: locked_by $2, attempts $3, lease_id $4 (when
+-- given).
+UPDATE jobs
+SET status = 'DONE',
+    result = $5::text::jsonb,
+    duration_ms = $6,
+    finished_at = now(),
+    updated_at = now()
+WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+  AND ($4::bigint IS NULL OR lease_id = $4)
+
+-- name: mark_done_batch
+-- RUNNING -> DONE for many jobs in one statement, each row guarded by its own claim.
+-- Returns the ids that moved; the others were no longer owned by that claim.
+-- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id).
+UPDATE jobs AS j
+SET status = 'DONE',
+    result = d.result::jsonb,
+    duration_ms = d.duration_ms,
+    finished_at = now(),
+    updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[], $5::text[],
+            $6::integer[])
+     AS d(id, locked_by, attempts, lease_id, result, duration_ms)
+WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
+  AND j.id = d.id
+  AND j.status = 'RUNNING' AND j.locked_by = d.locked_by AND j.attempts = d.attempts
+  AND j.lease_id = d.lease_id
+RETURNING j.id, j.lease_id
+
+-- name: mark_error
+-- RUNNING (this claim) -> READY after a delay, or FAILED when the handler said so ($6)
+-- or this was the last allowed attempt. A job back in READY has no owner.
+-- Guard: RUNNING and owned by this claim: locked_by $2, attempts $3, lease_id $4 (when
+-- given).
+UPDATE jobs
+SET status = CASE WHEN $6 OR attempts >= max_attempts THEN 'FAILED' ELSE 'READY' END,
+    run_after = CASE WHEN $6 OR attempts >= max_attempts THEN run_after
+                     ELSE now() + $7::interval END,
+    finished_at = CASE WHEN $6 OR attempts >= max_attempts THEN now() END,
+    locked_at = CASE WHEN $6 OR attempts >= max_attempts THEN locked_at END,
+    locked_by = CASE WHEN $6 OR attempts >= max_attempts THEN locked_by END,
+    last_error = $5,
+    duration_ms = $8,
+    updated_at = now()
+WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+  AND ($4::bigint IS NULL OR lease_id = $4)
+RETURNING status
+
+-- name: snooze
+-- RUNNING (this claim) -> READY after a delay, giving the attempt back: the handler said
+-- "not now" (Snooze), which is no failure.
+-- Guard: RUNNING and owned by this claim: locked_by $2, attempts $3, lease_id $4 (when
+-- given).
+UPDATE jobs
+SET status = 'READY',
+    attempts = attempts - 1,
+    run_after = now() + $5::interval,
+    locked_at = NULL,
+    locked_by = NULL,
+    duration_ms = $6,
+    updated_at = now()
+WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
+  AND ($4::bigint IS NULL OR lease_id = $4)
+
+-- name: release
+-- RUNNING (these claims) -> READY, at once, for a worker that is shutting down. The
+-- interrupted run is not counted against max_attempts. Other workers are woken.
+-- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id).
+WITH released AS (
+    UPDATE jobs AS j
+    SET status = 'READY',
+        attempts = j.attempts - 1,
+        run_after = now(),
+        locked_at = NULL,
+        locked_by = NULL,
+        last_error = $5,
+        updated_at = now()
+    FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
+         AS mine(id, locked_by, attempts, lease_id)
+    WHERE j.id = ANY($1::bigint[])
+      AND j.id = mine.id
+      AND j.status = 'RUNNING' AND j.locked_by = mine.locked_by
+      AND j.attempts = mine.attempts AND j.lease_id = mine.lease_id
+    RETURNING j.id
+),
+woken AS (SELECT pg_notify($6, '') WHERE EXISTS (SELECT 1 FROM released))
+SELECT released.id FROM released LEFT JOIN woken ON true

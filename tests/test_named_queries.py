@@ -1,0 +1,188 @@
+"""The named queries of pqrun/_store/sql: what quotes them, uses them and derives from them.
+
+docs/state-machine.md quotes statements by name and cites tests; both must stay true.
+Every named query is used by the code, and every name the code asks for exists. The
+DB-API form pqrun.sync runs is the asyncpg statement with named placeholders. Every
+query that returns jobs returns the columns a Job is built from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import pqrun.sync
+from pqrun import PgJobStore, tracing
+from pqrun._store.connections import (
+    RESTORE_SEARCH_PATH,
+    RESTORE_SEARCH_PATH_DBAPI,
+    SWITCH_SEARCH_PATH,
+    SWITCH_SEARCH_PATH_DBAPI,
+)
+from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
+from pqrun._store.queries import STATEMENTS, dbapi_query, query
+from pqrun._store.rows import ENQUEUE_PARAMETERS
+from pqrun._store.schema_objects import EXPECTED_COLUMNS
+from pqrun.models import JOB_COLUMNS
+from pqrun.testing import make_job
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "pqrun"
+STATE_MACHINE = ROOT / "docs" / "state-machine.md"
+
+# The queries that return whole jobs, and what each returns besides the job's columns.
+JOB_QUERIES = {"pickup": (), "pickup_limited": ("room_in_seconds",), "get_job": (), "list_jobs": ()}
+
+
+def normalised(sql: str) -> str:
+    """``sql`` without comments, with each run of whitespace one space."""
+    without_comments = re.sub(r"--[^\n]*", " ", sql)
+    text = re.sub(r"\s+", " ", without_comments).strip()
+    return text.replace("( ", "(").replace(" )", ")")
+
+
+def quoted_blocks() -> list[tuple[str, list[str], bool]]:
+    """(name, pieces, abridged) for each ```sql block of the state machine page; a line
+    ``-- ...`` separates pieces (text left out of the quote)."""
+    blocks = []
+    for block in re.findall(r"```sql\n(.*?)```", STATE_MACHINE.read_text(), re.S):
+        first, _, body = block.partition("\n")
+        named = re.fullmatch(r"-- name: (\w+)", first.strip())
+        assert named, f"a quoted statement must start with '-- name: <query>': {first!r}"
+        pieces = re.split(r"^\s*-- \.\.\.[^\n]*$", body, flags=re.M)
+        kept = [normalised(piece) for piece in pieces if normalised(piece)]
+        blocks.append((named[1], kept, len(pieces) > 1))
+    return blocks
+
+
+def test_the_state_machine_page_quotes_the_named_queries_as_they_are() -> None:
+    blocks = quoted_blocks()
+    assert len(blocks) >= 10
+    for name, pieces, abridged in blocks:
+        statement = normalised(query(name))
+        at = 0
+        for piece in pieces:
+            found = statement.find(piece, at)
+            assert found >= 0, f"docs/state-machine.md quotes {name!r} wrongly: {piece!r}"
+            at = found + len(piece)
+        if not abridged:
+            assert pieces == [statement], f"docs/state-machine.md quotes only part of {name!r}"
+
+
+def test_the_tests_the_state_machine_page_cites_exist() -> None:
+    cited = 0
+    current: str | None = None  # "`::test_x`" refers to the file named last
+    for file, test in re.findall(r"`(test_\w+\.py)?(?:::(test_\w+))?`", STATE_MACHINE.read_text()):
+        current = file or current
+        if not (file or test):
+            continue
+        assert current is not None
+        path = ROOT / "tests" / current
+        assert path.exists(), f"docs/state-machine.md cites {current}, which does not exist"
+        if test:
+            defined = re.search(rf"^(async )?def {test}\(", path.read_text(), re.M)
+            assert defined, f"docs/state-machine.md cites {current}::{test}, not defined there"
+        cited += 1
+    assert cited >= 30
+
+
+def test_every_named_query_is_used_and_every_name_used_exists() -> None:
+    used: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        used.update(re.findall(r"\b(?:dbapi_)?query\(\s*\"(\w+)\"", path.read_text()))
+    assert used - set(STATEMENTS) == set(), "names asked for that no .sql file defines"
+    assert set(STATEMENTS) - used == set(), "named queries nothing uses"
+
+
+def test_every_named_query_says_what_guards_it() -> None:
+    sql = resources.files("pqrun._store").joinpath("sql")
+    seen = set()
+    for entry in sql.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        for block in re.split(r"^(?=-- name: )", entry.read_text(encoding="utf-8"), flags=re.M):
+            if not block.startswith("-- name: "):
+                continue
+            name = block.split()[2]
+            seen.add(name)
+            comments = re.match(r"((?:--[^\n]*\n)+)", block)
+            assert comments is not None, f"{entry.name}: {name} has no comment"
+            assert "Guard:" in comments[1], f"{entry.name}: {name} names no guard"
+    assert seen == set(STATEMENTS)
+
+
+def test_an_unknown_name_is_an_error() -> None:
+    with pytest.raises(KeyError, match="no_such_query"):
+        query("no_such_query")
+
+
+def asyncpg_form(dbapi: str, parameters: tuple[str, ...]) -> str:
+    """The DB-API statement with ``$n`` placeholders again."""
+    positional = re.sub(
+        r"%\((\w+)\)s", lambda m: f"${parameters.index(m[1]) + 1}", dbapi.replace("%%", "\0")
+    )
+    return positional.replace("\0", "%")
+
+
+def test_the_dbapi_statements_are_the_asyncpg_ones_with_named_parameters() -> None:
+    assert ENQUEUE_PARAMETERS[-1] == "trace_context"  # written by both forms
+    assert "%(trace_context)s" in ENQUEUE_DBAPI
+    assert asyncpg_form(ENQUEUE_DBAPI, ENQUEUE_PARAMETERS) == ENQUEUE
+    assert asyncpg_form(SWITCH_SEARCH_PATH_DBAPI, ("path",)) == SWITCH_SEARCH_PATH
+    assert asyncpg_form(RESTORE_SEARCH_PATH_DBAPI, ("path",)) == RESTORE_SEARCH_PATH
+    # A literal % is doubled for the drivers (none in these statements, but in others).
+    assert "%%s" in dbapi_query("reap_stale", ("a", "b", "c", "d"))
+
+
+def test_the_job_columns_are_defined_once() -> None:
+    assert set(JOB_COLUMNS) <= set(EXPECTED_COLUMNS)
+    assert set(EXPECTED_COLUMNS) - set(JOB_COLUMNS) == {"awaited"}  # for store.wait() only
+    job = make_job()
+    assert tuple(job.__dataclass_fields__) == JOB_COLUMNS
+
+
+async def test_every_job_query_returns_the_job_columns(store: PgJobStore) -> None:
+    async with store.connection() as conn:
+        for name, extra in JOB_QUERIES.items():
+            prepared = await conn.prepare(query(name))
+            columns = tuple(attribute.name for attribute in prepared.get_attributes())
+            assert columns == (*JOB_COLUMNS, *extra), name
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_tracer_provider(None)
+        provider.shutdown()
+
+
+async def test_a_dbapi_enqueue_stores_its_trace_context_as_store_enqueue_does(
+    store: PgJobStore, dsn: str, conn: asyncpg.Connection, spans: InMemorySpanExporter
+) -> None:
+    with psycopg.connect(dsn) as pg:
+        one = pqrun.sync.enqueue(pg, "traced", {"n": 1})
+        many = pqrun.sync.enqueue_many(pg, [{"job_type": "traced"}, {"job_type": "traced"}])
+    by_store = await store.enqueue("traced")
+    stored = {
+        row["id"]: row["trace_context"]
+        for row in await conn.fetch("SELECT id, trace_context FROM jobs")
+    }
+    assert all(stored[job_id] for job_id in (one, *many, by_store))
+    assert stored[many[0]] == stored[many[1]]  # one span for the batch, as enqueue_many
+    names = [span.name for span in spans.get_finished_spans()]
+    assert names.count("pqrun enqueue traced") == 3
