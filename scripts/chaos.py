@@ -48,7 +48,7 @@ from typing import Any
 import asyncpg
 
 from pqrun import JobContext, PgJobStore, Worker, ddl_sql
-from pqrun.localpg import ThrowawayCluster
+from pqrun._localpg import ThrowawayCluster
 
 SCRIPT = Path(__file__).resolve()
 JOB_TYPE = "chaos"

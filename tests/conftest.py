@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from pqrun import PgJobStore, ddl_sql
-from pqrun.localpg import ThrowawayCluster, find_or_start
+from pqrun._localpg import ThrowawayCluster, find_or_start
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -20,32 +20,20 @@ PACKAGE = ROOT / "src" / "pqrun"
 MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 400
 
-# Over the limits today, and being split by the other parts of issue 12 (the store into
-# pqrun._store, the worker into pqrun._worker); empty these when those land.
-LONG_MODULES_ALLOWED = {
-    "pqrun/store.py": "being split into pqrun/_store/",
-}
-LONG_CLASSES_ALLOWED = {
-    "pqrun/store.py:PgJobStore": "becomes a thin facade over pqrun/_store/",
-}
+# Modules and classes allowed over the limits, each with the reason. Empty since issue 12
+# split the store and the worker; an entry needs a reason and a plan to remove it.
+LONG_MODULES_ALLOWED: dict[str, str] = {}
+LONG_CLASSES_ALLOWED: dict[str, str] = {}
 
 # Import cycles known today, each as the modules of one strongly connected component.
 # None: store <-> handlers and store <-> waiting import each other only under
 # TYPE_CHECKING, and cli -> top/webui only inside functions, which run after every
-# module has loaded. A cycle that has to stay while a split is under way goes here.
+# module has loaded.
 KNOWN_CYCLES: set[frozenset[str]] = set()
 
-# Modules with a public name that nothing documents as public: being moved under
-# pqrun._store / pqrun._worker by the other parts of issue 12, or to be decided
-# (documented, or renamed with a leading underscore) when the parts are merged.
-UNDOCUMENTED_PUBLIC_NAMES = {
-    "pqrun.waiting": "moves to pqrun._store.waiting",
-    "pqrun.bench": "the `pqrun bench` command's implementation (tests/test_bench.py imports it)",
-    "pqrun.demo": "the `pqrun demo` command's implementation (tests/test_cli.py imports it)",
-    "pqrun.config": "environment variable parsing for the worker and the metrics",
-    "pqrun.payloads": "typed payloads, used by the store, the worker and the handlers",
-    "pqrun.localpg": "finds or starts a PostgreSQL for the demo and the benchmarks",
-}
+# Modules with a public name that nothing documents as public, each with the reason.
+# Empty: internals live in pqrun._store, pqrun._worker, pqrun._ui or a _module.
+UNDOCUMENTED_PUBLIC_NAMES: dict[str, str] = {}
 
 # Public entry points that neither pqrun/__init__.py nor the docs name as `pqrun.x`.
 ENTRY_POINTS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from pqrun.bench import parser, run
+from pqrun._bench import parser, run
 
 
 async def test_every_mode_runs_and_reports(server_dsn: str) -> None:

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from pqrun import PgJobStore
-from pqrun.localpg import ThrowawayCluster
+from pqrun._localpg import ThrowawayCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import pqrun.localpg
-from pqrun.demo import run_demo
+import pqrun._localpg
+from pqrun._demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ async def test_demo_starts_a_private_postgres_when_none_answers(
 ) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("PQRUN_DSN", raising=False)
-    monkeypatch.setattr(pqrun.localpg, "LOCAL_CANDIDATES", ("postgresql://x@127.0.0.1:1/x",))
+    monkeypatch.setattr(pqrun._localpg, "LOCAL_CANDIDATES", ("postgresql://x@127.0.0.1:1/x",))
     lines: list[str] = []
     await run_demo(say=lines.append)
     assert "a private throwaway cluster" in lines[0]
@@ -86,10 +86,10 @@ async def test_demo_starts_a_private_postgres_when_none_answers(
 async def test_no_postgres_anywhere_gives_directions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("PQRUN_DSN", raising=False)
-    monkeypatch.setattr(pqrun.localpg, "LOCAL_CANDIDATES", ())
-    monkeypatch.setattr(pqrun.localpg, "find_server_binaries", lambda: None)
-    with pytest.raises(pqrun.localpg.NoPostgres, match="apt-get install postgresql"):
-        await pqrun.localpg.find_or_start(allow_embedded=False)
+    monkeypatch.setattr(pqrun._localpg, "LOCAL_CANDIDATES", ())
+    monkeypatch.setattr(pqrun._localpg, "find_server_binaries", lambda: None)
+    with pytest.raises(pqrun._localpg.NoPostgres, match="apt-get install postgresql"):
+        await pqrun._localpg.find_or_start(allow_embedded=False)
 
 
 @pytest.mark.slow
@@ -100,8 +100,8 @@ async def test_no_postgres_anywhere_gives_directions(monkeypatch: pytest.MonkeyP
 async def test_demo_falls_back_to_the_embedded_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("PQRUN_DSN", raising=False)
-    monkeypatch.setattr(pqrun.localpg, "LOCAL_CANDIDATES", ())
-    monkeypatch.setattr(pqrun.localpg, "find_server_binaries", lambda: None)
+    monkeypatch.setattr(pqrun._localpg, "LOCAL_CANDIDATES", ())
+    monkeypatch.setattr(pqrun._localpg, "find_server_binaries", lambda: None)
     lines: list[str] = []
     await run_demo(say=lines.append)
     assert "the embedded PostgreSQL" in lines[0]

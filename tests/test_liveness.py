@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 
 from pqrun import JobContext, JobStatus, PgJobStore, Worker
+from pqrun._localpg import ThrowawayCluster
 from pqrun.errors import WorkerIdInUse
-from pqrun.localpg import ThrowawayCluster
 
 from .helpers import QUICK_POLICIES, picked, wait_until
 

@@ -16,7 +16,7 @@ from pqrun import (
     PgJobStore,
     Worker,
 )
-from pqrun.localpg import ThrowawayCluster
+from pqrun._localpg import ThrowawayCluster
 
 from .helpers import wait_until
 

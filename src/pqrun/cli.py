@@ -18,6 +18,9 @@ from datetime import timedelta
 
 import asyncpg
 
+from ._localpg import NoPostgres
+from ._store.connections import check_schema_name
+from ._store.secrets import redact_secrets
 from ._ui.command_support import (
     CommandError,
     job_id,
@@ -48,9 +51,7 @@ from ._ui.queue_commands import (
     cmd_workers,
 )
 from .errors import PqrunError
-from .localpg import NoPostgres
 from .models import JobStatus
-from .store import check_schema_name, redact_secrets
 
 
 def database_options() -> argparse.ArgumentParser:
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=cmd_demo)
 
-    from .bench import parser as bench_parser
+    from ._bench import parser as bench_parser
 
     bench = commands.add_parser(
         "bench",

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._payloads import is_model_class, model_from_signature, validate
 from .errors import Fail, PayloadInvalid
 from .models import Job
-from .payloads import is_model_class, model_from_signature, validate
 
 if TYPE_CHECKING:
     from .store import PgJobStore

@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from .config import env_int
+from ._config import env_int
 from .models import Job
 from .observers import JobObserver
 from .store import PgJobStore

@@ -9,7 +9,13 @@ keep them quick, and never raise (an observer's error is logged and ignored).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from .models import Job
+
+logger = logging.getLogger("pqrun")
 
 
 class JobObserver:
@@ -36,3 +42,11 @@ class JobObserver:
 
 
 OUTCOMES = ("done", "retried", "failed", "snoozed", "cancelled", "ignored")
+
+
+def tell(hook: Callable[..., None], *args: Any) -> None:
+    """Call an observer's hook; its failure is logged, never the caller's problem."""
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("pqrun: observer %r failed", hook)

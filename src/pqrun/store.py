@@ -223,19 +223,6 @@ class PgJobStore(
         return self._db.transaction()
 
 
-# Re-exported for modules not yet moved; removed at merge. (worker.py, outcomes.py and
-# cli.py import these from here; their homes are the modules named.)
-from ._store.connections import (  # noqa: E402
-    CONNECTION_ERRORS,
-    ClientDataError,
-    check_schema_name,
-    quote_ident,
-)
-from ._store.enqueue import tell as _tell  # noqa: E402
-from ._store.registry import HEARTBEATS_PER_STALE_PERIOD  # noqa: E402
-from ._store.secrets import redact_secrets  # noqa: E402
-from .limits import INT32_MAX  # noqa: E402
-
 __all__ = [
     # The public face (docs/security.md and docs/flow-control.md name the last two).
     "Connection",
@@ -243,13 +230,4 @@ __all__ = [
     "Pruned",
     "PER_KEY_WINDOW",
     "redact_dsn",
-    # Re-exported for modules not yet moved; removed at merge.
-    "CONNECTION_ERRORS",
-    "ClientDataError",
-    "HEARTBEATS_PER_STALE_PERIOD",
-    "INT32_MAX",
-    "_tell",
-    "check_schema_name",
-    "quote_ident",
-    "redact_secrets",
 ]

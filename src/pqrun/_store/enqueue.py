@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pqrun import tracing
+from pqrun._payloads import is_model_class, validate
 from pqrun.errors import JobConflict, PayloadInvalid
 from pqrun.models import RawJSON, encode_json, is_pydantic_model
-from pqrun.payloads import is_model_class, validate
+from pqrun.observers import tell
 
 from .queries import dbapi_query, query
 from .rows import ENQUEUE_PARAMETERS, NewJobRow, new_job_row
@@ -52,14 +53,6 @@ def dedupe_attempts(key: str | None) -> Iterator[int]:
     """Loop over this: one pass per try of an enqueue; JobConflict once they ran out."""
     yield from range(DEDUPE_TRIES)
     raise JobConflict(dedupe_unresolved(key))
-
-
-def tell(hook: Callable[..., None], *args: Any) -> None:
-    """Call an observer's hook; its failure is logged, never the caller's problem."""
-    try:
-        hook(*args)
-    except Exception:
-        logger.exception("pqrun: observer %r failed", hook)
 
 
 def tracing_enqueues() -> bool:

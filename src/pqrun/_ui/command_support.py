@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from pqrun._store.connections import check_schema_name
 from pqrun.models import Job
-from pqrun.store import PgJobStore, check_schema_name
+from pqrun.store import PgJobStore
 
 T = TypeVar("T")
 

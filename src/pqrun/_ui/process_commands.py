@@ -12,8 +12,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from pqrun._store.connections import check_schema_name, quote_ident
 from pqrun.schema import ddl_sql
-from pqrun.store import PgJobStore, check_schema_name, quote_ident
+from pqrun.store import PgJobStore
 
 from .command_support import CommandError, open_store, with_store
 
@@ -180,7 +181,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pqrun.demo import run_demo
+    from pqrun._demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="  (log) %(levelname)s %(message)s")
     asyncio.run(run_demo())
@@ -188,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pqrun.bench import run as run_bench
+    from pqrun._bench import run as run_bench
 
     asyncio.run(run_bench(args))
     return 0

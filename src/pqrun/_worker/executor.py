@@ -17,8 +17,10 @@ from typing import Any
 from pqrun import tracing
 from pqrun.errors import Fail, Retry, Snooze
 from pqrun.handlers import Handler, JobContext, describe_exception
+from pqrun.limits import INT32_MAX
 from pqrun.models import Job, encode_json
-from pqrun.store import INT32_MAX, PgJobStore, _tell
+from pqrun.observers import tell
+from pqrun.store import PgJobStore
 
 from .fetcher import Fetcher
 from .loops import Lifetime
@@ -74,7 +76,7 @@ class Executor:
             handler = self._settings.handlers[job.job_type]
             run = registry.start_run(job, task, is_thread=not handler.is_async)
             for observer in self._store.observers:
-                _tell(observer.started, job)
+                tell(observer.started, job)
             span = tracing.start_run_span(job) if tracing.AVAILABLE else None
             try:
                 with tracing.current_span(span):

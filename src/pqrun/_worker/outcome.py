@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pqrun import tracing
 from pqrun.models import Job, JobStatus
-from pqrun.store import _tell
+from pqrun.observers import tell
 
 if TYPE_CHECKING:
     from pqrun.observers import JobObserver
@@ -132,7 +132,7 @@ def tell_observers(
 ) -> None:
     if kind.observed:
         for observer in observers:
-            _tell(observer.finished, job, kind.value, seconds)
+            tell(observer.finished, job, kind.value, seconds)
 
 
 def report(

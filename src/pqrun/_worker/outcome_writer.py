@@ -30,8 +30,9 @@ from typing import Any
 
 import asyncpg
 
+from pqrun._store.connections import CONNECTION_ERRORS, ClientDataError
 from pqrun.models import JobStatus
-from pqrun.store import CONNECTION_ERRORS, ClientDataError, PgJobStore
+from pqrun.store import PgJobStore
 
 from .loops import ErrorStreak
 from .outcome import Outcome

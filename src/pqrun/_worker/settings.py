@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from pqrun.config import env_bool, env_duration, env_int
+from pqrun._config import env_bool, env_duration, env_int
+from pqrun._payloads import validate
+from pqrun._store.registry import HEARTBEATS_PER_STALE_PERIOD
 from pqrun.errors import PayloadInvalid
 from pqrun.handlers import Handler
-from pqrun.payloads import validate
 from pqrun.policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from pqrun.schedules import Schedule
-from pqrun.store import HEARTBEATS_PER_STALE_PERIOD
 
 logger = logging.getLogger("pqrun")
 

@@ -2,7 +2,7 @@
 
     pqrun bench                      # every mode, on $DATABASE_URL or a local PostgreSQL
     pqrun bench --mode drain --jobs 100000
-    python -m pqrun.bench --mode latency
+    python -m pqrun._bench --mode latency
 
 Each run works in a schema of its own (``pqrun_bench_*``) and drops it at the end. The
 numbers compare well only with others taken on the same machine in the same run:
@@ -25,10 +25,10 @@ from typing import Any
 
 import asyncpg
 
+from ._localpg import find_or_start
 from ._store.moves import PICKUP
 from ._store.secrets import redact_dsn
 from .handlers import JobContext
-from .localpg import find_or_start
 from .store import PgJobStore
 from .worker import Worker
 
@@ -415,7 +415,7 @@ def parser(prog: str = "pqrun bench") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("python -m pqrun.bench").parse_args(argv)
+    args = parser("python -m pqrun._bench").parse_args(argv)
     asyncio.run(run(args))
     return 0
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import asyncpg
 
+from ._localpg import find_or_start
 from ._store.connections import CONNECT_ERRORS
 from ._store.secrets import cause_without_secrets, error_text, redact_dsn
 from .errors import DatabaseUnavailable, Retry
 from .handlers import JobContext
-from .localpg import find_or_start
 from .policies import IdlePollPolicy
 from .store import PgJobStore
 from .worker import Worker
