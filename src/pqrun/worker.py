@@ -283,7 +283,9 @@ class Worker:
         self.request_stop()
         if self._started and self._shutdown is None:
             # Under start() or a lifespan nobody else would notice: shut down for real.
-            self._shutdown = asyncio.ensure_future(self._shut_down())
+            self._shutdown = asyncio.create_task(
+                self._shut_down(), name=task_name(self.worker_id, "shutdown")
+            )
 
     def request_stop(self) -> None:
         """Ask a running worker to stop, without waiting (safe from a signal handler)."""
