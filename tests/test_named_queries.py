@@ -29,7 +29,7 @@ from pqrun._store.connections import (
     SWITCH_SEARCH_PATH_DBAPI,
 )
 from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
-from pqrun._store.queries import STATEMENTS, dbapi_query, query
+from pqrun._store.queries import STATEMENTS, dbapi_query, parse, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
 from pqrun._store.schema_objects import EXPECTED_COLUMNS
 from pqrun.models import JOB_COLUMNS
@@ -123,6 +123,26 @@ def test_every_named_query_says_what_guards_it() -> None:
 def test_an_unknown_name_is_an_error() -> None:
     with pytest.raises(KeyError, match="no_such_query"):
         query("no_such_query")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("-- name: first\nSELECT 1;\n-- name: Second_Query\nSELECT 2;\n", "malformed"),
+        ("-- name: first\nSELECT 1;\n--name:second\nSELECT 2;\n", "malformed"),
+        ("SELECT 0;\n-- name: first\nSELECT 1;\n", "before the first"),
+        ("-- name: first\nSELECT 1;\n-- name: first\nSELECT 2;\n", "defined twice"),
+        ("-- name: first\n-- Guard: none\n-- name: second\nSELECT 2;\n", "no statement"),
+    ],
+)
+def test_a_malformed_sql_file_is_refused_at_import(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse("bad.sql", text)
+
+
+def test_a_well_formed_sql_file_gives_each_statement_without_its_comments() -> None:
+    text = "-- the file\n\n-- name: first\n-- Guard: none\nSELECT 1;\n-- name: second\nSELECT $1;\n"
+    assert parse("good.sql", text) == {"first": "SELECT 1;\n", "second": "SELECT $1;\n"}
 
 
 def asyncpg_form(dbapi: str, parameters: tuple[str, ...]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -16,6 +17,7 @@ from pqrun import (
     RawJSON,
     SchemaMissing,
 )
+from pqrun.store import Connection
 
 from .helpers import picked
 
@@ -256,3 +258,39 @@ async def test_transaction_block_never_takes_a_second_connection(dsn: str) -> No
         async with store.transaction() as nested, store.connection() as same:
             assert nested is tx
             assert same is tx
+
+
+async def test_a_first_use_and_listen_go_through_the_stores_own_methods(dsn: str) -> None:
+    """A subclass (or a test) that wraps start() or dedicated_connection() sees every
+    start and every connection of its own the store makes, not only direct calls."""
+    calls: list[str] = []
+
+    class CountingStore(PgJobStore):
+        async def start(self) -> None:
+            calls.append("start")
+            await super().start()
+
+        async def dedicated_connection(
+            self, purpose: str, server_settings: Mapping[str, str] | None = None
+        ) -> Connection:
+            calls.append(purpose)
+            return await super().dedicated_connection(purpose, server_settings)
+
+    counting = CountingStore(dsn)
+    try:
+        await counting.enqueue("t")  # no start(): the first use starts the store
+        assert calls[:1] == ["start"]
+        listener = await counting.listen(lambda _payload: None)
+        await listener.close()
+        assert "a LISTEN connection" in calls
+    finally:
+        await counting.close()
+
+
+def test_dsn_and_schema_can_be_set_before_the_store_starts() -> None:
+    store = PgJobStore("postgresql://a@127.0.0.1:1/a")
+    store.dsn = "postgresql://b@127.0.0.1:1/b"
+    store.schema = "billing"
+    assert (store.dsn, store.schema) == ("postgresql://b@127.0.0.1:1/b", "billing")
+    with pytest.raises(ValueError, match="schema"):
+        store.schema = "Not A Schema"

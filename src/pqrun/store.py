@@ -20,7 +20,13 @@ from typing import Any
 
 import asyncpg
 
-from ._store.connections import Connection, StoreConnections, dedicated_connection, listen
+from ._store.connections import (
+    Connection,
+    StoreConnections,
+    check_schema_name,
+    dedicated_connection,
+    listen,
+)
 from ._store.inspection import InspectionMethods
 from ._store.interventions import InterventionMethods
 from ._store.maintenance import MaintenanceMethods, Pruned
@@ -88,6 +94,7 @@ class PgJobStore(
         # Looked up at each use, as any other call of the store's own methods.
         self._waiters = FinishWaiters(lambda on_payload: self.listen(on_payload))
         self._db.before_close = self._waiters.close
+        self._db.lazy_start = lambda: self.start()
         #: Who hears about enqueues here and runs by workers on this store (metrics).
         self.observers: tuple[JobObserver, ...] = ()
 
@@ -103,10 +110,18 @@ class PgJobStore(
         """The DSN this store connects with (shown only through ``redact_dsn``)."""
         return self._db.dsn
 
+    @dsn.setter
+    def dsn(self, dsn: str) -> None:
+        self._db.dsn = dsn
+
     @property
     def schema(self) -> str | None:
         """The schema this store keeps its queue in (None: the search_path decides)."""
         return self._db.schema
+
+    @schema.setter
+    def schema(self, schema: str | None) -> None:
+        self._db.schema = None if schema is None else check_schema_name(schema)
 
     @property
     def statement_timeout(self) -> float:
@@ -148,8 +163,6 @@ class PgJobStore(
 
     # -- lifecycle -------------------------------------------------------------------
 
-    # -- lifecycle -------------------------------------------------------------------
-
     @property
     def started(self) -> bool:
         """True while the connection pool is open (in the running event loop)."""
@@ -186,7 +199,7 @@ class PgJobStore(
         ``on_payload`` gets each notification's payload: empty when jobs are due now,
         else the epoch of the earliest ``run_after`` of a batch of future jobs.
         """
-        return await listen(self._db, on_payload)
+        return await listen(self._db, on_payload, self.dedicated_connection)
 
     async def dedicated_connection(
         self, purpose: str, server_settings: Mapping[str, str] | None = None

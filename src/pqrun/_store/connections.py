@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 else:
     Connection = asyncpg.Connection
 
-    Connection = asyncpg.Connection
-
 # Errors that say the connection or the server went away, rather than that a statement
 # was wrong. They become DatabaseUnavailable for the caller.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -159,6 +157,9 @@ class StoreConnections:
         self.connections_wanted = 0
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        #: What a first use starts the store with: PgJobStore.start, so that a subclass's
+        #: or a test's start() is the one that runs, as for a direct call.
+        self.lazy_start: Callable[[], Awaitable[None]] = self.start
         # pqrun's batch statements take arrays whose length changes from call to call; a
         # generic plan (what PostgreSQL switches to after five runs of a prepared
         # statement) picks scans sized for no array in particular and made batch
@@ -350,7 +351,7 @@ class StoreConnections:
     async def pooled(self) -> AsyncIterator[Connection]:
         """A pooled connection; only getting it is translated into pqrun's errors."""
         if not self.started:
-            await self.start()
+            await self.lazy_start()
         assert self.pool is not None
         try:
             conn = await self.pool.acquire(timeout=self.statement_timeout)
@@ -498,13 +499,18 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-async def listen(db: StoreConnections, on_payload: Callable[[str], None]) -> Connection:
+async def listen(
+    db: StoreConnections,
+    on_payload: Callable[[str], None],
+    connect: Callable[[str], Awaitable[Connection]] | None = None,
+) -> Connection:
     """A dedicated connection LISTENing on this store's channel (for workers).
 
     ``on_payload`` gets each notification's payload: empty when jobs are due now,
     else the epoch of the earliest ``run_after`` of a batch of future jobs.
     """
-    conn = await dedicated_connection(db, "a LISTEN connection")
+    purpose = "a LISTEN connection"
+    conn = await (dedicated_connection(db, purpose) if connect is None else connect(purpose))
     try:
         await conn.add_listener(db.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
     except BaseException:
@@ -522,7 +528,7 @@ async def dedicated_connection(
     connections, so that handlers holding every pooled connection cannot starve them.
     The caller closes it. ``server_settings`` are added to the store's own.
     """
-    await db.start()
+    await db.lazy_start()
     connect_kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in POOL_ONLY}
     if server_settings:
         connect_kwargs["server_settings"] = {

@@ -208,9 +208,6 @@ class InspectionMethods:
         return [dict(row) for row in rows]
 
 
-# How often an enqueue with a dedupe_key is tried when the job holding the key was
-
-
 async def count_statuses(
     db: StoreConnections, conn: Connection, count_cap: int
 ) -> tuple[list[asyncpg.Record], dict[str, dict[str, Any]]]:

@@ -58,7 +58,7 @@ class MaintenanceMethods:
                 create = await conn.fetchval(CREATE_SCHEMA_STATEMENT, self._db.schema)
                 await conn.execute(create)
             await conn.execute(ddl_sql())
-        await self._db.start()
+        await self._db.lazy_start()
 
     async def check_schema(self) -> list[str]:
         """What ddl.sql would add to the schema in use (empty: it is current).

@@ -14,6 +14,32 @@ from importlib import resources
 
 NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 POSITIONAL = re.compile(r"\$(?P<number>\d+)")
+# Any line that looks like a header: one NAME_LINE does not match is a typo, not SQL.
+HEADER_LIKE = re.compile(r"^--\s*name\s*:", re.MULTILINE | re.IGNORECASE)
+
+
+def parse(file_name: str, text: str) -> dict[str, str]:
+    """The named statements of one ``.sql`` file; a malformed file is a ValueError."""
+    statements: dict[str, str] = {}
+    heads = list(NAME_LINE.finditer(text))
+    if len(heads) != len(HEADER_LIKE.findall(text)):
+        raise ValueError(f"{file_name}: a '-- name:' line is malformed (lowercase names)")
+    preamble = text[: heads[0].start()] if heads else text
+    if any(line.strip() and not line.startswith("--") for line in preamble.split("\n")):
+        raise ValueError(f"{file_name}: SQL before the first '-- name:' line")
+    for head, after in zip(heads, [*heads[1:], None], strict=True):
+        name = head["name"]
+        if name in statements:
+            raise ValueError(f"{file_name}: query {name!r} is defined twice")
+        block = text[head.end() : None if after is None else after.start()]
+        lines = block.strip("\n").split("\n")
+        while lines and lines[0].startswith("--"):
+            lines.pop(0)
+        statement = "\n".join(lines).strip()
+        if not statement:
+            raise ValueError(f"{file_name}: query {name!r} has no statement")
+        statements[name] = statement + "\n"
+    return statements
 
 
 def _load() -> dict[str, str]:
@@ -21,20 +47,10 @@ def _load() -> dict[str, str]:
     for entry in sorted(resources.files("pqrun._store").joinpath("sql").iterdir(), key=str):
         if not entry.name.endswith(".sql"):
             continue
-        text = entry.read_text(encoding="utf-8")
-        heads = list(NAME_LINE.finditer(text))
-        for head, after in zip(heads, [*heads[1:], None], strict=True):
-            name = head["name"]
-            if name in statements:
-                raise ValueError(f"{entry.name}: query {name!r} is defined twice")
-            block = text[head.end() : None if after is None else after.start()]
-            lines = block.strip("\n").split("\n")
-            while lines and lines[0].startswith("--"):
-                lines.pop(0)
-            statement = "\n".join(lines).strip()
-            if not statement:
-                raise ValueError(f"{entry.name}: query {name!r} has no statement")
-            statements[name] = statement + "\n"
+        found = parse(entry.name, entry.read_text(encoding="utf-8"))
+        for name in found.keys() & statements.keys():
+            raise ValueError(f"{entry.name}: query {name!r} is defined twice")
+        statements.update(found)
     return statements
 
 

@@ -13,8 +13,13 @@ SCHEMA_OBJECTS = query("schema_objects")
 JOBS_SCHEMA = query("jobs_schema")
 
 # What ddl.sql creates, for check_schema(): the job's columns, and the flag of
-# store.wait() that no Job carries.
-EXPECTED_COLUMNS = (*JOB_COLUMNS, "awaited")
+# store.wait() that no Job carries, in the order ddl.sql's upgrades add them (so a
+# message naming several missing columns names them in that order).
+EXPECTED_COLUMNS = (
+    *(column for column in JOB_COLUMNS if column != "trace_context"),
+    "awaited",
+    "trace_context",
+)
 EXPECTED_INDEXES = (
     "jobs_pkey",
     "jobs_ready_pickup",
