@@ -378,3 +378,57 @@ async def test_a_reaper_with_a_shorter_stale_period_leaves_a_live_workers_job(
             await worker.stop()
             await worker.store.close()
     assert log.overlaps() == [], f"runs of job {job_id} overlapped: {log.runs}"
+
+
+async def test_a_worker_id_refused_during_shutdown_skips_the_grace(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WorkerIdInUse found by a heartbeat while the shutdown waits for the loops
+    still cuts the grace: the claims are in no heartbeat, and the reaper may take them,
+    so waiting would let the job run twice."""
+    from pqrun.errors import WorkerIdInUse
+
+    started = asyncio.Event()
+
+    async def blocks(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    holder = Worker(store, {"other": blocks}, worker_id="dup", **QUICK_POLICIES)
+    await holder.start()
+    try:
+        await wait_until(lambda: _registered(store, "dup"), within=60)
+        late = Worker(
+            store,
+            {"t": blocks},
+            worker_id="dup",
+            shutdown_grace=120,
+            shutdown_timeout=180,
+            **QUICK_POLICIES,
+        )
+        heartbeat, prune = store._heartbeat_claims, store.prune
+
+        async def slow_heartbeat(*args: object, **kwargs: object) -> object:
+            if kwargs.get("instance") == late._instance:
+                await asyncio.sleep(1.0)  # the refusal comes during the shutdown
+            return await heartbeat(*args, **kwargs)  # type: ignore[arg-type]
+
+        async def slow_prune(*args: object, **kwargs: object) -> object:
+            await asyncio.sleep(5.0)  # keeps the shutdown waiting for the loops
+            return await prune(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_heartbeat_claims", slow_heartbeat)
+        monkeypatch.setattr(store, "prune", slow_prune)
+        await store.enqueue("t")
+        await late.start()
+        await asyncio.wait_for(started.wait(), 60)
+        began = time.monotonic()
+        await late.stop()
+        assert isinstance(late._failure, WorkerIdInUse)
+        assert time.monotonic() - began < 60  # not the 120 s grace
+    finally:
+        await holder.stop()
+
+
+async def _registered(store: PgJobStore, worker_id: str) -> bool:
+    return any(w["worker_id"] == worker_id for w in await store.list_workers())

@@ -8,13 +8,15 @@ Its span, its metric and its log line all say "ignored" (not "done").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -105,3 +107,103 @@ async def test_a_late_answer_is_ignored_in_the_trace_the_metrics_and_the_log(
 
 async def _finished_span(spans: InMemorySpanExporter) -> bool:
     return any(s.name == "pqrun run late" for s in spans.get_finished_spans())
+
+
+class BreaksOnStart(SpanProcessor):
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if span.name.startswith("pqrun run"):
+            raise RuntimeError("a span processor broke in on_start")
+
+
+class BreaksOnEnd(SpanProcessor):
+    def on_end(self, span: Any) -> None:
+        if span.name.startswith("pqrun run"):
+            raise RuntimeError("a span processor broke in on_end")
+
+
+@pytest.fixture
+def broken_tracer(request: pytest.FixtureRequest) -> Iterator[None]:
+    provider = TracerProvider()
+    provider.add_span_processor(request.param())
+    tracing.use_tracer_provider(provider)
+    try:
+        yield
+    finally:
+        tracing.use_tracer_provider(None)
+
+
+async def fine(ctx: JobContext) -> str:
+    return "fine"
+
+
+@pytest.mark.parametrize("broken_tracer", [BreaksOnStart], indirect=True)
+@pytest.mark.usefixtures("broken_tracer")
+async def test_a_tracer_that_fails_to_start_a_span_fails_that_attempt_not_the_worker(
+    store: PgJobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = await store.enqueue("t", max_attempts=1)
+    worker = Worker(store, {"t": fine}, **QUICK)
+    await worker.start()
+    try:
+        await wait_until(lambda: _status_is(store, job_id, "FAILED"), within=60)
+        assert worker.is_running
+        job = await store.get_job(job_id)
+        assert job is not None
+        assert job.last_error is not None
+        assert "the worker failed around the handler" in job.last_error
+    finally:
+        await worker.stop()
+    assert not [r for r in caplog.records if "stopping the worker" in r.getMessage()]
+
+
+@pytest.mark.parametrize("broken_tracer", [BreaksOnEnd], indirect=True)
+@pytest.mark.usefixtures("broken_tracer")
+async def test_a_tracer_that_fails_to_end_a_span_is_not_a_database_error(
+    store: PgJobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pqrun")
+    observer = Finished()
+    store.observe(observer)
+    job_id = await store.enqueue("t")
+    assert await Worker(store, {"t": fine}, **QUICK).drain() == 1
+    assert await status_of(store, job_id) == "DONE"
+    assert observer.outcomes == [(job_id, "done")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("ending the trace span" in m for m in messages)
+    assert not [m for m in messages if "database" in m or "works again" in m]
+
+
+async def test_a_handler_answering_after_shutdown_still_ends_its_span(
+    store: PgJobStore, spans: InMemorySpanExporter
+) -> None:
+    started = asyncio.Event()
+    answer_now = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> str:
+        started.set()
+        while not answer_now.is_set():  # ignores every cancellation until told
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer_now.wait()
+        answered.set()
+        return "late"
+
+    worker = Worker(store, {"t": stubborn}, shutdown_grace=0.2, shutdown_timeout=1, **QUICK)
+    job_id = await store.enqueue("t")
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 60)
+    await worker.stop()
+    assert not answered.is_set()
+    # The shutdown is over; now the handler answers: nothing is written, the span ends.
+    answer_now.set()
+    await asyncio.wait_for(answered.wait(), 60)
+    await wait_until(lambda: _span_named(spans, "pqrun run t"), within=30)
+    assert await status_of(store, job_id) == "RUNNING"  # the reaper's to take back
+
+
+async def _status_is(store: PgJobStore, job_id: int, status: str) -> bool:
+    return await status_of(store, job_id) == status
+
+
+async def _span_named(spans: InMemorySpanExporter, name: str) -> bool:
+    return any(s.name == name for s in spans.get_finished_spans())

@@ -408,7 +408,7 @@ class Worker:
     async def _shut_down(self) -> None:
         parts = self._parts
         try:
-            await shut_down(parts, self._failure)
+            await shut_down(parts, lambda: self._failure)
         finally:
             abandon(parts)
             await parts.liveness.stop(0)

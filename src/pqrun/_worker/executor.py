@@ -77,8 +77,10 @@ class Executor:
             run = registry.start_run(job, task, is_thread=not handler.is_async)
             for observer in self._store.observers:
                 tell(observer.started, job)
-            span = tracing.start_run_span(job) if tracing.AVAILABLE else None
+            span = None
             try:
+                if tracing.AVAILABLE:
+                    span = tracing.start_run_span(job)
                 with tracing.current_span(span):
                     outcome = await self._run_handler(run, handler, span)
             except Exception as exc:  # a fault of pqrun's own: still record something

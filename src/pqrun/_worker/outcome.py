@@ -118,13 +118,18 @@ def end_span(span: Any, kind: RunOutcome | None, why: str) -> None:
     """End a run's span with what the run came to (None: nothing recorded, ``why``)."""
     if span is None:
         return
-    if kind is None:
-        tracing.record_outcome(span, None, why or "its outcome was not recorded")
-    elif kind is RunOutcome.DONE or kind is RunOutcome.SNOOZED:
-        tracing.record_outcome(span, kind.span_outcome, "")
-    else:
-        tracing.record_outcome(span, kind.span_outcome, why or kind.value)
-    span.end()
+    # Called where a failure would be mistaken for the write's (or the slot's): a
+    # tracer's fault is logged and goes no further.
+    try:
+        if kind is None:
+            tracing.record_outcome(span, None, why or "its outcome was not recorded")
+        elif kind is RunOutcome.DONE or kind is RunOutcome.SNOOZED:
+            tracing.record_outcome(span, kind.span_outcome, "")
+        else:
+            tracing.record_outcome(span, kind.span_outcome, why or kind.value)
+        span.end()
+    except Exception:
+        logger.exception("pqrun: ending the trace span of a run failed")
 
 
 def tell_observers(

@@ -35,7 +35,7 @@ from pqrun.models import JobStatus
 from pqrun.store import PgJobStore
 
 from .loops import ErrorStreak
-from .outcome import Outcome
+from .outcome import Outcome, end_span
 
 logger = logging.getLogger("pqrun")
 
@@ -125,13 +125,21 @@ class OutcomeWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
+        self._closed = False
 
     def start(self, spawn: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
         """Start writing, in a task that ``spawn`` starts and names."""
         self._task = spawn("outcome-writer", self._run())
 
     async def submit(self, outcome: Outcome) -> None:
-        """Queue an outcome for writing; waits only when too many are unwritten."""
+        """Queue an outcome for writing; waits only when too many are unwritten.
+
+        After ``close()`` nothing is written: a handler that answers after shutdown has
+        its answer dropped (its job stays RUNNING until taken back), and its span ends.
+        """
+        if self._closed:
+            end_span(outcome.span, None, "the worker shut down before its outcome was written")
+            return
         await self._room.wait()
         self._pending.append(outcome)
         self._idle.clear()
@@ -154,6 +162,7 @@ class OutcomeWriter:
         Returns the outcomes that could not be written in time (their jobs stay RUNNING
         until the reaper takes them back).
         """
+        self._closed = True
         task, self._task = self._task, None
         if task is None:
             self._drop_connection()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pqrun.errors import DatabaseUnavailable, WorkerIdInUse
@@ -44,8 +45,12 @@ async def leave(parts: WorkerParts) -> None:
         )
 
 
-async def shut_down(parts: WorkerParts, failure: BaseException | None) -> None:
-    """Steps 1 to 4 of the module docstring; the caller cancels what is left after."""
+async def shut_down(parts: WorkerParts, failure: Callable[[], BaseException | None]) -> None:
+    """Steps 1 to 4 of the module docstring; the caller cancels what is left after.
+
+    ``failure`` says what stopped the worker, read when the grace is decided: a
+    WorkerIdInUse may come from a heartbeat during the first steps.
+    """
     settings, registry = parts.settings, parts.registry
     worker_id = settings.worker_id
     timeout = settings.shutdown_timeout.total_seconds()
@@ -79,7 +84,7 @@ async def shut_down(parts: WorkerParts, failure: BaseException | None) -> None:
             len(registry.running),
         )
         grace = min(settings.shutdown_grace.total_seconds(), remaining() - reserve)
-        if isinstance(failure, WorkerIdInUse):
+        if isinstance(failure(), WorkerIdInUse):
             # Its claims are in no heartbeat: the reaper may take them any time.
             grace = 0
         if grace > 0:
