@@ -81,8 +81,11 @@ class Executor:
             try:
                 if tracing.AVAILABLE:
                     span = tracing.start_run_span(job)
-                with tracing.current_span(span):
+                if span is None:  # no tracer: not even a context manager per job
                     outcome = await self._run_handler(run, handler, span)
+                else:
+                    with tracing.current_span(span):
+                        outcome = await self._run_handler(run, handler, span)
             except Exception as exc:  # a fault of pqrun's own: still record something
                 logger.exception("job %s: the worker failed around its handler", job.id)
                 outcome = Outcome(
