@@ -148,6 +148,18 @@ def report(
 ) -> None:
     """Say what a run came to, once its write committed (or was found moot)."""
     job = outcome.job
+    if kind is RunOutcome.DONE:
+        # Thousands a second: build nothing that nobody reads.
+        if outcome.span is not None:
+            end_span(outcome.span, kind, "")
+        if observers:
+            tell_observers(observers, job, kind, outcome.duration_ms / 1000)
+        if logger.isEnabledFor(logging.DEBUG):
+            extra = log_extra(job, kind, outcome.duration_ms)
+            logger.debug(
+                "job %s (%s) done in %d ms", job.id, job.job_type, outcome.duration_ms, extra=extra
+            )
+        return
     headline = outcome.error.split("\n", 1)[0]
     if kind is RunOutcome.IGNORED:
         end_span(outcome.span, kind, outcome.abandoned or "the run no longer owned the job")
@@ -177,11 +189,6 @@ def report(
             worker_id,
             extra=extra,
         )
-    elif kind is RunOutcome.DONE:
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "job %s (%s) done in %d ms", job.id, job.job_type, outcome.duration_ms, extra=extra
-            )
     elif kind is RunOutcome.SNOOZED:
         logger.info(
             "job %s (%s) snoozed for %s", job.id, job.job_type, outcome.snooze_after, extra=extra
