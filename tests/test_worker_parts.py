@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import pytest
+
 from pqrun import JobContext, PgJobStore, Worker
+from pqrun._worker.loops import Lifetime, OutageLog
 from pqrun._worker.runs import Run, RunState
 from pqrun.models import Job
+from pqrun.policies import LoopErrorPolicy
 
 from .helpers import QUICK_POLICIES
 
@@ -55,3 +59,43 @@ async def test_a_run_released_at_shutdown_goes_back_to_where_it_was_if_it_goes_o
 def state_of(run: Run) -> RunState:
     """The run's state now (a call, so that the type checker does not pin it)."""
     return run.state
+
+
+async def test_a_repeated_step_logs_one_outage_backs_off_and_ends_when_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    life = Lifetime("w-repeat", OutageLog("w-repeat"), LoopErrorPolicy(0.01, 0.01))
+    answers: list[float | Exception | None] = [
+        ConnectionError("down"),
+        ConnectionError("still down"),
+        0.01,
+        None,  # ends the loop
+        0.01,  # never asked for
+    ]
+    asked = 0
+
+    async def step() -> float | None:
+        nonlocal asked
+        answer = answers[asked]
+        asked += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    await asyncio.wait_for(life.repeat("probe", "probing", step), 30)
+    assert asked == 4
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "probing" in m]) == 1  # one line for the outage
+    assert len([m for m in messages if "database works again" in m]) == 1
+
+
+async def test_a_repeated_step_stops_when_the_worker_stops() -> None:
+    life = Lifetime("w-stop", OutageLog("w-stop"), LoopErrorPolicy())
+
+    async def step() -> float:
+        return 3600.0
+
+    loop = asyncio.ensure_future(life.repeat("idle", "idling", step))
+    await asyncio.sleep(0)
+    life.stopping.set()
+    await asyncio.wait_for(loop, 30)

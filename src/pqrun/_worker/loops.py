@@ -127,6 +127,34 @@ class Lifetime:
         with suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
+    async def repeat(
+        self,
+        loop_name: str,
+        doing: str,
+        step: Callable[[], Awaitable[float | None]],
+        *,
+        after_error: float | None = None,
+    ) -> None:
+        """Run ``step`` until a stop is requested, sleeping as long as it answers.
+
+        ``step`` returns the seconds until its next turn, or None to end the loop for
+        good. A failure goes to the outage log (one line per outage, "works again"
+        after it), then the loop waits ``after_error`` seconds, or backs off per the
+        loop error policy when that is None.
+        """
+        errors = self.streak(loop_name)
+        while not self.stopping.is_set():
+            try:
+                wait = await step()
+            except Exception as exc:
+                errors.failed(doing, exc)
+                await self.sleep(errors.wait() if after_error is None else after_error)
+                continue
+            errors.succeeded()
+            if wait is None:
+                return
+            await self.sleep(wait)
+
 
 async def bounded(step: Awaitable[Any], seconds: float) -> None:
     """Run ``step`` for at most ``seconds``; past that, abandon it without waiting.

@@ -8,7 +8,7 @@ belongs to the event loop of that run. The parts and who tells whom::
        │  └──── wake / due times ── Listener                             │
        └──────── room freed, retries due ◄───────────────────────────────┘
     Liveness (heartbeats) ── claims lost ──► RunRegistry.lose ── cancels runs
-    Reaper, Pruner, Scheduler, RoomAnnouncer: loops of their own.
+    Reaper, Pruner, Scheduler: a step each, repeated by Lifetime.repeat; RoomAnnouncer.
 """
 
 from __future__ import annotations

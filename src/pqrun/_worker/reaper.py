@@ -28,17 +28,14 @@ class Reaper:
         self._life = life
 
     async def run(self) -> None:
+        # No backoff after an error: the reap interval is the wait.
+        interval = self._settings.reap_interval.total_seconds()
+        await self._life.repeat("reaper", "reaping stale jobs", self._step, after_error=interval)
+
+    async def _step(self) -> float:
         settings = self._settings
-        errors = self._life.streak("reaper")
-        while not self._life.stopping.is_set():
-            try:
-                await self._store.reap_stale(
-                    settings.default_stale_after,
-                    reachable_for=settings.heartbeat_interval * REAP_AFTER_HEARTBEATS,
-                )
-            except Exception as exc:
-                # No backoff: the reap interval is the wait.
-                errors.failed("reaping stale jobs", exc)
-            else:
-                errors.succeeded()
-            await self._life.sleep(settings.reap_interval.total_seconds())
+        await self._store.reap_stale(
+            settings.default_stale_after,
+            reachable_for=settings.heartbeat_interval * REAP_AFTER_HEARTBEATS,
+        )
+        return settings.reap_interval.total_seconds()

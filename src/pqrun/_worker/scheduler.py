@@ -25,29 +25,23 @@ class Scheduler:
         self._settings = settings
         self._store = store
         self._life = life
+        # When this worker last wrote its schedules' definitions (monotonic).
+        self._declared_at: float | None = None
 
     async def run(self) -> None:
         """Declare this worker's schedules, then enqueue each tick when it comes due."""
-        schedules = list(self._settings.schedules)
-        errors = self._life.streak("schedules")
-        declared_at: float | None = None
-        while not self._life.stopping.is_set():
-            try:
-                now = time.monotonic()
-                if declared_at is None or now - declared_at >= SCHEDULE_REDECLARE_EVERY:
-                    # Again now and then: declared_at tells which schedules some running
-                    # worker still declares, and a removed row comes back.
-                    await self._store.declare_schedules(schedules)
-                    declared_at = now
-                fired, until_next = await self._store.fire_due_schedules(schedules)
-            except Exception as exc:
-                errors.failed("firing schedules", exc)
-                await self._life.sleep(errors.wait())
-                continue
-            errors.succeeded()
-            if fired:
-                logger.debug(
-                    "worker %s enqueued scheduled jobs %s", self._settings.worker_id, fired
-                )
-            # A due schedule another worker holds locked is fired by it: look again soon.
-            await self._life.sleep(min(max(until_next, SCHEDULE_MIN_SLEEP), SCHEDULE_MAX_SLEEP))
+        await self._life.repeat("schedules", "firing schedules", self._step)
+
+    async def _step(self) -> float:
+        schedules = self._settings.schedules
+        now = time.monotonic()
+        if self._declared_at is None or now - self._declared_at >= SCHEDULE_REDECLARE_EVERY:
+            # Again now and then: declared_at tells which schedules some running worker
+            # still declares, and a removed row comes back.
+            await self._store.declare_schedules(schedules)
+            self._declared_at = now
+        fired, until_next = await self._store.fire_due_schedules(schedules)
+        if fired:
+            logger.debug("worker %s enqueued scheduled jobs %s", self._settings.worker_id, fired)
+        # A due schedule another worker holds locked is fired by it: look again soon.
+        return min(max(until_next, SCHEDULE_MIN_SLEEP), SCHEDULE_MAX_SLEEP)
