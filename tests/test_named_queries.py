@@ -32,7 +32,7 @@ from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
 from pqrun._store.queries import STATEMENTS, dbapi_query, parse, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
 from pqrun._store.schema_objects import EXPECTED_COLUMNS
-from pqrun.models import JOB_COLUMNS
+from pqrun.models import JOB_COLUMNS, Job, JobStatus
 from pqrun.testing import make_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +206,18 @@ async def test_a_dbapi_enqueue_stores_its_trace_context_as_store_enqueue_does(
     assert stored[many[0]] == stored[many[1]]  # one span for the batch, as enqueue_many
     names = [span.name for span in spans.get_finished_spans()]
     assert names.count("pqrun enqueue traced") == 3
+
+
+def test_a_job_subclass_builds_itself_from_a_row() -> None:
+    class MyJob(Job):
+        __slots__ = ()
+
+    row = dict.fromkeys(JOB_COLUMNS) | {
+        "payload": '{"a": 1}',
+        "status": "READY",
+        "result": None,
+    }
+    job = MyJob.from_record(row)
+    assert type(job) is MyJob
+    assert job.payload == {"a": 1}
+    assert job.status is JobStatus.READY

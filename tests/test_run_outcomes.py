@@ -207,3 +207,74 @@ async def _status_is(store: PgJobStore, job_id: int, status: str) -> bool:
 
 async def _span_named(spans: InMemorySpanExporter, name: str) -> bool:
     return any(s.name == name for s in spans.get_finished_spans())
+
+
+async def test_an_answer_after_shutdown_is_written_by_the_next_run_of_the_worker(
+    store: PgJobStore,
+) -> None:
+    """A handler that went on past its shutdown answers once the worker runs again:
+    the answer is written (as before the split), not dropped with the old run."""
+    started = asyncio.Event()
+    answer_now = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> str:
+        started.set()
+        while not answer_now.is_set():  # ignores every cancellation until told
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer_now.wait()
+        return "finished late"
+
+    worker = Worker(store, {"t": stubborn}, shutdown_grace=0.2, shutdown_timeout=1, **QUICK)
+    job_id = await store.enqueue("t")
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 60)
+    await worker.stop()
+    await worker.start()  # the same worker, again
+    try:
+        answer_now.set()
+        await wait_until(lambda: _status_is(store, job_id, "DONE"), within=60)
+        job = await store.get_job(job_id)
+        assert job is not None
+        assert job.result == "finished late"
+        assert worker.is_running
+    finally:
+        await worker.stop()
+
+
+async def test_a_task_of_an_earlier_run_ending_does_not_stop_the_worker_running_now(
+    store: PgJobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = asyncio.Event()
+    end_now = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> None:
+        started.set()
+        while not end_now.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await end_now.wait()
+        raise asyncio.CancelledError  # ends its slot task as cancelled, late
+
+    worker = Worker(store, {"t": stubborn}, shutdown_grace=0.2, shutdown_timeout=1, **QUICK)
+    await store.enqueue("t")
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 60)
+    await worker.stop()
+    await worker.start()
+    try:
+        end_now.set()
+        await asyncio.sleep(0.5)  # the old slot ends now
+        other = await store.enqueue("t2")
+        assert worker.is_running
+        assert not [r for r in caplog.records if "stopping the worker" in r.getMessage()]
+        assert await status_of(store, other) in ("READY", "FAILED")  # no handler: not run
+    finally:
+        await worker.stop()
+
+
+def test_worker_settings_cannot_be_changed_silently_after_it_is_built(store: PgJobStore) -> None:
+    worker = Worker(store, {"t": fine}, concurrency=2)
+    with pytest.raises(AttributeError, match="concurrency="):
+        worker.concurrency = 4
+    assert worker.concurrency == 2
+    worker.enabled = False  # read where it is used: still settable
+    assert not worker.enabled

@@ -64,7 +64,7 @@ class Job:
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a row whose jsonb columns were selected as text."""
-        return _job_from_record(row)
+        return _job_from_record(cls, row)
 
 
 #: The columns of ``jobs`` a Job holds, in order: the one list every job-returning query
@@ -83,8 +83,8 @@ _DECODERS: dict[str, str] = {
 }
 
 
-def _compile_from_record() -> Callable[[Mapping[str, Any]], Job]:
-    """``Job(id=row["id"], payload=json.loads(row["payload"]), ...)`` written out from
+def _compile_from_record() -> Callable[[type[Job], Mapping[str, Any]], Job]:
+    """``cls(id=row["id"], payload=json.loads(row["payload"]), ...)`` written out from
     JOB_COLUMNS, as dataclasses writes ``__init__``: a worker builds a Job per claimed
     row, and a loop over the columns made that its largest cost (about 1.5x slower)."""
     arguments = []
@@ -93,15 +93,14 @@ def _compile_from_record() -> Callable[[Mapping[str, Any]], Job]:
         read = f"row[{field.name!r}]" if field.default is MISSING else f"row.get({field.name!r})"
         decode = _DECODERS.get(field.name)
         arguments.append(f"{field.name}={read if decode is None else f'{decode}({read})'}")
-    source = f"def from_record(row):\n    return Job({', '.join(arguments)})\n"
+    source = f"def from_record(cls, row):\n    return cls({', '.join(arguments)})\n"
     namespace: dict[str, Any] = {
-        "Job": Job,
         "JobStatus": JobStatus,
         "json": json,
         "_decode_result": _decode_result,
     }
     exec(compile(source, "<pqrun.models.Job.from_record>", "exec"), namespace)
-    from_record: Callable[[Mapping[str, Any]], Job] = namespace["from_record"]
+    from_record: Callable[[type[Job], Mapping[str, Any]], Job] = namespace["from_record"]
     return from_record
 
 

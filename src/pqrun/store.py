@@ -23,7 +23,6 @@ import asyncpg
 from ._store.connections import (
     Connection,
     StoreConnections,
-    check_schema_name,
     dedicated_connection,
     listen,
 )
@@ -118,10 +117,6 @@ class PgJobStore(
     def schema(self) -> str | None:
         """The schema this store keeps its queue in (None: the search_path decides)."""
         return self._db.schema
-
-    @schema.setter
-    def schema(self, schema: str | None) -> None:
-        self._db.schema = None if schema is None else check_schema_name(schema)
 
     @property
     def statement_timeout(self) -> float:

@@ -45,6 +45,35 @@ __all__ = ["Worker", "default_worker_id"]
 logger = logging.getLogger("pqrun")
 
 
+# Worker attributes that are copies of its frozen settings (``enabled`` and the metrics
+# address are read from the attributes themselves, so they may still be set).
+_FROZEN_SETTINGS = frozenset(
+    {
+        "handlers",
+        "job_types",
+        "worker_id",
+        "enable_reaper",
+        "concurrency",
+        "prefetch_limit",
+        "listen",
+        "default_stale_after",
+        "reap_interval",
+        "heartbeat_interval",
+        "shutdown_grace",
+        "shutdown_timeout",
+        "enable_pruning",
+        "prune_interval",
+        "keep_done",
+        "keep_failed",
+        "backoff",
+        "idle_policy",
+        "loop_error_policy",
+        "schedules",
+        "settings",
+    }
+)
+
+
 class Worker:
     """Runs jobs of the types in ``handlers``: ``{"job_type": async_handler, ...}``.
 
@@ -143,6 +172,7 @@ class Worker:
         self.idle_policy = settings.idle_policy
         self.loop_error_policy = settings.loop_error_policy
         self.schedules = list(settings.schedules)
+        self._built = True
 
         for job_type, handler in self.handlers.items():
             if handler.payload_model is not None:
@@ -256,8 +286,19 @@ class Worker:
         except DatabaseUnavailable as exc:
             self._outage.failure("fetch", "starting", exc)
 
-    def _loop_ended(self, task: asyncio.Task[Any]) -> None:
+    def _loop_ended(self, parts: WorkerParts, task: asyncio.Task[Any]) -> None:
         """A part of the worker must not die quietly: log it and stop the worker."""
+        if parts is not self._parts:
+            # A task of an earlier run (a handler that went on past its shutdown): that
+            # run is over, and the one going on now must not stop for it.
+            if not task.cancelled() and task.exception() is not None:
+                logger.error(
+                    "worker %s: %s of an earlier run failed",
+                    self.worker_id,
+                    task.get_name(),
+                    exc_info=task.exception(),
+                )
+            return
         if task.cancelled():
             if not self._parts.life.stopping.is_set():
                 logger.error(
@@ -385,15 +426,30 @@ class Worker:
 
     # -- internals -------------------------------------------------------------------
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The settings are checked once and frozen; the components read them there, so
+        # a copy changed afterwards would be silently ignored. Say so instead.
+        if name in _FROZEN_SETTINGS and self.__dict__.get("_built"):
+            raise AttributeError(
+                f"Worker.{name} cannot be changed once the worker is built (its parts "
+                f"read the settings checked then): pass {name}= to Worker(...)"
+            )
+        super().__setattr__(name, value)
+
     def _reset(self) -> None:
         # Made here, not only in __init__, so that the events belong to the running loop.
-        self._parts = WorkerParts(
+        previous = getattr(self, "_parts", None)
+        parts = WorkerParts(
             self.settings,
             self.store,
             self._outage,
             instance=self._instance,
-            on_task_end=self._loop_ended,
+            on_task_end=lambda task: self._loop_ended(parts, task),
         )
+        if previous is not None:
+            # A handler of the last run that went on past its shutdown answers here.
+            previous.writer.successor = parts.writer
+        self._parts = parts
         self._failure = None
         self._shutdown = None
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from pqrun._store.queries import query
 from pqrun.store import PgJobStore
 
 from .loops import Lifetime
@@ -25,8 +26,7 @@ logger = logging.getLogger("pqrun")
 # How often the LISTEN connection is checked for life (seconds).
 LISTEN_PROBE_EVERY = 30.0
 # The probe: a notification to our own channel, sent on the LISTEN connection itself.
-# It touches no row, so it relies on no row state; channel and payload are bound.
-PROBE_QUERY = "SELECT pg_notify($1, $2)"
+PROBE_QUERY = query("listen_probe")
 
 
 class Listener:

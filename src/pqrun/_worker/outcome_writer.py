@@ -126,6 +126,9 @@ class OutcomeWriter:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._closed = False
+        #: The writer of the worker's next run (it was started again): an answer that
+        #: comes after this one closed is written there, as it would have been before.
+        self.successor: OutcomeWriter | None = None
 
     def start(self, spawn: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
         """Start writing, in a task that ``spawn`` starts and names."""
@@ -134,13 +137,26 @@ class OutcomeWriter:
     async def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for writing; waits only when too many are unwritten.
 
-        After ``close()`` nothing is written: a handler that answers after shutdown has
-        its answer dropped (its job stays RUNNING until taken back), and its span ends.
+        After ``close()``, an answer goes to the next run's writer if the worker was
+        started again; otherwise it is dropped with a warning (its job stays RUNNING
+        until the reaper takes it back), and its span ends.
         """
+        if not self._closed:
+            await self._room.wait()  # close() opens it too
         if self._closed:
+            if self.successor is not None:
+                await self.successor.submit(outcome)
+                return
+            job = outcome.job
+            logger.warning(
+                "job %s (%s): its handler answered after the worker shut down; the answer "
+                "is dropped, and the job stays RUNNING until the reaper takes it back",
+                job.id,
+                job.job_type,
+                extra={"job_id": job.id},
+            )
             end_span(outcome.span, None, "the worker shut down before its outcome was written")
             return
-        await self._room.wait()
         self._pending.append(outcome)
         self._idle.clear()
         self._wake.set()
@@ -163,6 +179,7 @@ class OutcomeWriter:
         until the reaper takes them back).
         """
         self._closed = True
+        self._room.set()  # a submit waiting for room sees the close
         task, self._task = self._task, None
         if task is None:
             self._drop_connection()

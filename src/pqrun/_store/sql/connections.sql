@@ -7,3 +7,9 @@ SELECT current_setting('search_path') AS was, set_config('search_path', $1, fals
 -- name: restore_search_path
 -- Guard: the session's search_path only (set_config, not a job row).
 SELECT set_config('search_path', $1, false)
+
+-- name: listen_probe
+-- A notification to the queue's own channel, sent on a worker's LISTEN connection itself
+-- to check that the connection still hears (the worker waits for it to come back).
+-- Guard: moves nothing: it touches no row; channel and payload are bound.
+SELECT pg_notify($1, $2)
