@@ -9,9 +9,12 @@ import pytest
 
 from pqrun import JobContext, PgJobStore, Worker
 from pqrun._worker.loops import Lifetime, OutageLog
+from pqrun._worker.outcome import Outcome
+from pqrun._worker.outcome_writer import OutcomeWriter
 from pqrun._worker.runs import Run, RunState
 from pqrun.models import Job
 from pqrun.policies import LoopErrorPolicy
+from pqrun.testing import make_job
 
 from .helpers import QUICK_POLICIES
 
@@ -99,3 +102,25 @@ async def test_a_repeated_step_stops_when_the_worker_stops() -> None:
     await asyncio.sleep(0)
     life.stopping.set()
     await asyncio.wait_for(loop, 30)
+
+
+async def test_closing_the_writer_wakes_an_answer_waiting_for_room_and_names_it(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("pqrun._worker.outcome_writer.MAX_PENDING", 1)
+    life = Lifetime("w-close", OutageLog("w-close"), LoopErrorPolicy())
+    writer = OutcomeWriter(store, life.streak("writer"), on_written=lambda *_: None)
+    # Never started: the first answer fills it, the second waits for room.
+    await writer.submit(Outcome(job=make_job(job_id=1), duration_ms=0, result_json="1"))
+    waiting = asyncio.ensure_future(
+        writer.submit(Outcome(job=make_job(job_id=2), duration_ms=0, result_json="2"))
+    )
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    unwritten = await writer.close(0)
+    assert [o.job.id for o in unwritten] == [1]
+    await asyncio.wait_for(waiting, 30)  # woken, not left waiting forever
+    assert any(
+        "job 2" in r.getMessage() and "answered after the worker shut down" in r.getMessage()
+        for r in caplog.records
+    )
