@@ -14,8 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pqrun import PgJobStore, ddl_sql
+from pqrun import PgJobStore, ddl_sql, tracing
 from pqrun._localpg import ThrowawayCluster, find_or_start
 
 
@@ -119,3 +122,17 @@ async def _apply_schema(dsn: str) -> None:
         await connection.execute(ddl_sql())
     finally:
         await connection.close()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """pqrun's spans finished during the test (an SDK provider of the test's own)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_tracer_provider(None)
+        provider.shutdown()

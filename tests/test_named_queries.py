@@ -9,19 +9,16 @@ query that returns jobs returns the columns a Job is built from.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import pqrun.sync
-from pqrun import PgJobStore, tracing
+from pqrun import PgJobStore
 from pqrun._store.connections import (
     RESTORE_SEARCH_PATH,
     RESTORE_SEARCH_PATH_DBAPI,
@@ -176,19 +173,6 @@ async def test_every_job_query_returns_the_job_columns(store: PgJobStore) -> Non
             prepared = await conn.prepare(query(name))
             columns = tuple(attribute.name for attribute in prepared.get_attributes())
             assert columns == (*JOB_COLUMNS, *extra), name
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.use_tracer_provider(None)
-        provider.shutdown()
 
 
 async def test_a_dbapi_enqueue_stores_its_trace_context_as_store_enqueue_does(
