@@ -410,7 +410,9 @@ async def test_a_worker_id_refused_during_shutdown_skips_the_grace(
 
         async def slow_heartbeat(*args: object, **kwargs: object) -> object:
             if kwargs.get("instance") == late._instance:
-                await asyncio.sleep(1.0)  # the refusal comes during the shutdown
+                # The refusal comes during the shutdown: once the job runs, not before.
+                await started.wait()
+                await asyncio.sleep(1.0)
             return await heartbeat(*args, **kwargs)  # type: ignore[arg-type]
 
         async def slow_prune(*args: object, **kwargs: object) -> object:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -232,9 +232,11 @@ async def test_a_task_of_an_earlier_run_ending_does_not_stop_the_worker_running_
 ) -> None:
     started = asyncio.Event()
     end_now = asyncio.Event()
+    old_slots: list[asyncio.Task[Any]] = []
 
     async def stubborn(ctx: JobContext) -> None:
         started.set()
+        old_slots.append(cast(asyncio.Task[Any], asyncio.current_task()))
         while not end_now.is_set():
             with contextlib.suppress(asyncio.CancelledError):
                 await end_now.wait()
@@ -248,7 +250,8 @@ async def test_a_task_of_an_earlier_run_ending_does_not_stop_the_worker_running_
     await worker.start()
     try:
         end_now.set()
-        await asyncio.sleep(0.5)  # the old slot ends now
+        await wait_until(lambda: _done(old_slots[0]), within=60)  # the old slot ends
+        await asyncio.sleep(0)  # and its done-callbacks run
         other = await store.enqueue("t2")
         assert worker.is_running
         assert not [r for r in caplog.records if "stopping the worker" in r.getMessage()]
@@ -264,3 +267,7 @@ def test_worker_settings_cannot_be_changed_silently_after_it_is_built(store: PgJ
     assert worker.concurrency == 2
     worker.enabled = False  # read where it is used: still settable
     assert not worker.enabled
+
+
+async def _done(task: asyncio.Task[Any]) -> bool:
+    return task.done()
