@@ -70,6 +70,30 @@ class Progress:
             sys.stderr.flush()
 
 
+def _process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _backend_cpu(conn: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds used so far by each backend of this database (readable on a local server)."""
+    pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    readings = {row["pid"]: _process_cpu_seconds(row["pid"]) for row in pids}
+    return {pid: cpu for pid, cpu in readings.items() if cpu is not None}
+
+
+def _server_cpu_between(before: dict[int, float], after: dict[int, float]) -> float | None:
+    """Backend CPU used between two readings; a backend started in between counts whole."""
+    if not after:
+        return None
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -140,16 +164,29 @@ async def bench_drain(
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.create_task(sample_memory())
+        observer = await asyncpg.connect(dsn, server_settings=settings)
+        server_before = await _backend_cpu(observer)
+        cpu_before = time.process_time()
         started = time.perf_counter()
         processed = await worker.drain()
         elapsed = time.perf_counter() - started
+        client_cpu = time.process_time() - cpu_before
+        server_cpu = _server_cpu_between(server_before, await _backend_cpu(observer))
+        await observer.close()
         sampler.cancel()
         progress.close()
         await store.close()
+        per_job = 1e6 / max(processed, 1)
         return {
             "jobs": processed,
             "seconds": round(elapsed, 2),
             "jobs_per_s": round(processed / elapsed),
+            # The worker process's CPU (the memory sampler included) and its database
+            # backends' (from /proc: only when the server runs on this machine).
+            "client_cpu_us_per_job": round(client_cpu * per_job, 1),
+            "server_cpu_us_per_job": (
+                None if server_cpu is None else round(server_cpu * per_job, 1)
+            ),
             "peak_rss_mb": round(max(peak, rss_mb()), 1),
         }
 

@@ -65,6 +65,7 @@ _FROZEN_SETTINGS = frozenset(
         "prune_interval",
         "keep_done",
         "keep_failed",
+        "enable_vacuum",
         "backoff",
         "idle_policy",
         "loop_error_policy",
@@ -77,16 +78,13 @@ _FROZEN_SETTINGS = frozenset(
 class Worker:
     """Runs jobs of the types in ``handlers``: ``{"job_type": async_handler, ...}``.
 
-    Arguments left as None come from the environment (``WORKER_CONCURRENCY``,
-    ``WORKER_ENABLED``, ``WORKER_REAPER_ENABLED``, ``WORKER_REAP_INTERVAL``,
-    ``WORKER_STALE_TIMEOUT``, ``WORKER_SHUTDOWN_GRACE``, ``WORKER_SHUTDOWN_TIMEOUT``,
-    ``WORKER_PRUNE_ENABLED``, ``WORKER_PRUNE_INTERVAL``, ``WORKER_KEEP_DONE``,
-    ``WORKER_KEEP_FAILED``), else from the defaults in docs/configuration.md.
+    Arguments left as None come from the environment (``WORKER_CONCURRENCY`` and the
+    other ``WORKER_*`` variables of docs/configuration.md), else from its defaults.
 
-    Retention: every ``prune_every_seconds`` (5 min) one worker at a time deletes DONE
-    jobs finished more than ``keep_done`` (1 day) ago and FAILED/CANCELLED ones older
-    than ``keep_failed`` (7 days), in batches of 1,000 rows; ``enable_pruning=False``
-    keeps every job.
+    Upkeep (docs/operations.md): one worker at a time deletes DONE jobs older than
+    ``keep_done`` (1 day) and FAILED/CANCELLED ones older than ``keep_failed`` (7 days),
+    and workers vacuum the jobs table once dead rows pile up (``enable_pruning=False``,
+    ``enable_vacuum=False`` to leave either to others).
 
     Use it as ``FastAPI(lifespan=worker.lifespan)``, or ``await worker.run()`` in a worker
     process (stops on SIGTERM/SIGINT or ``worker.stop()``), or ``await worker.drain()`` to
@@ -118,6 +116,7 @@ class Worker:
         prune_every_seconds: float | timedelta | None = None,
         keep_done: timedelta | float | None = None,
         keep_failed: timedelta | float | None = None,
+        enable_vacuum: bool | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
     ) -> None:
@@ -144,6 +143,7 @@ class Worker:
             prune_every_seconds=prune_every_seconds,
             keep_done=keep_done,
             keep_failed=keep_failed,
+            enable_vacuum=enable_vacuum,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
         )
@@ -168,6 +168,7 @@ class Worker:
         self.prune_interval = settings.prune_interval
         self.keep_done = settings.keep_done
         self.keep_failed = settings.keep_failed
+        self.enable_vacuum = settings.enable_vacuum
         self.backoff = settings.backoff
         self.idle_policy = settings.idle_policy
         self.loop_error_policy = settings.loop_error_policy

@@ -22,6 +22,9 @@ CREATE_SCHEMA_STATEMENT = query("create_schema")
 DROP_SCHEMA_STATEMENT = query("drop_schema")
 PRUNE_LOCK = query("prune_lock")
 PRUNE_FINISHED = query("prune_finished")
+DEAD_ROWS = query("dead_rows")
+MAY_VACUUM = query("may_vacuum")
+VACUUM_JOBS = query("vacuum_jobs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,37 @@ class MaintenanceMethods:
                 f"the table 'jobs' is not in {self._db.where()}; {self._db.setup_hint()}"
             )
         return missing_objects(row)
+
+    async def dead_rows(self) -> int:
+        """How many dead row versions the jobs table holds now (from its statistics).
+
+        Every claim and completion leaves one, and each claimed job a dead entry in the
+        pickup index that claims step over until a vacuum removes it.
+        """
+        return int(await self._db.fetchval(DEAD_ROWS) or 0)
+
+    async def vacuum(self, *, min_dead_rows: int = 0) -> bool:
+        """Vacuum the jobs table and its indexes if it holds ``min_dead_rows`` dead rows.
+
+        Returns whether a VACUUM ran. It does nothing while another vacuum holds the
+        table. Raises PermissionError when this role may not vacuum it (only the table's
+        or the database's owner, or a superuser, may): vacuum it as one, or let
+        autovacuum do it (docs/operations.md).
+        """
+        check_int("min_dead_rows", min_dead_rows, 0)
+        if min_dead_rows and await self.dead_rows() < min_dead_rows:
+            return False
+        if not await self._db.fetchval(MAY_VACUUM):
+            raise PermissionError(
+                f"this role may not vacuum the jobs table in {self._db.where()}: only "
+                "its owner, the database's owner or a superuser may. Let autovacuum "
+                "keep it (docs/operations.md), or set WORKER_VACUUM_ENABLED=false"
+            )
+        async with self._db.acquire(join=False) as conn:  # VACUUM runs outside transactions
+            # No timeout: a big table takes as long as it takes, and stopping the worker
+            # cancels it (a cancelled VACUUM loses nothing).
+            await conn.execute(VACUUM_JOBS)
+        return True
 
     async def prune(
         self,

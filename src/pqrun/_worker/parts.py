@@ -8,7 +8,8 @@ belongs to the event loop of that run. The parts and who tells whom::
        │  └──── wake / due times ── Listener                             │
        └──────── room freed, retries due ◄───────────────────────────────┘
     Liveness (heartbeats) ── claims lost ──► RunRegistry.lose ── cancels runs
-    Reaper, Pruner, Scheduler: a step each, repeated by Lifetime.repeat; RoomAnnouncer.
+    Reaper, Pruner, Vacuumer, Scheduler: a step each, repeated by Lifetime.repeat;
+    RoomAnnouncer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .reaper import Reaper
 from .runs import RunRegistry, release_jobs
 from .scheduler import Scheduler
 from .settings import WorkerSettings
+from .vacuumer import Vacuumer
 
 
 class WorkerParts:
@@ -107,13 +109,16 @@ class WorkerParts:
         self.liveness.start(self.life.spawn)
 
     def start_loops(self) -> None:
-        """The fetcher, and the reaper, pruner, listener and scheduler if enabled."""
+        """The fetcher, and the reaper, pruner, vacuumer, listener and scheduler if enabled."""
         settings, spawn = self.settings, self.life.spawn
         self.background = [spawn("fetcher", self.fetcher.run(drain=False))]
         if settings.enable_reaper:
             self.background.append(spawn("reaper", Reaper(settings, self.store, self.life).run()))
         if settings.enable_pruning:
             self.background.append(spawn("pruner", Pruner(settings, self.store, self.life).run()))
+        if settings.enable_vacuum:
+            vacuumer = Vacuumer(settings, self.store, self.life)
+            self.background.append(spawn("vacuumer", vacuumer.run()))
         if settings.listen:
             self.background.append(spawn("listener", self.listener.run()))
         if settings.schedules:

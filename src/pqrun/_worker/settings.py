@@ -64,6 +64,7 @@ class WorkerSettings:
     prune_interval: timedelta
     keep_done: timedelta
     keep_failed: timedelta
+    enable_vacuum: bool
     backoff: BackoffPolicy
     idle_policy: IdlePollPolicy
     loop_error_policy: LoopErrorPolicy
@@ -106,6 +107,7 @@ class WorkerSettings:
         prune_every_seconds: float | timedelta | None,
         keep_done: timedelta | float | None,
         keep_failed: timedelta | float | None,
+        enable_vacuum: bool | None,
         metrics_port: int | None,
         metrics_host: str,
     ) -> WorkerSettings:
@@ -176,6 +178,7 @@ class WorkerSettings:
             prune_interval=prune_interval,
             keep_done=kept_done,
             keep_failed=kept_failed,
+            enable_vacuum=env_bool("WORKER_VACUUM_ENABLED", enable_vacuum, True),
             backoff=backoff if backoff is not None else BackoffPolicy(),
             idle_policy=idle_policy if idle_policy is not None else IdlePollPolicy(),
             loop_error_policy=(

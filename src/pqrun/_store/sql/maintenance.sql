@@ -61,3 +61,30 @@ SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)
 -- Drops a schema with everything in it: for pqrun.testing's temporary queues only.
 -- Guard: builds a statement; the caller runs it. The name is quoted by format(%I).
 SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)
+
+-- name: dead_rows
+-- How many dead row versions the jobs table holds, as the statistics collector counts
+-- them (NULL: no statistics yet). Every claim and every completion leaves one, and a
+-- claimed job leaves a dead entry in the pickup index that each later claim steps over
+-- until a vacuum removes it.
+-- Guard: a read of the statistics; moves nothing.
+SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = to_regclass('jobs')
+
+-- name: may_vacuum
+-- Whether this role may vacuum the jobs table: its owner (or a member of the owning
+-- role), the database's owner, or a superuser (pg_has_role is true for superusers).
+-- Guard: a read of the catalogs; moves nothing.
+SELECT pg_has_role(c.relowner, 'USAGE')
+       OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()),
+                      'USAGE')
+FROM pg_class AS c
+WHERE c.oid = to_regclass('jobs')
+
+-- name: vacuum_jobs
+-- Removes the dead row versions of jobs and their index entries. INDEX_CLEANUP ON: on a
+-- big table of kept results the dead rows fill few pages, and VACUUM would otherwise skip
+-- the indexes, leaving the pickup index's dead entries in the claims' way. SKIP_LOCKED:
+-- when another vacuum (autovacuum, another worker's) holds the table, this one does
+-- nothing rather than wait.
+-- Guard: moves no job: VACUUM removes only row versions no transaction can see.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) jobs

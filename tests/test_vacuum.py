@@ -1,0 +1,143 @@
+"""The vacuumer: a worker vacuums the jobs table once dead rows pile up (issue 13).
+
+Without it, every claim steps over the dead pickup-index entries of every job claimed
+since the last vacuum, and a queue on a server without autovacuum slows down to a crawl.
+"""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from pqrun import PgJobStore, Worker
+from pqrun._worker import vacuumer
+
+from .helpers import QUICK, wait_until
+
+VACUUMS = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
+
+
+async def run_jobs(store: PgJobStore, conn: asyncpg.Connection, worker: Worker, n: int) -> None:
+    await conn.execute("INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, $1)", n)
+
+    async def all_done() -> bool:
+        return bool(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'DONE'") == n)
+
+    await wait_until(all_done, within=120)
+
+
+async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
+    store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 400)
+    monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
+    before = await conn.fetchval(VACUUMS) or 0
+    worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+    await worker.start()
+    try:
+        await run_jobs(store, conn, worker, 1000)  # 2,000 dead row versions
+
+        async def vacuumed() -> bool:
+            return (await conn.fetchval(VACUUMS) or 0) > before
+
+        # The statistics reach pg_stat_user_tables within seconds of the transactions.
+        await wait_until(vacuumed, within=60)
+
+        async def few_dead_left() -> bool:
+            return await store.dead_rows() < 400
+
+        await wait_until(few_dead_left, within=60)
+    finally:
+        await worker.stop()
+
+
+async def test_the_off_switch_leaves_vacuuming_to_autovacuum(
+    store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 1)
+    monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
+    monkeypatch.setenv("WORKER_VACUUM_ENABLED", "false")
+    before = await conn.fetchval(VACUUMS) or 0
+    worker = Worker(store=store, handlers={"t": lambda ctx: None}, **QUICK)
+    assert not worker.enable_vacuum
+    await worker.start()
+    try:
+        await run_jobs(store, conn, worker, 50)
+
+        async def counted() -> bool:
+            return await store.dead_rows() > 0
+
+        await wait_until(counted, within=60)
+    finally:
+        await worker.stop()
+    assert (await conn.fetchval(VACUUMS) or 0) == before
+
+
+async def test_store_vacuum_runs_only_past_its_threshold(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    before = await conn.fetchval(VACUUMS) or 0
+    assert not await store.vacuum(min_dead_rows=10**9)
+    assert await store.vacuum()
+
+    async def counted() -> bool:
+        return (await conn.fetchval(VACUUMS) or 0) == before + 1
+
+    await wait_until(counted, within=60)
+    with pytest.raises(ValueError, match="min_dead_rows"):
+        await store.vacuum(min_dead_rows=-1)
+
+
+async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 1)
+    monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
+    role = f"pqrun_novacuum_{secrets.token_hex(3)}"
+    password = secrets.token_hex(8)
+    await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        await conn.execute(
+            f"GRANT USAGE ON SCHEMA public TO {role};"
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON jobs TO {role};"
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
+            f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
+        )
+        parts = urlsplit(dsn)
+        limited = PgJobStore(
+            urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+        )
+        with pytest.raises(PermissionError, match="may not vacuum the jobs table"):
+            await limited.vacuum()
+        worker = Worker(store=limited, handlers={"t": lambda ctx: "ok"}, **QUICK)
+        await worker.start()
+        try:
+            job_id = await limited.enqueue("t")
+
+            async def ran() -> bool:
+                job = await store.get_job(job_id)
+                return job is not None and job.status == "DONE"
+
+            await wait_until(ran)
+
+            async def complained() -> bool:
+                return "does not vacuum" in caplog.text
+
+            await wait_until(complained)
+            await limited.enqueue("t")
+            await wait_until(lambda: _count_done(conn, 2))
+        finally:
+            await worker.stop()
+            await limited.close()
+        assert caplog.text.count("does not vacuum") == 1
+        assert "WORKER_VACUUM_ENABLED=false" in caplog.text
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def _count_done(conn: asyncpg.Connection, n: int) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'DONE'") == n)
