@@ -5,9 +5,10 @@
 #   ADMIN_DSN     a superuser DSN on the server to measure (default: local, user postgres)
 #   --autovacuum  turn the server's autovacuum on (naptime 5s) for the run, and back after
 #
-# Needs: pqrun installed, `pip install pgqueuer` for the peer, pgbench and psql, and the
-# shared benchmark scripts (../shared/bench: the raw-SQL floor and PGQueuer's drain).
-# Creates and drops the databases bench_floor, bench_peer and bench_pqrun.
+# Needs: pqrun installed, `pip install pgqueuer` for the peer, node >= 18 and npm for
+# Graphile Worker (its script installs it on first use), pgbench and psql, and the shared
+# benchmark scripts (../shared/bench: the raw-SQL floor, PGQueuer's and Graphile's drains).
+# Creates and drops the databases bench_floor, bench_peer, bench_graphile and bench_pqrun.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 admin=${1:-postgresql://postgres@127.0.0.1:5432/postgres}
@@ -21,7 +22,7 @@ if [ "${2:-}" = "--autovacuum" ]; then
         -c "ALTER SYSTEM RESET autovacuum_naptime" -c "SELECT pg_reload_conf()" >/dev/null' EXIT
 fi
 
-for db in bench_floor bench_peer bench_pqrun; do
+for db in bench_floor bench_peer bench_graphile bench_pqrun; do
     psql -q "$admin" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
 done
 
@@ -36,7 +37,11 @@ for round in 1 2 3; do
     echo "== drain, round $round"
     bash "$shared/floor.sh" "$server/bench_floor" 100 2 10 | tail -1
     python "$shared/peer_pgqueuer_drain.py" "$server/bench_peer" | tail -1
-    python -m pqrun bench --dsn "$server/bench_pqrun" --mode drain | grep -E "jobs_per_s|rss"
+    # Graphile Worker with the tuning its performance docs give (one JSON line: rate,
+    # client and server CPU microseconds per job).
+    bash "$shared/peer_graphile/run.sh" drain "$server/bench_graphile" --jobs 20000 \
+        --concurrency 24 --pool 25 --local-queue 500 --batch-delay 0 | tail -1
+    python -m pqrun bench --dsn "$server/bench_pqrun" --mode drain | grep -E "jobs_per_s|cpu|rss"
 done
 
 echo "== continuous, 60 s"
@@ -49,6 +54,6 @@ python -m pqrun bench --dsn "$server/bench_pqrun" --mode bulk
 python -m pqrun bench --dsn "$server/bench_pqrun" --mode bigtable
 python -m pqrun bench --dsn "$server/bench_pqrun" --mode drain --jobs 100000
 
-for db in bench_floor bench_peer bench_pqrun; do
+for db in bench_floor bench_peer bench_graphile bench_pqrun; do
     psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
 done

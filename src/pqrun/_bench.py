@@ -129,11 +129,17 @@ async def _fill(dsn: str, settings: dict[str, str], jobs: int, job_type: str = "
 
 
 async def bench_drain(
-    dsn: str, jobs: int, concurrency: int | None, metrics: bool = False
+    dsn: str,
+    jobs: int,
+    concurrency: int | None,
+    metrics: bool = False,
+    sleep_ms: float = 0.0,
 ) -> dict[str, Any]:
     """Drain ``jobs`` queued no-op jobs with one worker at its default settings.
 
     ``metrics``: count them in Prometheus metrics too (a registry of its own).
+    ``sleep_ms``: each handler awaits ``asyncio.sleep`` that long (an I/O-bound job); the
+    ceiling is then concurrency / sleep jobs per second.
     """
     async with bench_schema(dsn) as (_, settings):
         await _fill(dsn, settings, jobs)
@@ -142,6 +148,8 @@ async def bench_drain(
 
         async def noop(ctx: JobContext) -> None:
             nonlocal done
+            if sleep_ms:
+                await asyncio.sleep(sleep_ms / 1000)
             done += 1
             if done % 5000 == 0:
                 progress.update(done)
@@ -177,7 +185,7 @@ async def bench_drain(
         progress.close()
         await store.close()
         per_job = 1e6 / max(processed, 1)
-        return {
+        result: dict[str, Any] = {
             "jobs": processed,
             "seconds": round(elapsed, 2),
             "jobs_per_s": round(processed / elapsed),
@@ -189,6 +197,10 @@ async def bench_drain(
             ),
             "peak_rss_mb": round(max(peak, rss_mb()), 1),
         }
+        if sleep_ms:
+            ceiling = worker.concurrency / (sleep_ms / 1000)
+            result["of_ceiling"] = round(processed / elapsed / ceiling, 3)
+        return result
 
 
 def _produce(
@@ -417,7 +429,9 @@ async def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> d
     try:
         for mode in modes:
             if mode == "drain":
-                result = await bench_drain(dsn, args.jobs, args.concurrency, args.metrics)
+                result = await bench_drain(
+                    dsn, args.jobs, args.concurrency, args.metrics, args.sleep_ms
+                )
             elif mode == "continuous":
                 result = await bench_continuous(dsn, args.seconds, args.batch, args.concurrency)
             elif mode == "latency":
@@ -442,6 +456,9 @@ def parser(prog: str = "pqrun bench") -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="worker concurrency (default: its own)")
     p.add_argument(
         "--metrics", action="store_true", help="drain: count jobs in Prometheus metrics too"
+    )
+    p.add_argument(
+        "--sleep-ms", type=float, default=0.0, help="drain: each handler sleeps this long"
     )
     p.add_argument("--seconds", type=float, default=30.0, help="continuous: run time")
     p.add_argument("--batch", type=int, default=100, help="continuous: jobs per enqueue")

@@ -76,9 +76,20 @@ def _decode_result(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+_decode_json = json.JSONDecoder().decode  # json.loads without its checks of the argument
+
+
+def _decode_payload(text: str) -> Any:
+    # The default payload, and the commonest: a new dict each time (handlers may change it).
+    return {} if text == "{}" else _decode_json(text)
+
+
+# A dict lookup rather than JobStatus(text), which goes through Enum's metaclass per row.
+_status_of = {status.value: status for status in JobStatus}.__getitem__
+
 _DECODERS: dict[str, str] = {
-    "payload": "json.loads",
-    "status": "JobStatus",
+    "payload": "_decode_payload",
+    "status": "_status_of",
     "result": "_decode_result",
 }
 
@@ -95,9 +106,9 @@ def _compile_from_record() -> Callable[[type[Job], Mapping[str, Any]], Job]:
         arguments.append(f"{field.name}={read if decode is None else f'{decode}({read})'}")
     source = f"def from_record(cls, row):\n    return cls({', '.join(arguments)})\n"
     namespace: dict[str, Any] = {
-        "JobStatus": JobStatus,
-        "json": json,
         "_decode_result": _decode_result,
+        "_decode_payload": _decode_payload,
+        "_status_of": _status_of,
     }
     exec(compile(source, "<pqrun.models.Job.from_record>", "exec"), namespace)
     from_record: Callable[[type[Job], Mapping[str, Any]], Job] = namespace["from_record"]
@@ -119,6 +130,8 @@ class RawJSON(str):
 
 def encode_json(value: Any, what: str) -> str:
     """Encode ``value`` for a jsonb column, or raise an error that names ``what`` and the fix."""
+    if value is None:
+        return "null"  # most handlers return nothing: no encoder call per job for it
     if isinstance(value, RawJSON):
         return str(value)
     if is_pydantic_model(value):

@@ -65,14 +65,14 @@ class Executor:
     async def _slot(self) -> None:
         last_yield = time.monotonic()
         registry = self._registry
+        task = asyncio.current_task()
+        assert task is not None
         while (claimed := await self._take()) is not None:
             job, claimed_at = claimed
             if not registry.holds(job):
                 continue  # found no longer ours (cancelled, taken back) while being taken
             if await self._waited_too_long(job, claimed_at):
                 continue
-            task = asyncio.current_task()
-            assert task is not None
             handler = self._settings.handlers[job.job_type]
             run = registry.start_run(job, task, is_thread=not handler.is_async)
             for observer in self._store.observers:
@@ -82,10 +82,10 @@ class Executor:
                 if tracing.AVAILABLE:
                     span = tracing.start_run_span(job)
                 if span is None:  # no tracer: not even a context manager per job
-                    outcome = await self._run_handler(run, handler, span)
+                    outcome = await self._run_handler(run, handler, span, task)
                 else:
                     with tracing.current_span(span):
-                        outcome = await self._run_handler(run, handler, span)
+                        outcome = await self._run_handler(run, handler, span, task)
             except Exception as exc:  # a fault of pqrun's own: still record something
                 logger.exception("job %s: the worker failed around its handler", job.id)
                 outcome = Outcome(
@@ -152,36 +152,41 @@ class Executor:
         await self._release([job], "waited too long in the worker's buffer; put back")
         return True
 
-    async def _run_handler(self, run: Run, handler: Handler, span: Any) -> Outcome | None:
-        """Run the job's handler; None when store.cancel() stopped it."""
+    async def _run_handler(
+        self, run: Run, handler: Handler, span: Any, task: asyncio.Task[None]
+    ) -> Outcome | None:
+        """Run the job's handler in the slot's ``task``; None when store.cancel() stopped it."""
         job = run.job
         ctx = JobContext(job=job, store=self._store, worker_id=self._settings.worker_id)
         started = time.monotonic()
         outcome = Outcome(job=job, duration_ms=0, span=span)
-        deadline = asyncio.timeout(job.timeout_seconds)  # None: no deadline
+        # No deadline, no timer: most jobs have none.
+        deadline = None if job.timeout_seconds is None else asyncio.timeout(job.timeout_seconds)
         try:
             return await self._handle(run, handler, ctx, deadline, outcome, started)
         finally:
             # A cancel requested for this run that the handler swallowed must not stay
             # counted on the slot's task: it would end the slot at the next one.
-            current = asyncio.current_task()
-            if run.claim_lost and not run.cancel_consumed and current:
+            if run.claim_lost and not run.cancel_consumed:
                 run.cancel_consumed = True
-                current.uncancel()
+                task.uncancel()
 
     async def _handle(
         self,
         run: Run,
         handler: Handler,
         ctx: JobContext,
-        deadline: asyncio.Timeout,
+        deadline: asyncio.Timeout | None,
         outcome: Outcome,
         started: float,
     ) -> Outcome | None:
         job = run.job
         try:
-            async with deadline:
+            if deadline is None:
                 value = await handler(ctx)
+            else:
+                async with deadline:
+                    value = await handler(ctx)
         except Retry as exc:
             outcome.error = f"Retry: {exc}"
             outcome.retry_after = exc.after
@@ -215,7 +220,7 @@ class Executor:
                     report_cancelled(self._store.observers, job, outcome.span, elapsed, duration_ms)
                     return None
                 raise
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 outcome.error = (
                     f"timed out: the handler ran past the job's timeout_seconds "
                     f"({job.timeout_seconds} s) and was cancelled"

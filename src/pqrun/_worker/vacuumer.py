@@ -25,6 +25,9 @@ logger = logging.getLogger("pqrun")
 VACUUM_AFTER_DEAD_ROWS = 50_000
 # Seconds between looks at the table's statistics.
 VACUUM_CHECK_INTERVAL = 1.0
+# Seconds to wait after a failed look or vacuum (an outage is the fetcher's to back off
+# from and to report; this loop only waits its turn).
+VACUUM_RETRY_AFTER = 10.0
 
 
 class Vacuumer:
@@ -34,7 +37,9 @@ class Vacuumer:
         self._life = life
 
     async def run(self) -> None:
-        await self._life.repeat("vacuumer", "vacuuming the jobs table", self._step)
+        await self._life.repeat(
+            "vacuumer", "vacuuming the jobs table", self._step, after_error=VACUUM_RETRY_AFTER
+        )
 
     async def _step(self) -> float | None:
         began = time.monotonic()
