@@ -6,6 +6,7 @@ since the last vacuum, and a queue on a server without autovacuum slows down to 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,8 +88,13 @@ async def test_store_vacuum_runs_only_past_its_threshold(
         return (await conn.fetchval(VACUUMS) or 0) == before + 1
 
     await wait_until(counted, within=60)
+    # Spaced out: not again within the hour after one just ended (whoever ran it).
+    assert not await store.vacuum(min_seconds_between=3600)
+    assert await store.vacuum(min_seconds_between=0.001)
     with pytest.raises(ValueError, match="min_dead_rows"):
         await store.vacuum(min_dead_rows=-1)
+    with pytest.raises(ValueError, match="min_seconds_between"):
+        await store.vacuum(min_seconds_between=-1)
 
 
 async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
@@ -141,3 +147,32 @@ async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
 
 async def _count_done(conn: asyncpg.Connection, n: int) -> bool:
     return bool(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'DONE'") == n)
+
+
+async def test_vacuums_are_spaced_out_by_how_long_the_last_one_took(
+    store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 400)
+    monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(vacuumer, "VACUUM_GAP_FACTOR", 1e6)  # at least days apart
+    before = await conn.fetchval(VACUUMS) or 0
+    worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+    await worker.start()
+    try:
+        await run_jobs(store, conn, worker, 1000)
+
+        async def vacuumed() -> bool:
+            return (await conn.fetchval(VACUUMS) or 0) > before
+
+        await wait_until(vacuumed, within=60)
+        await conn.execute("DELETE FROM jobs")
+        await run_jobs(store, conn, worker, 1000)
+
+        async def dead_again() -> bool:
+            return await store.dead_rows() >= 400
+
+        await wait_until(dead_again, within=60)
+        await asyncio.sleep(1.0)  # twenty looks at the statistics
+    finally:
+        await worker.stop()
+    assert (await conn.fetchval(VACUUMS) or 0) == before + 1

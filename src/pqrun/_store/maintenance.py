@@ -81,10 +81,12 @@ class MaintenanceMethods:
         Every claim and completion leaves one, and each claimed job a dead entry in the
         pickup index that claims step over until a vacuum removes it.
         """
-        return int(await self._db.fetchval(DEAD_ROWS) or 0)
+        row = await self._db.fetchrow(DEAD_ROWS)
+        return 0 if row is None else int(row["dead_rows"] or 0)
 
-    async def vacuum(self, *, min_dead_rows: int = 0) -> bool:
-        """Vacuum the jobs table and its indexes if it holds ``min_dead_rows`` dead rows.
+    async def vacuum(self, *, min_dead_rows: int = 0, min_seconds_between: float = 0.0) -> bool:
+        """Vacuum the jobs table and its indexes if it holds ``min_dead_rows`` dead rows
+        and its last vacuum (by anyone, autovacuum too) ended ``min_seconds_between`` ago.
 
         Returns whether a VACUUM ran. It does nothing while another vacuum holds the
         table. Raises PermissionError when this role may not vacuum it (only the table's
@@ -92,8 +94,16 @@ class MaintenanceMethods:
         autovacuum do it (docs/operations.md).
         """
         check_int("min_dead_rows", min_dead_rows, 0)
-        if min_dead_rows and await self.dead_rows() < min_dead_rows:
-            return False
+        if min_seconds_between < 0:
+            raise ValueError(f"min_seconds_between must be >= 0, got {min_seconds_between!r}")
+        if min_dead_rows or min_seconds_between:
+            row = await self._db.fetchrow(DEAD_ROWS)
+            dead = 0 if row is None else int(row["dead_rows"] or 0)
+            since = None if row is None else row["seconds_since_vacuum"]
+            if dead < min_dead_rows:
+                return False
+            if since is not None and since < min_seconds_between:
+                return False
         if not await self._db.fetchval(MAY_VACUUM):
             raise PermissionError(
                 f"this role may not vacuum the jobs table in {self._db.where()}: only "

@@ -64,11 +64,16 @@ SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)
 
 -- name: dead_rows
 -- How many dead row versions the jobs table holds, as the statistics collector counts
--- them (NULL: no statistics yet). Every claim and every completion leaves one, and a
--- claimed job leaves a dead entry in the pickup index that each later claim steps over
--- until a vacuum removes it.
+-- them (NULL: no statistics yet), and how many seconds ago its last vacuum ended, by
+-- anyone, autovacuum included (NULL: never). Every claim and every completion leaves a
+-- dead row version, and a claimed job leaves a dead entry in the pickup index that each
+-- later claim steps over until a vacuum removes it.
 -- Guard: a read of the statistics; moves nothing.
-SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = to_regclass('jobs')
+SELECT n_dead_tup AS dead_rows,
+       extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum))::float8
+           AS seconds_since_vacuum
+FROM pg_stat_user_tables
+WHERE relid = to_regclass('jobs')
 
 -- name: may_vacuum
 -- Whether this role may vacuum the jobs table: its owner (or a member of the owning
