@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from pqrun import PgJobStore, Worker
+from pqrun import NotPermitted, PgJobStore, Worker
 from pqrun._worker import vacuumer
 
 from .helpers import QUICK, wait_until
@@ -117,7 +117,7 @@ async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
         limited = PgJobStore(
             urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
         )
-        with pytest.raises(PermissionError, match="may not vacuum the jobs table"):
+        with pytest.raises(NotPermitted, match="may not vacuum the jobs table"):
             await limited.vacuum()
         worker = Worker(store=limited, handlers={"t": lambda ctx: "ok"}, **QUICK)
         await worker.start()
@@ -176,3 +176,75 @@ async def test_vacuums_are_spaced_out_by_how_long_the_last_one_took(
     finally:
         await worker.stop()
     assert (await conn.fetchval(VACUUMS) or 0) == before + 1
+
+
+async def test_a_vacuum_gives_way_to_ddl_waiting_for_the_table(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    """A hand-run VACUUM, unlike autovacuum, is not cancelled for whoever waits for its
+    lock: re-applying ddl.sql (or a migration, a TRUNCATE) and every statement queued
+    behind it would wait for the whole vacuum."""
+    await conn.execute(
+        "INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 20000);"
+        "UPDATE jobs SET priority = 1"
+    )
+    # A vacuum slowed to a crawl: it would run for minutes.
+    slow = PgJobStore(dsn, server_settings={"vacuum_cost_delay": "100", "vacuum_cost_limit": "1"})
+    try:
+        vacuum = asyncio.ensure_future(slow.vacuum())
+
+        async def vacuuming() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum "
+                    "WHERE relid = 'jobs'::regclass)"
+                )
+            )
+
+        await wait_until(vacuuming, within=60)
+        ddl = PgJobStore(dsn)  # a statement of ddl.sql, which waits for the table's lock
+        try:
+            async with ddl.connection() as other:
+                await asyncio.wait_for(
+                    other.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_id bigint"),
+                    timeout=30,  # the vacuum alone would take many minutes
+                )
+        finally:
+            await ddl.close()
+        assert await asyncio.wait_for(vacuum, timeout=30) is False
+        assert not await vacuuming()
+    finally:
+        await slow.close()
+
+
+async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_again(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 400)
+    monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(vacuumer, "VACUUM_FIRST_GAP", 0.0)
+    monkeypatch.setattr(vacuumer, "VACUUM_GAP_FACTOR", 0.0)  # no spacing: only the rule
+    reader = await asyncpg.connect(dsn)
+    try:
+        # A snapshot held open: no vacuum can remove what it may still read.
+        snapshot = reader.transaction(isolation="repeatable_read")
+        await snapshot.start()
+        await reader.fetchval("SELECT count(*) FROM jobs")
+        before = await conn.fetchval(VACUUMS) or 0
+        worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+        await worker.start()
+        try:
+            await run_jobs(store, conn, worker, 1000)
+
+            async def vacuumed() -> bool:
+                return (await conn.fetchval(VACUUMS) or 0) > before
+
+            await wait_until(vacuumed, within=60)
+            await asyncio.sleep(1.0)  # twenty looks at dead rows no vacuum can remove
+        finally:
+            await worker.stop()
+        assert (await conn.fetchval(VACUUMS) or 0) == before + 1
+        assert await store.dead_rows() >= 400
+        await snapshot.rollback()
+    finally:
+        await reader.close()

@@ -17,6 +17,10 @@ class SchemaMissing(PqrunError):
     """The ``jobs`` table is not in the connection's search_path: apply ddl.sql first."""
 
 
+class NotPermitted(PqrunError):
+    """This database role may not do what was asked; the message names who may."""
+
+
 class UnknownJobType(PqrunError, KeyError):
     """A job type this worker has no handler for."""
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pqrun.errors import SchemaMissing
+import asyncpg
+
+from pqrun.errors import NotPermitted, SchemaMissing
 from pqrun.limits import check_int
 from pqrun.models import JobStatus
 from pqrun.schema import ddl_sql
@@ -22,9 +26,13 @@ CREATE_SCHEMA_STATEMENT = query("create_schema")
 DROP_SCHEMA_STATEMENT = query("drop_schema")
 PRUNE_LOCK = query("prune_lock")
 PRUNE_FINISHED = query("prune_finished")
-DEAD_ROWS = query("dead_rows")
-MAY_VACUUM = query("may_vacuum")
+VACUUM_STATE = query("vacuum_state")
+VACUUM_WITHOUT_TIMEOUT = query("vacuum_without_timeout")
+VACUUM_TIMEOUT_RESET = query("vacuum_timeout_reset")
 VACUUM_JOBS = query("vacuum_jobs")
+LOCK_WAITERS = query("lock_waiters")
+# Seconds between looks, while a vacuum runs, for someone waiting for the table's lock.
+LOCK_WATCH_INTERVAL = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,40 +89,72 @@ class MaintenanceMethods:
         Every claim and completion leaves one, and each claimed job a dead entry in the
         pickup index that claims step over until a vacuum removes it.
         """
-        row = await self._db.fetchrow(DEAD_ROWS)
-        return 0 if row is None else int(row["dead_rows"] or 0)
+        return int((await self._vacuum_state())["dead_rows"])
 
     async def vacuum(self, *, min_dead_rows: int = 0, min_seconds_between: float = 0.0) -> bool:
         """Vacuum the jobs table and its indexes if it holds ``min_dead_rows`` dead rows
         and its last vacuum (by anyone, autovacuum too) ended ``min_seconds_between`` ago.
 
-        Returns whether a VACUUM ran. It does nothing while another vacuum holds the
-        table. Raises PermissionError when this role may not vacuum it (only the table's
-        or the database's owner, or a superuser, may): vacuum it as one, or let
-        autovacuum do it (docs/operations.md).
+        Returns whether a vacuum ran to its end. It does not run while another vacuum
+        of the table runs, and it gives way (is cancelled, returning False) as soon as
+        someone waits for a lock on the table: DDL, TRUNCATE. Raises NotPermitted when
+        this role may not vacuum it: vacuum as its owner, or leave it to autovacuum
+        (docs/operations.md).
         """
         check_int("min_dead_rows", min_dead_rows, 0)
-        if min_seconds_between < 0:
+        if not min_seconds_between >= 0:
             raise ValueError(f"min_seconds_between must be >= 0, got {min_seconds_between!r}")
-        if min_dead_rows or min_seconds_between:
-            row = await self._db.fetchrow(DEAD_ROWS)
-            dead = 0 if row is None else int(row["dead_rows"] or 0)
-            since = None if row is None else row["seconds_since_vacuum"]
-            if dead < min_dead_rows:
-                return False
-            if since is not None and since < min_seconds_between:
-                return False
-        if not await self._db.fetchval(MAY_VACUUM):
-            raise PermissionError(
-                f"this role may not vacuum the jobs table in {self._db.where()}: only "
-                "its owner, the database's owner or a superuser may. Let autovacuum "
-                "keep it (docs/operations.md), or set WORKER_VACUUM_ENABLED=false"
+        state = await self._vacuum_state()
+        if not state["may_vacuum"]:
+            raise NotPermitted(
+                f"this role may not vacuum the jobs table in {self._db.where()}: only its "
+                "owner or the database's owner may (or, on PostgreSQL 17+, a role with "
+                "MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or vacuum "
+                "as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
             )
+        since = state["seconds_since_vacuum"]
+        if (
+            state["vacuuming"]
+            or state["dead_rows"] < min_dead_rows
+            or (since is not None and since < min_seconds_between)
+        ):
+            return False
         async with self._db.acquire(join=False) as conn:  # VACUUM runs outside transactions
-            # No timeout: a big table takes as long as it takes, and stopping the worker
-            # cancels it (a cancelled VACUUM loses nothing).
-            await conn.execute(VACUUM_JOBS)
-        return True
+            await conn.execute(VACUUM_WITHOUT_TIMEOUT)
+            vacuuming = asyncio.ensure_future(conn.execute(VACUUM_JOBS))
+            try:
+                if not await self._vacuum_or_give_way(vacuuming):
+                    return False
+            finally:
+                if not vacuuming.done():
+                    vacuuming.cancel()  # we were cancelled: so is the vacuum
+                    with contextlib.suppress(BaseException):
+                        await vacuuming
+            await conn.execute(VACUUM_TIMEOUT_RESET)
+        return bool((await self._vacuum_state())["vacuums"] > state["vacuums"])
+
+    async def _vacuum_state(self) -> Any:
+        state = await self._db.fetchrow(VACUUM_STATE)
+        if state is None:
+            raise SchemaMissing(f"the table 'jobs' is not in {self._db.where()}")
+        return state
+
+    async def _vacuum_or_give_way(self, vacuuming: asyncio.Future[str]) -> bool:
+        """Wait for the vacuum; cancel it if someone waits for the table (False then)."""
+        while True:
+            done, _ = await asyncio.wait({vacuuming}, timeout=LOCK_WATCH_INTERVAL)
+            if done:
+                vacuuming.result()  # its error, if any
+                return True
+            try:
+                someone_waits = await self._db.fetchval(LOCK_WAITERS)
+            except Exception:
+                someone_waits = True  # unwatched, it could hold up DDL: stop it
+            if someone_waits:
+                vacuuming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, asyncpg.QueryCanceledError):
+                    await vacuuming
+                return False
 
     async def prune(
         self,

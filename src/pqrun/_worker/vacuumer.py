@@ -2,36 +2,46 @@
 
 Every claim leaves a dead entry in the pickup index, and each later claim steps over all
 of them until a VACUUM removes them: without one, claims slow down in proportion to the
-jobs run since the last (issue 13 measured 13.4k jobs/s falling to 4.2k in 150 s with
+jobs run since the last (issue 13 measured 13.5k jobs/s falling to 4.2k in 150 s with
 autovacuum off). Autovacuum wakes once a minute by default, by when a busy queue has
-left a million. So each worker checks the table's dead rows every second and vacuums it
-once they pass VACUUM_AFTER_DEAD_ROWS; a vacuum already running (another worker's, or
-autovacuum's) makes it skip its turn.
+left a million. So each running worker reads the table's dead rows every second and
+vacuums it once VACUUM_AFTER_DEAD_ROWS more have piled up than its last vacuum left
+(rows an open transaction still sees cannot go, and vacuuming again would not help).
 
 A vacuum's cost grows with the table (kept results make it big: its indexes are read
-whole each time), while the claims' cost grows with the dead entries. So vacuums are
-spaced out by at least VACUUM_GAP_FACTOR times as long as this worker's last one took:
-vacuuming takes at most about a tenth of one backend's time, however big the table.
+whole each time), while the claims' cost grows with the dead entries. So a worker waits
+VACUUM_GAP_FACTOR times as long as its own last vacuum took since the table's last
+vacuum by anyone: the table is vacuumed about a tenth of the time at most, however big
+it is and however many workers share it. A vacuum already running (autovacuum's,
+another worker's) makes the others skip their turn, and a vacuum gives way at once to
+DDL or TRUNCATE waiting for the table (store.vacuum).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
+import asyncpg
+
+from pqrun.errors import NotPermitted
 from pqrun.store import PgJobStore
 
-from .loops import Lifetime
+from .loops import Lifetime, first_of
 from .settings import WorkerSettings
 
 logger = logging.getLogger("pqrun")
 
-# Dead row versions (two per job: its claim's and its completion's) that start a vacuum.
+# Dead row versions (two per job: its claim's and its completion's), beyond what the last
+# vacuum left, that start a vacuum.
 VACUUM_AFTER_DEAD_ROWS = 50_000
 # Seconds between looks at the table's statistics.
 VACUUM_CHECK_INTERVAL = 1.0
-# The least time between two vacuums (by anyone), as a multiple of the last one's length.
+# The least time between two vacuums (by anyone), as a multiple of the last one's length;
+# until this worker has vacuumed once, VACUUM_FIRST_GAP seconds.
 VACUUM_GAP_FACTOR = 9.0
+VACUUM_FIRST_GAP = 5.0
 # Seconds to wait after a failed look or vacuum (an outage is the fetcher's to back off
 # from and to report; this loop only waits its turn).
 VACUUM_RETRY_AFTER = 10.0
@@ -42,7 +52,9 @@ class Vacuumer:
         self._settings = settings
         self._store = store
         self._life = life
-        self._gap = 0.0  # the least seconds between vacuums: learnt from the last one
+        self._gap = VACUUM_FIRST_GAP  # the least seconds between vacuums
+        self._left = 0  # dead rows the last vacuum could not remove
+        self._refused: str | None = None  # the last refusal logged (once each)
 
     async def run(self) -> None:
         await self._life.repeat(
@@ -50,18 +62,56 @@ class Vacuumer:
         )
 
     async def _step(self) -> float | None:
-        began = time.monotonic()
         try:
-            vacuumed = await self._store.vacuum(
-                min_dead_rows=VACUUM_AFTER_DEAD_ROWS, min_seconds_between=self._gap
-            )
-        except PermissionError as exc:
+            return await self._look_and_vacuum()
+        except NotPermitted as exc:
             logger.warning("worker %s does not vacuum: %s", self._settings.worker_id, exc)
             return None  # for good: the role will not change while it runs
-        if vacuumed:
+        except asyncpg.PostgresError as exc:
+            # Refused by the server (not a lost connection, which goes to the outage log):
+            # said once, tried again later; the queue works on meanwhile.
+            text = f"{type(exc).__name__}: {exc}"
+            if text != self._refused:
+                self._refused = text
+                logger.warning(
+                    "worker %s could not vacuum the jobs table (%s); it tries again every "
+                    "%.0f s. Autovacuum can keep it instead (docs/operations.md)",
+                    self._settings.worker_id,
+                    text,
+                    VACUUM_RETRY_AFTER,
+                )
+            return VACUUM_RETRY_AFTER
+
+    async def _look_and_vacuum(self) -> float:
+        dead = await self._store.dead_rows()
+        self._left = min(self._left, dead)  # someone else's vacuum removed more
+        if dead < self._left + VACUUM_AFTER_DEAD_ROWS:
+            return VACUUM_CHECK_INTERVAL
+        began = time.monotonic()
+        vacuum = asyncio.ensure_future(
+            self._store.vacuum(
+                min_dead_rows=self._left + VACUUM_AFTER_DEAD_ROWS,
+                min_seconds_between=self._gap,
+            )
+        )
+        stopping = asyncio.ensure_future(first_of(self._life.stopping))
+        try:
+            await asyncio.wait({vacuum, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not vacuum.done():  # the worker stops: so does the vacuum (which loses nothing)
+            vacuum.cancel()
+            await asyncio.wait({vacuum})
+            return VACUUM_CHECK_INTERVAL
+        if vacuum.result():
             took = time.monotonic() - began
             self._gap = took * VACUUM_GAP_FACTOR
+            self._left = await self._store.dead_rows()
+            self._refused = None
             logger.debug(
-                "worker %s vacuumed the jobs table in %.2f s", self._settings.worker_id, took
+                "worker %s vacuumed the jobs table in %.2f s; %d dead rows left",
+                self._settings.worker_id,
+                took,
+                self._left,
             )
         return VACUUM_CHECK_INTERVAL

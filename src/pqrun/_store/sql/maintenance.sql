@@ -62,34 +62,60 @@ SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)
 -- Guard: builds a statement; the caller runs it. The name is quoted by format(%I).
 SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)
 
--- name: dead_rows
--- How many dead row versions the jobs table holds, as the statistics collector counts
--- them (NULL: no statistics yet), and how many seconds ago its last vacuum ended, by
--- anyone, autovacuum included (NULL: never). Every claim and every completion leaves a
--- dead row version, and a claimed job leaves a dead entry in the pickup index that each
--- later claim steps over until a vacuum removes it.
--- Guard: a read of the statistics; moves nothing.
-SELECT n_dead_tup AS dead_rows,
-       extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum))::float8
-           AS seconds_since_vacuum
-FROM pg_stat_user_tables
-WHERE relid = to_regclass('jobs')
-
--- name: may_vacuum
--- Whether this role may vacuum the jobs table: its owner (or a member of the owning
--- role), the database's owner, or a superuser (pg_has_role is true for superusers).
--- Guard: a read of the catalogs; moves nothing.
-SELECT pg_has_role(c.relowner, 'USAGE')
+-- name: vacuum_state
+-- What a vacuum of the jobs table depends on (no row: there is no jobs table):
+-- dead_rows: the dead row versions it holds, as the statistics count them. Every claim
+--   and every completion leaves one, and a claimed job leaves a dead entry in the pickup
+--   index that each later claim steps over until a vacuum removes it.
+-- seconds_since_vacuum: since the last vacuum of it ended, by anyone (NULL: never).
+-- vacuums: how many vacuums of it have ended so far, by anyone.
+-- vacuuming: whether one runs now (autovacuum's, another worker's).
+-- may_vacuum: whether this role may: the owner of the table or of the database (or a
+--   member of that role; superusers are members of every role) and, from PostgreSQL 17,
+--   a role with the MAINTAIN privilege on it.
+-- Guard: a read of the statistics and catalogs; moves nothing.
+SELECT COALESCE(s.n_dead_tup, 0) AS dead_rows,
+       extract(epoch FROM now() - greatest(s.last_vacuum, s.last_autovacuum))::float8
+           AS seconds_since_vacuum,
+       COALESCE(s.vacuum_count + s.autovacuum_count, 0) AS vacuums,
+       EXISTS (SELECT 1 FROM pg_stat_progress_vacuum AS p WHERE p.relid = c.oid)
+           AS vacuuming,
+       pg_has_role(c.relowner, 'USAGE')
        OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()),
                       'USAGE')
+       OR (current_setting('server_version_num')::integer >= 170000
+           AND has_table_privilege(c.oid, 'MAINTAIN')) AS may_vacuum
 FROM pg_class AS c
+LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
 WHERE c.oid = to_regclass('jobs')
+
+-- name: vacuum_without_timeout
+-- A vacuum takes as long as it takes: a statement_timeout set for the role or the
+-- database must not cut every one short. Set on the vacuum's own pooled connection, put
+-- back by vacuum_timeout_reset (and by the pool's reset of a connection it takes back).
+-- Guard: a session setting; moves nothing.
+SET statement_timeout = 0
+
+-- name: vacuum_timeout_reset
+-- Puts back the statement_timeout vacuum_without_timeout changed.
+-- Guard: a session setting; moves nothing.
+RESET statement_timeout
 
 -- name: vacuum_jobs
 -- Removes the dead row versions of jobs and their index entries. INDEX_CLEANUP ON: on a
 -- big table of kept results the dead rows fill few pages, and VACUUM would otherwise skip
 -- the indexes, leaving the pickup index's dead entries in the claims' way. SKIP_LOCKED:
--- when another vacuum (autovacuum, another worker's) holds the table, this one does
--- nothing rather than wait.
--- Guard: moves no job: VACUUM removes only row versions no transaction can see.
+-- when another vacuum holds the table, this one does nothing rather than wait.
+-- Guard: moves no job: VACUUM removes only row versions no transaction can see. It holds
+-- a lock that DDL and TRUNCATE wait for; lock_waiters tells the vacuuming worker to give
+-- way, as autovacuum does.
 VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) jobs
+
+-- name: lock_waiters
+-- Whether anyone waits for a lock on the jobs table itself (DDL, TRUNCATE, LOCK TABLE:
+-- claims and completions never do), so that a vacuum in their way is cancelled.
+-- Guard: a read of pg_locks; moves nothing.
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'relation' AND relation = to_regclass('jobs') AND NOT granted
+)
