@@ -33,7 +33,7 @@ async def run_jobs(store: PgJobStore, conn: asyncpg.Connection, worker: Worker, 
 async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
     store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 400)
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 400)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     before = await conn.fetchval(VACUUMS) or 0
     worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
@@ -48,7 +48,7 @@ async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
         await wait_until(vacuumed, within=60)
 
         async def few_dead_left() -> bool:
-            return await store.dead_rows() < 400
+            return (await store.vacuum_stats()).dead_rows < 400
 
         await wait_until(few_dead_left, within=60)
     finally:
@@ -58,7 +58,7 @@ async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
 async def test_the_off_switch_leaves_vacuuming_to_autovacuum(
     store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 1)
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 1)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     monkeypatch.setenv("WORKER_VACUUM_ENABLED", "false")
     before = await conn.fetchval(VACUUMS) or 0
@@ -69,7 +69,7 @@ async def test_the_off_switch_leaves_vacuuming_to_autovacuum(
         await run_jobs(store, conn, worker, 50)
 
         async def counted() -> bool:
-            return await store.dead_rows() > 0
+            return (await store.vacuum_stats()).dead_rows > 0
 
         await wait_until(counted, within=60)
     finally:
@@ -77,22 +77,24 @@ async def test_the_off_switch_leaves_vacuuming_to_autovacuum(
     assert (await conn.fetchval(VACUUMS) or 0) == before
 
 
-async def test_store_vacuum_runs_only_past_its_threshold(
-    store: PgJobStore, conn: asyncpg.Connection
-) -> None:
-    before = await conn.fetchval(VACUUMS) or 0
-    assert not await store.vacuum(min_dead_rows=10**9)
+async def test_store_vacuum_and_its_statistics(store: PgJobStore, conn: asyncpg.Connection) -> None:
+    await conn.execute("INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 10)")
+    await conn.execute("DELETE FROM jobs")
+    before = await store.vacuum_stats()
     assert await store.vacuum()
+    after = await store.vacuum_stats()
+    assert after.vacuums == before.vacuums + 1
+    assert after.seconds_since_vacuum is not None
+    assert after.seconds_since_vacuum < 60
+    assert not after.vacuuming
 
-    async def counted() -> bool:
-        return (await conn.fetchval(VACUUMS) or 0) == before + 1
+    async def deletes_counted() -> bool:  # and never reset by a vacuum
+        return (await store.vacuum_stats()).changes >= 10
 
-    await wait_until(counted, within=60)
+    await wait_until(deletes_counted, within=60)  # statistics arrive within seconds
     # Spaced out: not again within the hour after one just ended (whoever ran it).
     assert not await store.vacuum(min_seconds_between=3600)
     assert await store.vacuum(min_seconds_between=0.001)
-    with pytest.raises(ValueError, match="min_dead_rows"):
-        await store.vacuum(min_dead_rows=-1)
     with pytest.raises(ValueError, match="min_seconds_between"):
         await store.vacuum(min_seconds_between=-1)
 
@@ -101,7 +103,7 @@ async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
     dsn: str, store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 1)
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 1)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     role = f"pqrun_novacuum_{secrets.token_hex(3)}"
     password = secrets.token_hex(8)
@@ -152,7 +154,7 @@ async def _count_done(conn: asyncpg.Connection, n: int) -> bool:
 async def test_vacuums_are_spaced_out_by_how_long_the_last_one_took(
     store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 400)
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 400)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     monkeypatch.setattr(vacuumer, "VACUUM_GAP_FACTOR", 1e6)  # at least days apart
     before = await conn.fetchval(VACUUMS) or 0
@@ -169,7 +171,7 @@ async def test_vacuums_are_spaced_out_by_how_long_the_last_one_took(
         await run_jobs(store, conn, worker, 1000)
 
         async def dead_again() -> bool:
-            return await store.dead_rows() >= 400
+            return (await store.vacuum_stats()).dead_rows >= 400
 
         await wait_until(dead_again, within=60)
         await asyncio.sleep(1.0)  # twenty looks at the statistics
@@ -220,7 +222,7 @@ async def test_a_vacuum_gives_way_to_ddl_waiting_for_the_table(
 async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_again(
     dsn: str, store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_DEAD_ROWS", 400)
+    monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 400)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     monkeypatch.setattr(vacuumer, "VACUUM_FIRST_GAP", 0.0)
     monkeypatch.setattr(vacuumer, "VACUUM_GAP_FACTOR", 0.0)  # no spacing: only the rule
@@ -240,11 +242,13 @@ async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_ag
                 return (await conn.fetchval(VACUUMS) or 0) > before
 
             await wait_until(vacuumed, within=60)
+            await asyncio.sleep(0.5)  # a vacuum under way at the last job ends
+            settled = await conn.fetchval(VACUUMS)
             await asyncio.sleep(1.0)  # twenty looks at dead rows no vacuum can remove
+            assert await conn.fetchval(VACUUMS) == settled
         finally:
             await worker.stop()
-        assert (await conn.fetchval(VACUUMS) or 0) == before + 1
-        assert await store.dead_rows() >= 400
+        assert (await store.vacuum_stats()).dead_rows >= 400
         await snapshot.rollback()
     finally:
         await reader.close()

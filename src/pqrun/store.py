@@ -28,7 +28,7 @@ from ._store.connections import (
 )
 from ._store.inspection import InspectionMethods
 from ._store.interventions import InterventionMethods
-from ._store.maintenance import MaintenanceMethods, Pruned
+from ._store.maintenance import MaintenanceMethods, Pruned, VacuumStats
 from ._store.moves import PER_KEY_WINDOW, WorkerMoves
 from ._store.reaping import ReapingMethods
 from ._store.registry import RegistryMethods
@@ -236,6 +236,7 @@ __all__ = [
     "Connection",
     "PgJobStore",
     "Pruned",
+    "VacuumStats",
     "PER_KEY_WINDOW",
     "redact_dsn",
 ]

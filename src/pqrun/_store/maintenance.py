@@ -36,6 +36,23 @@ LOCK_WATCH_INTERVAL = 0.2
 
 
 @dataclass(frozen=True, slots=True)
+class VacuumStats:
+    """What ``store.vacuum_stats()`` read from the jobs table's statistics."""
+
+    #: Dead row versions in the table (autovacuum resets this even when it skips the
+    #: indexes, where the claims' dead pickup entries are).
+    dead_rows: int
+    #: Rows updated or deleted so far: it only grows (until the statistics are reset).
+    changes: int
+    #: Vacuums run by hand (``store.vacuum``, workers, operators) so far.
+    vacuums: int
+    #: Since the last of those ended (None: none yet).
+    seconds_since_vacuum: float | None
+    #: Whether a vacuum of the table (anyone's, autovacuum's too) runs now.
+    vacuuming: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Pruned:
     """What one ``store.prune()`` deleted."""
 
@@ -83,25 +100,26 @@ class MaintenanceMethods:
             )
         return missing_objects(row)
 
-    async def dead_rows(self) -> int:
-        """How many dead row versions the jobs table holds now (from its statistics).
+    async def vacuum_stats(self) -> VacuumStats:
+        """What the statistics say of the jobs table's dead rows and vacuums."""
+        state = await self._vacuum_state()
+        return VacuumStats(
+            dead_rows=int(state["dead_rows"]),
+            changes=int(state["changes"]),
+            vacuums=int(state["vacuums"]),
+            seconds_since_vacuum=state["seconds_since_vacuum"],
+            vacuuming=bool(state["vacuuming"]),
+        )
 
-        Every claim and completion leaves one, and each claimed job a dead entry in the
-        pickup index that claims step over until a vacuum removes it.
+    async def vacuum(self, *, min_seconds_between: float = 0.0) -> bool:
+        """Vacuum the jobs table and its indexes, unless the last vacuum run by hand
+        ended less than ``min_seconds_between`` ago or another vacuum runs now.
+
+        Returns whether a vacuum ran to its end. It gives way (is cancelled, returning
+        False) as soon as someone waits for a lock on the table: DDL, TRUNCATE. Raises
+        NotPermitted when this role may not vacuum it: vacuum as its owner, or leave it
+        to autovacuum (docs/operations.md).
         """
-        return int((await self._vacuum_state())["dead_rows"])
-
-    async def vacuum(self, *, min_dead_rows: int = 0, min_seconds_between: float = 0.0) -> bool:
-        """Vacuum the jobs table and its indexes if it holds ``min_dead_rows`` dead rows
-        and its last vacuum (by anyone, autovacuum too) ended ``min_seconds_between`` ago.
-
-        Returns whether a vacuum ran to its end. It does not run while another vacuum
-        of the table runs, and it gives way (is cancelled, returning False) as soon as
-        someone waits for a lock on the table: DDL, TRUNCATE. Raises NotPermitted when
-        this role may not vacuum it: vacuum as its owner, or leave it to autovacuum
-        (docs/operations.md).
-        """
-        check_int("min_dead_rows", min_dead_rows, 0)
         if not min_seconds_between >= 0:
             raise ValueError(f"min_seconds_between must be >= 0, got {min_seconds_between!r}")
         state = await self._vacuum_state()
@@ -113,11 +131,7 @@ class MaintenanceMethods:
                 "as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
             )
         since = state["seconds_since_vacuum"]
-        if (
-            state["vacuuming"]
-            or state["dead_rows"] < min_dead_rows
-            or (since is not None and since < min_seconds_between)
-        ):
+        if state["vacuuming"] or (since is not None and since < min_seconds_between):
             return False
         async with self._db.acquire(join=False) as conn:  # VACUUM runs outside transactions
             await conn.execute(VACUUM_WITHOUT_TIMEOUT)

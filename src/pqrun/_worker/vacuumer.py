@@ -4,9 +4,13 @@ Every claim leaves a dead entry in the pickup index, and each later claim steps 
 of them until a VACUUM removes them: without one, claims slow down in proportion to the
 jobs run since the last (issue 13 measured 13.5k jobs/s falling to 4.2k in 150 s with
 autovacuum off). Autovacuum wakes once a minute by default, by when a busy queue has
-left a million. So each running worker reads the table's dead rows every second and
-vacuums it once VACUUM_AFTER_DEAD_ROWS more have piled up than its last vacuum left
-(rows an open transaction still sees cannot go, and vacuuming again would not help).
+left a million, and on a big table of kept results it skips the indexes (fewer than 2%
+of the table's pages hold dead rows), so the pickup index's dead entries stay. So each
+running worker reads the table's statistics every second, and once VACUUM_AFTER_CHANGES
+rows were updated or deleted since the last vacuum run by hand, it runs one that
+cleans the indexes. (A count of changes, not of dead rows: autovacuum resets that one
+even when it skipped the indexes, and rows an open transaction still sees stay counted
+dead however often they are vacuumed.)
 
 A vacuum's cost grows with the table (kept results make it big: its indexes are read
 whole each time), while the claims' cost grows with the dead entries. So a worker waits
@@ -33,9 +37,9 @@ from .settings import WorkerSettings
 
 logger = logging.getLogger("pqrun")
 
-# Dead row versions (two per job: its claim's and its completion's), beyond what the last
-# vacuum left, that start a vacuum.
-VACUUM_AFTER_DEAD_ROWS = 50_000
+# Rows updated or deleted since the last vacuum by hand (two per job: its claim and its
+# completion) that start a vacuum.
+VACUUM_AFTER_CHANGES = 50_000
 # Seconds between looks at the table's statistics.
 VACUUM_CHECK_INTERVAL = 1.0
 # The least time between two vacuums (by anyone), as a multiple of the last one's length;
@@ -53,7 +57,8 @@ class Vacuumer:
         self._store = store
         self._life = life
         self._gap = VACUUM_FIRST_GAP  # the least seconds between vacuums
-        self._left = 0  # dead rows the last vacuum could not remove
+        self._vacuums: int | None = None  # vacuums by hand seen so far
+        self._changes_then = 0  # the table's changes when the last of them ended
         self._refused: str | None = None  # the last refusal logged (once each)
 
     async def run(self) -> None:
@@ -83,17 +88,17 @@ class Vacuumer:
             return VACUUM_RETRY_AFTER
 
     async def _look_and_vacuum(self) -> float:
-        dead = await self._store.dead_rows()
-        self._left = min(self._left, dead)  # someone else's vacuum removed more
-        if dead < self._left + VACUUM_AFTER_DEAD_ROWS:
+        stats = await self._store.vacuum_stats()
+        if self._vacuums is None:
+            # Started now: count the dead rows already there as changes since a vacuum.
+            self._changes_then = stats.changes - stats.dead_rows
+        elif stats.vacuums != self._vacuums or stats.changes < self._changes_then:
+            self._changes_then = stats.changes  # vacuumed (or statistics reset) since
+        self._vacuums = stats.vacuums
+        if stats.vacuuming or stats.changes - self._changes_then < VACUUM_AFTER_CHANGES:
             return VACUUM_CHECK_INTERVAL
         began = time.monotonic()
-        vacuum = asyncio.ensure_future(
-            self._store.vacuum(
-                min_dead_rows=self._left + VACUUM_AFTER_DEAD_ROWS,
-                min_seconds_between=self._gap,
-            )
-        )
+        vacuum = asyncio.ensure_future(self._store.vacuum(min_seconds_between=self._gap))
         stopping = asyncio.ensure_future(first_of(self._life.stopping))
         try:
             await asyncio.wait({vacuum, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -106,12 +111,8 @@ class Vacuumer:
         if vacuum.result():
             took = time.monotonic() - began
             self._gap = took * VACUUM_GAP_FACTOR
-            self._left = await self._store.dead_rows()
             self._refused = None
             logger.debug(
-                "worker %s vacuumed the jobs table in %.2f s; %d dead rows left",
-                self._settings.worker_id,
-                took,
-                self._left,
+                "worker %s vacuumed the jobs table in %.2f s", self._settings.worker_id, took
             )
         return VACUUM_CHECK_INTERVAL

@@ -67,17 +67,19 @@ SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)
 -- dead_rows: the dead row versions it holds, as the statistics count them. Every claim
 --   and every completion leaves one, and a claimed job leaves a dead entry in the pickup
 --   index that each later claim steps over until a vacuum removes it.
--- seconds_since_vacuum: since the last vacuum of it ended, by anyone (NULL: never).
--- vacuums: how many vacuums of it have ended so far, by anyone.
+-- changes: rows updated or deleted so far (since the statistics were reset): it only
+--   grows, where autovacuum resets dead_rows even when it skipped the indexes.
+-- vacuums, seconds_since_vacuum: vacuums run by hand (workers', operators'; not
+--   autovacuum's, which may skip the indexes) so far, and since the last one ended.
 -- vacuuming: whether one runs now (autovacuum's, another worker's).
 -- may_vacuum: whether this role may: the owner of the table or of the database (or a
 --   member of that role; superusers are members of every role) and, from PostgreSQL 17,
 --   a role with the MAINTAIN privilege on it.
 -- Guard: a read of the statistics and catalogs; moves nothing.
 SELECT COALESCE(s.n_dead_tup, 0) AS dead_rows,
-       extract(epoch FROM now() - greatest(s.last_vacuum, s.last_autovacuum))::float8
-           AS seconds_since_vacuum,
-       COALESCE(s.vacuum_count + s.autovacuum_count, 0) AS vacuums,
+       COALESCE(s.n_tup_upd + s.n_tup_del, 0) AS changes,
+       COALESCE(s.vacuum_count, 0) AS vacuums,
+       extract(epoch FROM now() - s.last_vacuum)::float8 AS seconds_since_vacuum,
        EXISTS (SELECT 1 FROM pg_stat_progress_vacuum AS p WHERE p.relid = c.oid)
            AS vacuuming,
        pg_has_role(c.relowner, 'USAGE')
