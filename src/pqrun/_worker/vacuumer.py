@@ -95,7 +95,12 @@ class Vacuumer:
         elif stats.vacuums != self._vacuums or stats.changes < self._changes_then:
             self._changes_then = stats.changes  # vacuumed (or statistics reset) since
         self._vacuums = stats.vacuums
-        if stats.vacuuming or stats.changes - self._changes_then < VACUUM_AFTER_CHANGES:
+        since = stats.seconds_since_vacuum
+        if (
+            stats.vacuuming
+            or stats.changes - self._changes_then < VACUUM_AFTER_CHANGES
+            or (since is not None and since < self._gap)
+        ):
             return VACUUM_CHECK_INTERVAL
         began = time.monotonic()
         vacuum = asyncio.ensure_future(self._store.vacuum(min_seconds_between=self._gap))
@@ -108,11 +113,12 @@ class Vacuumer:
             vacuum.cancel()
             await asyncio.wait({vacuum})
             return VACUUM_CHECK_INTERVAL
-        if vacuum.result():
-            took = time.monotonic() - began
-            self._gap = took * VACUUM_GAP_FACTOR
-            self._refused = None
-            logger.debug(
-                "worker %s vacuumed the jobs table in %.2f s", self._settings.worker_id, took
-            )
+        if not vacuum.result():
+            # It gave way to DDL, or another vacuum held the table (one this role cannot
+            # see in pg_stat_progress_vacuum): not again at once.
+            return max(VACUUM_CHECK_INTERVAL, VACUUM_FIRST_GAP)
+        took = time.monotonic() - began
+        self._gap = took * VACUUM_GAP_FACTOR
+        self._refused = None
+        logger.debug("worker %s vacuumed the jobs table in %.2f s", self._settings.worker_id, took)
         return VACUUM_CHECK_INTERVAL
