@@ -21,6 +21,18 @@ from .helpers import QUICK, wait_until
 VACUUMS = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
 
 
+def busy_worker(store: PgJobStore) -> Worker:
+    return Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+
+
+async def wait_for_a_vacuum(conn: asyncpg.Connection, before: int) -> None:
+    async def vacuumed() -> bool:
+        return bool((await conn.fetchval(VACUUMS) or 0) > before)
+
+    # The statistics reach pg_stat_user_tables within seconds of the transactions.
+    await wait_until(vacuumed, within=60)
+
+
 async def run_jobs(store: PgJobStore, conn: asyncpg.Connection, worker: Worker, n: int) -> None:
     await conn.execute("INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, $1)", n)
 
@@ -36,16 +48,12 @@ async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
     monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 400)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     before = await conn.fetchval(VACUUMS) or 0
-    worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+    worker = busy_worker(store)
     await worker.start()
     try:
         await run_jobs(store, conn, worker, 1000)  # 2,000 dead row versions
 
-        async def vacuumed() -> bool:
-            return (await conn.fetchval(VACUUMS) or 0) > before
-
-        # The statistics reach pg_stat_user_tables within seconds of the transactions.
-        await wait_until(vacuumed, within=60)
+        await wait_for_a_vacuum(conn, before)
 
         async def few_dead_left() -> bool:
             return (await store.vacuum_stats()).dead_rows < 400
@@ -158,15 +166,12 @@ async def test_vacuums_are_spaced_out_by_how_long_the_last_one_took(
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     monkeypatch.setattr(vacuumer, "VACUUM_GAP_FACTOR", 1e6)  # at least days apart
     before = await conn.fetchval(VACUUMS) or 0
-    worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+    worker = busy_worker(store)
     await worker.start()
     try:
         await run_jobs(store, conn, worker, 1000)
 
-        async def vacuumed() -> bool:
-            return (await conn.fetchval(VACUUMS) or 0) > before
-
-        await wait_until(vacuumed, within=60)
+        await wait_for_a_vacuum(conn, before)
         await conn.execute("DELETE FROM jobs")
         await run_jobs(store, conn, worker, 1000)
 
@@ -233,15 +238,12 @@ async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_ag
         await snapshot.start()
         await reader.fetchval("SELECT count(*) FROM jobs")
         before = await conn.fetchval(VACUUMS) or 0
-        worker = Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+        worker = busy_worker(store)
         await worker.start()
         try:
             await run_jobs(store, conn, worker, 1000)
 
-            async def vacuumed() -> bool:
-                return (await conn.fetchval(VACUUMS) or 0) > before
-
-            await wait_until(vacuumed, within=60)
+            await wait_for_a_vacuum(conn, before)
             await asyncio.sleep(0.5)  # a vacuum under way at the last job ends
             settled = await conn.fetchval(VACUUMS)
             await asyncio.sleep(1.0)  # twenty looks at dead rows no vacuum can remove
