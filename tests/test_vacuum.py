@@ -254,3 +254,38 @@ async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_ag
         await snapshot.rollback()
     finally:
         await reader.close()
+
+
+async def test_a_vacuum_holds_no_pooled_connection_and_runs_in_a_transaction_block(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        "INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 20000);"
+        "UPDATE jobs SET priority = 1"
+    )
+    # One pooled connection, and a vacuum slowed to a crawl.
+    small = PgJobStore(
+        dsn, max_size=1, server_settings={"vacuum_cost_delay": "100", "vacuum_cost_limit": "1"}
+    )
+    try:
+        vacuum = asyncio.ensure_future(small.vacuum())
+
+        async def vacuuming() -> bool:
+            return (await store.vacuum_stats()).vacuuming
+
+        await wait_until(vacuuming, within=60)
+        # The pool's one connection still answers while the vacuum runs.
+        stats = await asyncio.wait_for(small.vacuum_stats(), timeout=30)
+        assert stats.vacuuming
+        vacuum.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await vacuum
+
+        async def stopped() -> bool:
+            return not await vacuuming()
+
+        await wait_until(stopped, within=30)  # cancelled on the server too
+    finally:
+        await small.close()
+    async with store.transaction():
+        assert await store.vacuum()  # its statistics are not the transaction's snapshot

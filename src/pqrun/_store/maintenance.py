@@ -15,6 +15,7 @@ from pqrun.limits import check_int
 from pqrun.models import JobStatus
 from pqrun.schema import ddl_sql
 
+from .connections import Connection, dedicated_connection
 from .queries import query
 from .schema_objects import SCHEMA_OBJECTS, missing_objects
 
@@ -27,12 +28,13 @@ DROP_SCHEMA_STATEMENT = query("drop_schema")
 PRUNE_LOCK = query("prune_lock")
 PRUNE_FINISHED = query("prune_finished")
 VACUUM_STATE = query("vacuum_state")
-VACUUM_WITHOUT_TIMEOUT = query("vacuum_without_timeout")
-VACUUM_TIMEOUT_RESET = query("vacuum_timeout_reset")
 VACUUM_JOBS = query("vacuum_jobs")
 LOCK_WAITERS = query("lock_waiters")
 # Seconds between looks, while a vacuum runs, for someone waiting for the table's lock.
 LOCK_WATCH_INTERVAL = 0.2
+# What VACUUM says, as a WARNING, when it did not vacuum: the table was locked
+# (SKIP_LOCKED), or this role may not.
+VACUUM_SKIPPED = frozenset({"55P03", "42501"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,38 +135,51 @@ class MaintenanceMethods:
         since = state["seconds_since_vacuum"]
         if state["vacuuming"] or (since is not None and since < min_seconds_between):
             return False
-        async with self._db.acquire(join=False) as conn:  # VACUUM runs outside transactions
-            await conn.execute(VACUUM_WITHOUT_TIMEOUT)
-            vacuuming = asyncio.ensure_future(conn.execute(VACUUM_JOBS))
+        # Connections of its own: the pool's are for claims and handlers, and a vacuum
+        # holds one for as long as it runs, without a statement timeout.
+        vacuum_conn = await dedicated_connection(
+            self._db, "the vacuum's connection", {"statement_timeout": "0"}
+        )
+        try:
+            warnings: list[str] = []
+            vacuum_conn.add_log_listener(lambda _, message: warnings.append(message.sqlstate))
+            watch_conn = await dedicated_connection(self._db, "the vacuum's lock watch")
             try:
-                if not await self._vacuum_or_give_way(vacuuming):
-                    return False
+                vacuuming = asyncio.ensure_future(vacuum_conn.execute(VACUUM_JOBS))
+                try:
+                    if not await self._vacuum_or_give_way(vacuuming, watch_conn):
+                        return False
+                finally:
+                    if not vacuuming.done():  # cancelled, or the watch failed: stop it
+                        vacuuming.cancel()
+                        with contextlib.suppress(BaseException):
+                            await vacuuming
             finally:
-                if not vacuuming.done():
-                    vacuuming.cancel()  # we were cancelled: so is the vacuum
-                    with contextlib.suppress(BaseException):
-                        await vacuuming
-            await conn.execute(VACUUM_TIMEOUT_RESET)
-        return bool((await self._vacuum_state())["vacuums"] > state["vacuums"])
+                await _close(watch_conn)
+        finally:
+            await _close(vacuum_conn)
+        return not VACUUM_SKIPPED.intersection(warnings)
 
     async def _vacuum_state(self) -> Any:
-        state = await self._db.fetchrow(VACUUM_STATE)
+        # Never in the caller's transaction, whose statistics would be read once and kept.
+        async with self._db.acquire(join=False) as conn:
+            state = await conn.fetchrow(VACUUM_STATE, timeout=self._db.statement_timeout)
         if state is None:
             raise SchemaMissing(f"the table 'jobs' is not in {self._db.where()}")
         return state
 
-    async def _vacuum_or_give_way(self, vacuuming: asyncio.Future[str]) -> bool:
+    async def _vacuum_or_give_way(
+        self, vacuuming: asyncio.Future[str], watch_conn: Connection
+    ) -> bool:
         """Wait for the vacuum; cancel it if someone waits for the table (False then)."""
         while True:
             done, _ = await asyncio.wait({vacuuming}, timeout=LOCK_WATCH_INTERVAL)
             if done:
                 vacuuming.result()  # its error, if any
                 return True
-            try:
-                someone_waits = await self._db.fetchval(LOCK_WAITERS)
-            except Exception:
-                someone_waits = True  # unwatched, it could hold up DDL: stop it
-            if someone_waits:
+            # An error here stops the vacuum too (see vacuum()): unwatched, it could hold
+            # up DDL for as long as it runs.
+            if await watch_conn.fetchval(LOCK_WAITERS, timeout=self._db.statement_timeout):
                 vacuuming.cancel()
                 with contextlib.suppress(asyncio.CancelledError, asyncpg.QueryCanceledError):
                     await vacuuming
@@ -229,3 +244,10 @@ class MaintenanceMethods:
                 if count < batch_size:
                     break
         return pruned()
+
+
+async def _close(conn: Connection) -> None:
+    try:
+        await conn.close(timeout=5)
+    except Exception:
+        conn.terminate()

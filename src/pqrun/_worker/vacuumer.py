@@ -107,6 +107,9 @@ class Vacuumer:
         stopping = asyncio.ensure_future(first_of(self._life.stopping))
         try:
             await asyncio.wait({vacuum, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this loop was cancelled: the vacuum goes with it
+            vacuum.cancel()
+            raise
         finally:
             stopping.cancel()
         if not vacuum.done():  # the worker stops: so does the vacuum (which loses nothing)

@@ -91,23 +91,14 @@ FROM pg_class AS c
 LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
 WHERE c.oid = to_regclass('jobs')
 
--- name: vacuum_without_timeout
--- A vacuum takes as long as it takes: a statement_timeout set for the role or the
--- database must not cut every one short. Set on the vacuum's own pooled connection, put
--- back by vacuum_timeout_reset (and by the pool's reset of a connection it takes back).
--- Guard: a session setting; moves nothing.
-SET statement_timeout = 0
-
--- name: vacuum_timeout_reset
--- Puts back the statement_timeout vacuum_without_timeout changed.
--- Guard: a session setting; moves nothing.
-RESET statement_timeout
-
 -- name: vacuum_jobs
 -- Removes the dead row versions of jobs and their index entries. INDEX_CLEANUP ON: on a
 -- big table of kept results the dead rows fill few pages, and VACUUM would otherwise skip
 -- the indexes, leaving the pickup index's dead entries in the claims' way. SKIP_LOCKED:
--- when another vacuum holds the table, this one does nothing rather than wait.
+-- when another vacuum holds the table, this one does nothing rather than wait (it says
+-- so in a WARNING, SQLSTATE 55P03). It runs on a connection of its own, opened with
+-- statement_timeout 0: a vacuum takes as long as it takes, and a timeout set for the
+-- role or database must not cut every one short.
 -- Guard: moves no job: VACUUM removes only row versions no transaction can see. It holds
 -- a lock that DDL and TRUNCATE wait for; lock_waiters tells the vacuuming worker to give
 -- way, as autovacuum does.
@@ -116,8 +107,10 @@ VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) jobs
 -- name: lock_waiters
 -- Whether anyone waits for a lock on the jobs table itself (DDL, TRUNCATE, LOCK TABLE:
 -- claims and completions never do), so that a vacuum in their way is cancelled.
+-- pg_locks covers every database of the server, where a table's oid can repeat.
 -- Guard: a read of pg_locks; moves nothing.
 SELECT EXISTS (
     SELECT 1 FROM pg_locks
     WHERE locktype = 'relation' AND relation = to_regclass('jobs') AND NOT granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 )
