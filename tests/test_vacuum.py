@@ -231,6 +231,7 @@ async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_ag
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     monkeypatch.setattr(vacuumer, "VACUUM_FIRST_GAP", 0.0)
     monkeypatch.setattr(vacuumer, "VACUUM_GAP_FACTOR", 0.0)  # no spacing: only the rule
+    assert await store.vacuum()  # nothing dead left from earlier tests
     reader = await asyncpg.connect(dsn)
     try:
         # A snapshot held open: no vacuum can remove what it may still read.
@@ -241,10 +242,15 @@ async def test_rows_an_open_transaction_still_sees_do_not_make_workers_vacuum_ag
         worker = busy_worker(store)
         await worker.start()
         try:
-            await run_jobs(store, conn, worker, 1000)
+            # 600 changes: one vacuum at 400, and too few left after it for another.
+            await run_jobs(store, conn, worker, 300)
 
             await wait_for_a_vacuum(conn, before)
-            await asyncio.sleep(0.5)  # a vacuum under way at the last job ends
+
+            async def no_vacuum_running() -> bool:
+                return not (await store.vacuum_stats()).vacuuming
+
+            await wait_until(no_vacuum_running, within=60)
             settled = await conn.fetchval(VACUUMS)
             await asyncio.sleep(1.0)  # twenty looks at dead rows no vacuum can remove
             assert await conn.fetchval(VACUUMS) == settled

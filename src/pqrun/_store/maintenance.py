@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
 from pqrun.errors import NotPermitted, SchemaMissing
 from pqrun.limits import check_int
 from pqrun.models import JobStatus
@@ -150,7 +148,7 @@ class MaintenanceMethods:
                     if not await self._vacuum_or_give_way(vacuuming, watch_conn):
                         return False
                 finally:
-                    if not vacuuming.done():  # cancelled, or the watch failed: stop it
+                    if not vacuuming.done():  # gave way, cancelled, or the watch failed
                         vacuuming.cancel()
                         with contextlib.suppress(BaseException):
                             await vacuuming
@@ -171,7 +169,7 @@ class MaintenanceMethods:
     async def _vacuum_or_give_way(
         self, vacuuming: asyncio.Future[str], watch_conn: Connection
     ) -> bool:
-        """Wait for the vacuum; cancel it if someone waits for the table (False then)."""
+        """Wait for the vacuum; False as soon as someone waits for the table."""
         while True:
             done, _ = await asyncio.wait({vacuuming}, timeout=LOCK_WATCH_INTERVAL)
             if done:
@@ -180,10 +178,7 @@ class MaintenanceMethods:
             # An error here stops the vacuum too (see vacuum()): unwatched, it could hold
             # up DDL for as long as it runs.
             if await watch_conn.fetchval(LOCK_WAITERS, timeout=self._db.statement_timeout):
-                vacuuming.cancel()
-                with contextlib.suppress(asyncio.CancelledError, asyncpg.QueryCanceledError):
-                    await vacuuming
-                return False
+                return False  # vacuum() cancels it
 
     async def prune(
         self,

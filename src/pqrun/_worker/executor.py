@@ -82,10 +82,10 @@ class Executor:
                 if tracing.AVAILABLE:
                     span = tracing.start_run_span(job)
                 if span is None:  # no tracer: not even a context manager per job
-                    outcome = await self._run_handler(run, handler, span, task)
+                    outcome = await self._run_handler(run, handler, span)
                 else:
                     with tracing.current_span(span):
-                        outcome = await self._run_handler(run, handler, span, task)
+                        outcome = await self._run_handler(run, handler, span)
             except Exception as exc:  # a fault of pqrun's own: still record something
                 logger.exception("job %s: the worker failed around its handler", job.id)
                 outcome = Outcome(
@@ -152,10 +152,9 @@ class Executor:
         await self._release([job], "waited too long in the worker's buffer; put back")
         return True
 
-    async def _run_handler(
-        self, run: Run, handler: Handler, span: Any, task: asyncio.Task[None]
-    ) -> Outcome | None:
-        """Run the job's handler in the slot's ``task``; None when store.cancel() stopped it."""
+    async def _run_handler(self, run: Run, handler: Handler, span: Any) -> Outcome | None:
+        """Run the job's handler (in the slot's task, run.task); None when store.cancel()
+        stopped it."""
         job = run.job
         ctx = JobContext(job=job, store=self._store, worker_id=self._settings.worker_id)
         started = time.monotonic()
@@ -169,7 +168,7 @@ class Executor:
             # counted on the slot's task: it would end the slot at the next one.
             if run.claim_lost and not run.cancel_consumed:
                 run.cancel_consumed = True
-                task.uncancel()
+                run.task.uncancel()
 
     async def _handle(
         self,

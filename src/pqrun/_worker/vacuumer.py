@@ -15,8 +15,8 @@ dead however often they are vacuumed.)
 A vacuum's cost grows with the table (kept results make it big: its indexes are read
 whole each time), while the claims' cost grows with the dead entries. So a worker waits
 VACUUM_GAP_FACTOR times as long as its own last vacuum took since the table's last
-vacuum by anyone: the table is vacuumed about a tenth of the time at most, however big
-it is and however many workers share it. A vacuum already running (autovacuum's,
+vacuum run by hand (by any worker): the table is vacuumed about a tenth of the time at
+most, however big it is and however many workers share it. A vacuum already running (autovacuum's,
 another worker's) makes the others skip their turn, and a vacuum gives way at once to
 DDL or TRUNCATE waiting for the table (store.vacuum).
 """
@@ -42,7 +42,7 @@ logger = logging.getLogger("pqrun")
 VACUUM_AFTER_CHANGES = 50_000
 # Seconds between looks at the table's statistics.
 VACUUM_CHECK_INTERVAL = 1.0
-# The least time between two vacuums (by anyone), as a multiple of the last one's length;
+# The least time between two vacuums by hand, as a multiple of the last one's length;
 # until this worker has vacuumed once, VACUUM_FIRST_GAP seconds.
 VACUUM_GAP_FACTOR = 9.0
 VACUUM_FIRST_GAP = 5.0
