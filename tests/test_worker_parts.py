@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 
 from pqrun import JobContext, PgJobStore, Worker
+from pqrun._worker.executor import LoopTurns
 from pqrun._worker.loops import Lifetime, OutageLog
 from pqrun._worker.outcome import Outcome
 from pqrun._worker.outcome_writer import OutcomeWriter
@@ -124,3 +125,52 @@ async def test_closing_the_writer_wakes_an_answer_waiting_for_room_and_names_it(
         "job 2" in r.getMessage() and "answered after the worker shut down" in r.getMessage()
         for r in caplog.records
     )
+
+
+async def test_handlers_that_never_wait_still_let_other_tasks_run(store: PgJobStore) -> None:
+    done = 0
+
+    async def busy(ctx: JobContext) -> None:
+        nonlocal done
+        done += 1  # never awaits: only the slot's own yield lets others in
+
+    await store.enqueue_many([{"job_type": "busy"}] * 3000)
+    seen: set[int] = set()
+    draining = True
+
+    async def watch() -> None:
+        while draining:
+            seen.add(done)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await Worker(store, {"busy": busy}, concurrency=1, **QUICK_POLICIES).drain()
+    finally:
+        draining = False
+        await watcher
+    assert done == 3000
+    # Yielding about once a millisecond, the watcher sees the count grow in many steps.
+    assert len(seen) >= 10, sorted(seen)
+
+
+async def test_a_slot_whose_handler_waited_starts_its_next_job_without_another_turn(
+    store: PgJobStore,
+) -> None:
+    turns = LoopTurns()
+    ended_at: int | None = None
+    turn_between: list[bool] = []
+
+    async def waits(ctx: JobContext) -> None:
+        nonlocal ended_at
+        if ended_at is not None:
+            turn_between.append(turns.count != ended_at)
+        await asyncio.sleep(0.002)  # longer than the slot's yield period
+        ended_at = turns.mark()
+
+    await store.enqueue_many([{"job_type": "waits"}] * 100)
+    await Worker(store, {"waits": waits}, concurrency=1, **QUICK_POLICIES).drain()
+    assert len(turn_between) == 99
+    # The loop turns between two jobs only when the slot hands a claim to the fetcher
+    # (the buffer ran low), not after every job that waited.
+    assert sum(turn_between) < 50, turn_between

@@ -31,8 +31,30 @@ from .settings import WorkerSettings
 
 logger = logging.getLogger("pqrun")
 
-# A slot lets the event loop run other tasks at least this often (seconds).
+# A slot whose handlers never wait lets the event loop run other tasks at least this
+# often (seconds).
 YIELD_EVERY = 0.001
+
+
+class LoopTurns:
+    """Tells whether the event loop has had a turn since a moment, at the cost of one
+    callback per turn: ``mark()`` arms a callback (if none is armed) and returns the turns
+    so far; once ``count`` differs from a mark, everything that was ready to run at that
+    mark has run."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._armed = False
+
+    def mark(self) -> int:
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._turned)
+        return self.count
+
+    def _turned(self) -> None:
+        self.count += 1
+        self._armed = False
 
 
 class Executor:
@@ -56,6 +78,7 @@ class Executor:
         self._life = life
         self._release = release
         self.slots: list[asyncio.Task[None]] = []
+        self._turns = LoopTurns()
 
     def start(self) -> None:
         self.slots = [
@@ -64,6 +87,7 @@ class Executor:
 
     async def _slot(self) -> None:
         last_yield = time.monotonic()
+        turns = self._turns
         registry = self._registry
         task = asyncio.current_task()
         assert task is not None
@@ -74,6 +98,7 @@ class Executor:
             if await self._waited_too_long(job, claimed_at):
                 continue
             handler = self._settings.handlers[job.job_type]
+            turn_at_start = turns.mark()
             run = registry.start_run(job, task, is_thread=not handler.is_async)
             for observer in self._store.observers:
                 tell(observer.started, job)
@@ -119,11 +144,14 @@ class Executor:
             except BaseException:
                 end_span(span, None, "the worker failed to hand on the outcome")
                 raise
-            # A handler that never awaits would let this slot run the whole buffer before
+            # A handler that never waits would let this slot run the whole buffer before
             # the fetch loop and the writer get a turn: claiming, running and writing
-            # overlap only if slots yield now and then.
+            # overlap only if slots yield now and then. A handler that waited gave the
+            # loop its turn already; yielding again would only delay this slot's next job.
             now = time.monotonic()
-            if now - last_yield >= YIELD_EVERY:
+            if turns.count != turn_at_start:
+                last_yield = now
+            elif now - last_yield >= YIELD_EVERY:
                 last_yield = now
                 await asyncio.sleep(0)
 
