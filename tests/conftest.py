@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -136,3 +136,21 @@ def spans() -> Iterator[InMemorySpanExporter]:
     finally:
         tracing.use_tracer_provider(None)
         provider.shutdown()
+
+
+@pytest.fixture
+async def schemas(dsn: str) -> AsyncIterator[Callable[[], str]]:
+    """Fresh schema names; the schemas made under them are dropped after the test."""
+    made: list[str] = []
+
+    def new_name() -> str:
+        made.append(f"ns_{secrets.token_hex(3)}")
+        return made[-1]
+
+    yield new_name
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name in made:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()

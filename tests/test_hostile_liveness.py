@@ -406,7 +406,7 @@ async def test_a_worker_id_refused_during_shutdown_skips_the_grace(
             shutdown_timeout=180,
             **QUICK_POLICIES,
         )
-        heartbeat, prune = store._heartbeat_claims, store.prune
+        heartbeat, prune = store.heartbeat_claims, store.prune
 
         async def slow_heartbeat(*args: object, **kwargs: object) -> object:
             if kwargs.get("instance") == late._instance:
@@ -419,7 +419,7 @@ async def test_a_worker_id_refused_during_shutdown_skips_the_grace(
             await asyncio.sleep(5.0)  # keeps the shutdown waiting for the loops
             return await prune(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(store, "_heartbeat_claims", slow_heartbeat)
+        monkeypatch.setattr(store, "heartbeat_claims", slow_heartbeat)
         monkeypatch.setattr(store, "prune", slow_prune)
         await store.enqueue("t")
         await late.start()

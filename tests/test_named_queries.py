@@ -19,16 +19,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import pqrun.sync
 from pqrun import PgJobStore
-from pqrun._store.connections import (
+from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
+from pqrun._store.queries import STATEMENTS, dbapi_query, parse, query
+from pqrun._store.rows import ENQUEUE_PARAMETERS
+from pqrun._store.schema_objects import EXPECTED_COLUMNS
+from pqrun._store.search_path import (
     RESTORE_SEARCH_PATH,
     RESTORE_SEARCH_PATH_DBAPI,
     SWITCH_SEARCH_PATH,
     SWITCH_SEARCH_PATH_DBAPI,
 )
-from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
-from pqrun._store.queries import STATEMENTS, dbapi_query, parse, query
-from pqrun._store.rows import ENQUEUE_PARAMETERS
-from pqrun._store.schema_objects import EXPECTED_COLUMNS
 from pqrun.models import JOB_COLUMNS, Job, JobStatus
 from pqrun.testing import make_job
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -13,24 +12,6 @@ from pqrun import PgJobStore, SchemaMissing, Worker
 from pqrun.handlers import JobContext
 
 from .helpers import QUICK, wait_until
-
-
-@pytest.fixture
-async def schemas(dsn: str) -> AsyncIterator[Callable[[], str]]:
-    """Fresh schema names; the schemas made under them are dropped after the test."""
-    made: list[str] = []
-
-    def new_name() -> str:
-        made.append(f"ns_{secrets.token_hex(3)}")
-        return made[-1]
-
-    yield new_name
-    conn = await asyncpg.connect(dsn)
-    try:
-        for name in made:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def test_two_schemas_share_a_database_without_seeing_each_other(

@@ -624,3 +624,57 @@ async def test_snooze_runs_later_without_using_an_attempt(
     assert (row["status"], row["attempts"], row["delay"]) == ("READY", 0, timedelta(minutes=10))
     with pytest.raises(ValueError, match=r"Snooze\(after=\.\.\.\) needs a timedelta"):
         Snooze(after=-1)
+
+
+async def test_a_disabled_worker_needs_no_handlers_and_an_enabled_one_says_so(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The API half of a split deployment mounts the same lifespan with no handlers.
+    api_side = Worker(store, handlers={}, enabled=False)
+    async with api_side.lifespan(None):
+        assert store.started
+        assert not api_side.is_running
+        await store.enqueue("elsewhere", {})
+    monkeypatch.setenv("WORKER_ENABLED", "false")
+    Worker(store, handlers={})  # disabled by the environment
+    with pytest.raises(RuntimeError, match="needs a worker with handlers: this one has none"):
+        await Worker(store, handlers={}).drain()
+    monkeypatch.setenv("WORKER_ENABLED", "true")
+    with pytest.raises(ValueError, match=r"needs handlers to run jobs.*WORKER_ENABLED=false"):
+        Worker(store, handlers={})
+
+
+class CountingStore:
+    """A test double: a PgJobStore behind a wrapper that counts the calls made to it."""
+
+    def __init__(self, store: PgJobStore) -> None:
+        self._store = store
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._store, name)
+        if callable(value):
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return value
+
+
+async def test_a_worker_takes_any_store_with_what_it_uses(store: PgJobStore) -> None:
+    double = CountingStore(store)
+    stores_seen: list[object] = []
+
+    async def job(ctx: JobContext) -> None:
+        stores_seen.append(ctx.store)
+
+    await store.enqueue_many([{"job_type": "job"}] * 3)
+    assert await Worker(double, {"job": job}).drain() == 3
+    assert stores_seen == [double] * 3
+    assert double.calls["pickup_batch"] >= 1
+    assert double.calls["mark_done_batch"] >= 1
+
+    class HalfAStore:
+        observers = ()
+
+        async def pickup_batch(self) -> None: ...
+
+    with pytest.raises(TypeError, match=r"HalfAStore lacks cancel, channel, close"):
+        Worker(HalfAStore(), {"job": job})  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
 from .schema import ddl_sql
 from .store import PgJobStore
-from .worker import Worker
+from .worker import Worker, WorkerStore
 
 if TYPE_CHECKING:
     from .metrics import metrics_app as metrics_app
@@ -62,6 +62,7 @@ __all__ = [
     "UnknownJobType",
     "WaitTimeout",
     "Worker",
+    "WorkerStore",
     "__version__",
     "ddl_sql",
     "handler",

@@ -19,7 +19,7 @@ from datetime import timedelta
 import asyncpg
 
 from ._localpg import NoPostgres
-from ._store.connections import check_schema_name
+from ._store.search_path import check_schema_name
 from ._store.secrets import redact_secrets
 from ._ui.command_support import (
     CommandError,

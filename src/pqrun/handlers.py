@@ -188,9 +188,9 @@ def _positional_parameters(func: Callable[..., Any]) -> int:
 Handlers = Mapping[str, HandlerFunc | Handler]
 
 
-def as_handlers(handlers: Handlers) -> dict[str, Handler]:
+def as_handlers(handlers: Handlers, *, allow_empty: bool = False) -> dict[str, Handler]:
     """Check a handlers mapping and wrap every entry in a Handler."""
-    if not isinstance(handlers, Mapping) or not handlers:
+    if not isinstance(handlers, Mapping) or not (handlers or allow_empty):
         raise ValueError(
             "Worker needs handlers: a non-empty dict of job type -> handler, "
             'e.g. handlers={"send_email": send_email}'

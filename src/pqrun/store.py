@@ -61,6 +61,13 @@ class PgJobStore(
     ``asyncpg.create_pool`` (``server_settings``, ``ssl``, ``statement_cache_size=0``
     behind a transaction-mode pooler, ...).
 
+    ``PgJobStore(pool=pool)`` runs pqrun's statements on an asyncpg pool of yours,
+    as it is: pqrun changes none of its settings and never closes it (close it after the
+    store). ``min_size``, ``max_size`` and pool keywords then do not apply. A worker
+    still opens a few connections of its own (liveness, outcome writes, LISTEN), as the
+    pool does, or to ``dsn`` when one is given too. With a ``schema``, each statement on
+    the pool's connections sets ``search_path`` for itself (docs/deployment.md).
+
     ``schema="billing"`` keeps the whole queue (tables, trigger, notification channel)
     in that PostgreSQL schema: the store's connections get ``search_path`` set to it
     alone, so two stores with different schemas share a database without seeing each
@@ -78,10 +85,12 @@ class PgJobStore(
         connect_timeout: float = 10.0,
         statement_timeout: float = 30.0,
         schema: str | None = None,
+        pool: asyncpg.Pool[Any] | None = None,
         **pool_kwargs: Any,
     ) -> None:
         self._db = StoreConnections(
             dsn,
+            pool=pool,
             min_size=min_size,
             max_size=max_size,
             connect_timeout=connect_timeout,
@@ -98,9 +107,10 @@ class PgJobStore(
         self.observers: tuple[JobObserver, ...] = ()
 
     def __repr__(self) -> str:
+        where = repr(redact_dsn(self.dsn)) if self.dsn else "pool=..."
         if self.schema is not None:
-            return f"PgJobStore({redact_dsn(self.dsn)!r}, schema={self.schema!r})"
-        return f"PgJobStore({redact_dsn(self.dsn)!r})"
+            return f"PgJobStore({where}, schema={self.schema!r})"
+        return f"PgJobStore({where})"
 
     # -- settings, kept by the connections -----------------------------------------------
 

@@ -25,22 +25,23 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._worker.loops import OutageLog, task_name
 from ._worker.parts import WorkerParts
 from ._worker.settings import WorkerSettings, default_worker_id
 from ._worker.shutdown import abandon, drain_unwritten, finish_drain, shut_down
+from ._worker.store_protocol import WorkerStore, check_store
 from .errors import DatabaseUnavailable, UnknownJobType
 from .handlers import Handler, Handlers, as_handlers
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
-from .store import PgJobStore
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
+    from .store import PgJobStore
 
-__all__ = ["Worker", "default_worker_id"]
+__all__ = ["Worker", "WorkerStore", "default_worker_id"]
 
 logger = logging.getLogger("pqrun")
 
@@ -95,7 +96,7 @@ class Worker:
 
     def __init__(
         self,
-        store: PgJobStore,
+        store: WorkerStore,
         handlers: Handlers,
         *,
         concurrency: int | None = None,
@@ -120,11 +121,11 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
     ) -> None:
-        if not isinstance(store, PgJobStore):
-            raise TypeError(f"Worker(store=...) needs a PgJobStore, got {store!r}")
-        self.store = store
+        check_store(store)
+        # A double given instead stands in for the PgJobStore here and in ctx.store.
+        self.store: PgJobStore = cast("PgJobStore", store)
         self.settings = settings = WorkerSettings.build(
-            as_handlers(handlers),
+            as_handlers(handlers, allow_empty=True),
             concurrency=concurrency,
             enable_reaper=enable_reaper,
             backoff=backoff,
@@ -182,7 +183,7 @@ class Worker:
         if self.metrics_port is not None:
             from .metrics import instrument
 
-            instrument(store)
+            instrument(self.store)
         store.want_connections(self.concurrency)
 
         self._outage = OutageLog(self.worker_id)
@@ -391,6 +392,8 @@ class Worker:
         """
         if self._started:
             raise RuntimeError("drain() needs a worker that is not running; stop() it first")
+        if not self.handlers:
+            raise RuntimeError("drain() needs a worker with handlers: this one has none")
         await self.store.start()
         self._reset()
         parts = self._parts

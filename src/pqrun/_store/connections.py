@@ -15,9 +15,8 @@ import contextlib
 import contextvars
 import logging
 import os
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,8 @@ import asyncpg
 from pqrun.errors import DatabaseUnavailable, SchemaMissing
 
 from .pool_floor import quiet_pool_floor_warnings
-from .queries import dbapi_query, query
 from .schema_objects import JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
+from .search_path import check_schema_name, in_search_path, quote_ident
 from .secrets import URL_DSN, cause_without_secrets, error_text, redact_dsn
 
 logger = logging.getLogger("pqrun")
@@ -56,6 +55,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions._base.InternalClientError,
 )
 
+# What a search_path restore may meet that is not the caller's error (in_search_path).
+RESTORE_IGNORES: tuple[type[BaseException], ...] = (
+    asyncpg.InFailedSQLTransactionError,
+    *CONNECTION_ERRORS,
+)
+
 # What asyncpg raises for a DSN it cannot read: urllib's and ipaddress's ValueError
 # (whose text may quote part of the password: a password holding [ ] is read as an IPv6
 # address), OverflowError for a port out of range.
@@ -78,62 +83,6 @@ ClientDataError = asyncpg.exceptions._base.DataError
 # create_pool arguments that asyncpg.connect does not take.
 POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
 
-SWITCH_SEARCH_PATH = query("switch_search_path")
-RESTORE_SEARCH_PATH = query("restore_search_path")
-# The same two for a DB-API connection (pqrun.sync).
-SWITCH_SEARCH_PATH_DBAPI = dbapi_query("switch_search_path", ("path",))
-RESTORE_SEARCH_PATH_DBAPI = dbapi_query("restore_search_path", ("path",))
-
-# A schema name pqrun accepts: lower case, so that it means the same quoted or not in
-# psql and SQL, and at most 63 bytes, PostgreSQL's limit for a name.
-SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def check_schema_name(schema: str) -> str:
-    """Return ``schema`` if it is a usable schema name, else raise ValueError."""
-    if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
-        raise ValueError(
-            f"schema must be a lower-case name of letters, digits and underscores "
-            f"starting with a letter or underscore (at most 63), got {schema!r}"
-        )
-    if schema.startswith("pg_"):
-        raise ValueError(f"schema {schema!r}: names starting with pg_ are PostgreSQL's own")
-    return schema
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a quoted SQL identifier (for search_path, which takes no parameters)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-@contextmanager
-def dbapi_in_schema(cursor: Any, schema: str | None) -> Iterator[None]:
-    """``StoreConnections.in_schema`` for a DB-API cursor (pqrun.sync): the block runs
-    with the cursor's search_path set to ``schema`` alone (None: left as it is)."""
-    if schema is None:
-        yield
-        return
-    path = quote_ident(check_schema_name(schema))
-    cursor.execute(SWITCH_SEARCH_PATH_DBAPI, {"path": path})
-    was, now = cursor.fetchone()
-    if was == now:
-        yield  # already there
-        return
-    try:
-        yield
-    except BaseException:
-        # In a transaction the failed statement aborted, the restore cannot run, and
-        # the caller's rollback puts the search_path back itself.
-        with contextlib.suppress(Exception):
-            _restore_dbapi_search_path(cursor, was)
-        raise
-    _restore_dbapi_search_path(cursor, was)
-
-
-def _restore_dbapi_search_path(cursor: Any, path: str) -> None:
-    cursor.execute(RESTORE_SEARCH_PATH_DBAPI, {"path": path})
-    cursor.fetchone()
-
 
 class StoreConnections:
     """The pool, the settings and the connection rules of one PgJobStore."""
@@ -148,13 +97,37 @@ class StoreConnections:
         statement_timeout: float,
         schema: str | None,
         pool_kwargs: dict[str, Any],
+        pool: asyncpg.Pool[Any] | None = None,
     ) -> None:
-        dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
-        if not dsn:
-            raise ValueError(
-                "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
-                "or set PQRUN_DSN or DATABASE_URL"
-            )
+        #: A pool of the caller's (``PgJobStore(pool=...)``): used as it is, never closed.
+        self.given_pool = pool
+        #: How pqrun opens connections of its own (outside the pool): positional and
+        #: keyword arguments of asyncpg.connect, before the store's server settings.
+        self.connect_args: tuple[Any, ...]
+        if pool is not None:
+            if not isinstance(pool, asyncpg.Pool):
+                raise TypeError(
+                    f"PgJobStore(pool=...) takes an asyncpg pool (asyncpg.create_pool), "
+                    f"got {type(pool).__name__}"
+                )
+            if pool_kwargs:
+                raise ValueError(
+                    "PgJobStore(pool=...) uses your pool as it is: give "
+                    f"{', '.join(sorted(pool_kwargs))} to asyncpg.create_pool instead"
+                )
+            # pqrun's own connections (a worker's liveness, outcome writes, LISTEN) open
+            # as the pool's do, unless a dsn says where (a direct one, past a pooler).
+            pool_dsn, pool_connect_kwargs = _connect_arguments_of(pool)
+            if dsn is None:
+                dsn = pool_dsn or ""
+                pool_kwargs = {k: v for k, v in pool_connect_kwargs.items() if k not in POOL_ONLY}
+        else:
+            dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
+            if not dsn:
+                raise ValueError(
+                    "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
+                    "or pool=an_asyncpg_pool, or set PQRUN_DSN or DATABASE_URL"
+                )
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
@@ -185,6 +158,8 @@ class StoreConnections:
             self.search_path = quote_ident(self.schema)
             settings["search_path"] = self.search_path
         pool_kwargs["server_settings"] = settings
+        #: True when pooled connections lack the store's search_path (a caller's pool).
+        self.per_statement_schema = pool is not None and self.search_path is not None
         self.pool_kwargs = pool_kwargs
         self.pool: asyncpg.Pool[Any] | None = None
         self.pool_loop: asyncio.AbstractEventLoop | None = None
@@ -200,11 +175,17 @@ class StoreConnections:
             f"pqrun_store_{id(self)}_connection", default=None
         )
 
+    def database(self) -> str:
+        """The database this store uses, for messages (without passwords)."""
+        if self.dsn:
+            return redact_dsn(self.dsn)
+        return "the database of the pool given to PgJobStore(pool=...)"
+
     def where(self) -> str:
         """Where this store's jobs table is, for messages."""
         if self.schema is not None:
-            return f"schema {self.schema!r} of {redact_dsn(self.dsn)}"
-        return f"the search_path of {redact_dsn(self.dsn)}"
+            return f"schema {self.schema!r} of {self.database()}"
+        return f"the search_path of {self.database()}"
 
     def setup_hint(self) -> str:
         """How to create the schema, for messages."""
@@ -232,7 +213,10 @@ class StoreConnections:
         pool = await self.open_pool()
         try:
             # With min_size=0 the pool opened without a connection: this is the first.
-            async with pool.acquire(timeout=self.statement_timeout) as conn:
+            async with (
+                pool.acquire(timeout=self.statement_timeout) as conn,
+                self.schema_of_store(conn),
+            ):
                 schema = await conn.fetchval(JOBS_SCHEMA, timeout=self.statement_timeout)
                 objects = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
         except CONNECT_ERRORS as exc:
@@ -269,6 +253,11 @@ class StoreConnections:
         loop = asyncio.get_running_loop()
         if self.pool is not None and self.pool_loop is loop:
             return self.pool
+        if self.given_pool is not None:
+            await open_given_pool(self.given_pool, loop, self.cannot_connect, self.cause)
+            self.pool, self.pool_loop = self.given_pool, loop
+            self.schema_checked = False
+            return self.given_pool
         if self.pool is not None:
             # Opened under another event loop (an earlier asyncio.run()): unusable here.
             with contextlib.suppress(RuntimeError):  # that loop may be closed already
@@ -304,8 +293,8 @@ class StoreConnections:
         if self.before_close is not None:
             await self.before_close()
         pool, self.pool = self.pool, None
-        if pool is None:
-            return
+        if pool is None or pool is self.given_pool:
+            return  # a caller's pool is the caller's to close
         if self.pool_loop is not running_loop():
             with contextlib.suppress(RuntimeError):
                 pool.terminate()
@@ -323,12 +312,12 @@ class StoreConnections:
 
     def cannot_connect(self, exc: BaseException) -> DatabaseUnavailable:
         """Raise it ``from self.cause(exc)``."""
-        where = f"cannot connect to PostgreSQL at {redact_dsn(self.dsn)}"
+        where = f"cannot connect to PostgreSQL at {self.database()}"
         if isinstance(exc, asyncpg.InvalidCatalogNameError):
             return DatabaseUnavailable(
                 f"{where}: {self.describe(exc)}. Create the database or fix the DSN"
             )
-        if URL_DSN.match(self.dsn) is None:
+        if self.dsn and URL_DSN.match(self.dsn) is None:
             # asyncpg reads URLs only; libpq's host=... form fails as "invalid DSN".
             where += " (write the DSN as a URL: postgresql://user:password@host:port/db)"
         return DatabaseUnavailable(
@@ -340,7 +329,7 @@ class StoreConnections:
     def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         """Raise it ``from self.cause(exc)``."""
         return DatabaseUnavailable(
-            f"lost the connection to PostgreSQL at {redact_dsn(self.dsn)}: {self.describe(exc)}"
+            f"lost the connection to PostgreSQL at {self.database()}: {self.describe(exc)}"
         )
 
     def describe(self, exc: BaseException) -> str:
@@ -362,7 +351,8 @@ class StoreConnections:
         except (*CONNECTION_ERRORS, *DSN_ERRORS) as exc:  # DSN: the first connection of a
             raise self.unavailable(exc) from self.cause(exc)  # pool opened with min_size=0
         try:
-            yield conn
+            async with self.schema_of_store(conn):
+                yield conn
         except BaseException:
             # Releasing a connection whose query was cancelled can itself time out; that
             # must not replace the error (or the cancellation) already on its way.
@@ -410,24 +400,16 @@ class StoreConnections:
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from self.cause(exc)
 
+    def schema_of_store(self, conn: Connection) -> AbstractAsyncContextManager[None]:
+        """``in_schema`` on a pooled connection when it lacks the store's search_path."""
+        return self.in_schema(conn) if self.per_statement_schema else contextlib.nullcontext()
+
     @asynccontextmanager
     async def in_schema(self, conn: Connection) -> AsyncIterator[None]:
         """Run the block with ``conn``'s search_path set to the store's schema alone."""
         assert self.search_path is not None
-        row = await conn.fetchrow(
-            SWITCH_SEARCH_PATH, self.search_path, timeout=self.statement_timeout
-        )
-        assert row is not None
-        if row["was"] == row["now"]:
-            yield  # already there (a connection of this store's own pool)
-            return
-        try:
+        async with in_search_path(conn, self.search_path, self.statement_timeout, RESTORE_IGNORES):
             yield
-        finally:
-            # After an error inside the caller's transaction the restore cannot run, and
-            # need not: the rollback puts the search_path back as well.
-            with contextlib.suppress(asyncpg.InFailedSQLTransactionError, *CONNECTION_ERRORS):
-                await conn.fetchval(RESTORE_SEARCH_PATH, row["was"], timeout=self.statement_timeout)
 
     @asynccontextmanager
     async def joinable(self, conn: Connection) -> AsyncIterator[Connection]:
@@ -541,16 +523,58 @@ async def dedicated_connection(
         }
     try:
         conn: asyncpg.Connection[Any] = await asyncpg.connect(
-            db.dsn,
+            db.dsn or None,
             timeout=db.connect_timeout,
             connection_class=_DedicatedConnection,
             **connect_kwargs,
         )
     except CONNECT_ERRORS as exc:
         raise DatabaseUnavailable(
-            f"cannot open {purpose} to {redact_dsn(db.dsn)}: {db.describe(exc)}"
+            f"cannot open {purpose} to {db.database()}: {db.describe(exc)}"
         ) from db.cause(exc)
     return conn
+
+
+async def open_given_pool(
+    pool: asyncpg.Pool[Any],
+    loop: asyncio.AbstractEventLoop,
+    cannot_connect: Callable[[BaseException], DatabaseUnavailable],
+    cause: Callable[[BaseException], BaseException | None],
+) -> None:
+    """Check the caller's pool (``PgJobStore(pool=...)``), initializing it if it was
+    not awaited yet."""
+    if pool.is_closing():
+        raise DatabaseUnavailable(
+            "the pool given to PgJobStore(pool=...) is closed: close it after the "
+            "store and its workers (or give the store a pool that is open)"
+        )
+    if getattr(pool, "_loop", loop) is not loop:
+        raise RuntimeError(
+            "the pool given to PgJobStore(pool=...) belongs to another event loop: "
+            "create it in the loop that uses the store (inside asyncio.run or the "
+            "app's lifespan)"
+        )
+    try:
+        await pool  # does nothing for a pool that was awaited already
+    except CONNECT_ERRORS as exc:
+        raise cannot_connect(exc) from cause(exc)
+
+
+def _connect_arguments_of(pool: asyncpg.Pool[Any]) -> tuple[str | None, dict[str, Any]]:
+    """The DSN and connect() keywords ``pool`` opens its connections with.
+
+    asyncpg keeps them in private attributes (set by create_pool and set_connect_args);
+    without them, pqrun's own connections need ``PgJobStore(dsn=..., pool=...)``.
+    """
+    args = getattr(pool, "_connect_args", None)
+    kwargs = getattr(pool, "_connect_kwargs", None)
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise ValueError(
+            "cannot read how this pool connects: pass the DSN too, "
+            "PgJobStore(dsn='postgresql://...', pool=pool)"
+        )
+    dsn = args[0] if args and isinstance(args[0], str) else None
+    return dsn, dict(kwargs)
 
 
 class _DedicatedConnection(asyncpg.Connection):

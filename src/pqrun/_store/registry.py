@@ -64,7 +64,7 @@ class RegistryMethods:
         with the same ``worker_id`` and another token has sent a heartbeat within
         ``stale_after``, this raises WorkerIdInUse.
         """
-        claims = await self._heartbeat_claims(
+        claims = await self.heartbeat_claims(
             worker_id,
             jobs,
             job_types=job_types,
@@ -76,7 +76,7 @@ class RegistryMethods:
         )
         return {job_id for job_id, _lease in claims}
 
-    async def _heartbeat_claims(
+    async def heartbeat_claims(
         self,
         worker_id: str,
         jobs: Sequence[Job],

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pqrun.store import PgJobStore
-
 from .fetcher import LIMITED_RECHECK_SECONDS
 from .loops import Lifetime, task_name
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
 
 class RoomAnnouncer:
-    def __init__(self, store: PgJobStore, life: Lifetime) -> None:
+    def __init__(self, store: WorkerStore, life: Lifetime) -> None:
         self._store = store
         self._life = life
         self._task: asyncio.Task[None] | None = None

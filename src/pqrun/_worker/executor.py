@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pqrun import tracing
 from pqrun.errors import Fail, Retry, Snooze
@@ -20,7 +20,6 @@ from pqrun.handlers import Handler, JobContext, describe_exception
 from pqrun.limits import INT32_MAX
 from pqrun.models import Job, encode_json
 from pqrun.observers import tell
-from pqrun.store import PgJobStore
 
 from .fetcher import Fetcher
 from .loops import Lifetime
@@ -28,6 +27,10 @@ from .outcome import Outcome, RunOutcome, end_span, report_cancelled, report_rel
 from .outcome_writer import OutcomeWriter
 from .runs import Run, RunRegistry
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
+
+if TYPE_CHECKING:
+    from pqrun.store import PgJobStore
 
 logger = logging.getLogger("pqrun")
 
@@ -63,7 +66,7 @@ class Executor:
     def __init__(
         self,
         settings: WorkerSettings,
-        store: PgJobStore,
+        store: WorkerStore,
         registry: RunRegistry,
         fetcher: Fetcher,
         writer: OutcomeWriter,
@@ -184,7 +187,10 @@ class Executor:
         """Run the job's handler (in the slot's task, run.task); None when store.cancel()
         stopped it."""
         job = run.job
-        ctx = JobContext(job=job, store=self._store, worker_id=self._settings.worker_id)
+        # Handlers get the worker's store as it is: a double given to the worker stands in
+        # for the PgJobStore in them too.
+        store = cast("PgJobStore", self._store)
+        ctx = JobContext(job=job, store=store, worker_id=self._settings.worker_id)
         started = time.monotonic()
         outcome = Outcome(job=job, duration_ms=0, span=span)
         # No deadline, no timer: most jobs have none.

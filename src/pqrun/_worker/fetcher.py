@@ -17,12 +17,12 @@ from contextlib import suppress
 
 from pqrun.errors import DatabaseUnavailable
 from pqrun.models import Job
-from pqrun.store import PgJobStore
 
 from .loops import Lifetime
 from .outcome_writer import OutcomeWriter
 from .runs import RunRegistry
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
 
 # The prefetch holds about this much work, at the handlers' average speed.
 PREFETCH_SECONDS = 0.05
@@ -47,7 +47,7 @@ class Fetcher:
     def __init__(
         self,
         settings: WorkerSettings,
-        store: PgJobStore,
+        store: WorkerStore,
         registry: RunRegistry,
         writer: OutcomeWriter,
         life: Lifetime,

@@ -16,10 +16,10 @@ from contextlib import suppress
 from typing import Any
 
 from pqrun._store.queries import query
-from pqrun.store import PgJobStore
 
 from .loops import Lifetime
 from .runs import RunRegistry
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -35,7 +35,7 @@ class Listener:
 
     def __init__(
         self,
-        store: PgJobStore,
+        store: WorkerStore,
         registry: RunRegistry,
         life: Lifetime,
         *,

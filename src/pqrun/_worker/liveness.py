@@ -25,10 +25,10 @@ from typing import Any
 
 from pqrun.errors import WorkerIdInUse
 from pqrun.models import Job
-from pqrun.store import PgJobStore
 
 from .loops import ErrorStreak, first_of
 from .runs import Claim
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -43,7 +43,7 @@ class Liveness:
 
     def __init__(
         self,
-        store: PgJobStore,
+        store: WorkerStore,
         worker_id: str,
         *,
         job_types: Sequence[str],
@@ -136,7 +136,7 @@ class Liveness:
             # Within the interval, connecting included: a slow heartbeat must not push
             # the next one back.
             owned = await asyncio.wait_for(
-                self._store._heartbeat_claims(
+                self._store.heartbeat_claims(
                     self._worker_id,
                     held,
                     job_types=self._job_types,

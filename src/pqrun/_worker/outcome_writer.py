@@ -32,10 +32,10 @@ import asyncpg
 
 from pqrun._store.connections import CONNECTION_ERRORS, ClientDataError
 from pqrun.models import JobStatus
-from pqrun.store import PgJobStore
 
 from .loops import ErrorStreak
 from .outcome import Outcome, end_span
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -110,7 +110,7 @@ class OutcomeWriter:
 
     def __init__(
         self,
-        store: PgJobStore,
+        store: WorkerStore,
         errors: ErrorStreak,
         on_written: Callable[[Outcome, JobStatus | None], None],
     ) -> None:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pqrun.models import Job, JobStatus
-from pqrun.store import PgJobStore
 
 from .announcer import RoomAnnouncer
 from .executor import Executor
@@ -35,6 +34,7 @@ from .reaper import Reaper
 from .runs import RunRegistry, release_jobs
 from .scheduler import Scheduler
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
 from .vacuumer import Vacuumer
 
 
@@ -45,7 +45,7 @@ class WorkerParts:
     def __init__(
         self,
         settings: WorkerSettings,
-        store: PgJobStore,
+        store: WorkerStore,
         outage: OutageLog,
         *,
         instance: str,

@@ -6,10 +6,9 @@ import logging
 
 import asyncpg
 
-from pqrun.store import PgJobStore
-
 from .loops import Lifetime
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -21,7 +20,7 @@ PRUNE_PAUSE = 0.5
 
 
 class Pruner:
-    def __init__(self, settings: WorkerSettings, store: PgJobStore, life: Lifetime) -> None:
+    def __init__(self, settings: WorkerSettings, store: WorkerStore, life: Lifetime) -> None:
         self._settings = settings
         self._store = store
         self._life = life

@@ -7,10 +7,9 @@ an outage (when every heartbeat is stale at once) only the jobs of the dead go b
 
 from __future__ import annotations
 
-from pqrun.store import PgJobStore
-
 from .loops import Lifetime
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
 
 # The reaper takes jobs back only once some worker's heartbeats (its own or another's)
 # have reached the database for this many heartbeat intervals without a gap. After an
@@ -22,7 +21,7 @@ REAP_AFTER_HEARTBEATS = 3
 
 
 class Reaper:
-    def __init__(self, settings: WorkerSettings, store: PgJobStore, life: Lifetime) -> None:
+    def __init__(self, settings: WorkerSettings, store: WorkerStore, life: Lifetime) -> None:
         self._settings = settings
         self._store = store
         self._life = life

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from pqrun.models import Job
 
 if TYPE_CHECKING:
-    from pqrun.store import PgJobStore
+    from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -180,7 +180,7 @@ class RunRegistry:
 
 
 async def release_jobs(
-    store: PgJobStore, registry: RunRegistry, worker_id: str, jobs: list[Job], why: str
+    store: WorkerStore, registry: RunRegistry, worker_id: str, jobs: list[Job], why: str
 ) -> None:
     """Put ``jobs`` back to READY (or, when that fails, leave them to the reaper)."""
     reason = f"{why} (worker {worker_id}); put back to READY"

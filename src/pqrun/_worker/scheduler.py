@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from pqrun.store import PgJobStore
-
 from .loops import Lifetime
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -21,7 +20,7 @@ SCHEDULE_REDECLARE_EVERY = 300.0
 
 
 class Scheduler:
-    def __init__(self, settings: WorkerSettings, store: PgJobStore, life: Lifetime) -> None:
+    def __init__(self, settings: WorkerSettings, store: WorkerStore, life: Lifetime) -> None:
         self._settings = settings
         self._store = store
         self._life = life

@@ -117,6 +117,13 @@ class WorkerSettings:
         ImportError when metrics are asked for without prometheus_client.
         """
         is_enabled = env_bool("WORKER_ENABLED", enabled, True)
+        if not handlers and is_enabled:
+            raise ValueError(
+                "Worker needs handlers to run jobs: a non-empty dict of job type -> "
+                'handler, e.g. handlers={"send_email": send_email}. (A worker with none '
+                "only does for an app that enqueues and runs no jobs: then disable it, "
+                "Worker(store, handlers={}, enabled=False) or WORKER_ENABLED=false.)"
+            )
         reaps = env_bool("WORKER_REAPER_ENABLED", enable_reaper, True)
         slots = env_int("WORKER_CONCURRENCY", concurrency, 1)
         prefetch_limit = env_int("WORKER_PREFETCH", prefetch, DEFAULT_PREFETCH_LIMIT, 0)

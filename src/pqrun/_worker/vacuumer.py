@@ -30,10 +30,10 @@ import time
 import asyncpg
 
 from pqrun.errors import NotPermitted
-from pqrun.store import PgJobStore
 
 from .loops import Lifetime, first_of
 from .settings import WorkerSettings
+from .store_protocol import WorkerStore
 
 logger = logging.getLogger("pqrun")
 
@@ -52,7 +52,7 @@ VACUUM_RETRY_AFTER = 10.0
 
 
 class Vacuumer:
-    def __init__(self, settings: WorkerSettings, store: PgJobStore, life: Lifetime) -> None:
+    def __init__(self, settings: WorkerSettings, store: WorkerStore, life: Lifetime) -> None:
         self._settings = settings
         self._store = store
         self._life = life
