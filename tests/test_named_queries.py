@@ -23,7 +23,7 @@ from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
 from pqrun._store.queries import STATEMENTS, dbapi_query, parse, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
 from pqrun._store.schema_objects import EXPECTED_COLUMNS
-from pqrun._store.search_path import (
+from pqrun._store.session_settings import (
     RESTORE_SEARCH_PATH,
     RESTORE_SEARCH_PATH_DBAPI,
     SWITCH_SEARCH_PATH,

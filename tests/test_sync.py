@@ -14,7 +14,7 @@ import pytest
 
 import pqrun.sync
 from pqrun import PgJobStore
-from pqrun._store.search_path import quote_ident
+from pqrun._store.session_settings import quote_ident
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from datetime import timedelta
 import asyncpg
 
 from ._localpg import NoPostgres
-from ._store.search_path import check_schema_name
 from ._store.secrets import redact_secrets
+from ._store.session_settings import check_schema_name
 from ._ui.command_support import (
     CommandError,
     job_id,

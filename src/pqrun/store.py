@@ -20,16 +20,12 @@ from typing import Any
 
 import asyncpg
 
-from ._store.connections import (
-    Connection,
-    StoreConnections,
-    dedicated_connection,
-    listen,
-)
+from ._store.connections import Connection, StoreConnections
 from ._store.inspection import InspectionMethods
 from ._store.interventions import InterventionMethods
 from ._store.maintenance import MaintenanceMethods, Pruned, VacuumStats
 from ._store.moves import PER_KEY_WINDOW, WorkerMoves
+from ._store.own_connections import can_have_sessions, dedicated_connection, listen
 from ._store.reaping import ReapingMethods
 from ._store.registry import RegistryMethods
 from ._store.schedules import ScheduleMethods
@@ -68,6 +64,14 @@ class PgJobStore(
     pool does, or to ``dsn`` when one is given too. With a ``schema``, each statement on
     the pool's connections sets ``search_path`` for itself (docs/deployment.md).
 
+    ``pooler=True`` (or ``PQRUN_POOLER=true``): the DSN goes through a transaction
+    pooler (PgBouncer, RDS Proxy, Supavisor, pgcat). pqrun then sends no setting at
+    connect, keeps no prepared statement (``statement_cache_size=0`` unless you give
+    one), and opens what needs a session of its own, LISTEN and VACUUM, to
+    ``direct_dsn`` (or ``PQRUN_DIRECT_DSN``): a DSN that reaches PostgreSQL itself.
+    Without one, workers poll for new jobs, ``wait()`` polls, and vacuuming is left to
+    autovacuum (docs/deployment.md).
+
     ``schema="billing"`` keeps the whole queue (tables, trigger, notification channel)
     in that PostgreSQL schema: the store's connections get ``search_path`` set to it
     alone, so two stores with different schemas share a database without seeing each
@@ -86,11 +90,15 @@ class PgJobStore(
         statement_timeout: float = 30.0,
         schema: str | None = None,
         pool: asyncpg.Pool[Any] | None = None,
+        pooler: bool | None = None,
+        direct_dsn: str | None = None,
         **pool_kwargs: Any,
     ) -> None:
         self._db = StoreConnections(
             dsn,
             pool=pool,
+            pooler=pooler,
+            direct_dsn=direct_dsn,
             min_size=min_size,
             max_size=max_size,
             connect_timeout=connect_timeout,
@@ -100,7 +108,9 @@ class PgJobStore(
         )
         self._payload_models: dict[str, type[Any]] = {}
         # Looked up at each use, as any other call of the store's own methods.
-        self._waiters = FinishWaiters(lambda on_payload: self.listen(on_payload))
+        self._waiters = FinishWaiters(
+            lambda on_payload: self.listen(on_payload), lambda: can_have_sessions(self._db)
+        )
         self._db.before_close = self._waiters.close
         self._db.lazy_start = lambda: self.start()
         #: Who hears about enqueues here and runs by workers on this store (metrics).

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from . import tracing
 from ._store.enqueue import ENQUEUE_DBAPI, dedupe_attempts, tracing_enqueues
 from ._store.rows import NewJobRow, new_job_row
-from ._store.search_path import dbapi_in_schema
+from ._store.session_settings import dbapi_in_schema
 from .store import PgJobStore
 
 T = TypeVar("T")

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from pqrun._config import env_bool
 from pqrun.errors import DatabaseUnavailable, SchemaMissing
 
 from .pool_floor import quiet_pool_floor_warnings
 from .schema_objects import JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
-from .search_path import check_schema_name, in_search_path, quote_ident
 from .secrets import URL_DSN, cause_without_secrets, error_text, redact_dsn
+from .session_settings import check_schema_name, in_search_path, per_transaction, quote_ident
 
 logger = logging.getLogger("pqrun")
 
@@ -98,36 +99,17 @@ class StoreConnections:
         schema: str | None,
         pool_kwargs: dict[str, Any],
         pool: asyncpg.Pool[Any] | None = None,
+        pooler: bool | None = None,
+        direct_dsn: str | None = None,
     ) -> None:
+        #: The DSN goes through a transaction pooler (PgBouncer...): no setting at connect,
+        #: no prepared statement kept, no session of its own (own_connections.py).
+        self.pooler = env_bool("PQRUN_POOLER", pooler, False)
+        #: A DSN that reaches PostgreSQL itself, for what needs a session (LISTEN, VACUUM).
+        self.direct_dsn = direct_dsn or os.environ.get("PQRUN_DIRECT_DSN") or None
         #: A pool of the caller's (``PgJobStore(pool=...)``): used as it is, never closed.
         self.given_pool = pool
-        #: How pqrun opens connections of its own (outside the pool): positional and
-        #: keyword arguments of asyncpg.connect, before the store's server settings.
-        self.connect_args: tuple[Any, ...]
-        if pool is not None:
-            if not isinstance(pool, asyncpg.Pool):
-                raise TypeError(
-                    f"PgJobStore(pool=...) takes an asyncpg pool (asyncpg.create_pool), "
-                    f"got {type(pool).__name__}"
-                )
-            if pool_kwargs:
-                raise ValueError(
-                    "PgJobStore(pool=...) uses your pool as it is: give "
-                    f"{', '.join(sorted(pool_kwargs))} to asyncpg.create_pool instead"
-                )
-            # pqrun's own connections (a worker's liveness, outcome writes, LISTEN) open
-            # as the pool's do, unless a dsn says where (a direct one, past a pooler).
-            pool_dsn, pool_connect_kwargs = _connect_arguments_of(pool)
-            if dsn is None:
-                dsn = pool_dsn or ""
-                pool_kwargs = {k: v for k, v in pool_connect_kwargs.items() if k not in POOL_ONLY}
-        else:
-            dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
-            if not dsn:
-                raise ValueError(
-                    "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
-                    "or pool=an_asyncpg_pool, or set PQRUN_DSN or DATABASE_URL"
-                )
+        dsn, pool_kwargs = _where_to_connect(dsn, pool, pool_kwargs)
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
@@ -142,21 +124,20 @@ class StoreConnections:
         # statement) picks scans sized for no array in particular and made batch
         # completion ten times slower in docs/benchmarks.md. Plan each run for its
         # arrays. A server_settings of yours overrides this.
-        settings = {
-            "plan_cache_mode": "force_custom_plan",
-            **(pool_kwargs.get("server_settings") or {}),
-        }
+        #: What pqrun's own connections are opened with, before the caller's settings.
+        self.own_settings = {"plan_cache_mode": "force_custom_plan"}
+        if self.pooler:
+            # asyncpg's named prepared statements outlive the transaction they were made in,
+            # and the pooler hands the next one to another server connection.
+            pool_kwargs.setdefault("statement_cache_size", 0)
         #: The schema this store keeps its queue in (None: the search_path decides).
         schema = schema if schema is not None else os.environ.get("PQRUN_SCHEMA") or None
         self.schema = None if schema is None else check_schema_name(schema)
-        self.search_path: str | None = None
-        if self.schema is not None:
-            if "search_path" in settings:
-                raise ValueError(
-                    "pass either schema= or server_settings={'search_path': ...}, not both"
-                )
-            self.search_path = quote_ident(self.schema)
-            settings["search_path"] = self.search_path
+        settings = {
+            **({} if self.pooler else self.own_settings),
+            **(pool_kwargs.get("server_settings") or {}),
+        }
+        self.search_path = _search_path_for(self.schema, settings, pooler=self.pooler)
         pool_kwargs["server_settings"] = settings
         #: True when pooled connections lack the store's search_path (a caller's pool).
         self.per_statement_schema = pool is not None and self.search_path is not None
@@ -317,6 +298,13 @@ class StoreConnections:
             return DatabaseUnavailable(
                 f"{where}: {self.describe(exc)}. Create the database or fix the DSN"
             )
+        if isinstance(exc, asyncpg.ProtocolViolationError) and "startup parameter" in str(exc):
+            return DatabaseUnavailable(
+                f"{where}: {self.describe(exc)}. A connection pooler in front of PostgreSQL "
+                "refused the settings pqrun sends at connect: if the DSN goes through "
+                "PgBouncer or another transaction pooler, pass pooler=True to PgJobStore "
+                "(or set PQRUN_POOLER=true; docs/deployment.md)"
+            )
         if self.dsn and URL_DSN.match(self.dsn) is None:
             # asyncpg reads URLs only; libpq's host=... form fails as "invalid DSN".
             where += " (write the DSN as a URL: postgresql://user:password@host:port/db)"
@@ -380,9 +368,18 @@ class StoreConnections:
                 and self.search_path is not None
                 # In the schema already. (Not isinstance(): asyncpg's Connection class
                 # says every connection is an instance of each of its subclasses.)
-                and type(given) is not _DedicatedConnection
+                and type(given) is not OwnConnection
             ):
                 async with self.in_schema(given):
+                    yield given
+            elif (
+                given is not None
+                and type(given) is OwnConnection
+                and given.per_transaction_settings
+            ):
+                async with per_transaction(
+                    given, given.per_transaction_settings, self.statement_timeout
+                ):
                     yield given
             elif conn is not None:
                 yield conn
@@ -397,6 +394,15 @@ class StoreConnections:
             ) from exc
         except ClientDataError:
             raise  # a value the driver cannot send: about the data, not the connection
+        except asyncpg.InvalidSQLStatementNameError as exc:
+            if "__asyncpg_" not in str(exc):
+                raise
+            raise DatabaseUnavailable(
+                f"a prepared statement pqrun made is gone from its connection to "
+                f"{self.database()}: the DSN goes through a transaction pooler (PgBouncer, "
+                "RDS Proxy, ...), which hands each transaction to another server "
+                "connection. Pass pooler=True to PgJobStore (docs/deployment.md)"
+            ) from exc
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from self.cause(exc)
 
@@ -485,56 +491,6 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-async def listen(
-    db: StoreConnections,
-    on_payload: Callable[[str], None],
-    connect: Callable[[str], Awaitable[Connection]] | None = None,
-) -> Connection:
-    """A dedicated connection LISTENing on this store's channel (for workers).
-
-    ``on_payload`` gets each notification's payload: empty when jobs are due now,
-    else the epoch of the earliest ``run_after`` of a batch of future jobs.
-    """
-    purpose = "a LISTEN connection"
-    conn = await (dedicated_connection(db, purpose) if connect is None else connect(purpose))
-    try:
-        await conn.add_listener(db.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
-    except BaseException:
-        conn.terminate()
-        raise
-    return conn
-
-
-async def dedicated_connection(
-    db: StoreConnections, purpose: str, server_settings: Mapping[str, str] | None = None
-) -> Connection:
-    """A connection of its own, outside the pool, with the store's settings (schema).
-
-    Workers keep their liveness, their outcome writes and their LISTEN on such
-    connections, so that handlers holding every pooled connection cannot starve them.
-    The caller closes it. ``server_settings`` are added to the store's own.
-    """
-    await db.lazy_start()
-    connect_kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in POOL_ONLY}
-    if server_settings:
-        connect_kwargs["server_settings"] = {
-            **connect_kwargs.get("server_settings", {}),
-            **server_settings,
-        }
-    try:
-        conn: asyncpg.Connection[Any] = await asyncpg.connect(
-            db.dsn or None,
-            timeout=db.connect_timeout,
-            connection_class=_DedicatedConnection,
-            **connect_kwargs,
-        )
-    except CONNECT_ERRORS as exc:
-        raise DatabaseUnavailable(
-            f"cannot open {purpose} to {db.database()}: {db.describe(exc)}"
-        ) from db.cause(exc)
-    return conn
-
-
 async def open_given_pool(
     pool: asyncpg.Pool[Any],
     loop: asyncio.AbstractEventLoop,
@@ -560,7 +516,55 @@ async def open_given_pool(
         raise cannot_connect(exc) from cause(exc)
 
 
-def _connect_arguments_of(pool: asyncpg.Pool[Any]) -> tuple[str | None, dict[str, Any]]:
+def _where_to_connect(
+    dsn: str | None, pool: asyncpg.Pool[Any] | None, pool_kwargs: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The DSN and connect() keywords of a store: given, from the caller's pool, or from
+    the environment."""
+    if pool is None:
+        dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
+        if not dsn:
+            raise ValueError(
+                "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
+                "or pool=an_asyncpg_pool, or set PQRUN_DSN or DATABASE_URL"
+            )
+        return dsn, pool_kwargs
+    if not isinstance(pool, asyncpg.Pool):
+        raise TypeError(
+            f"PgJobStore(pool=...) takes an asyncpg pool (asyncpg.create_pool), "
+            f"got {type(pool).__name__}"
+        )
+    if pool_kwargs:
+        raise ValueError(
+            "PgJobStore(pool=...) uses your pool as it is: give "
+            f"{', '.join(sorted(pool_kwargs))} to asyncpg.create_pool instead"
+        )
+    if dsn is not None:
+        return dsn, {}
+    # pqrun's own connections (a worker's liveness, outcome writes, LISTEN) open as the
+    # pool's do, unless a dsn says where (a direct one, past a pooler).
+    pool_dsn, pool_connect_kwargs = connect_arguments_of(pool)
+    return pool_dsn or "", {k: v for k, v in pool_connect_kwargs.items() if k not in POOL_ONLY}
+
+
+def _search_path_for(schema: str | None, settings: dict[str, str], *, pooler: bool) -> str | None:
+    """The search_path of a store's ``schema``, added to its connection ``settings``."""
+    if schema is None:
+        return None
+    if pooler:
+        raise ValueError(
+            "schema= through a transaction pooler is not supported yet: the pooler "
+            "drops the search_path pqrun sets at connect, so jobs would land in "
+            "another schema. Keep this queue in the default schema, or give the "
+            "store a DSN that reaches PostgreSQL directly (without pooler=True)"
+        )
+    if "search_path" in settings:
+        raise ValueError("pass either schema= or server_settings={'search_path': ...}, not both")
+    settings["search_path"] = quote_ident(schema)
+    return settings["search_path"]
+
+
+def connect_arguments_of(pool: asyncpg.Pool[Any]) -> tuple[str | None, dict[str, Any]]:
     """The DSN and connect() keywords ``pool`` opens its connections with.
 
     asyncpg keeps them in private attributes (set by create_pool and set_connect_args);
@@ -577,8 +581,14 @@ def _connect_arguments_of(pool: asyncpg.Pool[Any]) -> tuple[str | None, dict[str
     return dsn, dict(kwargs)
 
 
-class _DedicatedConnection(asyncpg.Connection):
-    """A connection from ``dedicated_connection()``: opened with the store's settings."""
+class OwnConnection(asyncpg.Connection):
+    """A connection pqrun opened for itself, outside any pool (own_connections.py).
+
+    Through a transaction pooler its settings cannot be sent at connect: they are set
+    for each statement's transaction instead (``per_transaction_settings``).
+    """
+
+    per_transaction_settings: Mapping[str, str] = {}
 
 
 @dataclass(slots=True, eq=False)

@@ -13,7 +13,8 @@ from pqrun.limits import check_int
 from pqrun.models import JobStatus
 from pqrun.schema import ddl_sql
 
-from .connections import Connection, dedicated_connection
+from .connections import Connection
+from .own_connections import can_have_sessions, dedicated_connection, session_connection
 from .queries import query
 from .schema_objects import SCHEMA_OBJECTS, missing_objects
 
@@ -122,6 +123,13 @@ class MaintenanceMethods:
         """
         if not min_seconds_between >= 0:
             raise ValueError(f"min_seconds_between must be >= 0, got {min_seconds_between!r}")
+        if not can_have_sessions(self._db):
+            raise NotPermitted(
+                "VACUUM cannot run through a transaction pooler (it needs a session of "
+                "its own, without a statement timeout): pass direct_dsn= to PgJobStore "
+                "(or set PQRUN_DIRECT_DSN), or leave vacuuming to autovacuum "
+                "(docs/operations.md); WORKER_VACUUM_ENABLED=false stops workers trying"
+            )
         state = await self._vacuum_state()
         if not state["may_vacuum"]:
             raise NotPermitted(
@@ -135,7 +143,7 @@ class MaintenanceMethods:
             return False
         # Connections of its own: the pool's are for claims and handlers, and a vacuum
         # holds one for as long as it runs, without a statement timeout.
-        vacuum_conn = await dedicated_connection(
+        vacuum_conn = await session_connection(
             self._db, "the vacuum's connection", {"statement_timeout": "0"}
         )
         try:

@@ -29,6 +29,8 @@ MARK_AWAITED = query("mark_awaited")
 # store.wait() is woken by a notification; it looks again after this long anyway, in
 # case one was lost with a dropped connection.
 WAIT_RECHECK_SECONDS = 10.0
+# Where it cannot LISTEN (a transaction pooler and no direct_dsn), it looks this often.
+WAIT_POLL_SECONDS = 0.25
 
 #: Opens a connection LISTENing on the store's channel that hands each payload over.
 Listen = Callable[[Callable[[str], None]], Awaitable["Connection"]]
@@ -37,8 +39,10 @@ Listen = Callable[[Callable[[str], None]], Awaitable["Connection"]]
 class FinishWaiters:
     """The futures of ``store.wait()`` calls, by job id, and the connection that wakes them."""
 
-    def __init__(self, listen: Listen) -> None:
+    def __init__(self, listen: Listen, can_listen: Callable[[], bool]) -> None:
         self._listen = listen
+        #: False where no connection can LISTEN: waits poll (WAIT_POLL_SECONDS).
+        self.can_listen = can_listen
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Lock | None = None
@@ -71,6 +75,8 @@ class FinishWaiters:
         self._wake_all()
 
     async def _listening(self) -> None:
+        if not self.can_listen():
+            return  # nothing wakes the futures: wait() polls
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # A connection and futures of another (finished) event loop are useless here.
@@ -167,7 +173,7 @@ class WaitMethods:
                 job = Job.from_record(row)
                 if job.status.is_finished:
                     return job
-                pause = WAIT_RECHECK_SECONDS
+                pause = WAIT_RECHECK_SECONDS if self._waiters.can_listen() else WAIT_POLL_SECONDS
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:

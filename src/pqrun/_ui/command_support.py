@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from pqrun._store.search_path import check_schema_name
+from pqrun._store.session_settings import check_schema_name
 from pqrun.models import Job
 from pqrun.store import PgJobStore
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from pqrun._store.search_path import check_schema_name, quote_ident
+from pqrun._store.session_settings import check_schema_name, quote_ident
 from pqrun.schema import ddl_sql
 from pqrun.store import PgJobStore
 

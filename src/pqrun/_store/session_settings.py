@@ -1,15 +1,19 @@
-"""Schema names, and pointing a connection's search_path at a store's schema.
+"""Settings on connections whose session pqrun does not keep to itself.
 
-A store with ``schema=`` gets ``search_path`` set at connect on connections of its own.
-On anyone else's connection (one passed to a store call, one of a caller's pool, a
-DB-API cursor of pqrun.sync) the path is switched for the statement and put back after.
+Schema names, and pointing a connection's search_path at a store's schema: a store with
+``schema=`` gets ``search_path`` set at connect on connections of its own; on anyone
+else's (one passed to a store call, one of a caller's pool, a DB-API cursor of
+pqrun.sync) the path is switched for the statement and put back after.
+
+Through a transaction pooler nothing can be set at connect: ``per_transaction`` runs a
+statement in a transaction of its own with the settings made local to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +22,7 @@ from .queries import dbapi_query, query
 if TYPE_CHECKING:
     from .connections import Connection
 
+SET_LOCAL = query("set_local")
 SWITCH_SEARCH_PATH = query("switch_search_path")
 RESTORE_SEARCH_PATH = query("restore_search_path")
 # The same two for a DB-API connection (pqrun.sync).
@@ -69,6 +74,25 @@ async def in_search_path(
     finally:
         with contextlib.suppress(*ignore_on_restore):
             await conn.fetchval(RESTORE_SEARCH_PATH, row["was"], timeout=statement_timeout)
+
+
+@asynccontextmanager
+async def per_transaction(
+    conn: Connection, settings: Mapping[str, str], statement_timeout: float
+) -> AsyncIterator[None]:
+    """Run the block in a transaction with ``settings`` local to it (``SET LOCAL``).
+
+    Inside a transaction already, they are set for the rest of that one.
+    """
+    if conn.is_in_transaction():
+        await conn.fetchval(SET_LOCAL, list(settings), list(settings.values()))
+        yield
+        return
+    async with conn.transaction():
+        await conn.fetchval(
+            SET_LOCAL, list(settings), list(settings.values()), timeout=statement_timeout
+        )
+        yield
 
 
 @contextmanager

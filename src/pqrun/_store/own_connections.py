@@ -1,0 +1,145 @@
+"""The connections pqrun opens for itself, outside any pool.
+
+Workers keep their liveness, their outcome writes and their LISTEN on such connections,
+so that handlers holding every pooled connection cannot starve them; a vacuum runs on
+two. They carry the store's settings (``plan_cache_mode``, the schema's
+``search_path``) and a few of their own (the outcome writer's ``lock_timeout``).
+
+Through a transaction pooler (``PgJobStore(pooler=True)``) a connection is not a
+session: nothing can be set at connect, so settings are made local to each statement's
+transaction instead; and what needs a session of its own, LISTEN and VACUUM, goes to
+``direct_dsn``, a DSN that reaches PostgreSQL itself, or does not happen (workers then
+poll, and autovacuum is left to vacuum).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from pqrun.errors import DatabaseUnavailable
+
+from .connections import CONNECT_ERRORS, POOL_ONLY, OwnConnection
+from .secrets import cause_without_secrets, error_text, redact_dsn
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from .connections import Connection, StoreConnections
+
+
+class NoSession(DatabaseUnavailable):
+    """A session of its own is needed (LISTEN), and a transaction pooler gives none."""
+
+
+def can_have_sessions(db: StoreConnections) -> bool:
+    """True when pqrun can open a connection that keeps its session (LISTEN, VACUUM)."""
+    return not db.pooler or db.direct_dsn is not None
+
+
+def no_session(db: StoreConnections, purpose: str) -> NoSession:
+    return NoSession(
+        f"{purpose} needs a session of its own, which a transaction pooler does not give; "
+        "pass direct_dsn= (a DSN that reaches PostgreSQL itself) to PgJobStore, or set "
+        "PQRUN_DIRECT_DSN (docs/deployment.md)"
+    )
+
+
+async def dedicated_connection(
+    db: StoreConnections, purpose: str, server_settings: Mapping[str, str] | None = None
+) -> Connection:
+    """A connection of its own, outside the pool, with the store's settings (schema).
+
+    ``server_settings`` are added to the store's own; through a transaction pooler they
+    are set for each statement's transaction instead (``StoreConnections.acquire``).
+    The caller closes it.
+    """
+    await db.lazy_start()
+    if not db.pooler:
+        return await _connect(db, purpose, db.dsn, db.pool_kwargs, server_settings)
+    conn = await _connect(db, purpose, db.dsn, db.pool_kwargs, None)
+    if server_settings:
+        conn.per_transaction_settings = dict(server_settings)
+    return conn
+
+
+async def session_connection(
+    db: StoreConnections, purpose: str, server_settings: Mapping[str, str] | None = None
+) -> Connection:
+    """A connection whose session is its own (for LISTEN, VACUUM): ``direct_dsn``
+    through a transaction pooler (NoSession without it), else as dedicated_connection."""
+    if not db.pooler:
+        return await dedicated_connection(db, purpose, server_settings)
+    if db.direct_dsn is None:
+        raise no_session(db, purpose)
+    await db.lazy_start()
+    # Straight to PostgreSQL: the store's own settings can be sent at connect again.
+    kwargs = {**db.pool_kwargs, "server_settings": {**db.own_settings, **_settings_of(db)}}
+    kwargs.pop("statement_cache_size", None)
+    return await _connect(db, purpose, db.direct_dsn, kwargs, server_settings)
+
+
+async def listen(
+    db: StoreConnections,
+    on_payload: Callable[[str], None],
+    connect: Callable[[str], Awaitable[Connection]] | None = None,
+) -> Connection:
+    """A dedicated connection LISTENing on this store's channel (for workers).
+
+    ``on_payload`` gets each notification's payload: empty when jobs are due now,
+    else the epoch of the earliest ``run_after`` of a batch of future jobs. ``connect``:
+    how to open it (the store's dedicated_connection, which a subclass may wrap); through
+    a transaction pooler it is always a session_connection.
+    """
+    purpose = "a LISTEN connection"
+    if db.pooler or connect is None:
+        conn = await session_connection(db, purpose)
+    else:
+        conn = await connect(purpose)
+    try:
+        await conn.add_listener(db.channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+def _settings_of(db: StoreConnections) -> dict[str, str]:
+    settings: dict[str, str] = db.pool_kwargs.get("server_settings") or {}
+    return settings
+
+
+async def _connect(
+    db: StoreConnections,
+    purpose: str,
+    dsn: str,
+    kwargs: Mapping[str, Any],
+    server_settings: Mapping[str, str] | None,
+) -> OwnConnection:
+    connect_kwargs = {k: v for k, v in kwargs.items() if k not in POOL_ONLY}
+    if server_settings:
+        connect_kwargs["server_settings"] = {
+            **connect_kwargs.get("server_settings", {}),
+            **server_settings,
+        }
+    direct = dsn != db.dsn
+    where = f"the direct_dsn {redact_dsn(dsn)}" if direct else db.database()
+    password = connect_kwargs.get("password")
+    try:
+        conn: OwnConnection = await asyncpg.connect(
+            dsn or None,
+            timeout=db.connect_timeout,
+            connection_class=OwnConnection,
+            **connect_kwargs,
+        )
+    except CONNECT_ERRORS as exc:
+        if not direct:
+            raise DatabaseUnavailable(
+                f"cannot open {purpose} to {where}: {db.describe(exc)}"
+            ) from db.cause(exc)
+        raise DatabaseUnavailable(
+            f"cannot open {purpose} to {where}: {error_text(exc, dsn, password)}"
+        ) from cause_without_secrets(exc, dsn, password)
+    return conn
