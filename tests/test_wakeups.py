@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 import asyncpg
 import pytest
@@ -163,3 +165,49 @@ async def test_the_listener_probe_tells_a_deaf_connection_from_a_live_one(
     finally:
         listening.terminate()
         await deaf.close()
+
+
+async def test_a_job_waited_for_right_after_its_enqueue_is_not_passed_over(
+    started: Idle, store: PgJobStore
+) -> None:
+    # wait() flags the job as awaited: an UPDATE of its row, sent as soon as the enqueue
+    # commits, just when the claim of the worker it woke passes over locked rows.
+    for _ in range(20):
+        job_id = await store.enqueue("t")
+        job = await store.wait(job_id, timeout=WAKE_WITHIN)
+        assert job.status == "DONE"
+
+
+async def test_one_job_woken_for_costs_one_claim(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    claims = 0
+
+    class CountingStore(PgJobStore):
+        async def pickup_batch(self, worker_id: str, job_types: Any, limit: int) -> Any:
+            nonlocal claims
+            claims += 1
+            return await super().pickup_batch(worker_id, job_types, limit)
+
+    counting = CountingStore(dsn)
+
+    async def job(ctx: JobContext) -> None:
+        return None
+
+    polls = IdlePollPolicy(POLL_SECONDS, POLL_SECONDS)
+    since = await conn.fetchval("SELECT clock_timestamp()")
+    try:
+        async with Worker(counting, {"job": job}, idle_policy=polls).lifespan(None):
+            await wait_until(lambda: _listening(conn, since), within=30)
+            await wait_until(lambda: _true(claims >= 2))  # at start, and when listening
+            await asyncio.sleep(0.3)  # the second one, if still under way
+            before = claims
+            for _ in range(10):
+                job_id = await counting.enqueue("job")
+                # (Not wait(): it may announce the job once more, and wake another claim.)
+                await wait_until(partial(_done, counting, job_id), within=WAKE_WITHIN)
+            # One claim per job the worker was woken for: a claim that got fewer jobs
+            # than it asked for is not followed by another that can only find nothing.
+            assert claims - before <= 10 + 2, claims - before
+    finally:
+        await counting.close()

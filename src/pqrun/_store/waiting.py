@@ -163,7 +163,9 @@ class WaitMethods:
             woken = await self._waiters.watch(job_id)
             try:
                 async with self._db.acquire(join=False) as conn:
-                    await conn.execute(MARK_AWAITED, job_id, timeout=self._db.statement_timeout)
+                    await conn.fetchval(
+                        MARK_AWAITED, job_id, self._db.channel, timeout=self._db.statement_timeout
+                    )
                     row = await conn.fetchrow(GET_JOB, job_id, timeout=self._db.statement_timeout)
                 if row is None:
                     raise JobNotFound(

@@ -123,6 +123,12 @@ class Fetcher:
             errors.succeeded()
             if jobs:
                 idle_polls = 0
+                if drain or len(jobs) >= want or self._limited:
+                    continue
+                # Fewer than asked for: nothing else was due. Claiming again at once would
+                # only find nothing (one empty claim per job, for each idle worker);
+                # wait for a notification, a known due time or the poll.
+                await self._idle_sleep(0)
                 continue
             if drain:
                 if registry.buffer or registry.running:

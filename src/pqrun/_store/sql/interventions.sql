@@ -2,8 +2,16 @@
 -- Flag a job whose finish someone waits for (store.wait()): from then on, the trigger
 -- jobs_notify_finished announces its move to DONE, FAILED or CANCELLED on the channel.
 -- Guard: READY or RUNNING and not awaited yet; moves no job between states.
-UPDATE jobs SET awaited = true
-WHERE id = $1 AND status IN ('READY', 'RUNNING') AND NOT awaited
+-- While this holds the row, a worker's claim (FOR UPDATE SKIP LOCKED) passes the job
+-- over: called right after the enqueue, as wait() usually is, it meets the claim of the
+-- worker the enqueue woke. So a READY job that is due is announced again ($2: the
+-- channel), and that worker looks once more instead of sleeping until its next poll.
+WITH marked AS (
+    UPDATE jobs SET awaited = true
+    WHERE id = $1 AND status IN ('READY', 'RUNNING') AND NOT awaited
+    RETURNING status, run_after
+)
+SELECT count(pg_notify($2, '')) FROM marked WHERE status = 'READY' AND run_after <= now()
 
 -- name: cancel
 -- READY or RUNNING -> CANCELLED. The worker running a RUNNING job is told on the
