@@ -81,14 +81,23 @@ async def test_a_schema_on_the_apps_pool_holds_for_each_statement_and_is_put_bac
     async def record(ctx: JobContext) -> None:
         done.append(ctx.job.id)
 
+    async with app_pool.acquire() as app_conn, store:
+        await app_conn.execute("CREATE TEMP TABLE orders (id int)")
+        # The app's own transaction, with an enqueue in it: its tables are found as
+        # always, and the job goes to the store's schema.
+        async with app_conn.transaction():
+            await app_conn.execute("INSERT INTO orders VALUES (1)")
+            await store.enqueue("record", {}, conn=app_conn)
+            assert await app_conn.fetchval("SHOW search_path") == path_before
     async with store:
         job_id = await store.enqueue("record", {})
-        assert await app_pool.fetchval(f'SELECT count(*) FROM "{billing}".jobs') == 1
+        assert await app_pool.fetchval(f'SELECT count(*) FROM "{billing}".jobs') == 2
         assert await app_pool.fetchval("SELECT count(*) FROM public.jobs") == public_before
         # Between pqrun's statements, the pool's connections keep their own search_path.
         assert (await session_settings(app_pool))[0] == path_before
         await Worker(store, {"record": record}, **QUICK_POLICIES).drain()
-        assert done == [job_id]
+        assert len(done) == 2
+        assert job_id in done
         job = await store.get_job(job_id)
         assert job is not None
         assert job.status.value == "DONE"

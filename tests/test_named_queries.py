@@ -9,6 +9,7 @@ query that returns jobs returns the columns a Job is built from.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -20,15 +21,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import pqrun.sync
 from pqrun import PgJobStore
 from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
-from pqrun._store.queries import STATEMENTS, dbapi_query, parse, query
+from pqrun._store.queries import STATEMENTS, dbapi_query, parse, qualified, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
 from pqrun._store.schema_objects import EXPECTED_COLUMNS
-from pqrun._store.session_settings import (
-    RESTORE_SEARCH_PATH,
-    RESTORE_SEARCH_PATH_DBAPI,
-    SWITCH_SEARCH_PATH,
-    SWITCH_SEARCH_PATH_DBAPI,
-)
 from pqrun.models import JOB_COLUMNS, Job, JobStatus
 from pqrun.testing import make_job
 
@@ -154,8 +149,6 @@ def test_the_dbapi_statements_are_the_asyncpg_ones_with_named_parameters() -> No
     assert ENQUEUE_PARAMETERS[-1] == "trace_context"  # written by both forms
     assert "%(trace_context)s" in ENQUEUE_DBAPI
     assert asyncpg_form(ENQUEUE_DBAPI, ENQUEUE_PARAMETERS) == ENQUEUE
-    assert asyncpg_form(SWITCH_SEARCH_PATH_DBAPI, ("path",)) == SWITCH_SEARCH_PATH
-    assert asyncpg_form(RESTORE_SEARCH_PATH_DBAPI, ("path",)) == RESTORE_SEARCH_PATH
     # A literal % is doubled for the drivers (none in these statements, but in others).
     assert "%%s" in dbapi_query("reap_stale", ("a", "b", "c", "d"))
 
@@ -205,3 +198,23 @@ def test_a_job_subclass_builds_itself_from_a_row() -> None:
     assert type(job) is MyJob
     assert job.payload == {"a": 1}
     assert job.status is JobStatus.READY
+
+
+async def test_every_statement_qualified_for_a_schema_needs_no_search_path(
+    dsn: str, schemas: Callable[[], str]
+) -> None:
+    schema = schemas()
+    await PgJobStore(dsn, schema=schema).setup()
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": "pg_catalog"})
+    try:
+        for name, statement in STATEMENTS.items():
+            in_schema = qualified(statement, f'"{schema}"')
+            if in_schema.lstrip().upper().startswith("VACUUM"):
+                assert f'"{schema}".jobs' in in_schema
+                continue
+            # Parsed and planned against the catalog: an unqualified table of pqrun's
+            # would not be found (nothing of ours is in pg_catalog).
+            await conn.prepare(in_schema)
+            assert "public." not in in_schema, name
+    finally:
+        await conn.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -175,9 +175,28 @@ async def test_the_outcome_writers_settings_hold_for_its_statements_only(
         await writer.close()
 
 
-def test_a_schema_through_a_pooler_is_refused_with_the_reason(pooled_dsn: str) -> None:
-    with pytest.raises(ValueError, match="drops the search_path"):
-        PgJobStore(pooled_dsn, pooler=True, schema="billing")
+async def test_a_schema_holds_through_the_pooler(
+    pooled_dsn: str, dsn: str, schemas: Callable[[], str], conn: asyncpg.Connection
+) -> None:
+    billing = schemas()
+    through = PgJobStore(pooled_dsn, pooler=True, direct_dsn=dsn, schema=billing, max_size=4)
+    public_before = await conn.fetchval("SELECT count(*) FROM public.jobs")
+    ran: list[int] = []
+
+    async def job(ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+
+    try:
+        await through.setup()  # ddl.sql in the schema, through the pooler
+        job_id = await through.enqueue("job", {})
+        assert await conn.fetchval(f'SELECT count(*) FROM "{billing}".jobs') == 1
+        await Worker(through, {"job": job}).drain()
+        assert ran == [job_id]
+        assert (await through.wait(job_id, timeout=30)).status == "DONE"
+        assert through.channel == f"pqrun:{billing}"
+    finally:
+        await through.close()
+    assert await conn.fetchval("SELECT count(*) FROM public.jobs") == public_before
 
 
 async def test_the_cli_and_the_dashboard_work_through_the_pooler(

@@ -31,8 +31,9 @@ from typing import Any, TypeVar
 
 from . import tracing
 from ._store.enqueue import ENQUEUE_DBAPI, dedupe_attempts, tracing_enqueues
+from ._store.queries import qualified
 from ._store.rows import NewJobRow, new_job_row
-from ._store.session_settings import dbapi_in_schema
+from ._store.session_settings import check_schema_name, quote_ident
 from .store import PgJobStore
 
 T = TypeVar("T")
@@ -189,9 +190,15 @@ def _enqueue_dbapi(
     connection: Any, row: NewJobRow, schema: str | None, trace_context: str | None
 ) -> int:
     params = {**row._asdict(), "trace_context": trace_context}
-    with contextlib.closing(connection.cursor()) as cursor, dbapi_in_schema(cursor, schema):
+    # In the schema by name: the connection's search_path is the caller's, untouched.
+    statement = (
+        ENQUEUE_DBAPI
+        if schema is None
+        else qualified(ENQUEUE_DBAPI, quote_ident(check_schema_name(schema)))
+    )
+    with contextlib.closing(connection.cursor()) as cursor:
         for _ in dedupe_attempts(row.dedupe_key):
-            cursor.execute(ENQUEUE_DBAPI, params)
+            cursor.execute(statement, params)
             found = cursor.fetchone()
             if found is not None:
                 return int(found[0])

@@ -15,10 +15,11 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
@@ -26,9 +27,10 @@ from pqrun._config import env_bool
 from pqrun.errors import DatabaseUnavailable, SchemaMissing
 
 from .pool_floor import quiet_pool_floor_warnings
+from .queries import Qualified, qualified_statements
 from .schema_objects import JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
 from .secrets import URL_DSN, cause_without_secrets, error_text, redact_dsn
-from .session_settings import check_schema_name, in_search_path, per_transaction, quote_ident
+from .session_settings import check_schema_name, per_transaction, quote_ident
 
 logger = logging.getLogger("pqrun")
 
@@ -56,11 +58,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions._base.InternalClientError,
 )
 
-# What a search_path restore may meet that is not the caller's error (in_search_path).
-RESTORE_IGNORES: tuple[type[BaseException], ...] = (
-    asyncpg.InFailedSQLTransactionError,
-    *CONNECTION_ERRORS,
-)
+# "relation "jobs" does not exist", also qualified: "relation "billing.jobs" ...".
+MISSING_JOBS_TABLE = re.compile(r'"(\w+\.)?jobs"')
 
 # What asyncpg raises for a DSN it cannot read: urllib's and ipaddress's ValueError
 # (whose text may quote part of the password: a password holding [ ] is read as an IPv6
@@ -137,10 +136,14 @@ class StoreConnections:
             **({} if self.pooler else self.own_settings),
             **(pool_kwargs.get("server_settings") or {}),
         }
-        self.search_path = _search_path_for(self.schema, settings, pooler=self.pooler)
+        self.search_path = _search_path_for(
+            self.schema, settings, sets_it=pool is None and not self.pooler
+        )
         pool_kwargs["server_settings"] = settings
-        #: True when pooled connections lack the store's search_path (a caller's pool).
-        self.per_statement_schema = pool is not None and self.search_path is not None
+        #: pqrun's named statements -> the same in the store's schema (empty: no schema).
+        self.statements = (
+            {} if self.schema is None else qualified_statements(quote_ident(self.schema))
+        )
         self.pool_kwargs = pool_kwargs
         self.pool: asyncpg.Pool[Any] | None = None
         self.pool_loop: asyncio.AbstractEventLoop | None = None
@@ -194,12 +197,11 @@ class StoreConnections:
         pool = await self.open_pool()
         try:
             # With min_size=0 the pool opened without a connection: this is the first.
-            async with (
-                pool.acquire(timeout=self.statement_timeout) as conn,
-                self.schema_of_store(conn),
-            ):
-                schema = await conn.fetchval(JOBS_SCHEMA, timeout=self.statement_timeout)
-                objects = await conn.fetchrow(SCHEMA_OBJECTS, timeout=self.statement_timeout)
+            async with pool.acquire(timeout=self.statement_timeout) as conn:
+                schema = await conn.fetchval(self.sql(JOBS_SCHEMA), timeout=self.statement_timeout)
+                objects = await conn.fetchrow(
+                    self.sql(SCHEMA_OBJECTS), timeout=self.statement_timeout
+                )
         except CONNECT_ERRORS as exc:
             await self.close()
             raise self.cannot_connect(exc) from self.cause(exc)
@@ -339,8 +341,7 @@ class StoreConnections:
         except (*CONNECTION_ERRORS, *DSN_ERRORS) as exc:  # DSN: the first connection of a
             raise self.unavailable(exc) from self.cause(exc)  # pool opened with min_size=0
         try:
-            async with self.schema_of_store(conn):
-                yield conn
+            yield conn
         except BaseException:
             # Releasing a connection whose query was cancelled can itself time out; that
             # must not replace the error (or the cancellation) already on its way.
@@ -355,39 +356,31 @@ class StoreConnections:
     ) -> AsyncIterator[Connection]:
         """A connection for pqrun's own statements, whose errors it translates.
 
-        ``conn`` is a connection of the caller's: with a ``schema``, its search_path is
-        pointed at the store's schema for the statement and put back after. Without it,
-        the connection of an enclosing ``connection()``/``transaction()`` block, unless
-        ``join`` is false; else one from the pool.
+        ``conn`` is a connection of the caller's. Without it, the connection of an
+        enclosing ``connection()``/``transaction()`` block, unless ``join`` is false; else
+        one from the pool. With a ``schema``, what it yields runs pqrun's named
+        statements in their schema-qualified form (``Qualified``), whatever the
+        connection's search_path; nothing about the connection itself changes.
         """
+        if isinstance(conn, Qualified):
+            conn = conn.conn
         given = conn
         conn = conn or (self.joined() if join else None)
         try:
-            if (
-                given is not None
-                and self.search_path is not None
-                # In the schema already. (Not isinstance(): asyncpg's Connection class
-                # says every connection is an instance of each of its subclasses.)
-                and type(given) is not OwnConnection
-            ):
-                async with self.in_schema(given):
-                    yield given
-            elif (
-                given is not None
-                and type(given) is OwnConnection
-                and given.per_transaction_settings
-            ):
-                async with per_transaction(
-                    given, given.per_transaction_settings, self.statement_timeout
-                ):
-                    yield given
+            # (type(), not isinstance(): asyncpg's Connection class says every connection
+            # is an instance of each of its subclasses.)
+            if type(given) is OwnConnection and given.per_transaction_settings:
+                # Through a transaction pooler: its settings hold for this statement only.
+                settings = given.per_transaction_settings
+                async with per_transaction(given, settings, self.statement_timeout):
+                    yield self.qualify(given)
             elif conn is not None:
-                yield conn
+                yield self.qualify(conn)
             else:
                 async with self.pooled() as pooled:
-                    yield pooled
+                    yield self.qualify(pooled)
         except asyncpg.UndefinedTableError as exc:
-            if '"jobs"' not in str(exc):
+            if not MISSING_JOBS_TABLE.search(str(exc)):
                 raise
             raise SchemaMissing(
                 f"the table 'jobs' is gone from {self.where()}: {self.setup_hint()}"
@@ -406,16 +399,15 @@ class StoreConnections:
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from self.cause(exc)
 
-    def schema_of_store(self, conn: Connection) -> AbstractAsyncContextManager[None]:
-        """``in_schema`` on a pooled connection when it lacks the store's search_path."""
-        return self.in_schema(conn) if self.per_statement_schema else contextlib.nullcontext()
+    def sql(self, statement: str) -> str:
+        """A named statement as this store runs it (schema-qualified with a ``schema``)."""
+        return self.statements.get(statement, statement)
 
-    @asynccontextmanager
-    async def in_schema(self, conn: Connection) -> AsyncIterator[None]:
-        """Run the block with ``conn``'s search_path set to the store's schema alone."""
-        assert self.search_path is not None
-        async with in_search_path(conn, self.search_path, self.statement_timeout, RESTORE_IGNORES):
-            yield
+    def qualify(self, conn: Connection) -> Connection:
+        """``conn`` as pqrun's own statements use it (see ``Qualified``)."""
+        if not self.statements:
+            return conn
+        return cast("Connection", Qualified(conn, self.statements))
 
     @asynccontextmanager
     async def joinable(self, conn: Connection) -> AsyncIterator[Connection]:
@@ -547,17 +539,17 @@ def _where_to_connect(
     return pool_dsn or "", {k: v for k, v in pool_connect_kwargs.items() if k not in POOL_ONLY}
 
 
-def _search_path_for(schema: str | None, settings: dict[str, str], *, pooler: bool) -> str | None:
-    """The search_path of a store's ``schema``, added to its connection ``settings``."""
+def _search_path_for(schema: str | None, settings: dict[str, str], *, sets_it: bool) -> str | None:
+    """The search_path of a store's ``schema``, added to its connection ``settings``.
+
+    pqrun's statements name their schema themselves (``Qualified``); the search_path is
+    for your own statements inside ``store.transaction()`` on the store's own pool, and
+    for ddl.sql. A caller's pool keeps its own; a pooler drops it anyway.
+    """
     if schema is None:
         return None
-    if pooler:
-        raise ValueError(
-            "schema= through a transaction pooler is not supported yet: the pooler "
-            "drops the search_path pqrun sets at connect, so jobs would land in "
-            "another schema. Keep this queue in the default schema, or give the "
-            "store a DSN that reaches PostgreSQL directly (without pooler=True)"
-        )
+    if not sets_it:
+        return quote_ident(schema)
     if "search_path" in settings:
         raise ValueError("pass either schema= or server_settings={'search_path': ...}, not both")
     settings["search_path"] = quote_ident(schema)

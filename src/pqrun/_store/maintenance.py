@@ -17,6 +17,7 @@ from .connections import Connection
 from .own_connections import can_have_sessions, dedicated_connection, session_connection
 from .queries import query
 from .schema_objects import SCHEMA_OBJECTS, missing_objects
+from .session_settings import per_transaction, quote_ident
 
 if TYPE_CHECKING:
     from .connections import StoreConnections
@@ -83,10 +84,17 @@ class MaintenanceMethods:
         """
         pool = await self._db.open_pool()
         async with pool.acquire(timeout=self._db.statement_timeout) as conn:
-            if self._db.schema is not None:
+            if self._db.schema is None:
+                await conn.execute(ddl_sql())
+            else:
                 create = await conn.fetchval(CREATE_SCHEMA_STATEMENT, self._db.schema)
                 await conn.execute(create)
-            await conn.execute(ddl_sql())
+                # In the schema whatever the connection's own search_path (a caller's
+                # pool, a transaction pooler): set for this transaction only.
+                async with per_transaction(
+                    conn, {"search_path": quote_ident(self._db.schema)}, self._db.statement_timeout
+                ):
+                    await conn.execute(ddl_sql())
         await self._db.lazy_start()
 
     async def check_schema(self) -> list[str]:
@@ -151,7 +159,7 @@ class MaintenanceMethods:
             vacuum_conn.add_log_listener(lambda _, message: warnings.append(message.sqlstate))
             watch_conn = await dedicated_connection(self._db, "the vacuum's lock watch")
             try:
-                vacuuming = asyncio.ensure_future(vacuum_conn.execute(VACUUM_JOBS))
+                vacuuming = asyncio.ensure_future(vacuum_conn.execute(self._db.sql(VACUUM_JOBS)))
                 try:
                     if not await self._vacuum_or_give_way(vacuuming, watch_conn):
                         return False
@@ -185,7 +193,9 @@ class MaintenanceMethods:
                 return True
             # An error here stops the vacuum too (see vacuum()): unwatched, it could hold
             # up DDL for as long as it runs.
-            if await watch_conn.fetchval(LOCK_WAITERS, timeout=self._db.statement_timeout):
+            if await watch_conn.fetchval(
+                self._db.sql(LOCK_WAITERS), timeout=self._db.statement_timeout
+            ):
                 return False  # vacuum() cancels it
 
     async def prune(

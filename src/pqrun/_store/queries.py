@@ -8,14 +8,23 @@ unknown name raises KeyError when the module asking for it is imported, never la
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .connections import Connection
 
 NAME_LINE = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 POSITIONAL = re.compile(r"\$(?P<number>\d+)")
 # Any line that looks like a header: one NAME_LINE does not match is a typo, not SQL.
 HEADER_LIKE = re.compile(r"^--\s*name\s*:", re.MULTILINE | re.IGNORECASE)
+# pqrun's tables, as statements name them: bare (FROM jobs, UPDATE job_workers ...), and
+# as a quoted name handed to a function (to_regclass('jobs')).
+TABLE_NAME = re.compile(r"(?<![\w.\"'])(jobs|job_workers|job_schedules|job_rate_limits)(?![\w\"'])")
+TABLE_LITERAL = re.compile(r"'(jobs|job_workers|job_schedules|job_rate_limits)'")
 
 
 def parse(file_name: str, text: str) -> dict[str, str]:
@@ -78,3 +87,46 @@ def dbapi_query(name: str, parameters: Sequence[str]) -> str:
         return f"%({parameters[number - 1]})s"
 
     return POSITIONAL.sub(named, statement)
+
+
+@functools.cache
+def qualified(statement: str, schema: str) -> str:
+    """``statement`` with pqrun's tables named in ``schema`` (a quoted identifier), so
+    that it finds them whatever the connection's search_path: a store with ``schema=``
+    runs its statements so, on its own connections, a caller's and a pooler's alike."""
+    named = TABLE_LITERAL.sub(
+        lambda m: "'" + schema.replace("'", "''") + "." + m[1] + "'", statement
+    )
+    return TABLE_NAME.sub(lambda m: f"{schema}.{m[1]}", named)
+
+
+def qualified_statements(schema: str) -> Mapping[str, str]:
+    """Every named statement (asyncpg form) -> the same in ``schema``."""
+    return {statement: qualified(statement, schema) for statement in STATEMENTS.values()}
+
+
+class Qualified:
+    """A connection as a store with a ``schema`` runs its own statements on it: each of
+    pqrun's named statements is sent in its schema-qualified form, anything else as it
+    is. Everything else is the connection's own (``conn``)."""
+
+    __slots__ = ("_statements", "conn")
+
+    def __init__(self, conn: Connection, statements: Mapping[str, str]) -> None:
+        self.conn = conn
+        self._statements = statements
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.fetch(self._statements.get(query, query), *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.fetchrow(self._statements.get(query, query), *args, **kwargs)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.fetchval(self._statements.get(query, query), *args, **kwargs)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.execute(self._statements.get(query, query), *args, **kwargs)
