@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -141,3 +143,43 @@ async def test_no_password_of_the_pool_shows_in_the_store_or_its_errors(dsn: str
         assert "127.0.0.1:1" in text
     finally:
         await pool.close()
+
+
+async def test_a_pool_that_connects_its_own_way_needs_the_dsn_beside_it(dsn: str) -> None:
+    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        return await asyncpg.connect(dsn)
+
+    pool = asyncpg.create_pool(connect=connect, min_size=0, max_size=1)
+    with pytest.raises(ValueError, match=r"pass the DSN too, PgJobStore\(dsn="):
+        PgJobStore(pool=pool)
+    assert PgJobStore(dsn=dsn, pool=pool).dsn == dsn
+
+
+async def test_own_connections_to_another_database_than_the_pool_are_refused(
+    dsn: str, server_dsn: str, app_pool: asyncpg.Pool
+) -> None:
+    elsewhere = PgJobStore(dsn=server_dsn, pool=app_pool)  # the server's default database
+    try:
+        await elsewhere.start()
+        with pytest.raises(DatabaseUnavailable, match="must name the same server and database"):
+            await elsewhere.dedicated_connection("the heartbeat connection")
+    finally:
+        await elsewhere.close()
+
+
+async def test_the_pools_password_never_shows_beside_a_dsn() -> None:
+    secret = "k9[Tr0ub4dor]"
+    pool = asyncpg.create_pool(
+        f"postgresql://postgres:{secret}@127.0.0.1:1/db", min_size=0, max_size=1
+    )
+    store = PgJobStore(dsn="postgresql://postgres@127.0.0.1:1/db", pool=pool)
+    with pytest.raises(DatabaseUnavailable) as raised:
+        await store.enqueue("t", {})
+    text = str(raised.value) + "".join(traceback.format_exception(raised.value))
+    for piece in ("Tr0ub4dor", "k9[Tr"):
+        assert piece not in text
+
+
+def test_pool_sizes_beside_a_pool_are_refused(app_pool: asyncpg.Pool) -> None:
+    with pytest.raises(ValueError, match=r"size it with asyncpg\.create_pool"):
+        PgJobStore(pool=app_pool, max_size=50)

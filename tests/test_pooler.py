@@ -84,7 +84,7 @@ async def test_a_lost_prepared_statement_names_the_fix(pooled_dsn: str, store: P
             await other.execute("DEALLOCATE ALL")
         finally:
             await other.close()
-        with pytest.raises(DatabaseUnavailable, match=r"transaction pooler .* Pass pooler=True"):
+        with pytest.raises(DatabaseUnavailable, match=r"statement_cache_size=0 to PgJobStore"):
             await cached.enqueue("t", {})
     finally:
         await cached.close()
@@ -160,19 +160,57 @@ async def test_without_a_direct_dsn_workers_poll_waits_poll_and_vacuum_is_left(
     assert "direct_dsn" in said[0]
 
 
-async def test_the_outcome_writers_settings_hold_for_its_statements_only(
-    pooled_store: PgJobStore,
+async def test_without_a_direct_dsn_the_writers_settings_hold_for_its_statements_only(
+    pooled_dsn: str, store: PgJobStore, caplog: pytest.LogCaptureFixture
 ) -> None:
+    through = PgJobStore(pooled_dsn, pooler=True, max_size=4)
     # The bouncer has one server connection: the writer's and everyone else's
     # statements run on it in turn.
-    writer = await pooled_store.dedicated_connection("a test", {"lock_timeout": "123ms"})
+    writer = await through.dedicated_connection("a test", {"lock_timeout": "123ms"})
     try:
-        db = pooled_store._db
+        db = through._db
         assert await db.fetchval("SHOW lock_timeout", conn=writer) == "123ms"
         assert await db.fetchval("SHOW lock_timeout") == "0"
         assert await db.fetchval("SHOW lock_timeout", conn=writer) == "123ms"
+        again = await through.dedicated_connection("another test")
+        await again.close()
     finally:
         await writer.close()
+        await through.close()
+    # Liveness through the pooler can be starved by handlers: said once, naming the fix.
+    said = [
+        r.getMessage() for r in caplog.records if "goes through the transaction" in r.getMessage()
+    ]
+    assert len(said) == 1, said
+    assert "direct_dsn" in said[0]
+
+
+async def test_with_a_direct_dsn_a_workers_own_connections_skip_the_pooler(
+    bouncer: PgBouncer, dsn: str, store: PgJobStore
+) -> None:
+    parts = urlsplit(dsn)
+    # The pooler's port as a keyword, as apps often write it: it must not redirect the
+    # connections that direct_dsn names.
+    through = PgJobStore(
+        f"postgresql://{parts.username or 'postgres'}@127.0.0.1/{parts.path.lstrip('/')}",
+        port=bouncer.port,
+        pooler=True,
+        direct_dsn=dsn,
+        max_size=4,
+    )
+    try:
+        writer = await through.dedicated_connection("a test", {"lock_timeout": "123ms"})
+        try:
+            # Set at connect, not per transaction: this connection is not the pooler's.
+            assert not getattr(writer, "per_transaction_settings", None)
+            assert await writer.fetchval("SHOW lock_timeout") == "123ms"
+            assert await writer.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        finally:
+            await writer.close()
+        listening = await through.listen(lambda _payload: None)
+        await listening.close()
+    finally:
+        await through.close()
 
 
 async def test_a_schema_holds_through_the_pooler(

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from ._localpg import find_or_start
-from ._store.connections import CONNECT_ERRORS
+from ._store.driver_errors import CONNECT_ERRORS
 from ._store.secrets import cause_without_secrets, error_text, redact_dsn
 from .errors import DatabaseUnavailable, Retry
 from .handlers import JobContext

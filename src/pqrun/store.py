@@ -61,23 +61,23 @@ class PgJobStore(
     as it is: pqrun changes none of its settings and never closes it (close it after the
     store). ``min_size``, ``max_size`` and pool keywords then do not apply. A worker
     still opens a few connections of its own (liveness, outcome writes, LISTEN), as the
-    pool does, or to ``dsn`` when one is given too. With a ``schema``, each statement on
-    the pool's connections sets ``search_path`` for itself (docs/deployment.md).
+    pool does, or to ``dsn`` when one is given too (docs/deployment.md).
 
     ``pooler=True`` (or ``PQRUN_POOLER=true``): the DSN goes through a transaction
     pooler (PgBouncer, RDS Proxy, Supavisor, pgcat). pqrun then sends no setting at
-    connect, keeps no prepared statement (``statement_cache_size=0`` unless you give
-    one), and opens what needs a session of its own, LISTEN and VACUUM, to
-    ``direct_dsn`` (or ``PQRUN_DIRECT_DSN``): a DSN that reaches PostgreSQL itself.
-    Without one, workers poll for new jobs, ``wait()`` polls, and vacuuming is left to
-    autovacuum (docs/deployment.md).
+    connect and keeps no prepared statement (``statement_cache_size=0`` unless you give
+    one); a worker's own connections (heartbeats, outcome writes, LISTEN, VACUUM) go to
+    ``direct_dsn`` (or ``PQRUN_DIRECT_DSN``), a DSN that reaches PostgreSQL itself.
+    Without one, workers poll for new jobs, ``wait()`` polls, vacuuming is left to
+    autovacuum, and liveness shares the pooler with handlers (docs/deployment.md).
 
     ``schema="billing"`` keeps the whole queue (tables, trigger, notification channel)
-    in that PostgreSQL schema: the store's connections get ``search_path`` set to it
-    alone, so two stores with different schemas share a database without seeing each
-    other's jobs. Inside ``store.transaction()`` qualify your own tables
-    (``public.orders``). Without it, the queue is wherever the connection's
-    ``search_path`` finds the ``jobs`` table (``public`` by default).
+    in that PostgreSQL schema: pqrun's statements name it, and the store's own pool's
+    connections get ``search_path`` set to it alone, so two stores with different
+    schemas share a database without seeing each other's jobs. Inside
+    ``store.transaction()`` qualify your own tables (``public.orders``). Without it,
+    the queue is wherever the connection's ``search_path`` finds the ``jobs`` table
+    (``public`` by default).
     """
 
     def __init__(

@@ -26,10 +26,18 @@ import asyncpg
 from pqrun._config import env_bool
 from pqrun.errors import DatabaseUnavailable, SchemaMissing
 
+from .driver_errors import (
+    CONNECT_ERRORS,
+    CONNECTION_ERRORS,
+    DSN_ERRORS,
+    ClientDataError,
+    refused,
+)
+from .given_pool import open_given_pool, secrets_of, where_to_connect
 from .pool_floor import quiet_pool_floor_warnings
 from .queries import Qualified, qualified_statements
-from .schema_objects import JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
-from .secrets import URL_DSN, cause_without_secrets, error_text, redact_dsn
+from .schema_objects import IDENTITY, JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
+from .secrets import cause_without_secrets, error_text, redact_dsn
 from .session_settings import check_schema_name, per_transaction, quote_ident
 
 logger = logging.getLogger("pqrun")
@@ -42,46 +50,8 @@ if TYPE_CHECKING:
 else:
     Connection = asyncpg.Connection
 
-# Errors that say the connection or the server went away, rather than that a statement
-# was wrong. They become DatabaseUnavailable for the caller.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.InterfaceError,
-    # "cannot switch to state ...; another operation is in progress": an idle pooled
-    # connection that received the server's shutdown notice is handed out just before
-    # its socket closes (seen once in 545 tests' run of test_outage.py under load).
-    asyncpg.exceptions._base.InternalClientError,
-)
-
 # "relation "jobs" does not exist", also qualified: "relation "billing.jobs" ...".
 MISSING_JOBS_TABLE = re.compile(r'"(\w+\.)?jobs"')
-
-# What asyncpg raises for a DSN it cannot read: urllib's and ipaddress's ValueError
-# (whose text may quote part of the password: a password holding [ ] is read as an IPv6
-# address), OverflowError for a port out of range.
-DSN_ERRORS: tuple[type[BaseException], ...] = (ValueError, OverflowError)
-
-# Errors of opening a connection that say the server is not there (or not for us: no
-# such role or database), or that the DSN does not say where it is.
-CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    *CONNECTION_ERRORS,
-    *DSN_ERRORS,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidCatalogNameError,
-)
-
-# A value asyncpg cannot encode for its parameter (an InterfaceError, so it would pass
-# for a connection error): the data is refused, nothing is wrong with the connection.
-ClientDataError = asyncpg.exceptions._base.DataError
-
-
-# create_pool arguments that asyncpg.connect does not take.
-POOL_ONLY = frozenset({"setup", "init", "reset", "max_queries", "max_inactive_connection_lifetime"})
 
 
 class StoreConnections:
@@ -108,8 +78,21 @@ class StoreConnections:
         self.direct_dsn = direct_dsn or os.environ.get("PQRUN_DIRECT_DSN") or None
         #: A pool of the caller's (``PgJobStore(pool=...)``): used as it is, never closed.
         self.given_pool = pool
-        dsn, pool_kwargs = _where_to_connect(dsn, pool, pool_kwargs)
+        if pool is not None and (max_size is not None or min_size != 1):
+            raise ValueError(
+                "PgJobStore(pool=...) uses your pool as it is: size it with "
+                "asyncpg.create_pool(min_size=..., max_size=...), not the store's"
+            )
+        dsn, pool_kwargs = where_to_connect(dsn, pool, pool_kwargs)
         self.dsn = dsn
+        #: Every password this store may meet in an error: of the DSN (its own), of the
+        #: caller's pool, of direct_dsn. None of them is ever shown (describe(), cause()).
+        self.secrets = secrets_of(pool, pool_kwargs, self.direct_dsn)
+        #: (database, jobs table) the store's pool reaches; its own connections must
+        #: reach the same (checked when they open from another DSN: pool=, direct_dsn).
+        self.identity: tuple[str, int] | None = None
+        #: What was said once already (warnings that would repeat at each reconnect).
+        self.said: set[str] = set()
         self.min_size = min_size
         self.max_size = max_size
         self.connections_wanted = 0
@@ -202,6 +185,7 @@ class StoreConnections:
                 objects = await conn.fetchrow(
                     self.sql(SCHEMA_OBJECTS), timeout=self.statement_timeout
                 )
+                identity = await conn.fetchrow(self.sql(IDENTITY), timeout=self.statement_timeout)
         except CONNECT_ERRORS as exc:
             await self.close()
             raise self.cannot_connect(exc) from self.cause(exc)
@@ -229,6 +213,8 @@ class StoreConnections:
                 ", ".join(missing),
             )
         self.channel = schema
+        assert identity is not None  # a SELECT without FROM has its one row
+        self.identity = (identity["database"], identity["jobs_oid"])
         self.schema_checked = True
 
     async def open_pool(self) -> asyncpg.Pool[Any]:
@@ -237,7 +223,9 @@ class StoreConnections:
         if self.pool is not None and self.pool_loop is loop:
             return self.pool
         if self.given_pool is not None:
-            await open_given_pool(self.given_pool, loop, self.cannot_connect, self.cause)
+            await open_given_pool(
+                self.given_pool, loop, self.cannot_connect, self.cause, self.connections_wanted
+            )
             self.pool, self.pool_loop = self.given_pool, loop
             self.schema_checked = False
             return self.given_pool
@@ -295,26 +283,7 @@ class StoreConnections:
 
     def cannot_connect(self, exc: BaseException) -> DatabaseUnavailable:
         """Raise it ``from self.cause(exc)``."""
-        where = f"cannot connect to PostgreSQL at {self.database()}"
-        if isinstance(exc, asyncpg.InvalidCatalogNameError):
-            return DatabaseUnavailable(
-                f"{where}: {self.describe(exc)}. Create the database or fix the DSN"
-            )
-        if isinstance(exc, asyncpg.ProtocolViolationError) and "startup parameter" in str(exc):
-            return DatabaseUnavailable(
-                f"{where}: {self.describe(exc)}. A connection pooler in front of PostgreSQL "
-                "refused the settings pqrun sends at connect: if the DSN goes through "
-                "PgBouncer or another transaction pooler, pass pooler=True to PgJobStore "
-                "(or set PQRUN_POOLER=true; docs/deployment.md)"
-            )
-        if self.dsn and URL_DSN.match(self.dsn) is None:
-            # asyncpg reads URLs only; libpq's host=... form fails as "invalid DSN".
-            where += " (write the DSN as a URL: postgresql://user:password@host:port/db)"
-        return DatabaseUnavailable(
-            f"{where}: {self.describe(exc)}. Check that the server is running and "
-            "that the DSN (dsn=, PQRUN_DSN or DATABASE_URL) names the right host, port, "
-            "user and database"
-        )
+        return refused(exc, self.database(), self.describe(exc), dsn=self.dsn, pooler=self.pooler)
 
     def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         """Raise it ``from self.cause(exc)``."""
@@ -324,11 +293,11 @@ class StoreConnections:
 
     def describe(self, exc: BaseException) -> str:
         """``Type: text`` of ``exc`` without this store's passwords (``error_text``)."""
-        return error_text(exc, self.dsn, self.pool_kwargs.get("password"))
+        return error_text(exc, self.dsn, *self.secrets)
 
     def cause(self, exc: BaseException) -> BaseException | None:
         """What an error made from ``exc`` is raised from (None: it would show a password)."""
-        return cause_without_secrets(exc, self.dsn, self.pool_kwargs.get("password"))
+        return cause_without_secrets(exc, self.dsn, *self.secrets)
 
     @asynccontextmanager
     async def pooled(self) -> AsyncIterator[Connection]:
@@ -390,11 +359,18 @@ class StoreConnections:
         except asyncpg.InvalidSQLStatementNameError as exc:
             if "__asyncpg_" not in str(exc):
                 raise
+            fix = (
+                "give your pool statement_cache_size=0 (asyncpg.create_pool)"
+                if self.given_pool is not None
+                else "pass statement_cache_size=0 to PgJobStore"
+                if self.pooler
+                else "pass pooler=True to PgJobStore"
+            )
             raise DatabaseUnavailable(
                 f"a prepared statement pqrun made is gone from its connection to "
                 f"{self.database()}: the DSN goes through a transaction pooler (PgBouncer, "
                 "RDS Proxy, ...), which hands each transaction to another server "
-                "connection. Pass pooler=True to PgJobStore (docs/deployment.md)"
+                f"connection, where it was never prepared. Fix: {fix} (docs/deployment.md)"
             ) from exc
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from self.cause(exc)
@@ -483,62 +459,6 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-async def open_given_pool(
-    pool: asyncpg.Pool[Any],
-    loop: asyncio.AbstractEventLoop,
-    cannot_connect: Callable[[BaseException], DatabaseUnavailable],
-    cause: Callable[[BaseException], BaseException | None],
-) -> None:
-    """Check the caller's pool (``PgJobStore(pool=...)``), initializing it if it was
-    not awaited yet."""
-    if pool.is_closing():
-        raise DatabaseUnavailable(
-            "the pool given to PgJobStore(pool=...) is closed: close it after the "
-            "store and its workers (or give the store a pool that is open)"
-        )
-    if getattr(pool, "_loop", loop) is not loop:
-        raise RuntimeError(
-            "the pool given to PgJobStore(pool=...) belongs to another event loop: "
-            "create it in the loop that uses the store (inside asyncio.run or the "
-            "app's lifespan)"
-        )
-    try:
-        await pool  # does nothing for a pool that was awaited already
-    except CONNECT_ERRORS as exc:
-        raise cannot_connect(exc) from cause(exc)
-
-
-def _where_to_connect(
-    dsn: str | None, pool: asyncpg.Pool[Any] | None, pool_kwargs: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    """The DSN and connect() keywords of a store: given, from the caller's pool, or from
-    the environment."""
-    if pool is None:
-        dsn = dsn or os.environ.get("PQRUN_DSN") or os.environ.get("DATABASE_URL")
-        if not dsn:
-            raise ValueError(
-                "PgJobStore needs a PostgreSQL DSN: pass dsn='postgresql://user@host/db' "
-                "or pool=an_asyncpg_pool, or set PQRUN_DSN or DATABASE_URL"
-            )
-        return dsn, pool_kwargs
-    if not isinstance(pool, asyncpg.Pool):
-        raise TypeError(
-            f"PgJobStore(pool=...) takes an asyncpg pool (asyncpg.create_pool), "
-            f"got {type(pool).__name__}"
-        )
-    if pool_kwargs:
-        raise ValueError(
-            "PgJobStore(pool=...) uses your pool as it is: give "
-            f"{', '.join(sorted(pool_kwargs))} to asyncpg.create_pool instead"
-        )
-    if dsn is not None:
-        return dsn, {}
-    # pqrun's own connections (a worker's liveness, outcome writes, LISTEN) open as the
-    # pool's do, unless a dsn says where (a direct one, past a pooler).
-    pool_dsn, pool_connect_kwargs = connect_arguments_of(pool)
-    return pool_dsn or "", {k: v for k, v in pool_connect_kwargs.items() if k not in POOL_ONLY}
-
-
 def _search_path_for(schema: str | None, settings: dict[str, str], *, sets_it: bool) -> str | None:
     """The search_path of a store's ``schema``, added to its connection ``settings``.
 
@@ -554,23 +474,6 @@ def _search_path_for(schema: str | None, settings: dict[str, str], *, sets_it: b
         raise ValueError("pass either schema= or server_settings={'search_path': ...}, not both")
     settings["search_path"] = quote_ident(schema)
     return settings["search_path"]
-
-
-def connect_arguments_of(pool: asyncpg.Pool[Any]) -> tuple[str | None, dict[str, Any]]:
-    """The DSN and connect() keywords ``pool`` opens its connections with.
-
-    asyncpg keeps them in private attributes (set by create_pool and set_connect_args);
-    without them, pqrun's own connections need ``PgJobStore(dsn=..., pool=...)``.
-    """
-    args = getattr(pool, "_connect_args", None)
-    kwargs = getattr(pool, "_connect_kwargs", None)
-    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        raise ValueError(
-            "cannot read how this pool connects: pass the DSN too, "
-            "PgJobStore(dsn='postgresql://...', pool=pool)"
-        )
-    dsn = args[0] if args and isinstance(args[0], str) else None
-    return dsn, dict(kwargs)
 
 
 class OwnConnection(asyncpg.Connection):

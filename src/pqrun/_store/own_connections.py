@@ -14,6 +14,7 @@ poll, and autovacuum is left to vacuum).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,22 @@ import asyncpg
 
 from pqrun.errors import DatabaseUnavailable
 
-from .connections import CONNECT_ERRORS, POOL_ONLY, OwnConnection
+from .connections import OwnConnection
+from .driver_errors import CONNECT_ERRORS
+from .given_pool import POOL_ONLY
+from .schema_objects import IDENTITY
 from .secrets import cause_without_secrets, error_text, redact_dsn
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from .connections import Connection, StoreConnections
+
+
+logger = logging.getLogger("pqrun")
+
+# connect() keywords that say where and as whom: direct_dsn says it for its connections.
+ADDRESS_KEYWORDS = frozenset({"host", "port", "user", "password", "passfile", "database"})
 
 
 class NoSession(DatabaseUnavailable):
@@ -59,6 +69,20 @@ async def dedicated_connection(
     await db.lazy_start()
     if not db.pooler:
         return await _connect(db, purpose, db.dsn, db.pool_kwargs, server_settings)
+    if db.direct_dsn is not None:
+        # Past the pooler: through it, a worker's heartbeats and outcome writes would
+        # wait for server connections that its handlers' transactions hold.
+        return await session_connection(db, purpose, server_settings)
+    if "shared liveness" not in db.said:
+        db.said.add("shared liveness")
+        logger.warning(
+            "%s goes through the transaction pooler (no direct_dsn): while handlers' "
+            "transactions hold every server connection the pooler has, heartbeats and "
+            "outcome writes wait, and a worker may lose jobs it is running to the "
+            "reaper. Give PgJobStore a direct_dsn, or size the pooler's pool above the "
+            "workers' concurrency + 3 each (docs/deployment.md)",
+            purpose,
+        )
     conn = await _connect(db, purpose, db.dsn, db.pool_kwargs, None)
     if server_settings:
         conn.per_transaction_settings = dict(server_settings)
@@ -75,8 +99,10 @@ async def session_connection(
     if db.direct_dsn is None:
         raise no_session(db, purpose)
     await db.lazy_start()
-    # Straight to PostgreSQL: the store's own settings can be sent at connect again.
-    kwargs = {**db.pool_kwargs, "server_settings": {**db.own_settings, **_settings_of(db)}}
+    # Straight to PostgreSQL: the store's own settings can be sent at connect again. The
+    # DSN says where, and as whom: the pool's address and credentials are not for it.
+    kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in ADDRESS_KEYWORDS}
+    kwargs["server_settings"] = {**db.own_settings, **_settings_of(db)}
     kwargs.pop("statement_cache_size", None)
     return await _connect(db, purpose, db.direct_dsn, kwargs, server_settings)
 
@@ -126,7 +152,6 @@ async def _connect(
         }
     direct = dsn != db.dsn
     where = f"the direct_dsn {redact_dsn(dsn)}" if direct else db.database()
-    password = connect_kwargs.get("password")
     try:
         conn: OwnConnection = await asyncpg.connect(
             dsn or None,
@@ -140,6 +165,31 @@ async def _connect(
                 f"cannot open {purpose} to {where}: {db.describe(exc)}"
             ) from db.cause(exc)
         raise DatabaseUnavailable(
-            f"cannot open {purpose} to {where}: {error_text(exc, dsn, password)}"
-        ) from cause_without_secrets(exc, dsn, password)
+            f"cannot open {purpose} to {where}: {error_text(exc, dsn, *db.secrets)}"
+        ) from cause_without_secrets(exc, dsn, *db.secrets)
+    if db.identity is not None and (direct or db.given_pool is not None):
+        await _check_same_database(db, conn, purpose, where)
     return conn
+
+
+async def _check_same_database(
+    db: StoreConnections, conn: OwnConnection, purpose: str, where: str
+) -> None:
+    """Close ``conn`` and raise unless it reaches the database and jobs table of the
+    store's pool: heartbeats or outcomes sent elsewhere would let the reaper take back
+    jobs that are running."""
+    try:
+        row = await conn.fetchrow(db.sql(IDENTITY), timeout=db.statement_timeout)
+    except BaseException:
+        conn.terminate()
+        raise
+    if row is not None and (row["database"], row["jobs_oid"]) == db.identity:
+        return
+    conn.terminate()
+    database, _ = db.identity or ("?", 0)
+    reached = "?" if row is None else row["database"]
+    raise DatabaseUnavailable(
+        f"{purpose} to {where} reaches database {reached!r} (or another jobs table), "
+        f"not the store's {database!r}: the DSN for pqrun's own connections (dsn= beside "
+        "pool=, or direct_dsn=) must name the same server and database as the pool"
+    )

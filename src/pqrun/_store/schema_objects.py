@@ -11,6 +11,7 @@ from .queries import query
 
 SCHEMA_OBJECTS = query("schema_objects")
 JOBS_SCHEMA = query("jobs_schema")
+IDENTITY = query("store_identity")
 
 # What ddl.sql creates, for check_schema(): the job's columns, and the flag of
 # store.wait() that no Job carries, in the order ddl.sql's upgrades add them (so a

@@ -109,6 +109,11 @@ def _secrets(dsn: str | None, extra: Iterable[object]) -> list[str]:
 SECRET_PIECE = 5
 
 
+def dsn_passwords(dsn: str | None) -> list[str]:
+    """The passwords written in ``dsn`` (in each spelling it uses), for redaction."""
+    return list(_dsn_parts(dsn)[1]) if dsn else []
+
+
 def redact_secrets(text: str, dsn: str | None, *secrets: object) -> str:
     """``text`` with the DSN shown redacted and each of its passwords (and ``secrets``,
     such as a ``password=`` keyword argument) replaced by ``***``.

@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from pqrun._store.connections import CONNECTION_ERRORS, ClientDataError
+from pqrun._store.driver_errors import CONNECTION_ERRORS, ClientDataError
 from pqrun.models import JobStatus
 
 from .loops import ErrorStreak

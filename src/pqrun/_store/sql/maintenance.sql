@@ -40,6 +40,12 @@ SELECT n.nspname AS schema,
 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('jobs')
 
+-- name: store_identity
+-- The database and the jobs table a connection reaches: a store's own connections (to
+-- direct_dsn, or opened as a caller's pool opens its) must reach the same as its pool.
+-- Guard: a read of the catalogs; moves nothing.
+SELECT current_database() AS database, to_regclass('jobs')::oid::bigint AS jobs_oid
+
 -- name: jobs_schema
 -- The schema holding the jobs table (NULL: not in the search_path). Notifications go to
 -- the channel 'pqrun:<schema>', so queues in different schemas do not wake each other.
