@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pqrun import JobContext, JobStatus, PgJobStore, RawJSON, Snooze, Worker
+from pqrun import IdlePollPolicy, JobContext, JobStatus, PgJobStore, RawJSON, Snooze, Worker
 
 from .helpers import QUICK, wait_until
 
@@ -184,3 +184,34 @@ async def test_a_driver_error_that_is_no_refusal_is_retried_not_blamed_on_the_jo
     assert await asyncio.wait_for(worker.drain(), 60) == 1
     assert (await _statuses(conn))[job_id][:2] == ("DONE", 1)
     assert failures == []
+
+
+async def test_an_unreadable_job_in_a_claim_does_not_hold_up_the_rest(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    # A running worker that polls once a minute: the jobs after a claim with an
+    # unreadable row in it must run without waiting for that poll.
+    ran: list[int] = []
+
+    async def handler(ctx: JobContext) -> None:
+        ran.append(ctx.job.payload["n"])
+
+    polls = IdlePollPolicy(60, 60)
+    worker = Worker(store, handlers={"t": handler}, concurrency=2, prefetch=0, idle_policy=polls)
+    await worker.start()
+    try:
+        async with store.transaction() as tx:  # one commit: one notification for all
+            for n in range(30):
+                if n % 10 == 5:
+                    await tx.execute(
+                        "INSERT INTO jobs (job_type, payload) VALUES ('t', $1::text::jsonb)",
+                        "[" * 2000 + "]" * 2000,
+                    )
+                await store.enqueue("t", {"n": n})
+
+        async def all_ran() -> bool:
+            return len(ran) == 30
+
+        await wait_until(all_ran, within=30)
+    finally:
+        await worker.stop()

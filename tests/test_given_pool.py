@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from pqrun import DatabaseUnavailable, JobContext, PgJobStore, Worker
+from pqrun._store.own_connections import parts_given_by
 
 from .helpers import QUICK_POLICIES
 
@@ -183,3 +184,33 @@ async def test_the_pools_password_never_shows_beside_a_dsn() -> None:
 def test_pool_sizes_beside_a_pool_are_refused(app_pool: asyncpg.Pool) -> None:
     with pytest.raises(ValueError, match=r"size it with asyncpg\.create_pool"):
         PgJobStore(pool=app_pool, max_size=50)
+
+
+async def test_a_jobs_table_made_anew_does_not_lock_out_a_running_store(
+    dsn: str, app_pool: asyncpg.Pool, schemas: Callable[[], str]
+) -> None:
+    billing = schemas()
+    await PgJobStore(dsn, schema=billing).setup()
+    store = PgJobStore(pool=app_pool, schema=billing)
+    try:
+        await store.start()
+        # setup() again after a drop, or a restore: the same queue, a new table.
+        await app_pool.execute(f'DROP SCHEMA "{billing}" CASCADE')
+        await PgJobStore(dsn, schema=billing).setup()
+        own = await store.dedicated_connection("the heartbeat connection")
+        await own.close()
+    finally:
+        await store.close()
+
+
+def test_a_direct_dsn_takes_only_what_it_does_not_say_from_keywords() -> None:
+    assert parts_given_by("postgresql://app@db.internal/jobs") == {"host", "user", "database"}
+    assert parts_given_by("postgresql://app:pw@db.internal:5433/jobs") == {
+        "host",
+        "port",
+        "user",
+        "password",
+        "passfile",
+        "database",
+    }
+    assert "password" in parts_given_by("host=db user=app")  # not a URL: all of it

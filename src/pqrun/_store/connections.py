@@ -90,7 +90,7 @@ class StoreConnections:
         self.secrets = secrets_of(pool, pool_kwargs, self.direct_dsn)
         #: (database, jobs table) the store's pool reaches; its own connections must
         #: reach the same (checked when they open from another DSN: pool=, direct_dsn).
-        self.identity: tuple[str, int] | None = None
+        self.identity: tuple[str | None, str, int] | None = None
         #: What was said once already (warnings that would repeat at each reconnect).
         self.said: set[str] = set()
         self.min_size = min_size
@@ -214,7 +214,7 @@ class StoreConnections:
             )
         self.channel = schema
         assert identity is not None  # a SELECT without FROM has its one row
-        self.identity = (identity["database"], identity["jobs_oid"])
+        self.identity = (identity["server"], identity["database"], identity["jobs_oid"])
         self.schema_checked = True
 
     async def open_pool(self) -> asyncpg.Pool[Any]:

@@ -71,7 +71,8 @@ class WorkerMoves:
                 limit,
                 timeout=self._db.statement_timeout,
             )
-            jobs = await readable(self._db, conn, rows)
+            jobs = Claimed(await readable(self._db, conn, rows))
+        jobs.rows = len(rows)
         # RETURNING does not keep the order of the CTE.
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs
@@ -245,6 +246,13 @@ class WorkerMoves:
                 timeout=self._db.statement_timeout,
             )
         return [row["id"] for row in rows]
+
+
+class Claimed(list[Job]):
+    """The jobs a claim took, and ``rows``: how many rows it claimed (a row that could
+    not be read failed, and is not among the jobs)."""
+
+    rows = 0
 
 
 async def readable(db: StoreConnections, conn: Connection, rows: Sequence[Any]) -> list[Job]:

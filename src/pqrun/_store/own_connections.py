@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -36,8 +37,33 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pqrun")
 
-# connect() keywords that say where and as whom: direct_dsn says it for its connections.
-ADDRESS_KEYWORDS = frozenset({"host", "port", "user", "password", "passfile", "database"})
+# connect() keywords that say where and as whom, by the part of a URL DSN that says it.
+ADDRESS_KEYWORDS = {
+    "host": ("host",),
+    "port": ("port",),
+    "user": ("user",),
+    "password": ("password", "passfile"),
+    "database": ("database",),
+}
+
+
+def parts_given_by(dsn: str) -> set[str]:
+    """The connect() keywords whose part ``dsn`` names itself (all of them when it is
+    not a URL): asyncpg lets keywords win over the DSN, so these must not come along."""
+    try:
+        url = urlsplit(dsn)
+        named = {
+            "host": url.hostname,
+            "port": url.port,
+            "user": url.username,
+            "password": url.password,
+            "database": url.path.strip("/"),
+        }
+    except ValueError:
+        named = dict.fromkeys(ADDRESS_KEYWORDS, "?")
+    if not dsn.startswith(("postgres://", "postgresql://")):
+        named = dict.fromkeys(ADDRESS_KEYWORDS, "?")
+    return {keyword for part, value in named.items() if value for keyword in ADDRESS_KEYWORDS[part]}
 
 
 class NoSession(DatabaseUnavailable):
@@ -101,7 +127,8 @@ async def session_connection(
     await db.lazy_start()
     # Straight to PostgreSQL: the store's own settings can be sent at connect again. The
     # DSN says where, and as whom: the pool's address and credentials are not for it.
-    kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in ADDRESS_KEYWORDS}
+    given = parts_given_by(db.direct_dsn)
+    kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in given}
     kwargs["server_settings"] = {**db.own_settings, **_settings_of(db)}
     kwargs.pop("statement_cache_size", None)
     return await _connect(db, purpose, db.direct_dsn, kwargs, server_settings)
@@ -175,21 +202,36 @@ async def _connect(
 async def _check_same_database(
     db: StoreConnections, conn: OwnConnection, purpose: str, where: str
 ) -> None:
-    """Close ``conn`` and raise unless it reaches the database and jobs table of the
-    store's pool: heartbeats or outcomes sent elsewhere would let the reaper take back
-    jobs that are running."""
+    """Close ``conn`` and raise unless it reaches the server, database and jobs table of
+    the store's pool: heartbeats or outcomes sent elsewhere would let the reaper take
+    back jobs that are running."""
     try:
         row = await conn.fetchrow(db.sql(IDENTITY), timeout=db.statement_timeout)
+        reached = None if row is None else (row["server"], row["database"], row["jobs_oid"])
+        if reached != db.identity:
+            # The table may have been made anew (setup() again, a restore) since the
+            # store started: look again through the pool before refusing.
+            async with db.acquire(join=False) as pooled:
+                again = await pooled.fetchrow(IDENTITY, timeout=db.statement_timeout)
+            if again is not None:
+                db.identity = (again["server"], again["database"], again["jobs_oid"])
     except BaseException:
         conn.terminate()
         raise
-    if row is not None and (row["database"], row["jobs_oid"]) == db.identity:
+    if reached == db.identity:
         return
     conn.terminate()
-    database, _ = db.identity or ("?", 0)
-    reached = "?" if row is None else row["database"]
+    expected = db.identity or (None, "?", 0)
+    got = reached or (None, "?", 0)
+    differs = (
+        f"another server (system identifier {got[0]}, the pool's {expected[0]})"
+        if got[0] != expected[0]
+        else f"database {got[1]!r}, the pool's {expected[1]!r}"
+        if got[1] != expected[1]
+        else "another jobs table in the same database (another schema in its search_path?)"
+    )
     raise DatabaseUnavailable(
-        f"{purpose} to {where} reaches database {reached!r} (or another jobs table), "
-        f"not the store's {database!r}: the DSN for pqrun's own connections (dsn= beside "
-        "pool=, or direct_dsn=) must name the same server and database as the pool"
+        f"{purpose} to {where} reaches {differs}: the DSN for pqrun's own connections "
+        "(dsn= beside pool=, or direct_dsn=) must name the same server and database as "
+        "the pool"
     )

@@ -24,7 +24,9 @@ HEADER_LIKE = re.compile(r"^--\s*name\s*:", re.MULTILINE | re.IGNORECASE)
 # pqrun's tables, as statements name them: bare (FROM jobs, UPDATE job_workers ...), and
 # as a quoted name handed to a function (to_regclass('jobs')).
 TABLE_NAME = re.compile(r"(?<![\w.\"'])(jobs|job_workers|job_schedules|job_rate_limits)(?![\w\"'])")
-TABLE_LITERAL = re.compile(r"'(jobs|job_workers|job_schedules|job_rate_limits)'")
+TABLE_LITERAL = re.compile(
+    r"(to_regclass|pg_get_serial_sequence)\('(jobs|job_workers|job_schedules|job_rate_limits)'"
+)
 
 
 def parse(file_name: str, text: str) -> dict[str, str]:
@@ -95,7 +97,7 @@ def qualified(statement: str, schema: str) -> str:
     that it finds them whatever the connection's search_path: a store with ``schema=``
     runs its statements so, on its own connections, a caller's and a pooler's alike."""
     named = TABLE_LITERAL.sub(
-        lambda m: "'" + schema.replace("'", "''") + "." + m[1] + "'", statement
+        lambda m: f"{m[1]}('" + schema.replace("'", "''") + "." + m[2] + "'", statement
     )
     return TABLE_NAME.sub(lambda m: f"{schema}.{m[1]}", named)
 
@@ -130,3 +132,15 @@ class Qualified:
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
         return await self.conn.execute(self._statements.get(query, query), *args, **kwargs)
+
+    async def executemany(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.executemany(self._statements.get(query, query), *args, **kwargs)
+
+    async def fetchmany(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.fetchmany(self._statements.get(query, query), *args, **kwargs)
+
+    async def prepare(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.conn.prepare(self._statements.get(query, query), *args, **kwargs)
+
+    def cursor(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return self.conn.cursor(self._statements.get(query, query), *args, **kwargs)

@@ -123,7 +123,8 @@ class Fetcher:
             errors.succeeded()
             if jobs:
                 idle_polls = 0
-                if drain or len(jobs) >= want or self._limited:
+                # (Rows claimed, not jobs: a row that could not be read failed alone.)
+                if drain or getattr(jobs, "rows", len(jobs)) >= want or self._limited:
                     continue
                 # Fewer than asked for: nothing else was due. Claiming again at once would
                 # only find nothing (one empty claim per job, for each idle worker);

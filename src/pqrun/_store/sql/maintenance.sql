@@ -41,10 +41,15 @@ FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('jobs')
 
 -- name: store_identity
--- The database and the jobs table a connection reaches: a store's own connections (to
--- direct_dsn, or opened as a caller's pool opens its) must reach the same as its pool.
+-- The server, database and jobs table a connection reaches: a store's own connections
+-- (to direct_dsn, or opened as a caller's pool opens its) must reach the same as its
+-- pool. The system identifier tells two servers built alike apart (NULL where the role
+-- may not read it: then database and table alone).
 -- Guard: a read of the catalogs; moves nothing.
-SELECT current_database() AS database, to_regclass('jobs')::oid::bigint AS jobs_oid
+SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+            THEN (SELECT system_identifier FROM pg_control_system())::text END AS server,
+       current_database() AS database,
+       to_regclass('jobs')::oid::bigint AS jobs_oid
 
 -- name: jobs_schema
 -- The schema holding the jobs table (NULL: not in the search_path). Notifications go to
