@@ -107,6 +107,12 @@ def qualified_statements(schema: str) -> Mapping[str, str]:
     return {statement: qualified(statement, schema) for statement in STATEMENTS.values()}
 
 
+# The connection methods whose first argument is a statement: Qualified rewrites it.
+SENDS_A_STATEMENT = frozenset(
+    {"fetch", "fetchrow", "fetchval", "execute", "executemany", "fetchmany", "prepare", "cursor"}
+)
+
+
 class Qualified:
     """A connection as a store with a ``schema`` runs its own statements on it: each of
     pqrun's named statements is sent in its schema-qualified form, anything else as it
@@ -119,28 +125,12 @@ class Qualified:
         self._statements = statements
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.conn, name)
+        attribute = getattr(self.conn, name)
+        if name not in SENDS_A_STATEMENT:
+            return attribute
+        statements = self._statements
 
-    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.fetch(self._statements.get(query, query), *args, **kwargs)
+        def send(query: str, *args: Any, **kwargs: Any) -> Any:
+            return attribute(statements.get(query, query), *args, **kwargs)
 
-    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.fetchrow(self._statements.get(query, query), *args, **kwargs)
-
-    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.fetchval(self._statements.get(query, query), *args, **kwargs)
-
-    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.execute(self._statements.get(query, query), *args, **kwargs)
-
-    async def executemany(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.executemany(self._statements.get(query, query), *args, **kwargs)
-
-    async def fetchmany(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.fetchmany(self._statements.get(query, query), *args, **kwargs)
-
-    async def prepare(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.conn.prepare(self._statements.get(query, query), *args, **kwargs)
-
-    def cursor(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return self.conn.cursor(self._statements.get(query, query), *args, **kwargs)
+        return send
