@@ -172,7 +172,9 @@ async def test_without_a_direct_dsn_the_writers_settings_hold_for_its_statements
         assert await db.fetchval("SHOW lock_timeout", conn=writer) == "123ms"
         assert await db.fetchval("SHOW lock_timeout") == "0"
         assert await db.fetchval("SHOW lock_timeout", conn=writer) == "123ms"
-        again = await through.dedicated_connection("another test")
+        beats = await through.dedicated_connection("the heartbeat connection", session=True)
+        await beats.close()
+        again = await through.dedicated_connection("the heartbeat connection", session=True)
         await again.close()
     finally:
         await writer.close()
@@ -199,12 +201,21 @@ async def test_with_a_direct_dsn_a_workers_own_connections_skip_the_pooler(
         max_size=4,
     )
     try:
-        writer = await through.dedicated_connection("a test", {"lock_timeout": "123ms"})
+        beats = await through.dedicated_connection(
+            "a test", {"lock_timeout": "123ms"}, session=True
+        )
         try:
             # Set at connect, not per transaction: this connection is not the pooler's.
-            assert not getattr(writer, "per_transaction_settings", None)
-            assert await writer.fetchval("SHOW lock_timeout") == "123ms"
-            assert await writer.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+            assert not getattr(beats, "per_transaction_settings", None)
+            assert await beats.fetchval("SHOW lock_timeout") == "123ms"
+            assert await beats.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        finally:
+            await beats.close()
+        # The outcome writer's goes through the pooler (a direct connection less per
+        # worker): its settings hold per transaction.
+        writer = await through.dedicated_connection("a test", {"lock_timeout": "123ms"})
+        try:
+            assert getattr(writer, "per_transaction_settings", None) == {"lock_timeout": "123ms"}
         finally:
             await writer.close()
         listening = await through.listen(lambda _payload: None)

@@ -271,10 +271,14 @@ async def test_a_first_use_and_listen_go_through_the_stores_own_methods(dsn: str
             await super().start()
 
         async def dedicated_connection(
-            self, purpose: str, server_settings: Mapping[str, str] | None = None
+            self,
+            purpose: str,
+            server_settings: Mapping[str, str] | None = None,
+            *,
+            session: bool = False,
         ) -> Connection:
             calls.append(purpose)
-            return await super().dedicated_connection(purpose, server_settings)
+            return await super().dedicated_connection(purpose, server_settings, session=session)
 
     counting = CountingStore(dsn)
     try:

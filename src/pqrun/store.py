@@ -66,8 +66,8 @@ class PgJobStore(
     ``pooler=True`` (or ``PQRUN_POOLER=true``): the DSN goes through a transaction
     pooler (PgBouncer, RDS Proxy, Supavisor, pgcat). pqrun then sends no setting at
     connect and keeps no prepared statement (``statement_cache_size=0`` unless you give
-    one); a worker's own connections (heartbeats, outcome writes, LISTEN, VACUUM) go to
-    ``direct_dsn`` (or ``PQRUN_DIRECT_DSN``), a DSN that reaches PostgreSQL itself.
+    one); a worker's heartbeats, LISTEN and VACUUM go to ``direct_dsn`` (or
+    ``PQRUN_DIRECT_DSN``), a DSN that reaches PostgreSQL itself.
     Without one, workers poll for new jobs, ``wait()`` polls, vacuuming is left to
     autovacuum, and liveness shares the pooler with handlers (docs/deployment.md).
 
@@ -217,15 +217,21 @@ class PgJobStore(
         return await listen(self._db, on_payload, self.dedicated_connection)
 
     async def dedicated_connection(
-        self, purpose: str, server_settings: Mapping[str, str] | None = None
+        self,
+        purpose: str,
+        server_settings: Mapping[str, str] | None = None,
+        *,
+        session: bool = False,
     ) -> Connection:
         """A connection of its own, outside the pool, with the store's settings (schema).
 
         Workers keep their liveness, their outcome writes and their LISTEN on such
         connections, so that handlers holding every pooled connection cannot starve them.
         The caller closes it. ``server_settings`` are added to the store's own.
+        ``session``: behind a transaction pooler, past it (``direct_dsn``), for what
+        must not wait for the pooler's server connections (a worker's heartbeats).
         """
-        return await dedicated_connection(self._db, purpose, server_settings)
+        return await dedicated_connection(self._db, purpose, server_settings, session=session)
 
     # -- your own statements ---------------------------------------------------------
 

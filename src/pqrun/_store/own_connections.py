@@ -84,7 +84,11 @@ def no_session(db: StoreConnections, purpose: str) -> NoSession:
 
 
 async def dedicated_connection(
-    db: StoreConnections, purpose: str, server_settings: Mapping[str, str] | None = None
+    db: StoreConnections,
+    purpose: str,
+    server_settings: Mapping[str, str] | None = None,
+    *,
+    session: bool = False,
 ) -> Connection:
     """A connection of its own, outside the pool, with the store's settings (schema).
 
@@ -95,18 +99,21 @@ async def dedicated_connection(
     await db.lazy_start()
     if not db.pooler:
         return await _connect(db, purpose, db.dsn, db.pool_kwargs, server_settings)
-    if db.direct_dsn is not None:
-        # Past the pooler: through it, a worker's heartbeats and outcome writes would
-        # wait for server connections that its handlers' transactions hold.
+    if session and db.direct_dsn is not None:
+        # Past the pooler: through it, a worker's heartbeats would wait for server
+        # connections that its handlers' transactions hold, and the reaper would take
+        # back jobs that are running. (Outcome writes may wait: a job whose outcome is
+        # not written yet is still heartbeated, and one direct connection less per
+        # worker keeps many workers within max_connections.)
         return await session_connection(db, purpose, server_settings)
-    if "shared liveness" not in db.said:
+    if session and "shared liveness" not in db.said:
         db.said.add("shared liveness")
         logger.warning(
             "%s goes through the transaction pooler (no direct_dsn): while handlers' "
-            "transactions hold every server connection the pooler has, heartbeats and "
-            "outcome writes wait, and a worker may lose jobs it is running to the "
-            "reaper. Give PgJobStore a direct_dsn, or size the pooler's pool above the "
-            "workers' concurrency + 3 each (docs/deployment.md)",
+            "transactions hold every server connection the pooler has, heartbeats wait, "
+            "and a worker may lose jobs it is running to the reaper. Give PgJobStore a "
+            "direct_dsn, or size the pooler's pool above the workers' concurrency + 3 "
+            "each (docs/deployment.md)",
             purpose,
         )
     conn = await _connect(db, purpose, db.dsn, db.pool_kwargs, None)

@@ -118,7 +118,11 @@ class Liveness:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await self._store.dedicated_connection("the heartbeat connection")
+            # Past a transaction pooler when there is a way (direct_dsn): through it,
+            # handlers' transactions holding its server connections would hold heartbeats up.
+            self._conn = await self._store.dedicated_connection(
+                "the heartbeat connection", session=True
+            )
         return self._conn
 
     async def _beat(self) -> None:
