@@ -2,14 +2,15 @@
 
 Workers keep their liveness, their outcome writes and their LISTEN on such connections,
 so that handlers holding every pooled connection cannot starve them; a vacuum runs on
-two. They carry the store's settings (``plan_cache_mode``, the schema's
-``search_path``) and a few of their own (the outcome writer's ``lock_timeout``).
+two. They carry the store's settings (``plan_cache_mode``; the schema's ``search_path``
+on the store's own) and a few of their own (the outcome writer's ``lock_timeout``).
 
 Through a transaction pooler (``PgJobStore(pooler=True)``) a connection is not a
 session: nothing can be set at connect, so settings are made local to each statement's
-transaction instead; and what needs a session of its own, LISTEN and VACUUM, goes to
-``direct_dsn``, a DSN that reaches PostgreSQL itself, or does not happen (workers then
-poll, and autovacuum is left to vacuum).
+transaction instead. What needs a session of its own (LISTEN, VACUUM) or must not wait
+for the pooler's server connections (heartbeats) goes to ``direct_dsn``, a DSN that
+reaches PostgreSQL itself; without one, workers poll, autovacuum is left to vacuum, and
+heartbeats go through the pooler (said once).
 """
 
 from __future__ import annotations
