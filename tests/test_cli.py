@@ -106,3 +106,9 @@ async def test_demo_falls_back_to_the_embedded_postgres(monkeypatch: pytest.Monk
     await run_demo(say=lines.append)
     assert "the embedded PostgreSQL" in lines[0]
     assert any("succeeded on attempt 2" in line for line in lines)
+
+
+def test_version_is_printed() -> None:
+    done = pqrun_cmd("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"pqrun {pqrun.__version__}"

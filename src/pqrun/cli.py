@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from . import __version__
 from ._localpg import NoPostgres
 from ._store.secrets import redact_secrets
 from ._store.session_settings import check_schema_name
@@ -68,6 +69,7 @@ def database_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pqrun", description="PostgreSQL job queue.")
+    parser.add_argument("--version", action="version", version=f"pqrun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     db = database_options()
 
