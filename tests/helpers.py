@@ -63,3 +63,17 @@ async def picked(store: PgJobStore, worker_id: str, job_types: Any = None) -> Jo
     job = await store.pickup(worker_id, job_types)
     assert job is not None, "expected a job to pick"
     return job
+
+
+async def finished_and_created(
+    dsn: str, finished_id: int, created_id: int
+) -> tuple[datetime | None, datetime]:
+    """When job ``finished_id`` finished, and when job ``created_id`` was created (a
+    dedupe key holds only while its first job is active)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        finished = await conn.fetchval("SELECT finished_at FROM jobs WHERE id = $1", finished_id)
+        created = await conn.fetchval("SELECT created_at FROM jobs WHERE id = $1", created_id)
+    finally:
+        await conn.close()
+    return finished, created

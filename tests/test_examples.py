@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from pqrun import Handler, JobContext, JobStatus, PgJobStore, Retry, Schedule, Worker
 
 from .conftest import reset_jobs
-from .helpers import counts, wait_until
+from .helpers import counts, finished_and_created, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -50,18 +50,6 @@ def _wait_for_status(client: TestClient, job_id: int, status: str) -> dict[str, 
     raise AssertionError(f"job {job_id} did not reach {status}: {body}")
 
 
-async def _finished_and_created(
-    finished_id: int, created_id: int
-) -> tuple[datetime | None, datetime]:
-    conn = await asyncpg.connect(os.environ["DATABASE_URL"])
-    try:
-        finished = await conn.fetchval("SELECT finished_at FROM jobs WHERE id = $1", finished_id)
-        created = await conn.fetchval("SELECT created_at FROM jobs WHERE id = $1", created_id)
-    finally:
-        await conn.close()
-    return finished, created
-
-
 def test_fastapi_example_enqueues_dedupes_chains_and_runs(fastapi_example: ModuleType) -> None:
     with TestClient(fastapi_example.app) as client:
         first = client.post("/summarize/42").json()["job_id"]
@@ -69,7 +57,9 @@ def test_fastapi_example_enqueues_dedupes_chains_and_runs(fastapi_example: Modul
         if again != first:
             # The app's own worker may finish the first job before the second request:
             # then a new job is right. The key holds only while the first is active.
-            finished, created = asyncio.run(_finished_and_created(first, again))
+            finished, created = asyncio.run(
+                finished_and_created(os.environ["DATABASE_URL"], first, again)
+            )
             assert finished is not None
             assert finished <= created
         summary = _wait_for_status(client, first, "DONE")
