@@ -304,9 +304,11 @@ class StoreConnections:
         """A pooled connection; only getting it is translated into pqrun's errors."""
         if not self.started:
             await self.lazy_start()
-        assert self.pool is not None
+        # The pool this connection came from: close() may drop the store's meanwhile.
+        pool = self.pool
+        assert pool is not None
         try:
-            conn = await self.pool.acquire(timeout=self.statement_timeout)
+            conn = await pool.acquire(timeout=self.statement_timeout)
         except (*CONNECTION_ERRORS, *DSN_ERRORS) as exc:  # DSN: the first connection of a
             raise self.unavailable(exc) from self.cause(exc)  # pool opened with min_size=0
         try:
@@ -315,9 +317,11 @@ class StoreConnections:
             # Releasing a connection whose query was cancelled can itself time out; that
             # must not replace the error (or the cancellation) already on its way.
             with contextlib.suppress(Exception):
-                await self.pool.release(conn, timeout=self.statement_timeout)
+                await pool.release(conn, timeout=self.statement_timeout)
             raise
-        await self.pool.release(conn, timeout=self.statement_timeout)
+        if pool.is_closing():
+            return  # closed while in use (store.close()): its connections went with it
+        await pool.release(conn, timeout=self.statement_timeout)
 
     @asynccontextmanager
     async def acquire(
