@@ -135,21 +135,37 @@ CREATE INDEX IF NOT EXISTS jobs_finished
 
 -- Wake idle workers when jobs are inserted, however they are inserted (enqueue(),
 -- enqueue_many(), plain SQL, triggers, pg_cron). One notification per statement, not per
--- row: a bulk insert costs one. The payload is empty when a new job is due now, else the
--- epoch of the earliest run_after, so a worker can sleep until then. The channel names
--- the schema, so queues in different schemas do not wake each other.
+-- row: a bulk insert costs one. The channel names the schema, so queues in different
+-- schemas do not wake each other. When the statement inserted jobs of one type, the
+-- payload is 'jobs:<count>:<first id>:<first due epoch, empty if due now>:<type>': each
+-- worker ranks the live workers of that type by a hash of the first id and only the first
+-- few, enough for <count> jobs plus one spare, claim (a busy one passes the hint on to
+-- all). Otherwise (several types, or a type name too long for a payload) it is empty when
+-- a job is due now, else the epoch of the earliest run_after, and every worker looks.
 CREATE OR REPLACE FUNCTION pqrun_notify_inserted_jobs() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     first_due timestamptz;
+    first_id bigint;
+    inserted bigint;
+    first_type text;
+    last_type text;
+    due text;
 BEGIN
-    SELECT min(run_after) INTO first_due FROM inserted_jobs;
+    -- COLLATE "C": the types are only compared for equality, a byte order is enough.
+    SELECT min(run_after), min(id), count(*), min(job_type COLLATE "C"), max(job_type COLLATE "C")
+        INTO first_due, first_id, inserted, first_type, last_type
+        FROM inserted_jobs;
     IF first_due IS NOT NULL THEN
+        due := CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END;
         PERFORM pg_notify(
             -- A channel name is at most 63 bytes: a long schema name is replaced by its md5.
             CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
                  THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
-            CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END
+            -- A payload is at most 8000 bytes: a longer type name wakes every worker.
+            CASE WHEN first_type = last_type AND octet_length(first_type) <= 1000
+                 THEN 'jobs:' || inserted || ':' || first_id || ':' || due || ':' || first_type
+                 ELSE due END
         );
     END IF;
     RETURN NULL;
@@ -197,13 +213,18 @@ CREATE TABLE IF NOT EXISTS job_workers (
     alive_since  timestamptz NOT NULL DEFAULT now(),
     -- The worker's own default_stale_after: a reaper configured with a shorter one still
     -- leaves this worker's jobs alone while its heartbeats are younger than this.
-    stale_after  interval
+    stale_after  interval,
+    -- Whether the worker hears the queue's notifications now (its LISTEN connection is
+    -- up). The others let a notification of inserted jobs be only if its turn goes to a
+    -- worker that listens.
+    listening    boolean     NOT NULL DEFAULT false
 );
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_jobs bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_leases bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS instance text;
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS alive_since timestamptz NOT NULL DEFAULT now();
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS stale_after interval;
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS listening boolean NOT NULL DEFAULT false;
 
 -- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
 -- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by

@@ -50,10 +50,12 @@ async def counts(conn: asyncpg.Connection) -> dict[str, int]:
 
 async def listener_pids(conn: asyncpg.Connection, since: datetime) -> list[int]:
     """The backends of this database that LISTEN, connected at ``since`` or later: those
-    of earlier tests may not have ended yet."""
+    of earlier tests may not have ended yet. (A worker's LISTEN connection also reads
+    the roster of live workers, so its last statement may be that one.)"""
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid() AND backend_start >= $1",
+        "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT worker_id, job_types, concurrency%')"
+        " AND pid <> pg_backend_pid() AND backend_start >= $1",
         since,
     )
     return [row["pid"] for row in rows]

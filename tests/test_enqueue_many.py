@@ -111,6 +111,9 @@ async def test_ten_thousand_jobs_notify_once(store: PgJobStore, dsn: str) -> Non
         await listener.close()
     assert len(ids) == 10_000
     assert len(later) == 2
-    assert payloads[0] == ""  # due now
-    assert float(payloads[1]) > 0  # the epoch the delayed jobs come due
+    # Due now: how many, the first id, no due time, the type.
+    assert payloads[0] == f"jobs:10000:{min(ids)}::t"
+    count, first_id, due, job_type = payloads[1].split(":", 4)[1:]
+    assert (count, first_id, job_type) == ("2", str(min(later)), "t")
+    assert float(due) > 0  # the epoch the delayed jobs come due
     assert len(payloads) == 2

@@ -503,7 +503,7 @@ async def test_a_schema_with_a_long_name_still_notifies(dsn: str) -> None:
         assert len(long_store.channel.encode()) <= 63
         heard: list[str] = []
         listener = await long_store.listen(heard.append)
-        await long_store.enqueue("t")
+        job_id = await long_store.enqueue("t")
 
         async def heard_it() -> bool:
             return bool(heard)
@@ -511,7 +511,7 @@ async def test_a_schema_with_a_long_name_still_notifies(dsn: str) -> None:
         await wait_until(heard_it, within=30)
         await asyncio.sleep(0.2)  # time for a second notification, were there one
         listener.terminate()
-        assert heard == [""]
+        assert heard == [f"jobs:1:{job_id}::t"]
     finally:
         await long_store.close()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

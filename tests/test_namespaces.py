@@ -60,8 +60,8 @@ async def test_wakeups_go_to_the_listeners_of_their_own_schema_only(
     listen_a = await store_a.listen(heard_a.append)
     listen_b = await store_b.listen(heard_b.append)
     try:
-        await store_a.enqueue("x")
-        await store_a.enqueue_many([{"job_type": "x"}, {"job_type": "x"}])
+        one = await store_a.enqueue("x")
+        two = await store_a.enqueue_many([{"job_type": "x"}, {"job_type": "x"}])
 
         async def a_heard_both() -> bool:
             return len(heard_a) == 2
@@ -69,15 +69,15 @@ async def test_wakeups_go_to_the_listeners_of_their_own_schema_only(
         await wait_until(a_heard_both)
         # B's own insert is delivered after A's (committed earlier): once B hears it,
         # anything of A's that leaked to B would have arrived first.
-        await store_b.enqueue("x")
+        b_id = await store_b.enqueue("x")
 
         async def b_heard() -> bool:
             return bool(heard_b)
 
         await wait_until(b_heard)
         await asyncio.sleep(0.05)
-        assert heard_b == [""]
-        assert heard_a == ["", ""]
+        assert heard_b == [f"jobs:1:{b_id}::x"]
+        assert heard_a == [f"jobs:1:{one}::x", f"jobs:2:{min(two)}::x"]
     finally:
         await listen_a.close()
         await listen_b.close()

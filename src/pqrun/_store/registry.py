@@ -27,6 +27,7 @@ WORKER_ROW = query("worker_row")
 STILL_OWNED = query("still_owned")
 LEAVE = query("leave")
 LIST_WORKERS = query("list_workers")
+WAKE_ROSTER = query("wake_roster")
 
 # Heartbeats a worker sends within one stale period (default_stale_after).
 HEARTBEATS_PER_STALE_PERIOD = 6
@@ -53,6 +54,7 @@ class RegistryMethods:
         within: float | None = None,
         instance: str | None = None,
         stale_after: timedelta = timedelta(seconds=30),
+        listening: bool = False,
     ) -> set[int]:
         """Register ``worker_id`` (or renew it) as alive and holding the claims of ``jobs``.
 
@@ -62,7 +64,8 @@ class RegistryMethods:
         cancelled or taken back). ``conn``: a connection of the caller's (a worker uses
         one of its own). ``instance``: a token of the running worker; while a worker
         with the same ``worker_id`` and another token has sent a heartbeat within
-        ``stale_after``, this raises WorkerIdInUse.
+        ``stale_after``, this raises WorkerIdInUse. ``listening``: the worker hears the
+        queue's notifications now (its LISTEN connection is up).
         """
         claims = await self.heartbeat_claims(
             worker_id,
@@ -73,6 +76,7 @@ class RegistryMethods:
             within=within,
             instance=instance,
             stale_after=stale_after,
+            listening=listening,
         )
         return {job_id for job_id, _lease in claims}
 
@@ -87,6 +91,7 @@ class RegistryMethods:
         within: float | None,
         instance: str | None = None,
         stale_after: timedelta = timedelta(seconds=30),
+        listening: bool = False,
     ) -> set[tuple[int, int | None]]:
         """heartbeat(), answering with the (id, lease_id) of the claims still owned."""
         ids, leases = claim_ids(jobs)
@@ -103,6 +108,7 @@ class RegistryMethods:
                 instance,
                 stale_after,
                 heartbeat_gap(stale_after),
+                listening,
                 timeout=self._db.statement_timeout if within is None else within,
             )
             if not rows[0]["registered"]:
@@ -149,7 +155,32 @@ class RegistryMethods:
         """Take ``worker_id`` (the one whose heartbeats carried ``instance``) off the
         registry of live workers."""
         async with self._db.acquire() as conn:
-            await conn.execute(LEAVE, worker_id, instance, timeout=self._db.statement_timeout)
+            await conn.execute(
+                LEAVE, worker_id, instance, self._db.channel, timeout=self._db.statement_timeout
+            )
+
+    async def wake_roster(
+        self,
+        default_stale_after: timedelta = timedelta(seconds=30),
+        *,
+        conn: Connection | None = None,
+        within: float | None = None,
+    ) -> list[tuple[str, list[str], int]]:
+        """The live workers (worker_id, job types, concurrency) that a notification of
+        inserted jobs may name: those with a heartbeat within two of their intervals.
+
+        A worker's listener reads it every few seconds to know whose turn a
+        notification is (``default_stale_after``: for a worker that did not record its
+        own stale period).
+        """
+        async with self._db.acquire(conn) as c:
+            rows = await c.fetch(
+                WAKE_ROSTER,
+                default_stale_after,
+                2 / HEARTBEATS_PER_STALE_PERIOD,
+                timeout=self._db.statement_timeout if within is None else within,
+            )
+        return [(row["worker_id"], list(row["job_types"]), row["concurrency"]) for row in rows]
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """The registered workers: id, host, pid, job types, concurrency, started, heartbeat."""

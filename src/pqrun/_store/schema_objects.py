@@ -30,7 +30,14 @@ EXPECTED_INDEXES = (
 )
 EXPECTED_TRIGGERS = ("jobs_notify_inserted", "jobs_notify_finished")
 EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules")
-EXPECTED_WORKER_COLUMNS = ("held_jobs", "held_leases", "instance", "alive_since", "stale_after")
+EXPECTED_WORKER_COLUMNS = (
+    "held_jobs",
+    "held_leases",
+    "instance",
+    "alive_since",
+    "stale_after",
+    "listening",
+)
 
 
 def missing_objects(row: Mapping[str, Any]) -> list[str]:

@@ -163,13 +163,16 @@ class Executor:
         want_more = self._fetcher.want_more
         while not self._life.stopping.is_set():
             if registry.buffer:
-                claimed = registry.buffer.popleft()
-                if self._fetcher.runs_low() and not want_more.is_set():
+                if self._fetcher.runs_low(taking=1) and not want_more.is_set():
                     # The buffer runs low: let the fetch loop send its claim now, so that
-                    # it overlaps with running what is left.
+                    # it overlaps with running what is left. (Before taking the job: in
+                    # the buffer it still counts against the slots, so the claim does not
+                    # take one more job than the slots can run.)
                     want_more.set()
                     await asyncio.sleep(0)
-                return claimed
+                    if not registry.buffer:
+                        continue
+                return registry.buffer.popleft()
             registry.job_ready.clear()
             want_more.set()
             await registry.job_ready.wait()

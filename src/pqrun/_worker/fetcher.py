@@ -87,9 +87,20 @@ class Fetcher:
                 self._settings.prefetch_limit, int(self._concurrency * per_slot)
             )
 
-    def runs_low(self) -> bool:
-        """True when the buffer is down to half the prefetch: time to claim more."""
-        return len(self._registry.buffer) <= self.prefetch_target // 2
+    def can_take(self) -> bool:
+        """True if a job claimed now would start at once: a slot is free and no claimed
+        job waits for one (and the worker is not stopping)."""
+        registry = self._registry
+        return (
+            not self._life.stopping.is_set()
+            and not registry.buffer
+            and len(registry.running) < self._concurrency
+        )
+
+    def runs_low(self, taking: int = 0) -> bool:
+        """True when the buffer is down to half the prefetch (once ``taking`` jobs are
+        taken from it): time to claim more."""
+        return len(self._registry.buffer) - taking <= self.prefetch_target // 2
 
     def _claim_size(self) -> int:
         prefetch = self.prefetch_target

@@ -54,6 +54,7 @@ class Liveness:
         held: Callable[[], list[Job]],
         on_lost: Callable[[set[Claim]], None],
         errors: ErrorStreak,
+        listening: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
@@ -66,15 +67,22 @@ class Liveness:
         self._held = held
         self._on_lost = on_lost
         self._errors = errors
+        self._listening = listening
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._check = asyncio.Event()
         self._to_check: set[int] = set()
+        self._beat_now = False
 
     def start(self, spawn: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
         """Start beating, in a task that ``spawn`` starts and names."""
         self._task = spawn("liveness", self._run())
+
+    def beat_soon(self) -> None:
+        """Send the next heartbeat now (the worker stopped or started listening)."""
+        self._beat_now = True
+        self._check.set()
 
     def check_soon(self, job_id: int) -> None:
         """Read this job's row soon and stop its run here if the row says it is not ours.
@@ -101,15 +109,19 @@ class Liveness:
     async def _run(self) -> None:
         next_beat = time.monotonic()
         while not self._done.is_set():
-            if time.monotonic() >= next_beat:
+            scheduled = time.monotonic() >= next_beat
+            if scheduled or self._beat_now:
+                self._beat_now = False
                 await self._beat()
-                # At a fixed rate, whatever a beat took (a beat takes at most one
-                # interval): the reaper counts on one every interval from a live worker.
-                next_beat = max(next_beat + self._interval, time.monotonic())
+                if scheduled:
+                    # At a fixed rate, whatever a beat took (a beat takes at most one
+                    # interval): the reaper counts on one every interval from a live
+                    # worker. (A beat asked for in between leaves the rate alone.)
+                    next_beat = max(next_beat + self._interval, time.monotonic())
             elif self._to_check:
                 await self._check_claims()
             self._check.clear()
-            if self._to_check:
+            if self._to_check or self._beat_now:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -149,6 +161,7 @@ class Liveness:
                     within=self._interval / 2,
                     instance=self.instance,
                     stale_after=timedelta(seconds=self._stale_after),
+                    listening=self._listening(),
                 ),
                 self._interval / 2,
             )

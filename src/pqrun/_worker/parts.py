@@ -36,6 +36,7 @@ from .scheduler import Scheduler
 from .settings import WorkerSettings
 from .store_protocol import WorkerStore
 from .vacuumer import Vacuumer
+from .wake_turns import WakeRoster
 
 
 class WorkerParts:
@@ -72,6 +73,7 @@ class WorkerParts:
             held=registry.held_jobs,
             on_lost=registry.lose,
             errors=life.streak("liveness"),
+            listening=lambda: self.listener.hearing,
         )
         self.listener = Listener(
             store,
@@ -80,6 +82,11 @@ class WorkerParts:
             wake=fetcher.wakeup.set,
             expect_due=fetcher.expect_due,
             check_soon=self.liveness.check_soon,
+            roster=WakeRoster(settings.worker_id, settings.job_types, settings.concurrency),
+            can_take=fetcher.can_take,
+            roster_every=settings.heartbeat_interval.total_seconds(),
+            default_stale_after=settings.default_stale_after,
+            on_hearing=self.liveness.beat_soon,
         )
         self.announcer = RoomAnnouncer(store, life)
         self.executor = Executor(

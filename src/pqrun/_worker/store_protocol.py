@@ -105,8 +105,16 @@ class WorkerStore(Protocol):
         within: float | None,
         instance: str | None = None,
         stale_after: timedelta = ...,
+        listening: bool = False,
     ) -> set[tuple[int, int | None]]: ...
     async def leave(self, worker_id: str, *, instance: str | None = None) -> None: ...
+    async def wake_roster(
+        self,
+        default_stale_after: timedelta = ...,
+        *,
+        conn: Connection | None = None,
+        within: float | None = None,
+    ) -> list[tuple[str, list[str], int]]: ...
 
     # Upkeep: the reaper, the pruner, the vacuumer, the scheduler.
     async def reap_stale(

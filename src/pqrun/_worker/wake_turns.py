@@ -1,0 +1,158 @@
+"""Whose turn it is to claim newly inserted jobs, so that one job does not wake every worker.
+
+The insert trigger's notification names the job type, how many jobs the statement
+inserted and the first new id ('jobs:<count>:<first id>:<due>:<type>', ddl.sql). Every
+worker hears it. Each ranks the live workers of that type (its roster, read from
+job_workers every few seconds) by a hash of the first id and its worker_id, the same
+ranking on every worker; the first few, enough slots for the jobs, plus ``SPARE_WAKES``
+more, claim; the others let it be. Which worker comes first changes from one insert to
+the next, so the work spreads over them.
+
+Rosters differ for a moment when a worker starts or stops. A worker that just started is
+in its own roster, not yet in the others': it may claim when they think it is not its
+turn, never the reverse, so a new worker costs at most a claim. A worker that is gone
+but still listed, until its row is removed ('left:<id>' when it stops) or its heartbeats
+grow old (a crash), may be the one named: the spare claims then. A worker named while
+all its slots are busy passes the hint on to every worker (an empty notification), at
+most once per ``PASS_ON_SECONDS``.
+
+All of this is a hint: anyone who can NOTIFY can send one, and all it can do is make some
+worker claim (docs/security.md); the idle poll still looks for due jobs now and then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# Workers that claim beyond those whose slots cover the inserted jobs: one, so that a
+# worker that died but is still listed does not leave the job to the idle poll.
+SPARE_WAKES = 1
+# A worker passes hints on to every worker at most this often (seconds); a hint that
+# comes sooner goes out with the next pass, at the end of this period.
+PASS_ON_SECONDS = 0.02
+# The most a payload may claim to have inserted; more is read as "everyone".
+MAX_COUNT = 1 << 31
+
+_MASK = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class InsertHint:
+    """A parsed 'jobs:...' notification: ``count`` jobs of ``job_type`` were inserted,
+    the first with id ``first_id``, the earliest due at ``due`` (epoch seconds; None: now)."""
+
+    count: int
+    first_id: int
+    due: float | None
+    job_type: str
+
+    @classmethod
+    def parse(cls, payload: str) -> InsertHint | None:
+        """The hint in ``payload``, or None if it is not a well-formed one."""
+        parts = payload.split(":", 4)
+        if len(parts) != 5 or parts[0] != "jobs" or not parts[4]:
+            return None
+        try:
+            count, first_id = int(parts[1]), int(parts[2])
+            due = float(parts[3]) if parts[3] else None
+        except (ValueError, OverflowError):
+            return None
+        if count < 1 or (due is not None and not math.isfinite(due)):
+            return None
+        return cls(min(count, MAX_COUNT), first_id & _MASK, due, parts[4])
+
+    def now_due(self) -> InsertHint:
+        """The same hint, once its jobs are due."""
+        return InsertHint(self.count, self.first_id, None, self.job_type)
+
+
+def _key(worker_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(worker_id.encode(), digest_size=8).digest(), "big")
+
+
+def _score(first_id: int, key: int) -> int:
+    """A 64-bit mix (splitmix64) of the hint and a worker's key: the worker's place."""
+    z = ((first_id * 0x9E3779B97F4A7C15) ^ key) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def turn_order(first_id: int, worker_ids: Iterable[str]) -> list[str]:
+    """The workers ranked for a hint whose first job id is ``first_id``, first turn first."""
+    return sorted(worker_ids, key=lambda w: _score(first_id & _MASK, _key(w)), reverse=True)
+
+
+@dataclass(slots=True)
+class _Peer:
+    key: int
+    job_types: frozenset[str]
+    concurrency: int
+
+
+class WakeRoster:
+    """The live workers as this worker last read them, and whose turn a hint is."""
+
+    def __init__(self, worker_id: str, job_types: Iterable[str], concurrency: int) -> None:
+        self._worker_id = worker_id
+        self._me = _Peer(_key(worker_id), frozenset(job_types), max(concurrency, 1))
+        self._peers: dict[str, _Peer] = {}
+        #: False until the first read: until then every hint is this worker's turn.
+        self.loaded = False
+        #: How many times the roster was read.
+        self.reads = 0
+
+    def __len__(self) -> int:
+        """How many live workers this worker knows of, itself included."""
+        return len(self._peers) + 1
+
+    def handles(self, job_type: str) -> bool:
+        return job_type in self._me.job_types
+
+    def replace(self, rows: Sequence[tuple[str, Sequence[str], int]]) -> None:
+        """The live workers, as read from job_workers (this worker is always one)."""
+        peers = {}
+        for worker_id, job_types, concurrency in rows:
+            if worker_id != self._worker_id:
+                old = self._peers.get(worker_id)
+                key = old.key if old is not None else _key(worker_id)
+                peers[worker_id] = _Peer(key, frozenset(job_types), max(int(concurrency), 1))
+        self._peers = peers
+        self.loaded = True
+        self.reads += 1
+
+    def drop(self, worker_id: str) -> None:
+        """``worker_id`` left (a hint: it may be wrong, and then one more worker claims)."""
+        self._peers.pop(worker_id, None)
+
+    def my_turn(self, hint: InsertHint) -> bool:
+        """True if this worker is among those that claim for ``hint``.
+
+        The workers of the hint's type, ranked by score: the shortest run from the top
+        whose slots add up to the jobs inserted, then ``SPARE_WAKES`` more.
+        """
+        if not self.handles(hint.job_type):
+            return False
+        if not self.loaded:
+            return True
+        mine = _score(hint.first_id, self._me.key)
+        ahead: list[tuple[int, int]] = []
+        for peer in self._peers.values():
+            if hint.job_type in peer.job_types:
+                score = _score(hint.first_id, peer.key)
+                if score > mine:
+                    ahead.append((score, peer.concurrency))
+        if len(ahead) <= SPARE_WAKES:
+            return True
+        # This worker claims unless the workers ahead of it, all but the last
+        # SPARE_WAKES of them, already have slots for every job inserted.
+        ahead.sort(reverse=True)
+        slots = 0
+        for _, concurrency in ahead[: len(ahead) - SPARE_WAKES]:
+            slots += concurrency
+            if slots >= hint.count:
+                return False
+        return True

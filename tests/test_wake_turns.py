@@ -1,0 +1,406 @@
+"""A notification of inserted jobs wakes only the workers whose turn it is, not every worker.
+
+Workers here poll once a minute, so a job run within WAKE_WITHIN seconds was found
+because a notification woke a worker. Claims are counted per worker (pickup_batch).
+Which workers a job's notification names follows from its id (turn_order); a test that
+needs a given order sets the id sequence so that the next job gets an id with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pqrun import IdlePollPolicy, JobContext, PgJobStore, Worker
+from pqrun._worker.wake_turns import SPARE_WAKES, InsertHint, WakeRoster, turn_order
+
+from .conftest import reset_jobs
+from .helpers import listener_pids, wait_until
+
+POLL = IdlePollPolicy(60.0, 60.0)
+WAKE_WITHIN = 20.0  # far below the poll: only a notification wakes a worker this soon
+
+
+class CountingStore(PgJobStore):
+    claims = 0
+
+    async def pickup_batch(self, worker_id: str, job_types: Any, limit: int) -> Any:
+        self.claims += 1
+        return await super().pickup_batch(worker_id, job_types, limit)
+
+
+@dataclass
+class Crew:
+    """Running workers, each on a store of its own that counts its claims."""
+
+    dsn: str
+    conn: asyncpg.Connection
+    stack: AsyncExitStack
+    workers: dict[str, Worker] = field(default_factory=dict)
+    stores: dict[str, CountingStore] = field(default_factory=dict)
+    ran: dict[int, str] = field(default_factory=dict)  # job id -> worker that ran it
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    blocked: dict[str, int] = field(default_factory=dict)  # worker -> job held in a slot
+
+    async def start(
+        self,
+        worker_id: str,
+        job_types: Sequence[str] = ("t", "block"),
+        *,
+        concurrency: int = 2,
+        stale_after: float = 6.0,  # heartbeats, and roster reads, every second
+        listen: bool = True,
+    ) -> Worker:
+        store = CountingStore(self.dsn)
+        await store.start()
+        self.stack.push_async_callback(store.close)
+
+        def handler_for(job_type: str) -> Callable[[JobContext], Awaitable[None]]:
+            async def handler(ctx: JobContext) -> None:
+                self.ran[ctx.job.id] = worker_id
+                if job_type == "block":
+                    self.blocked[worker_id] = ctx.job.id
+                    await self.release.wait()
+
+            return handler
+
+        worker = Worker(
+            store,
+            {t: handler_for(t) for t in job_types},
+            worker_id=worker_id,
+            concurrency=concurrency,
+            idle_policy=POLL,
+            enable_reaper=False,
+            default_stale_after=timedelta(seconds=stale_after),
+            listen=listen,
+        )
+        await worker.start()
+        self.stack.push_async_callback(worker.stop)
+        self.workers[worker_id] = worker
+        self.stores[worker_id] = store
+        return worker
+
+    def roster(self, worker_id: str) -> WakeRoster:
+        roster = self.workers[worker_id]._parts.listener.roster
+        assert roster is not None
+        return roster
+
+    async def settled(self) -> None:
+        """Every worker listening, knowing all the others, past its start-up claims."""
+        count = len(self.workers)
+
+        async def ready() -> bool:
+            listening = await listener_pids(self.conn, self.since)
+            return (
+                len(listening) >= count
+                and all(len(self.roster(w)) == count for w in self.workers)
+                and all(s.claims >= 2 for s in self.stores.values())
+            )
+
+        await wait_until(ready, within=30)
+
+    def claims(self) -> int:
+        return sum(s.claims for s in self.stores.values())
+
+    async def run_one(self, job_type: str = "t", *, first_id: int | None = None) -> int:
+        """Enqueue one job (with this id, if given) and wait until a worker ran it."""
+        if first_id is not None:
+            await self.conn.execute(
+                "SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1
+            )
+        store = next(iter(self.stores.values()))
+        job_id = await store.enqueue(job_type)
+        assert first_id is None or job_id == first_id
+
+        async def ran() -> bool:
+            return job_id in self.ran
+
+        await wait_until(ran, within=WAKE_WITHIN)
+        return job_id
+
+    since: Any = None
+
+
+@pytest.fixture
+async def crew(dsn: str, conn: asyncpg.Connection) -> AsyncIterator[Crew]:
+    await reset_jobs(dsn)
+    async with AsyncExitStack() as stack:
+        team = Crew(dsn, conn, stack)
+        team.since = await conn.fetchval("SELECT clock_timestamp()")
+        try:
+            yield team
+        finally:
+            team.release.set()  # blocked handlers end before the workers stop
+
+
+def id_where(order_ok: Callable[[list[str]], bool], workers: Sequence[str], start: int) -> int:
+    """The first job id from ``start`` on whose turn order satisfies ``order_ok``."""
+    for first_id in range(start, start + 10_000):
+        if order_ok(turn_order(first_id, workers)):
+            return first_id
+    raise AssertionError("no such id")
+
+
+async def next_id(conn: asyncpg.Connection) -> int:
+    last: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM jobs")
+    return last + 1000
+
+
+async def test_one_job_wakes_its_turn_and_a_spare_not_every_worker(crew: Crew) -> None:
+    for i in range(5):
+        await crew.start(f"w{i}")
+    await crew.settled()
+    before = crew.claims()
+    jobs = [await crew.run_one() for _ in range(20)]
+    # Each notification of one job names one worker and the spare: 2 claims per job,
+    # not 5 (every worker). Slack for a start-up claim still under way.
+    woken = crew.claims() - before
+    assert woken <= len(jobs) * (1 + SPARE_WAKES) + 5, woken
+    # The turn moves with the job id: the work spreads over the workers.
+    assert len({crew.ran[j] for j in jobs}) >= 3
+
+
+async def test_a_worker_whose_turn_it_is_while_busy_passes_the_job_on(crew: Crew) -> None:
+    names = ["w0", "w1", "w2"]
+    for name in names:
+        await crew.start(name, concurrency=1)
+    await crew.settled()
+    for _ in range(2):  # two workers busy with a job that waits
+        store = crew.stores["w0"]
+        await store.enqueue("block")
+    await wait_until(lambda: _true(len(crew.blocked) == 2), within=WAKE_WITHIN)
+    (free,) = set(names) - set(crew.blocked)
+    # A job whose notification names the two busy workers (turn and spare), not the free one.
+    first_id = id_where(lambda order: order[-1] == free, names, await next_id(crew.conn))
+    job_id = await crew.run_one(first_id=first_id)
+    assert crew.ran[job_id] == free
+    assert sum(w._parts.listener.passed_on for w in crew.workers.values()) >= 1
+
+
+async def test_a_busy_worker_does_not_hold_a_job_its_slots_cannot_run(crew: Crew) -> None:
+    # Its one slot taking the first job let its claim take the second into the buffer,
+    # where it waited behind the first (put back only after half the stale period),
+    # hidden from an idle worker. (Slow handlers: no prefetch.)
+    await crew.start("busy", concurrency=1, stale_after=600)
+    store = crew.stores["busy"]
+    first, second = await store.enqueue_many([{"job_type": "block"}] * 2)
+    await wait_until(lambda: _true("busy" in crew.blocked), within=WAKE_WITHIN)
+    await crew.start("idle", concurrency=1, stale_after=600)
+
+    async def ran() -> bool:
+        return second in crew.ran
+
+    await wait_until(ran, within=WAKE_WITHIN)
+    assert crew.ran == {first: "busy", second: "idle"}
+
+
+async def test_a_crashed_worker_still_listed_leaves_the_job_to_the_spare(crew: Crew) -> None:
+    names = ["w0", "w1"]
+    for name in names:
+        await crew.start(name)
+    # A worker that died a moment ago: its row is there, its heartbeat looks fresh.
+    await crew.conn.execute(
+        "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency, heartbeat_at,"
+        " listening) VALUES ('ghost', 'gone', 1, '{t}', 8, now() + interval '1 hour', true)"
+    )
+
+    async def know_the_ghost() -> bool:
+        return all(len(crew.roster(w)) == 3 for w in names)
+
+    await wait_until(know_the_ghost, within=30)
+    first_id = id_where(
+        lambda order: order[0] == "ghost", [*names, "ghost"], await next_id(crew.conn)
+    )
+    await crew.run_one(first_id=first_id)
+
+
+async def test_workers_that_do_not_listen_are_never_counted_on_for_a_turn(crew: Crew) -> None:
+    # Two workers that poll only (listen=False; or behind a pooler without direct_dsn),
+    # first in the turn order: if the listening worker counted on them, it would let
+    # the job be until a poll, a minute later.
+    await crew.start("listens")
+    await crew.start("deaf1", listen=False)
+    await crew.start("deaf2", listen=False)
+
+    async def all_registered() -> bool:
+        return bool(await crew.conn.fetchval("SELECT count(*) FROM job_workers") == 3)
+
+    await wait_until(all_registered, within=30)
+    reads = crew.roster("listens").reads
+    await wait_until(lambda: _true(crew.roster("listens").reads > reads + 1), within=30)
+    assert len(crew.roster("listens")) == 1
+    first_id = id_where(
+        lambda order: order[-1] == "listens",
+        ["listens", "deaf1", "deaf2"],
+        await next_id(crew.conn),
+    )
+    job_id = await crew.run_one(first_id=first_id)
+    assert crew.ran[job_id] == "listens"
+
+
+async def test_workers_that_stop_hand_their_turns_for_delayed_jobs_to_the_others(
+    crew: Crew,
+) -> None:
+    names = ["w0", "w1", "w2"]
+    for name in names:
+        await crew.start(name)
+    await crew.settled()
+    # A job due in a few seconds whose turn (and spare) go to w0 and w1; both stop
+    # before it is due, so only their hand-over can wake w2 before its poll.
+    first_id = id_where(lambda order: order[-1] == "w2", names, await next_id(crew.conn))
+    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    store = crew.stores["w2"]
+    job_id = await store.enqueue("t", run_after=timedelta(seconds=4))
+    assert job_id == first_id
+
+    def waiting_for_it(name: str) -> bool:
+        return bool(crew.workers[name]._parts.listener._timers)
+
+    await wait_until(lambda: _true(waiting_for_it("w0") and waiting_for_it("w1")), within=30)
+    assert not waiting_for_it("w2")
+    await asyncio.gather(crew.workers["w0"].stop(), crew.workers["w1"].stop())
+
+    async def ran() -> bool:
+        return job_id in crew.ran
+
+    await wait_until(ran, within=WAKE_WITHIN)
+    assert crew.ran[job_id] == "w2"
+    row = await crew.conn.fetchrow("SELECT locked_at, run_after FROM jobs WHERE id = $1", job_id)
+    assert row is not None
+    assert row["locked_at"] >= row["run_after"]
+
+
+async def test_a_worker_is_not_woken_for_job_types_it_does_not_handle(crew: Crew) -> None:
+    await crew.start("a", ["a"])
+    await crew.start("b", ["b"])
+    await crew.settled()
+    before = crew.stores["a"].claims
+    for _ in range(10):
+        await crew.run_one("b")
+    assert crew.stores["a"].claims - before <= 1
+
+
+async def test_a_worker_that_stops_is_dropped_from_the_others_rosters_at_once(
+    crew: Crew,
+) -> None:
+    # Rosters read every 100 s: only the 'left:' notification can drop it sooner.
+    first = await crew.start("first", stale_after=600)
+
+    async def registered() -> bool:
+        return bool(await crew.conn.fetchval("SELECT count(*) FROM job_workers"))
+
+    await wait_until(registered, within=30)
+    await crew.start("second", stale_after=600)
+    await wait_until(lambda: _true(len(crew.roster("second")) == 2), within=30)
+    await first.stop()
+    await wait_until(lambda: _true(len(crew.roster("second")) == 1), within=WAKE_WITHIN)
+
+
+async def test_the_insert_notification_names_type_count_and_first_id(
+    store: PgJobStore, dsn: str
+) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(dsn)
+    try:
+        await listener.add_listener(store.channel, lambda *args: heard.put_nowait(args[3]))
+        one = await store.enqueue("mail:send")
+        assert await asyncio.wait_for(heard.get(), 10) == f"jobs:1:{one}::mail:send"
+        assert InsertHint.parse(f"jobs:1:{one}::mail:send") == InsertHint(1, one, None, "mail:send")
+        ids = await store.enqueue_many([{"job_type": "t"}] * 3)
+        assert await asyncio.wait_for(heard.get(), 10) == f"jobs:3:{min(ids)}::t"
+        later = await store.enqueue("t", run_after=timedelta(hours=1))
+        hint = InsertHint.parse(await asyncio.wait_for(heard.get(), 10))
+        assert hint is not None
+        assert hint.first_id == later
+        assert hint.due is not None
+        # Several types, or a type too long for a payload: every worker looks.
+        await store.enqueue_many([{"job_type": "t"}, {"job_type": "u"}])
+        assert await asyncio.wait_for(heard.get(), 10) == ""
+        await store.enqueue("x" * 5000)
+        assert await asyncio.wait_for(heard.get(), 10) == ""
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "jobs:",
+        "jobs:1:2:3",
+        "jobs:0:1::t",
+        "jobs:-1:1::t",
+        "jobs:x:1::t",
+        "jobs:1:x::t",
+        "jobs:1:1:nan:t",
+        "jobs:1:1:inf:t",
+        "jobs:1:1:1e999:t",
+        "jobs:1:1::",
+    ],
+)
+def test_a_malformed_hint_is_ignored(payload: str) -> None:
+    assert InsertHint.parse(payload) is None
+
+
+def test_forged_huge_numbers_are_read_within_bounds() -> None:
+    hint = InsertHint.parse(f"jobs:{10**40}:{-(10**40)}::t")
+    assert hint is not None
+    assert 1 <= hint.count <= 1 << 31
+    assert 0 <= hint.first_id < 1 << 64
+    assert WakeRoster("w", ["t"], 1).my_turn(hint)
+
+
+def views_agreeing(workers: dict[str, tuple[set[str], int]]) -> dict[str, WakeRoster]:
+    rosters = {}
+    for name, (types, concurrency) in workers.items():
+        roster = WakeRoster(name, types, concurrency)
+        roster.replace([(w, sorted(t), c) for w, (t, c) in workers.items()])
+        rosters[name] = roster
+    return rosters
+
+
+def test_the_workers_whose_turn_it_is_have_slots_for_the_jobs_plus_a_spare() -> None:
+    chance = random.Random(7)
+    for _ in range(300):
+        workers = {
+            f"w{i}": ({"t"} if chance.random() < 0.8 else {"u"}, chance.randint(1, 6))
+            for i in range(chance.randint(1, 12))
+        }
+        rosters = views_agreeing(workers)
+        count, first_id = chance.randint(1, 20), chance.getrandbits(63)
+        hint = InsertHint(count, first_id, None, "t")
+        woken = [w for w in turn_order(first_id, workers) if rosters[w].my_turn(hint)]
+        order = [w for w in turn_order(first_id, workers) if "t" in workers[w][0]]
+        # The first workers in turn order, as many as cover the jobs, then the spare.
+        covering, slots = 0, 0
+        while covering < len(order) and slots < count:
+            slots += workers[order[covering]][1]
+            covering += 1
+        assert woken == order[: covering + SPARE_WAKES]
+
+
+def test_a_worker_missing_from_the_others_rosters_only_adds_claims() -> None:
+    chance = random.Random(11)
+    for _ in range(300):
+        workers = {f"w{i}": ({"t"}, chance.randint(1, 4)) for i in range(chance.randint(2, 10))}
+        rosters = views_agreeing(workers)
+        newcomer = chance.choice(sorted(workers))
+        for name, roster in rosters.items():
+            if name != newcomer:
+                roster.drop(newcomer)  # not yet read by the others
+        hint = InsertHint(chance.randint(1, 8), chance.getrandbits(63), None, "t")
+        agreed = views_agreeing(workers)
+        should = {w for w in workers if agreed[w].my_turn(hint)}
+        woken = {w for w in workers if rosters[w].my_turn(hint)}
+        assert should <= woken
+
+
+async def _true(value: bool) -> bool:
+    return value
