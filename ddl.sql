@@ -214,17 +214,17 @@ CREATE TABLE IF NOT EXISTS job_workers (
     -- The worker's own default_stale_after: a reaper configured with a shorter one still
     -- leaves this worker's jobs alone while its heartbeats are younger than this.
     stale_after  interval,
-    -- Whether the worker hears the queue's notifications now (its LISTEN connection is
-    -- up). The others let a notification of inserted jobs be only if its turn goes to a
-    -- worker that listens.
-    listening    boolean     NOT NULL DEFAULT false
+    -- How many jobs a notification of inserted jobs may count on this worker for: what
+    -- one claim of it takes (slots and prefetch); 0 while it does not hear notifications.
+    -- The others let a notification be only when its turn goes to workers that listen.
+    wake_capacity integer    NOT NULL DEFAULT 0
 );
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_jobs bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS held_leases bigint[] NOT NULL DEFAULT '{}';
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS instance text;
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS alive_since timestamptz NOT NULL DEFAULT now();
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS stale_after interval;
-ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS listening boolean NOT NULL DEFAULT false;
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS wake_capacity integer NOT NULL DEFAULT 0;
 
 -- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
 -- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by

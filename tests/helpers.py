@@ -54,7 +54,7 @@ async def listener_pids(conn: asyncpg.Connection, since: datetime) -> list[int]:
     the roster of live workers, so its last statement may be that one.)"""
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT worker_id, job_types, concurrency%')"
+        "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT worker_id, job_types, wake_capacity%')"
         " AND pid <> pg_backend_pid() AND backend_start >= $1",
         since,
     )

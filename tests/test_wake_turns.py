@@ -209,7 +209,7 @@ async def test_a_crashed_worker_still_listed_leaves_the_job_to_the_spare(crew: C
     # A worker that died a moment ago: its row is there, its heartbeat looks fresh.
     await crew.conn.execute(
         "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency, heartbeat_at,"
-        " listening) VALUES ('ghost', 'gone', 1, '{t}', 8, now() + interval '1 hour', true)"
+        " wake_capacity) VALUES ('ghost', 'gone', 1, '{t}', 8, now() + interval '1 hour', 8)"
     )
 
     async def know_the_ghost() -> bool:
@@ -354,13 +354,13 @@ def test_forged_huge_numbers_are_read_within_bounds() -> None:
     assert hint is not None
     assert 1 <= hint.count <= 1 << 31
     assert 0 <= hint.first_id < 1 << 64
-    assert WakeRoster("w", ["t"], 1).my_turn(hint)
+    assert WakeRoster("w", ["t"]).my_turn(hint)
 
 
 def views_agreeing(workers: dict[str, tuple[set[str], int]]) -> dict[str, WakeRoster]:
     rosters = {}
-    for name, (types, concurrency) in workers.items():
-        roster = WakeRoster(name, types, concurrency)
+    for name, (types, _capacity) in workers.items():
+        roster = WakeRoster(name, types)
         roster.replace([(w, sorted(t), c) for w, (t, c) in workers.items()])
         rosters[name] = roster
     return rosters

@@ -54,7 +54,7 @@ class RegistryMethods:
         within: float | None = None,
         instance: str | None = None,
         stale_after: timedelta = timedelta(seconds=30),
-        listening: bool = False,
+        wake_capacity: int = 0,
     ) -> set[int]:
         """Register ``worker_id`` (or renew it) as alive and holding the claims of ``jobs``.
 
@@ -64,8 +64,9 @@ class RegistryMethods:
         cancelled or taken back). ``conn``: a connection of the caller's (a worker uses
         one of its own). ``instance``: a token of the running worker; while a worker
         with the same ``worker_id`` and another token has sent a heartbeat within
-        ``stale_after``, this raises WorkerIdInUse. ``listening``: the worker hears the
-        queue's notifications now (its LISTEN connection is up).
+        ``stale_after``, this raises WorkerIdInUse. ``wake_capacity``: how many jobs a
+        notification of inserted jobs may count on this worker for (one claim of it:
+        slots and prefetch); 0 while it does not hear notifications.
         """
         claims = await self.heartbeat_claims(
             worker_id,
@@ -76,7 +77,7 @@ class RegistryMethods:
             within=within,
             instance=instance,
             stale_after=stale_after,
-            listening=listening,
+            wake_capacity=wake_capacity,
         )
         return {job_id for job_id, _lease in claims}
 
@@ -91,7 +92,7 @@ class RegistryMethods:
         within: float | None,
         instance: str | None = None,
         stale_after: timedelta = timedelta(seconds=30),
-        listening: bool = False,
+        wake_capacity: int = 0,
     ) -> set[tuple[int, int | None]]:
         """heartbeat(), answering with the (id, lease_id) of the claims still owned."""
         ids, leases = claim_ids(jobs)
@@ -108,7 +109,7 @@ class RegistryMethods:
                 instance,
                 stale_after,
                 heartbeat_gap(stale_after),
-                listening,
+                wake_capacity,
                 timeout=self._db.statement_timeout if within is None else within,
             )
             if not rows[0]["registered"]:
@@ -166,8 +167,9 @@ class RegistryMethods:
         conn: Connection | None = None,
         within: float | None = None,
     ) -> list[tuple[str, list[str], int]]:
-        """The live workers (worker_id, job types, concurrency) that a notification of
-        inserted jobs may name: those with a heartbeat within two of their intervals.
+        """The live workers (worker_id, job types, wake capacity) that a notification of
+        inserted jobs may name: those that listen, with a heartbeat within two of their
+        intervals.
 
         A worker's listener reads it every few seconds to know whose turn a
         notification is (``default_stale_after``: for a worker that did not record its
@@ -180,7 +182,7 @@ class RegistryMethods:
                 2 / HEARTBEATS_PER_STALE_PERIOD,
                 timeout=self._db.statement_timeout if within is None else within,
             )
-        return [(row["worker_id"], list(row["job_types"]), row["concurrency"]) for row in rows]
+        return [(row["worker_id"], list(row["job_types"]), row["wake_capacity"]) for row in rows]
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """The registered workers: id, host, pid, job types, concurrency, started, heartbeat."""

@@ -36,7 +36,7 @@ EXPECTED_WORKER_COLUMNS = (
     "instance",
     "alive_since",
     "stale_after",
-    "listening",
+    "wake_capacity",
 )
 
 

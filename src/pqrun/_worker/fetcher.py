@@ -88,14 +88,9 @@ class Fetcher:
             )
 
     def can_take(self) -> bool:
-        """True if a job claimed now would start at once: a slot is free and no claimed
-        job waits for one (and the worker is not stopping)."""
-        registry = self._registry
-        return (
-            not self._life.stopping.is_set()
-            and not registry.buffer
-            and len(registry.running) < self._concurrency
-        )
+        """True if woken now, this worker would claim at once: a slot is free, or the
+        prefetch runs low (and the worker is not stopping)."""
+        return not self._life.stopping.is_set() and self._claim_size() > 0
 
     def runs_low(self, taking: int = 0) -> bool:
         """True when the buffer is down to half the prefetch (once ``taking`` jobs are

@@ -79,7 +79,7 @@ class Listener:
         self._last_pass_on = -math.inf
         self._timers: dict[asyncio.TimerHandle, float] = {}  # -> the due time (epoch)
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Hints passed on to every worker (this worker's slots were all busy).
+        #: Hints passed on to every worker (this worker would not claim then).
         self.passed_on = 0
         self._on_hearing = on_hearing
 
@@ -147,8 +147,8 @@ class Listener:
         self._hinted_now()
 
     def _hinted_now(self) -> None:
-        """A hint for this worker with jobs due now: claim, or pass it on if every slot
-        is busy (another worker may be idle)."""
+        """A hint for this worker with jobs due now: claim, or pass it on if this worker
+        would not claim now (another worker may be idle)."""
         self._wake()  # busy, it claims when a slot frees; idle, at once
         if self.roster is not None and self.roster.loaded and not self._can_take():
             self._pass_on()

@@ -54,7 +54,7 @@ class Liveness:
         held: Callable[[], list[Job]],
         on_lost: Callable[[set[Claim]], None],
         errors: ErrorStreak,
-        listening: Callable[[], bool] = lambda: False,
+        wake_capacity: Callable[[], int] = lambda: 0,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
@@ -67,7 +67,7 @@ class Liveness:
         self._held = held
         self._on_lost = on_lost
         self._errors = errors
-        self._listening = listening
+        self._wake_capacity = wake_capacity
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
@@ -161,7 +161,7 @@ class Liveness:
                     within=self._interval / 2,
                     instance=self.instance,
                     stale_after=timedelta(seconds=self._stale_after),
-                    listening=self._listening(),
+                    wake_capacity=self._wake_capacity(),
                 ),
                 self._interval / 2,
             )

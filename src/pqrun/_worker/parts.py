@@ -73,7 +73,7 @@ class WorkerParts:
             held=registry.held_jobs,
             on_lost=registry.lose,
             errors=life.streak("liveness"),
-            listening=lambda: self.listener.hearing,
+            wake_capacity=self._wake_capacity,
         )
         self.listener = Listener(
             store,
@@ -82,7 +82,7 @@ class WorkerParts:
             wake=fetcher.wakeup.set,
             expect_due=fetcher.expect_due,
             check_soon=self.liveness.check_soon,
-            roster=WakeRoster(settings.worker_id, settings.job_types, settings.concurrency),
+            roster=WakeRoster(settings.worker_id, settings.job_types),
             can_take=fetcher.can_take,
             roster_every=settings.heartbeat_interval.total_seconds(),
             default_stale_after=settings.default_stale_after,
@@ -131,6 +131,13 @@ class WorkerParts:
         if settings.schedules:
             scheduler = Scheduler(settings, self.store, self.life)
             self.background.append(spawn("scheduler", scheduler.run()))
+
+    def _wake_capacity(self) -> int:
+        """How many jobs a notification may count on this worker for: what one claim of
+        it takes (slots and prefetch), or 0 while it does not hear notifications."""
+        if not self.listener.hearing:
+            return 0
+        return self.settings.concurrency + self.fetcher.prefetch_target
 
     async def stop_heartbeats(self, within: float = 1.0) -> None:
         """Heartbeats go on through a shutdown's grace period; they end with it."""

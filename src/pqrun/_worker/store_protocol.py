@@ -105,7 +105,7 @@ class WorkerStore(Protocol):
         within: float | None,
         instance: str | None = None,
         stale_after: timedelta = ...,
-        listening: bool = False,
+        wake_capacity: int = 0,
     ) -> set[tuple[int, int | None]]: ...
     async def leave(self, worker_id: str, *, instance: str | None = None) -> None: ...
     async def wake_roster(

@@ -4,17 +4,20 @@ The insert trigger's notification names the job type, how many jobs the statemen
 inserted and the first new id ('jobs:<count>:<first id>:<due>:<type>', ddl.sql). Every
 worker hears it. Each ranks the live workers of that type (its roster, read from
 job_workers every few seconds) by a hash of the first id and its worker_id, the same
-ranking on every worker; the first few, enough slots for the jobs, plus ``SPARE_WAKES``
-more, claim; the others let it be. Which worker comes first changes from one insert to
-the next, so the work spreads over them.
+ranking on every worker; the first few, enough for the jobs, plus ``SPARE_WAKES`` more,
+claim; the others let it be. "Enough" counts each worker's wake capacity from its last
+heartbeat: what one claim of it takes (its slots and its prefetch). Which worker comes
+first changes from one insert to the next, so the work spreads over them.
 
 Rosters differ for a moment when a worker starts or stops. A worker that just started is
 in its own roster, not yet in the others': it may claim when they think it is not its
 turn, never the reverse, so a new worker costs at most a claim. A worker that is gone
 but still listed, until its row is removed ('left:<id>' when it stops) or its heartbeats
 grow old (a crash), may be the one named: the spare claims then. A worker named while
-all its slots are busy passes the hint on to every worker (an empty notification), at
-most once per ``PASS_ON_SECONDS``.
+it would not claim now (every slot busy, its prefetch full) passes the hint on to every
+worker (an empty notification), at most once per ``PASS_ON_SECONDS``. Workers that do
+not listen (``listen=False``, or behind a pooler without ``direct_dsn``) report a wake
+capacity of 0 and are not ranked.
 
 All of this is a hint: anyone who can NOTIFY can send one, and all it can do is make some
 worker claim (docs/security.md); the idle poll still looks for due jobs now and then.
@@ -27,7 +30,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-# Workers that claim beyond those whose slots cover the inserted jobs: one, so that a
+# Workers that claim beyond those that take all the inserted jobs: one, so that a
 # worker that died but is still listed does not leave the job to the idle poll.
 SPARE_WAKES = 1
 # A worker passes hints on to every worker at most this often (seconds); a hint that
@@ -90,15 +93,16 @@ def turn_order(first_id: int, worker_ids: Iterable[str]) -> list[str]:
 class _Peer:
     key: int
     job_types: frozenset[str]
-    concurrency: int
+    capacity: int
 
 
 class WakeRoster:
     """The live workers as this worker last read them, and whose turn a hint is."""
 
-    def __init__(self, worker_id: str, job_types: Iterable[str], concurrency: int) -> None:
+    def __init__(self, worker_id: str, job_types: Iterable[str]) -> None:
         self._worker_id = worker_id
-        self._me = _Peer(_key(worker_id), frozenset(job_types), max(concurrency, 1))
+        self._key = _key(worker_id)
+        self._job_types = frozenset(job_types)
         self._peers: dict[str, _Peer] = {}
         #: False until the first read: until then every hint is this worker's turn.
         self.loaded = False
@@ -110,16 +114,17 @@ class WakeRoster:
         return len(self._peers) + 1
 
     def handles(self, job_type: str) -> bool:
-        return job_type in self._me.job_types
+        return job_type in self._job_types
 
     def replace(self, rows: Sequence[tuple[str, Sequence[str], int]]) -> None:
-        """The live workers, as read from job_workers (this worker is always one)."""
+        """The live workers (worker_id, job types, wake capacity), as read from
+        job_workers (this worker is always one, whatever they say)."""
         peers = {}
-        for worker_id, job_types, concurrency in rows:
+        for worker_id, job_types, capacity in rows:
             if worker_id != self._worker_id:
                 old = self._peers.get(worker_id)
                 key = old.key if old is not None else _key(worker_id)
-                peers[worker_id] = _Peer(key, frozenset(job_types), max(int(concurrency), 1))
+                peers[worker_id] = _Peer(key, frozenset(job_types), max(int(capacity), 1))
         self._peers = peers
         self.loaded = True
         self.reads += 1
@@ -132,27 +137,27 @@ class WakeRoster:
         """True if this worker is among those that claim for ``hint``.
 
         The workers of the hint's type, ranked by score: the shortest run from the top
-        whose slots add up to the jobs inserted, then ``SPARE_WAKES`` more.
+        whose wake capacities add up to the jobs inserted, then ``SPARE_WAKES`` more.
         """
         if not self.handles(hint.job_type):
             return False
         if not self.loaded:
             return True
-        mine = _score(hint.first_id, self._me.key)
+        mine = _score(hint.first_id, self._key)
         ahead: list[tuple[int, int]] = []
         for peer in self._peers.values():
             if hint.job_type in peer.job_types:
                 score = _score(hint.first_id, peer.key)
                 if score > mine:
-                    ahead.append((score, peer.concurrency))
+                    ahead.append((score, peer.capacity))
         if len(ahead) <= SPARE_WAKES:
             return True
         # This worker claims unless the workers ahead of it, all but the last
-        # SPARE_WAKES of them, already have slots for every job inserted.
+        # SPARE_WAKES of them, already take every job inserted.
         ahead.sort(reverse=True)
-        slots = 0
-        for _, concurrency in ahead[: len(ahead) - SPARE_WAKES]:
-            slots += concurrency
-            if slots >= hint.count:
+        taken = 0
+        for _, capacity in ahead[: len(ahead) - SPARE_WAKES]:
+            taken += capacity
+            if taken >= hint.count:
                 return False
         return True

@@ -8,19 +8,19 @@
 -- heartbeat is older than $9 (that worker is gone): a second live worker with the same
 -- worker_id would erase the first one's claims, so it is told (registered = false).
 -- alive_since is kept while heartbeats come less than $10 apart, else starts again.
--- $11: whether the worker's LISTEN connection is up (wake_roster counts only those).
+-- $11: how many jobs a notification may count on the worker for (0: it does not listen).
 -- Guard: the registry row is written only when it carries instance $8 or its heartbeat is
 -- stale ($9); job rows are only read, without locks.
 WITH registered AS (
     INSERT INTO job_workers AS w (worker_id, host, pid, job_types, concurrency, held_jobs,
-                                  held_leases, instance, stale_after, listening)
+                                  held_leases, instance, stale_after, wake_capacity)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11)
     ON CONFLICT (worker_id) DO UPDATE
     SET heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid,
         job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency,
         held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases,
         instance = EXCLUDED.instance, stale_after = EXCLUDED.stale_after,
-        listening = EXCLUDED.listening,
+        wake_capacity = EXCLUDED.wake_capacity,
         started_at = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
                           THEN w.started_at ELSE now() END,
         alive_since = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
@@ -76,14 +76,14 @@ WITH gone AS (
 SELECT pg_notify($3, 'left:' || worker_id) FROM gone
 
 -- name: wake_roster
--- The workers a notification of inserted jobs may name (worker, job types, concurrency):
--- those that said they listen, and whose last heartbeat is within two of their
--- intervals, $2 of their stale period ($1 for a worker that did not record its own).
--- Read by each worker's listener every few seconds.
+-- The workers a notification of inserted jobs may name (worker, job types, how many
+-- jobs one claim of it takes): those that said they listen, and whose last heartbeat
+-- is within two of their intervals, $2 of their stale period ($1 for a worker that did
+-- not record its own). Read by each worker's listener every few seconds.
 -- Guard: a read of the registry; moves nothing.
-SELECT worker_id, job_types, concurrency
+SELECT worker_id, job_types, wake_capacity
 FROM job_workers
-WHERE listening
+WHERE wake_capacity > 0
   AND heartbeat_at >= now() - COALESCE(stale_after, $1::interval) * $2::float8
 
 -- name: list_workers
