@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from pqrun import IdlePollPolicy, Job, LoopErrorPolicy, PgJobStore
+from pqrun._store.queries import query
 
 #: Worker settings for tests: short idle and error waits.
 QUICK_POLICIES: dict[str, Any] = {
@@ -51,12 +52,14 @@ async def counts(conn: asyncpg.Connection) -> dict[str, int]:
 async def listener_pids(conn: asyncpg.Connection, since: datetime) -> list[int]:
     """The backends of this database that LISTEN, connected at ``since`` or later: those
     of earlier tests may not have ended yet. (A worker's LISTEN connection also reads
-    the roster of live workers, so its last statement may be that one.)"""
+    the roster of live workers and sends itself a probe: its last statement may be one
+    of those.)"""
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT worker_id, job_types, wake_capacity%')"
-        " AND pid <> pg_backend_pid() AND backend_start >= $1",
+        "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT worker_id, job_types, wake_capacity%'"
+        " OR query = $2) AND pid <> pg_backend_pid() AND backend_start >= $1",
         since,
+        query("listen_probe"),
     )
     return [row["pid"] for row in rows]
 

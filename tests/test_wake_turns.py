@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from pqrun import IdlePollPolicy, JobContext, PgJobStore, Worker
-from pqrun._worker.wake_turns import SPARE_WAKES, InsertHint, WakeRoster, turn_order
+from pqrun._worker.wake_turns import COVER_ROUNDS, InsertHint, WakeRoster, turn_order
 
 from .conftest import reset_jobs
 from .helpers import listener_pids, wait_until
@@ -58,6 +58,7 @@ class Crew:
         concurrency: int = 2,
         stale_after: float = 6.0,  # heartbeats, and roster reads, every second
         listen: bool = True,
+        blocking: Sequence[str] = ("block",),
     ) -> Worker:
         store = CountingStore(self.dsn)
         await store.start()
@@ -66,7 +67,7 @@ class Crew:
         def handler_for(job_type: str) -> Callable[[JobContext], Awaitable[None]]:
             async def handler(ctx: JobContext) -> None:
                 self.ran[ctx.job.id] = worker_id
-                if job_type == "block":
+                if job_type in blocking:
                     self.blocked[worker_id] = ctx.job.id
                     await self.release.wait()
 
@@ -160,10 +161,10 @@ async def test_one_job_wakes_its_turn_and_a_spare_not_every_worker(crew: Crew) -
     await crew.settled()
     before = crew.claims()
     jobs = [await crew.run_one() for _ in range(20)]
-    # Each notification of one job names one worker and the spare: 2 claims per job,
-    # not 5 (every worker). Slack for a start-up claim still under way.
+    # Each notification of one job names one worker and a spare: 2 claims per job, not
+    # 5 (every worker). Slack for a start-up claim still under way.
     woken = crew.claims() - before
-    assert woken <= len(jobs) * (1 + SPARE_WAKES) + 5, woken
+    assert woken <= len(jobs) * COVER_ROUNDS + 5, woken
     # The turn moves with the job id: the work spreads over the workers.
     assert len({crew.ran[j] for j in jobs}) >= 3
 
@@ -182,7 +183,7 @@ async def test_a_worker_whose_turn_it_is_while_busy_passes_the_job_on(crew: Crew
     first_id = id_where(lambda order: order[-1] == free, names, await next_id(crew.conn))
     job_id = await crew.run_one(first_id=first_id)
     assert crew.ran[job_id] == free
-    assert sum(w._parts.listener.passed_on for w in crew.workers.values()) >= 1
+    assert sum(w._parts.listener.woke_everyone for w in crew.workers.values()) >= 1
 
 
 async def test_a_busy_worker_does_not_hold_a_job_its_slots_cannot_run(crew: Crew) -> None:
@@ -202,11 +203,141 @@ async def test_a_busy_worker_does_not_hold_a_job_its_slots_cannot_run(crew: Crew
     assert crew.ran == {first: "busy", second: "idle"}
 
 
+async def test_jobs_a_partly_busy_worker_first_in_turn_cannot_take_go_to_the_spares(
+    crew: Crew,
+) -> None:
+    # 'big' (4 slots, 3 of them busy) is first in turn order for 3 new slow jobs: its
+    # capacity (4) covers them, but it takes one. The spares cover all 3 again.
+    await crew.start("big", ["hold", "slow"], concurrency=4, blocking=["hold", "slow"])
+    for name in ("idle1", "idle2"):
+        await crew.start(name, ["slow"], concurrency=1, blocking=["slow"])
+    await crew.settled()
+    store = crew.stores["big"]
+    held = await store.enqueue_many([{"job_type": "hold"}] * 3)
+    await wait_until(lambda: _true(all(j in crew.ran for j in held)), within=WAKE_WITHIN)
+    names = ["big", "idle1", "idle2"]
+    first_id = id_where(lambda order: order[0] == "big", names, await next_id(crew.conn))
+    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    slow = await store.enqueue_many([{"job_type": "slow"}] * 3)
+    assert min(slow) == first_id
+    await wait_until(lambda: _true(all(j in crew.ran for j in slow)), within=WAKE_WITHIN)
+
+
+async def test_a_worker_left_without_room_checks_for_jobs_left_behind_and_wakes_everyone(
+    crew: Crew,
+) -> None:
+    # Turn and spares are all busy with slow jobs; an idle worker is not among them.
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        await crew.start(name, ["slow"], concurrency=1, blocking=["slow"])
+    await crew.settled()
+    store = crew.stores["a"]
+    # Three of them busy, each with a job that waits; which three does not matter.
+    busy = await store.enqueue_many([{"job_type": "slow"}] * 3)
+    await wait_until(lambda: _true(all(j in crew.ran for j in busy)), within=WAKE_WITHIN)
+    idle = set(names) - {crew.ran[j] for j in busy}
+    (free,) = idle
+    first_id = id_where(lambda order: order[-1] == free, names, await next_id(crew.conn))
+    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    job_id = await store.enqueue("slow")
+    assert job_id == first_id
+    await wait_until(lambda: _true(job_id in crew.ran), within=WAKE_WITHIN)
+    assert crew.ran[job_id] == free
+    assert sum(w._parts.listener.woke_everyone for w in crew.workers.values()) >= 1
+
+
+async def test_saturated_workers_wake_everyone_at_most_once_per_insert(crew: Crew) -> None:
+    # Every worker busy: a bulk insert names every worker; only the last one named
+    # checks for jobs left behind, and wakes everyone at most once.
+    names = [f"w{i}" for i in range(6)]
+    for name in names:
+        await crew.start(name, concurrency=1)
+    await crew.settled()
+    store = crew.stores["w0"]
+    await store.enqueue_many([{"job_type": "block"}] * len(names))
+    await wait_until(lambda: _true(len(crew.blocked) == len(names)), within=WAKE_WITHIN)
+    before = sum(w._parts.listener.woke_everyone for w in crew.workers.values())
+    heard: list[str] = []
+    listener = await asyncpg.connect(crew.dsn)
+    try:
+        await listener.add_listener(store.channel, lambda *args: heard.append(args[3]))
+        for _ in range(10):
+            await store.enqueue_many([{"job_type": "t"}] * 50)
+        # Each worker checks at most once per CHECK_AFTER_SECONDS: wait for those under
+        # way, until the channel has been quiet for a while.
+        quiet_since = len(heard)
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if len(heard) == quiet_since and all(
+                w._parts.listener._to_check == {} for w in crew.workers.values()
+            ):
+                break
+            quiet_since = len(heard)
+    finally:
+        await listener.close()
+    woke = sum(w._parts.listener.woke_everyone for w in crew.workers.values()) - before
+    assert woke <= 10, woke
+    assert heard.count("") == woke
+
+
+async def test_a_worker_whose_listen_connection_stops_hearing_is_soon_not_counted_on(
+    crew: Crew,
+) -> None:
+    # d0 and d1 stop hearing (a dropped NAT entry, a failover: here, UNLISTEN); their
+    # probes, sent with every roster read, find it out and they listen again.
+    names = ["d0", "d1", "ok"]
+    for name in names:
+        await crew.start(name, ["t"], concurrency=1)
+    await crew.settled()
+    for name in ("d0", "d1"):
+        listener = crew.workers[name]._parts.listener
+        async with listener._connection_free():
+            await listener._conn.execute("UNLISTEN *")
+    first_id = id_where(lambda order: order[-1] == "ok", names, await next_id(crew.conn))
+    await crew.run_one("t", first_id=first_id)
+
+
+async def test_a_worker_stopping_while_not_listening_still_hands_its_turns_over(
+    crew: Crew,
+) -> None:
+    names = ["w0", "w1", "w2"]
+    for name in names:
+        await crew.start(name)
+    await crew.settled()
+    first_id = id_where(lambda order: order[-1] == "w2", names, await next_id(crew.conn))
+    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    job_id = await crew.stores["w2"].enqueue("t", run_after=timedelta(seconds=4))
+    assert job_id == first_id
+
+    def waiting_for_it(name: str) -> bool:
+        return bool(crew.workers[name]._parts.listener._timers)
+
+    await wait_until(lambda: _true(waiting_for_it("w0") and waiting_for_it("w1")), within=30)
+    for name in ("w0", "w1"):
+        store = crew.stores[name]
+
+        async def refuse(*args: object, **kwargs: object) -> Any:
+            raise OSError("network blip")
+
+        store.listen = refuse  # type: ignore[method-assign]
+        listener = crew.workers[name]._parts.listener
+        await crew.conn.execute("SELECT pg_terminate_backend($1)", listener._conn.get_server_pid())
+
+    def deaf(name: str) -> bool:
+        return crew.workers[name]._parts.listener._conn is None
+
+    await wait_until(lambda: _true(deaf("w0") and deaf("w1")), within=WAKE_WITHIN)
+    await asyncio.gather(crew.workers["w0"].stop(), crew.workers["w1"].stop())
+    await wait_until(lambda: _true(job_id in crew.ran), within=WAKE_WITHIN)
+    assert crew.ran[job_id] == "w2"
+
+
 async def test_a_crashed_worker_still_listed_leaves_the_job_to_the_spare(crew: Crew) -> None:
     names = ["w0", "w1"]
     for name in names:
         await crew.start(name)
-    # A worker that died a moment ago: its row is there, its heartbeat looks fresh.
+    # A worker that died a moment ago: its row is there, its heartbeat looks fresh, and
+    # its capacity (8) covers both jobs: the spares cover them again.
     await crew.conn.execute(
         "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency, heartbeat_at,"
         " wake_capacity) VALUES ('ghost', 'gone', 1, '{t}', 8, now() + interval '1 hour', 8)"
@@ -219,7 +350,10 @@ async def test_a_crashed_worker_still_listed_leaves_the_job_to_the_spare(crew: C
     first_id = id_where(
         lambda order: order[0] == "ghost", [*names, "ghost"], await next_id(crew.conn)
     )
-    await crew.run_one(first_id=first_id)
+    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    both = await crew.stores["w0"].enqueue_many([{"job_type": "block"}] * 2)
+    assert min(both) == first_id
+    await wait_until(lambda: _true(all(j in crew.ran for j in both)), within=WAKE_WITHIN)
 
 
 async def test_workers_that_do_not_listen_are_never_counted_on_for_a_turn(crew: Crew) -> None:
@@ -362,13 +496,14 @@ def views_agreeing(workers: dict[str, tuple[set[str], int]]) -> dict[str, WakeRo
     for name, (types, _capacity) in workers.items():
         roster = WakeRoster(name, types)
         roster.replace([(w, sorted(t), c) for w, (t, c) in workers.items()])
+        assert roster.capacity == workers[name][1]
         rosters[name] = roster
     return rosters
 
 
-def test_the_workers_whose_turn_it_is_have_slots_for_the_jobs_plus_a_spare() -> None:
+def test_the_jobs_are_covered_by_the_workers_whose_turn_it_is_and_again_by_spares() -> None:
     chance = random.Random(7)
-    for _ in range(300):
+    for _ in range(500):
         workers = {
             f"w{i}": ({"t"} if chance.random() < 0.8 else {"u"}, chance.randint(1, 6))
             for i in range(chance.randint(1, 12))
@@ -376,14 +511,21 @@ def test_the_workers_whose_turn_it_is_have_slots_for_the_jobs_plus_a_spare() -> 
         rosters = views_agreeing(workers)
         count, first_id = chance.randint(1, 20), chance.getrandbits(63)
         hint = InsertHint(count, first_id, None, "t")
-        woken = [w for w in turn_order(first_id, workers) if rosters[w].my_turn(hint)]
+        turns = {w: rosters[w].turn(hint) for w in workers}
+        woken = [w for w in turn_order(first_id, workers) if turns[w].claims]
         order = [w for w in turn_order(first_id, workers) if "t" in workers[w][0]]
-        # The first workers in turn order, as many as cover the jobs, then the spare.
-        covering, slots = 0, 0
-        while covering < len(order) and slots < count:
-            slots += workers[order[covering]][1]
-            covering += 1
-        assert woken == order[: covering + SPARE_WAKES]
+        # The first workers in turn order whose capacities cover the jobs, then the
+        # shortest run after them that covers them again.
+        end = 0
+        for _round in range(COVER_ROUNDS):
+            taken = 0
+            while end < len(order) and taken < count:
+                taken += workers[order[end]][1]
+                end += 1
+        assert woken == order[:end]
+        # The last of them checks for jobs left behind, if any worker was not woken.
+        checking = [w for w in workers if turns[w].checks]
+        assert checking == ([order[end - 1]] if end < len(order) else [])
 
 
 def test_a_worker_missing_from_the_others_rosters_only_adds_claims() -> None:

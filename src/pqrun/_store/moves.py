@@ -26,6 +26,7 @@ PICKUP = query("pickup")
 LIMIT_LOCK = query("limit_lock")
 PICKUP_LIMITED = query("pickup_limited")
 WAKE_WORKERS = query("wake_workers")
+JOBS_LEFT_BEHIND = query("jobs_left_behind")
 MARK_DONE = query("mark_done")
 MARK_DONE_BATCH = query("mark_done_batch")
 MARK_ERROR = query("mark_error")
@@ -119,6 +120,24 @@ class WorkerMoves:
         """Wake the idle workers of this queue, as an insert would."""
         async with self._db.acquire() as conn:
             await conn.execute(WAKE_WORKERS, self._db.channel, timeout=self._db.statement_timeout)
+
+    async def jobs_left_behind(
+        self,
+        hints: Sequence[tuple[str, int]],
+        *,
+        conn: Connection | None = None,
+        within: float | None = None,
+    ) -> bool:
+        """True if, for any (job type, first id) of ``hints``, a job of that type with
+        that id or a later one is READY and due: nobody woken for it took it."""
+        async with self._db.acquire(conn) as c:
+            left: bool = await c.fetchval(
+                JOBS_LEFT_BEHIND,
+                [job_type for job_type, _ in hints],
+                [first_id for _, first_id in hints],
+                timeout=self._db.statement_timeout if within is None else within,
+            )
+        return left
 
     async def pickup(self, worker_id: str, job_types: Sequence[str] | None = None) -> Job | None:
         """Claim the next due READY job for ``worker_id``, or return None."""

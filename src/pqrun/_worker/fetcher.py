@@ -87,10 +87,11 @@ class Fetcher:
                 self._settings.prefetch_limit, int(self._concurrency * per_slot)
             )
 
-    def can_take(self) -> bool:
-        """True if woken now, this worker would claim at once: a slot is free, or the
-        prefetch runs low (and the worker is not stopping)."""
-        return not self._life.stopping.is_set() and self._claim_size() > 0
+    def claim_room(self) -> int:
+        """How many jobs this worker would claim if woken now (0 when stopping)."""
+        if self._life.stopping.is_set():
+            return 0
+        return max(self._claim_size(), 0)
 
     def runs_low(self, taking: int = 0) -> bool:
         """True when the buffer is down to half the prefetch (once ``taking`` jobs are

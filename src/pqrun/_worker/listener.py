@@ -11,10 +11,11 @@ workers whose turn it is (wake_turns.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -24,16 +25,19 @@ from pqrun._store.queries import query
 from .loops import Lifetime
 from .runs import RunRegistry
 from .store_protocol import WorkerStore
-from .wake_turns import PASS_ON_SECONDS, InsertHint, WakeRoster
+from .wake_turns import CHECK_AFTER_SECONDS, InsertHint, Turn, WakeRoster
 
 logger = logging.getLogger("pqrun")
 
-# How often the LISTEN connection is checked for life (seconds).
+# How often, at most, the LISTEN connection is checked for life (seconds): with each
+# roster read, and so at every heartbeat interval when that is shorter.
 LISTEN_PROBE_EVERY = 30.0
 # The probe: a notification to our own channel, sent on the LISTEN connection itself.
 PROBE_QUERY = query("listen_probe")
-# Passing a hint on: an empty notification, which every worker takes as "look now".
-PASS_ON_QUERY = query("wake_workers")
+# Waking every worker for jobs left behind: an empty notification ("look now").
+WAKE_EVERYONE_QUERY = query("wake_workers")
+# How long the listener waits for its LISTEN connection to be free for a statement.
+CONNECTION_WAIT = 5.0
 # A stopping worker's turns for delayed jobs, handed to every worker.
 HAND_OVER_QUERY = query("hand_over_due_times")
 # Hints of delayed jobs this worker keeps a timer for; beyond, it only wakes at their time.
@@ -54,7 +58,7 @@ class Listener:
         expect_due: Callable[[float], None],
         check_soon: Callable[[int], None],
         roster: WakeRoster | None = None,
-        can_take: Callable[[], bool] = lambda: True,
+        claim_room: Callable[[], int] = lambda: 1,
         roster_every: float = 5.0,
         default_stale_after: timedelta = timedelta(seconds=30),
         on_hearing: Callable[[], None] = lambda: None,
@@ -70,17 +74,16 @@ class Listener:
         self._probe_waiting: tuple[str, asyncio.Event] | None = None
         #: Whose turn a notification of inserted jobs is; None: every one is ours.
         self.roster = roster
-        self._can_take = can_take
+        self._claim_room = claim_room
         self._roster_every = roster_every
         self._default_stale_after = default_stale_after
         self._conn: Any = None
         self._conn_lock = asyncio.Lock()
-        self._pass_on_due: float | None = None  # loop time of the next pass-on, if one waits
-        self._last_pass_on = -math.inf
         self._timers: dict[asyncio.TimerHandle, float] = {}  # -> the due time (epoch)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        #: Hints passed on to every worker (this worker would not claim then).
-        self.passed_on = 0
+        self._to_check: dict[str, int] = {}  # job type -> the lowest first id to look from
+        self._checker: asyncio.Task[None] | None = None
+        #: Times this worker woke every worker for jobs the others woken left behind.
+        self.woke_everyone = 0
         self._on_hearing = on_hearing
 
     @property
@@ -126,7 +129,8 @@ class Listener:
     def _hinted(self, hint: InsertHint) -> None:
         """Jobs of one type were inserted: claim them if it is this worker's turn."""
         roster = self.roster
-        if roster is not None and not roster.my_turn(hint):
+        turn = roster.turn(hint) if roster is not None else Turn(claims=True, checks=False)
+        if not turn.claims:
             return
         if hint.due is not None:
             wait = hint.due - time.time()
@@ -139,63 +143,83 @@ class Listener:
 
                 def due_now() -> None:
                     self._timers.pop(handle, None)
-                    self._hinted_now()
+                    self._hinted_now(hint, turn)
 
                 handle = loop.call_later(wait, due_now)
                 self._timers[handle] = hint.due
                 return
-        self._hinted_now()
+        self._hinted_now(hint, turn)
 
-    def _hinted_now(self) -> None:
-        """A hint for this worker with jobs due now: claim, or pass it on if this worker
-        would not claim now (another worker may be idle)."""
+    def _hinted_now(self, hint: InsertHint, turn: Turn) -> None:
+        """Claim; and if this worker is the one to check, and cannot take the jobs all
+        itself, look a moment later for any the others woken left behind."""
         self._wake()  # busy, it claims when a slot frees; idle, at once
-        if self.roster is not None and self.roster.loaded and not self._can_take():
-            self._pass_on()
+        if turn.checks and self._claim_room() < hint.count:
+            first_id = self._to_check.get(hint.job_type)
+            if first_id is None or hint.first_id < first_id:
+                self._to_check[hint.job_type] = hint.first_id
+            if self._checker is None or self._checker.done():
+                self._checker = asyncio.ensure_future(self._check_left_behind())
 
-    def _pass_on(self) -> None:
-        """Notify every worker, at most once per PASS_ON_SECONDS (a hint that comes
-        sooner goes with the next one, which is sent after it came)."""
-        if self._pass_on_due is not None:
-            return
-        loop = asyncio.get_running_loop()
-        self._pass_on_due = max(loop.time(), self._last_pass_on + PASS_ON_SECONDS)
-        loop.call_at(self._pass_on_due, self._send_pass_on)
+    async def _check_left_behind(self) -> None:
+        """After CHECK_AFTER_SECONDS (the others' claims go first), one read for every
+        hint to check; if a job was left behind, wake every worker. At most one read per
+        CHECK_AFTER_SECONDS."""
+        while self._to_check:
+            await asyncio.sleep(CHECK_AFTER_SECONDS)
+            hints, self._to_check = list(self._to_check.items()), {}
+            conn = self._conn
+            if conn is None:
+                return  # not listening: the idle poll finds them
+            try:
+                async with self._connection_free():
+                    if not await self._store.jobs_left_behind(
+                        hints, conn=conn, within=CONNECTION_WAIT
+                    ):
+                        continue
+                    self.woke_everyone += 1
+                    await conn.execute(
+                        WAKE_EVERYONE_QUERY, self._store.channel, timeout=CONNECTION_WAIT
+                    )
+            except Exception as exc:
+                # The idle poll finds them; a lost connection is the watcher's to see.
+                logger.debug("worker %s: could not check for jobs left: %s", self._worker_id, exc)
 
-    def _send_pass_on(self) -> None:
-        self._pass_on_due = None
-        self._last_pass_on = asyncio.get_running_loop().time()
-        if self._conn is None:
-            return
-        self.passed_on += 1
-        task = asyncio.ensure_future(self._notify_everyone(self._conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _notify_everyone(self, conn: Any) -> None:
+    @contextlib.asynccontextmanager
+    async def _connection_free(self) -> AsyncIterator[None]:
+        """The LISTEN connection runs one statement at a time: wait for it, not forever."""
+        await asyncio.wait_for(self._conn_lock.acquire(), CONNECTION_WAIT)
         try:
-            async with self._conn_lock:
-                await asyncio.wait_for(conn.execute(PASS_ON_QUERY, self._store.channel), 5)
-        except Exception as exc:
-            # The idle poll finds the job; a lost connection is the watcher's to see.
-            logger.debug("worker %s: could not pass a hint on: %s", self._worker_id, exc)
+            yield
+        finally:
+            self._conn_lock.release()
 
     async def _say_left(self, conn: Any) -> None:
         """Tell the other workers not to count on this one for turns any more (its
         heartbeat, sent now, says it no longer listens), and hand them the due times of
         the delayed jobs whose turn it had."""
+        with suppress(Exception):
+            async with self._connection_free():
+                await conn.execute(
+                    PROBE_QUERY, self._store.channel, f"left:{self._worker_id}", timeout=1
+                )
+        await self._hand_over(conn)
+
+    async def _hand_over(self, conn: Any) -> None:
+        """Send the due times of the delayed jobs whose turn this worker had to every
+        worker ('<epoch>' notifications), and forget them."""
+        if not self._timers:
+            return
         due_times = sorted(set(self._timers.values()))
+        try:
+            async with self._connection_free():
+                await conn.execute(HAND_OVER_QUERY, self._store.channel, due_times, timeout=1)
+        except Exception as exc:
+            logger.debug("worker %s: could not hand turns over: %s", self._worker_id, exc)
+            return
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        with suppress(Exception):
-            async with self._conn_lock:
-                channel = self._store.channel
-                await asyncio.wait_for(
-                    conn.execute(PROBE_QUERY, channel, f"left:{self._worker_id}"), 1
-                )
-                if due_times:
-                    await asyncio.wait_for(conn.execute(HAND_OVER_QUERY, channel, due_times), 1)
 
     async def read_roster(self, conn: Any) -> None:
         """Read who is alive (on the LISTEN connection); on failure every hint is ours."""
@@ -203,9 +227,9 @@ class Listener:
         if roster is None:
             return
         try:
-            async with self._conn_lock:
+            async with self._connection_free():
                 rows = await self._store.wake_roster(
-                    self._default_stale_after, conn=conn, within=5.0
+                    self._default_stale_after, conn=conn, within=CONNECTION_WAIT
                 )
         except Exception as exc:
             roster.loaded = False
@@ -250,38 +274,43 @@ class Listener:
                     await self._say_left(conn)
                 # terminate(), not close(): close() waits on a peer that may be gone.
                 conn.terminate()
+        if self._timers:
+            # Stopping while not listening: hand the turns over on a connection of its own.
+            with suppress(Exception):
+                conn = await asyncio.wait_for(
+                    self._store.dedicated_connection("handing turns over", session=True), 2
+                )
+                try:
+                    await self._hand_over(conn)
+                finally:
+                    conn.terminate()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._checker is not None:
+            self._checker.cancel()
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
         """Return when stopping or when the LISTEN connection is gone or stops hearing.
 
         A connection can die without a word (a failover, a NAT entry dropped): the TCP
         socket stays open and no notification ever comes. So now and then the listener
-        notifies its own channel and must hear that back within a few seconds. Between
-        probes it reads the roster of live workers.
+        notifies its own channel and must hear that back within a few seconds, after
+        reading the roster of live workers.
         """
         stop_waiter = asyncio.ensure_future(self._life.stopping.wait())
         lost_waiter = asyncio.ensure_future(lost.wait())
-        loop = asyncio.get_running_loop()
-        next_probe = loop.time() + LISTEN_PROBE_EVERY
-        next_roster = loop.time() + self._roster_every
+        every = min(self._roster_every, LISTEN_PROBE_EVERY)
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {stop_waiter, lost_waiter},
-                    timeout=max(min(next_probe, next_roster) - loop.time(), 0.0),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {stop_waiter, lost_waiter}, timeout=every, return_when=asyncio.FIRST_COMPLETED
                 )
                 if done:
                     return
-                if loop.time() >= next_roster:
-                    await self.read_roster(conn)
-                    next_roster = loop.time() + self._roster_every
-                if loop.time() < next_probe:
-                    continue
-                next_probe = loop.time() + LISTEN_PROBE_EVERY
+                await self.read_roster(conn)
+                # The others count on this worker while its heartbeat says it listens:
+                # a connection that stopped hearing must not go unnoticed for long.
                 if not await self.hears_itself(conn):
                     logger.warning(
                         "worker %s: the LISTEN connection stopped hearing notifications; "
@@ -300,8 +329,8 @@ class Listener:
         heard = asyncio.Event()
         self._probe_waiting = (payload, heard)
         try:
-            async with self._conn_lock:
-                await asyncio.wait_for(conn.execute(PROBE_QUERY, self._store.channel, payload), 5)
+            async with self._connection_free():
+                await conn.execute(PROBE_QUERY, self._store.channel, payload, timeout=5)
             await asyncio.wait_for(heard.wait(), 5)
         except Exception:
             return False

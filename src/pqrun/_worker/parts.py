@@ -83,7 +83,7 @@ class WorkerParts:
             expect_due=fetcher.expect_due,
             check_soon=self.liveness.check_soon,
             roster=WakeRoster(settings.worker_id, settings.job_types),
-            can_take=fetcher.can_take,
+            claim_room=fetcher.claim_room,
             roster_every=settings.heartbeat_interval.total_seconds(),
             default_stale_after=settings.default_stale_after,
             on_hearing=self.liveness.beat_soon,

@@ -92,6 +92,13 @@ class WorkerStore(Protocol):
     ) -> set[tuple[int, int | None]]: ...
     async def cancel(self, job_id: int) -> bool: ...
     async def wake_workers(self) -> None: ...
+    async def jobs_left_behind(
+        self,
+        hints: Sequence[tuple[str, int]],
+        *,
+        conn: Connection | None = None,
+        within: float | None = None,
+    ) -> bool: ...
 
     # Liveness (the worker registry).
     async def heartbeat_claims(

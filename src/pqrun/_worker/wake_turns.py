@@ -30,12 +30,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-# Workers that claim beyond those that take all the inserted jobs: one, so that a
-# worker that died but is still listed does not leave the job to the idle poll.
-SPARE_WAKES = 1
-# A worker passes hints on to every worker at most this often (seconds); a hint that
-# comes sooner goes out with the next pass, at the end of this period.
-PASS_ON_SECONDS = 0.02
+# The jobs of a hint are covered this many times over: by the workers whose turn it is
+# and by as many spares after them, so that a worker that is gone but still listed, or
+# busier than its capacity says, does not leave them to the idle poll.
+COVER_ROUNDS = 2
+# How long after a hint the last worker whose turn it was looks for jobs left behind
+# (seconds): time for the others' claims to go first. It looks at most this often.
+CHECK_AFTER_SECONDS = 0.05
 # The most a payload may claim to have inserted; more is read as "everyone".
 MAX_COUNT = 1 << 31
 
@@ -89,6 +90,18 @@ def turn_order(first_id: int, worker_ids: Iterable[str]) -> list[str]:
     return sorted(worker_ids, key=lambda w: _score(first_id & _MASK, _key(w)), reverse=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What a worker does for a hint: ``claims`` the jobs; ``checks`` a moment later that
+    none of them was left behind by the others woken, and wakes every worker if one was."""
+
+    claims: bool
+    checks: bool
+
+
+NOT_MY_TURN = Turn(claims=False, checks=False)
+
+
 @dataclass(slots=True)
 class _Peer:
     key: int
@@ -108,6 +121,8 @@ class WakeRoster:
         self.loaded = False
         #: How many times the roster was read.
         self.reads = 0
+        #: This worker's wake capacity as the others read it.
+        self.capacity = 1
 
     def __len__(self) -> int:
         """How many live workers this worker knows of, itself included."""
@@ -121,7 +136,9 @@ class WakeRoster:
         job_workers (this worker is always one, whatever they say)."""
         peers = {}
         for worker_id, job_types, capacity in rows:
-            if worker_id != self._worker_id:
+            if worker_id == self._worker_id:
+                self.capacity = max(int(capacity), 1)
+            else:
                 old = self._peers.get(worker_id)
                 key = old.key if old is not None else _key(worker_id)
                 peers[worker_id] = _Peer(key, frozenset(job_types), max(int(capacity), 1))
@@ -133,31 +150,44 @@ class WakeRoster:
         """``worker_id`` left (a hint: it may be wrong, and then one more worker claims)."""
         self._peers.pop(worker_id, None)
 
-    def my_turn(self, hint: InsertHint) -> bool:
-        """True if this worker is among those that claim for ``hint``.
+    def turn(self, hint: InsertHint) -> Turn:
+        """What this worker does for ``hint``: claim, and check for jobs left behind.
 
         The workers of the hint's type, ranked by score: the shortest run from the top
-        whose wake capacities add up to the jobs inserted, then ``SPARE_WAKES`` more.
+        whose wake capacities add up to the jobs inserted claim, and, as spares, the
+        shortest run after it that adds up to them again. The last of them also checks,
+        when it cannot take them all itself, that nothing was left behind (a worker
+        above it was busier than its capacity said, or is gone), for the workers not
+        woken.
         """
         if not self.handles(hint.job_type):
-            return False
+            return NOT_MY_TURN
         if not self.loaded:
-            return True
-        mine = _score(hint.first_id, self._key)
-        ahead: list[tuple[int, int]] = []
-        for peer in self._peers.values():
-            if hint.job_type in peer.job_types:
-                score = _score(hint.first_id, peer.key)
-                if score > mine:
-                    ahead.append((score, peer.capacity))
-        if len(ahead) <= SPARE_WAKES:
-            return True
-        # This worker claims unless the workers ahead of it, all but the last
-        # SPARE_WAKES of them, already take every job inserted.
-        ahead.sort(reverse=True)
-        taken = 0
-        for _, capacity in ahead[: len(ahead) - SPARE_WAKES]:
+            return Turn(claims=True, checks=True)
+        first_id, job_type = hint.first_id, hint.job_type
+        ranked = sorted(
+            (
+                (_score(first_id, peer.key), peer.capacity, False)
+                for peer in self._peers.values()
+                if job_type in peer.job_types
+            ),
+            reverse=True,
+        )
+        mine = (_score(first_id, self._key), self.capacity, True)
+        ranked.insert(next((i for i, p in enumerate(ranked) if p[0] < mine[0]), len(ranked)), mine)
+        rounds, taken = 0, 0
+        for place, (_, capacity, is_me) in enumerate(ranked):
             taken += capacity
+            last = False
             if taken >= hint.count:
-                return False
-        return True
+                rounds, taken = rounds + 1, 0
+                last = rounds == COVER_ROUNDS
+            if is_me:
+                return Turn(claims=True, checks=last and place < len(ranked) - 1)
+            if last:
+                return NOT_MY_TURN
+        return NOT_MY_TURN  # (not reached: this worker is in the ranking)
+
+    def my_turn(self, hint: InsertHint) -> bool:
+        """True if this worker claims for ``hint``."""
+        return self.turn(hint).claims

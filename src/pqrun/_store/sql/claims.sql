@@ -162,3 +162,19 @@ FROM rate LEFT JOIN claimed ON true
 -- Wake idle workers: a limited job type may have room again.
 -- Guard: moves nothing: a notification only.
 SELECT pg_notify($1, '')
+
+-- name: jobs_left_behind
+-- Whether any of these hints ($1 job types, $2 the first id of each) left a job behind:
+-- one of that type, with that id or a later one, still READY and due. Asked a moment
+-- after a notification by the last worker whose turn it was, when it could not take
+-- them all itself; if one was left, every worker is woken.
+-- Guard: a read without locks; moves nothing.
+SELECT EXISTS (
+    SELECT 1
+    FROM unnest($1::text[], $2::bigint[]) AS hint(job_type, first_id)
+    WHERE EXISTS (
+        SELECT 1 FROM jobs AS j
+        WHERE j.id >= hint.first_id AND j.job_type = hint.job_type
+          AND j.status = 'READY' AND j.run_after <= now()
+    )
+)
