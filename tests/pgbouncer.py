@@ -79,6 +79,23 @@ def pgbouncer_version(executable: str | None = None) -> tuple[int, ...]:
     return tuple(int(part or 0) for part in match.groups())
 
 
+#: Where .ci/run builds a PgBouncer that has ``max_prepared_statements`` (Debian 12 has
+#: 1.18): from Debian's own source package of 1.24.1. ``$PQRUN_PGBOUNCER_121`` overrides.
+NEWER_SEARCH_PATHS = ("/opt/pgbouncer-1.24/bin/pgbouncer",)
+
+
+def find_pgbouncer_with_prepared_statements() -> str | None:
+    """A PgBouncer of 1.21 or later (``max_prepared_statements``), or None."""
+    candidates = [os.environ.get("PQRUN_PGBOUNCER_121", ""), *NEWER_SEARCH_PATHS]
+    candidates.append(find_pgbouncer() or "")
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            with contextlib.suppress(PgBouncerError, OSError, subprocess.SubprocessError):
+                if supports_prepared_statements(path):
+                    return path
+    return None
+
+
 def supports_prepared_statements(executable: str | None = None) -> bool:
     """Whether this PgBouncer has ``max_prepared_statements`` (1.21 and later)."""
     return pgbouncer_version(executable) >= (1, 21)
@@ -112,7 +129,8 @@ class PgBouncer:
 
     ``settings`` are added to the ``[pgbouncer]`` section as they are (they override
     the defaults here). ``start_within``/``stop_within`` are deadlines in seconds, polled,
-    generous for a loaded machine.
+    generous for a loaded machine. ``executable``: another pgbouncer than the one on the
+    PATH (``find_pgbouncer_with_prepared_statements()``, say).
     """
 
     def __init__(
@@ -133,8 +151,9 @@ class PgBouncer:
         probe_database: str = "postgres",
         start_within: float = 60.0,
         stop_within: float = 30.0,
+        executable: str | None = None,
     ) -> None:
-        executable = find_pgbouncer()
+        executable = executable or find_pgbouncer()
         if executable is None:
             raise PgBouncerError("pgbouncer is not installed (apt-get install pgbouncer)")
         self.executable = executable

@@ -366,7 +366,8 @@ class StoreConnections:
             fix = (
                 "give your pool statement_cache_size=0 (asyncpg.create_pool)"
                 if self.given_pool is not None
-                else "pass statement_cache_size=0 to PgJobStore"
+                else "pass statement_cache_size=0 to PgJobStore, or set "
+                "max_prepared_statements in PgBouncer 1.21 or later"
                 if self.pooler
                 else "pass pooler=True to PgJobStore"
             )
