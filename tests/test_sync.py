@@ -135,6 +135,27 @@ async def test_a_schema_through_a_dsn_and_through_a_psycopg_connection(
         await conn.execute(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
 
 
+async def test_pqrun_schema_from_the_environment_holds_for_a_dbapi_connection_too(
+    dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = f"sync_{secrets.token_hex(3)}"
+    store = PgJobStore(dsn, schema=schema)
+    await store.setup()
+    monkeypatch.setenv("PQRUN_SCHEMA", schema)
+    try:
+        with psycopg.connect(dsn) as pg:
+            pqrun.sync.enqueue(pg, "from_env")
+            pqrun.sync.enqueue_many(pg, [{"job_type": "from_env_many"}])
+            pg.commit()
+        assert await rows(conn, f"{quote_ident(schema)}.jobs") == [
+            ("from_env", "{}"),
+            ("from_env_many", "{}"),
+        ]
+    finally:
+        await store.close()
+        await conn.execute(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
+
+
 def test_errors_name_the_problem() -> None:
     with pytest.raises(TypeError, match="DSN string or a DB-API connection"):
         pqrun.sync.enqueue(42, "x")

@@ -113,7 +113,7 @@ def enqueue(
     ``target`` is a DSN, or an open DB-API connection of PostgreSQL (psycopg 2 or 3,
     Django's ``connection``): then the job is part of that connection's transaction and
     exists once the caller commits. ``schema`` is the schema the queue lives in, as in
-    ``PgJobStore(schema=...)``.
+    ``PgJobStore(schema=...)`` (default: ``$PQRUN_SCHEMA``, else the search_path).
     """
     if isinstance(target, str):
         background = _get_background()
@@ -190,6 +190,8 @@ def _enqueue_dbapi(
     connection: Any, row: NewJobRow, schema: str | None, trace_context: str | None
 ) -> int:
     params = {**row._asdict(), "trace_context": trace_context}
+    # As PgJobStore: no schema given means $PQRUN_SCHEMA, else the search_path.
+    schema = schema if schema is not None else os.environ.get("PQRUN_SCHEMA") or None
     # In the schema by name: the connection's search_path is the caller's, untouched.
     statement = (
         ENQUEUE_DBAPI
