@@ -137,35 +137,41 @@ CREATE INDEX IF NOT EXISTS jobs_finished
 -- enqueue_many(), plain SQL, triggers, pg_cron). One notification per statement, not per
 -- row: a bulk insert costs one. The channel names the schema, so queues in different
 -- schemas do not wake each other. When the statement inserted jobs of one type, the
--- payload is 'jobs:<count>:<first id>:<first due epoch, empty if due now>:<type>': each
--- worker ranks the live workers of that type by a hash of the first id and only the first
--- few, enough for <count> jobs plus one spare, claim (a busy one passes the hint on to
--- all). Otherwise (several types, or a type name too long for a payload) it is empty when
--- a job is due now, else the epoch of the earliest run_after, and every worker looks.
+-- payload is 'jobs:<count>:<first id>:<last id>:<seconds until the first is due, empty
+-- if due now>:<type>': each worker ranks the live workers of that type by a hash of the
+-- first id, and only the first few, with room for <count> jobs twice over, claim
+-- (docs/deployment.md). Otherwise (several types, or a type name too long for a
+-- payload) it is empty when a job is due now, else the epoch of the earliest run_after,
+-- and every worker looks.
 CREATE OR REPLACE FUNCTION pqrun_notify_inserted_jobs() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     first_due timestamptz;
     first_id bigint;
+    last_id bigint;
     inserted bigint;
     first_type text;
     last_type text;
-    due text;
 BEGIN
     -- COLLATE "C": the types are only compared for equality, a byte order is enough.
-    SELECT min(run_after), min(id), count(*), min(job_type COLLATE "C"), max(job_type COLLATE "C")
-        INTO first_due, first_id, inserted, first_type, last_type
+    SELECT min(run_after), min(id), max(id), count(*),
+           min(job_type COLLATE "C"), max(job_type COLLATE "C")
+        INTO first_due, first_id, last_id, inserted, first_type, last_type
         FROM inserted_jobs;
     IF first_due IS NOT NULL THEN
-        due := CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END;
         PERFORM pg_notify(
             -- A channel name is at most 63 bytes: a long schema name is replaced by its md5.
             CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
                  THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
             -- A payload is at most 8000 bytes: a longer type name wakes every worker.
+            -- The wait is from the database's clock, so the workers' clocks do not matter.
             CASE WHEN first_type = last_type AND octet_length(first_type) <= 1000
-                 THEN 'jobs:' || inserted || ':' || first_id || ':' || due || ':' || first_type
-                 ELSE due END
+                 THEN 'jobs:' || inserted || ':' || first_id || ':' || last_id || ':'
+                      || CASE WHEN first_due <= now() THEN ''
+                              ELSE extract(epoch FROM first_due - now())::text END
+                      || ':' || first_type
+                 WHEN first_due <= now() THEN ''
+                 ELSE extract(epoch FROM first_due)::text END
         );
     END IF;
     RETURN NULL;

@@ -511,7 +511,7 @@ async def test_a_schema_with_a_long_name_still_notifies(dsn: str) -> None:
         await wait_until(heard_it, within=30)
         await asyncio.sleep(0.2)  # time for a second notification, were there one
         listener.terminate()
-        assert heard == [f"jobs:1:{job_id}::t"]
+        assert heard == [f"jobs:1:{job_id}:{job_id}::t"]
     finally:
         await long_store.close()
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -76,8 +76,8 @@ async def test_wakeups_go_to_the_listeners_of_their_own_schema_only(
 
         await wait_until(b_heard)
         await asyncio.sleep(0.05)
-        assert heard_b == [f"jobs:1:{b_id}::x"]
-        assert heard_a == [f"jobs:1:{one}::x", f"jobs:2:{min(two)}::x"]
+        assert heard_b == [f"jobs:1:{b_id}:{b_id}::x"]
+        assert heard_a == [f"jobs:1:{one}:{one}::x", f"jobs:2:{min(two)}:{max(two)}::x"]
     finally:
         await listen_a.close()
         await listen_b.close()

@@ -183,7 +183,7 @@ async def test_a_worker_whose_turn_it_is_while_busy_passes_the_job_on(crew: Crew
     first_id = id_where(lambda order: order[-1] == free, names, await next_id(crew.conn))
     job_id = await crew.run_one(first_id=first_id)
     assert crew.ran[job_id] == free
-    assert sum(w._parts.listener.woke_everyone for w in crew.workers.values()) >= 1
+    assert sum(w._parts.listener.hints.woke_everyone for w in crew.workers.values()) >= 1
 
 
 async def test_a_busy_worker_does_not_hold_a_job_its_slots_cannot_run(crew: Crew) -> None:
@@ -243,7 +243,7 @@ async def test_a_worker_left_without_room_checks_for_jobs_left_behind_and_wakes_
     assert job_id == first_id
     await wait_until(lambda: _true(job_id in crew.ran), within=WAKE_WITHIN)
     assert crew.ran[job_id] == free
-    assert sum(w._parts.listener.woke_everyone for w in crew.workers.values()) >= 1
+    assert sum(w._parts.listener.hints.woke_everyone for w in crew.workers.values()) >= 1
 
 
 async def test_saturated_workers_wake_everyone_at_most_once_per_insert(crew: Crew) -> None:
@@ -256,7 +256,7 @@ async def test_saturated_workers_wake_everyone_at_most_once_per_insert(crew: Cre
     store = crew.stores["w0"]
     await store.enqueue_many([{"job_type": "block"}] * len(names))
     await wait_until(lambda: _true(len(crew.blocked) == len(names)), within=WAKE_WITHIN)
-    before = sum(w._parts.listener.woke_everyone for w in crew.workers.values())
+    before = sum(w._parts.listener.hints.woke_everyone for w in crew.workers.values())
     heard: list[str] = []
     listener = await asyncpg.connect(crew.dsn)
     try:
@@ -269,13 +269,13 @@ async def test_saturated_workers_wake_everyone_at_most_once_per_insert(crew: Cre
         for _ in range(100):
             await asyncio.sleep(0.1)
             if len(heard) == quiet_since and all(
-                w._parts.listener._to_check == {} for w in crew.workers.values()
+                not w._parts.listener.hints._checks for w in crew.workers.values()
             ):
                 break
             quiet_since = len(heard)
     finally:
         await listener.close()
-    woke = sum(w._parts.listener.woke_everyone for w in crew.workers.values()) - before
+    woke = sum(w._parts.listener.hints.woke_everyone for w in crew.workers.values()) - before
     assert woke <= 10, woke
     assert heard.count("") == woke
 
@@ -310,7 +310,7 @@ async def test_a_worker_stopping_while_not_listening_still_hands_its_turns_over(
     assert job_id == first_id
 
     def waiting_for_it(name: str) -> bool:
-        return bool(crew.workers[name]._parts.listener._timers)
+        return bool(crew.workers[name]._parts.listener.hints.delayed)
 
     await wait_until(lambda: _true(waiting_for_it("w0") and waiting_for_it("w1")), within=30)
     for name in ("w0", "w1"):
@@ -330,6 +330,46 @@ async def test_a_worker_stopping_while_not_listening_still_hands_its_turns_over(
     await asyncio.gather(crew.workers["w0"].stop(), crew.workers["w1"].stop())
     await wait_until(lambda: _true(job_id in crew.ran), within=WAKE_WITHIN)
     assert crew.ran[job_id] == "w2"
+
+
+async def test_a_busy_worker_named_before_a_crashed_checker_wakes_everyone(crew: Crew) -> None:
+    # Turn order w0 (busy), ghost (crashed, still listed: the last named, the checker),
+    # w1 (idle, not named). w0 has no room, so it checks too, a little later.
+    await crew.start("w0", ["t", "block"], concurrency=1, blocking=["block"])
+    store = crew.stores["w0"]
+    await store.enqueue("block")
+    await wait_until(lambda: _true("w0" in crew.blocked), within=WAKE_WITHIN)
+    await crew.start("w1", ["t", "block"], concurrency=1)
+    await crew.conn.execute(
+        "INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency, heartbeat_at,"
+        " wake_capacity) VALUES ('ghost', 'gone', 1, '{t}', 1, now() + interval '1 hour', 1)"
+    )
+    await wait_until(lambda: _true(all(len(crew.roster(w)) == 3 for w in ("w0", "w1"))), 30)
+    names = ["w0", "ghost", "w1"]
+    first_id = id_where(lambda order: order == names, names, await next_id(crew.conn))
+    job_id = await crew.run_one(first_id=first_id)
+    assert crew.ran[job_id] == "w1"
+
+
+async def test_the_last_named_checks_even_when_it_had_room_its_claim_may_take_other_jobs(
+    crew: Crew,
+) -> None:
+    # a and b also handle 'y'; one transaction inserts two 'y' jobs, then a 't' job whose
+    # turn goes to a and b. Idle, both claim, and take the older 'y' jobs first: the
+    # 't' job is left for c, which only the check wakes.
+    for name in ("a", "b"):
+        await crew.start(name, ["t", "y"], concurrency=1, blocking=["y"])
+    await crew.start("c", ["t"], concurrency=1)
+    await crew.settled()
+    names = ["a", "b", "c"]
+    first_id = id_where(lambda order: order[-1] == "c", names, await next_id(crew.conn) + 2)
+    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 3)
+    async with crew.conn.transaction():
+        await crew.conn.execute("INSERT INTO jobs (job_type) VALUES ('y'), ('y')")
+        job_id = await crew.conn.fetchval("INSERT INTO jobs (job_type) VALUES ('t') RETURNING id")
+    assert job_id == first_id
+    await wait_until(lambda: _true(job_id in crew.ran), within=WAKE_WITHIN)
+    assert crew.ran[job_id] == "c"
 
 
 async def test_a_crashed_worker_still_listed_leaves_the_job_to_the_spare(crew: Crew) -> None:
@@ -396,7 +436,7 @@ async def test_workers_that_stop_hand_their_turns_for_delayed_jobs_to_the_others
     assert job_id == first_id
 
     def waiting_for_it(name: str) -> bool:
-        return bool(crew.workers[name]._parts.listener._timers)
+        return bool(crew.workers[name]._parts.listener.hints.delayed)
 
     await wait_until(lambda: _true(waiting_for_it("w0") and waiting_for_it("w1")), within=30)
     assert not waiting_for_it("w2")
@@ -438,7 +478,7 @@ async def test_a_worker_that_stops_is_dropped_from_the_others_rosters_at_once(
     await wait_until(lambda: _true(len(crew.roster("second")) == 1), within=WAKE_WITHIN)
 
 
-async def test_the_insert_notification_names_type_count_and_first_id(
+async def test_the_insert_notification_names_type_count_ids_and_delay(
     store: PgJobStore, dsn: str
 ) -> None:
     heard: asyncio.Queue[str] = asyncio.Queue()
@@ -446,15 +486,19 @@ async def test_the_insert_notification_names_type_count_and_first_id(
     try:
         await listener.add_listener(store.channel, lambda *args: heard.put_nowait(args[3]))
         one = await store.enqueue("mail:send")
-        assert await asyncio.wait_for(heard.get(), 10) == f"jobs:1:{one}::mail:send"
-        assert InsertHint.parse(f"jobs:1:{one}::mail:send") == InsertHint(1, one, None, "mail:send")
+        assert await asyncio.wait_for(heard.get(), 10) == f"jobs:1:{one}:{one}::mail:send"
+        hint = InsertHint.parse(f"jobs:1:{one}:{one}::mail:send")
+        assert hint == InsertHint(1, one, one, None, "mail:send")
+        assert hint.payload() == f"jobs:1:{one}:{one}::mail:send"
         ids = await store.enqueue_many([{"job_type": "t"}] * 3)
-        assert await asyncio.wait_for(heard.get(), 10) == f"jobs:3:{min(ids)}::t"
+        assert await asyncio.wait_for(heard.get(), 10) == f"jobs:3:{min(ids)}:{max(ids)}::t"
         later = await store.enqueue("t", run_after=timedelta(hours=1))
         hint = InsertHint.parse(await asyncio.wait_for(heard.get(), 10))
         assert hint is not None
-        assert hint.first_id == later
-        assert hint.due is not None
+        assert (hint.first_id, hint.last_id) == (later, later)
+        # Seconds from now by the database's clock, whatever the workers' clocks say.
+        assert hint.delay is not None
+        assert 3500 < hint.delay <= 3600
         # Several types, or a type too long for a payload: every worker looks.
         await store.enqueue_many([{"job_type": "t"}, {"job_type": "u"}])
         assert await asyncio.wait_for(heard.get(), 10) == ""
@@ -469,14 +513,20 @@ async def test_the_insert_notification_names_type_count_and_first_id(
     [
         "jobs:",
         "jobs:1:2:3",
-        "jobs:0:1::t",
-        "jobs:-1:1::t",
-        "jobs:x:1::t",
-        "jobs:1:x::t",
-        "jobs:1:1:nan:t",
-        "jobs:1:1:inf:t",
-        "jobs:1:1:1e999:t",
-        "jobs:1:1::",
+        "jobs:1:1::t",  # the earlier format, without the last id
+        "jobs:0:1:1::t",
+        "jobs:-1:1:1::t",
+        "jobs:x:1:1::t",
+        "jobs:1:x:1::t",
+        "jobs:1:1:x::t",
+        "jobs:1:-1:1::t",
+        "jobs:1:2:1::t",  # last before first
+        f"jobs:1:1:{1 << 63}::t",  # beyond bigint
+        "jobs:1:1:1:nan:t",
+        "jobs:1:1:1:inf:t",
+        "jobs:1:1:1:-1:t",
+        "jobs:1:1:1:1e999:t",
+        "jobs:1:1:1::",
     ],
 )
 def test_a_malformed_hint_is_ignored(payload: str) -> None:
@@ -484,10 +534,10 @@ def test_a_malformed_hint_is_ignored(payload: str) -> None:
 
 
 def test_forged_huge_numbers_are_read_within_bounds() -> None:
-    hint = InsertHint.parse(f"jobs:{10**40}:{-(10**40)}::t")
+    hint = InsertHint.parse(f"jobs:{10**40}:0:{(1 << 63) - 1}:1e300:t")
     assert hint is not None
     assert 1 <= hint.count <= 1 << 31
-    assert 0 <= hint.first_id < 1 << 64
+    assert hint.last_id - hint.first_id <= 100_000  # a check reads a bounded range
     assert WakeRoster("w", ["t"]).my_turn(hint)
 
 
@@ -510,7 +560,7 @@ def test_the_jobs_are_covered_by_the_workers_whose_turn_it_is_and_again_by_spare
         }
         rosters = views_agreeing(workers)
         count, first_id = chance.randint(1, 20), chance.getrandbits(63)
-        hint = InsertHint(count, first_id, None, "t")
+        hint = InsertHint(count, first_id, first_id + count, None, "t")
         turns = {w: rosters[w].turn(hint) for w in workers}
         woken = [w for w in turn_order(first_id, workers) if turns[w].claims]
         order = [w for w in turn_order(first_id, workers) if "t" in workers[w][0]]
@@ -523,9 +573,10 @@ def test_the_jobs_are_covered_by_the_workers_whose_turn_it_is_and_again_by_spare
                 taken += workers[order[end]][1]
                 end += 1
         assert woken == order[:end]
-        # The last of them checks for jobs left behind, if any worker was not woken.
-        checking = [w for w in workers if turns[w].checks]
-        assert checking == ([order[end - 1]] if end < len(order) else [])
+        # The last of them, and whether any worker was left out.
+        last = [w for w in workers if turns[w].last]
+        assert last == ([order[end - 1]] if taken >= count else [])
+        assert all(turns[w].others_left == (w != order[-1]) for w in woken)
 
 
 def test_a_worker_missing_from_the_others_rosters_only_adds_claims() -> None:
@@ -537,7 +588,8 @@ def test_a_worker_missing_from_the_others_rosters_only_adds_claims() -> None:
         for name, roster in rosters.items():
             if name != newcomer:
                 roster.drop(newcomer)  # not yet read by the others
-        hint = InsertHint(chance.randint(1, 8), chance.getrandbits(63), None, "t")
+        first_id = chance.getrandbits(63)
+        hint = InsertHint(chance.randint(1, 8), first_id, first_id, None, "t")
         agreed = views_agreeing(workers)
         should = {w for w in workers if agreed[w].my_turn(hint)}
         woken = {w for w in workers if rosters[w].my_turn(hint)}

@@ -123,18 +123,19 @@ class WorkerMoves:
 
     async def jobs_left_behind(
         self,
-        hints: Sequence[tuple[str, int]],
+        hints: Sequence[tuple[str, int, int]],
         *,
         conn: Connection | None = None,
         within: float | None = None,
     ) -> bool:
-        """True if, for any (job type, first id) of ``hints``, a job of that type with
-        that id or a later one is READY and due: nobody woken for it took it."""
+        """True if, for any (job type, first id, last id) of ``hints``, a job of that
+        type with an id in that range is READY and due: nobody woken for it took it."""
         async with self._db.acquire(conn) as c:
             left: bool = await c.fetchval(
                 JOBS_LEFT_BEHIND,
-                [job_type for job_type, _ in hints],
-                [first_id for _, first_id in hints],
+                [job_type for job_type, _, _ in hints],
+                [first_id for _, first_id, _ in hints],
+                [last_id for _, _, last_id in hints],
                 timeout=self._db.statement_timeout if within is None else within,
             )
         return left

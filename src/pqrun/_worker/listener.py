@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from datetime import timedelta
@@ -22,10 +21,11 @@ from typing import Any
 
 from pqrun._store.queries import query
 
+from .hints import InsertHints
 from .loops import Lifetime
 from .runs import RunRegistry
 from .store_protocol import WorkerStore
-from .wake_turns import CHECK_AFTER_SECONDS, InsertHint, Turn, WakeRoster
+from .wake_turns import InsertHint, WakeRoster
 
 logger = logging.getLogger("pqrun")
 
@@ -34,14 +34,8 @@ logger = logging.getLogger("pqrun")
 LISTEN_PROBE_EVERY = 30.0
 # The probe: a notification to our own channel, sent on the LISTEN connection itself.
 PROBE_QUERY = query("listen_probe")
-# Waking every worker for jobs left behind: an empty notification ("look now").
-WAKE_EVERYONE_QUERY = query("wake_workers")
 # How long the listener waits for its LISTEN connection to be free for a statement.
 CONNECTION_WAIT = 5.0
-# A stopping worker's turns for delayed jobs, handed to every worker.
-HAND_OVER_QUERY = query("hand_over_due_times")
-# Hints of delayed jobs this worker keeps a timer for; beyond, it only wakes at their time.
-MAX_DUE_TIMERS = 1000
 
 
 class Listener:
@@ -79,12 +73,18 @@ class Listener:
         self._default_stale_after = default_stale_after
         self._conn: Any = None
         self._conn_lock = asyncio.Lock()
-        self._timers: dict[asyncio.TimerHandle, float] = {}  # -> the due time (epoch)
-        self._to_check: dict[str, int] = {}  # job type -> the lowest first id to look from
-        self._checker: asyncio.Task[None] | None = None
-        #: Times this worker woke every worker for jobs the others woken left behind.
-        self.woke_everyone = 0
         self._on_hearing = on_hearing
+        #: The 'jobs:' hints: claims on this worker's turns, delayed ones, checks.
+        self.hints = InsertHints(
+            store,
+            life,
+            roster,
+            wake=wake,
+            expect_due=expect_due,
+            claim_room=claim_room,
+            connection=lambda: self._conn,
+            connection_free=self._connection_free,
+        )
 
     @property
     def hearing(self) -> bool:
@@ -101,10 +101,11 @@ class Listener:
         """
         if not payload:
             self._wake()
+            self.hints.everyone_woken()
         elif payload.startswith("jobs:"):
             hint = InsertHint.parse(payload)
             if hint is not None:
-                self._hinted(hint)
+                self.hints.heard(hint)
         elif payload.startswith("probe:"):
             waiting = self._probe_waiting
             if waiting is not None and waiting[0] == payload:
@@ -126,65 +127,6 @@ class Listener:
                 if math.isfinite(due):
                     self._expect_due(due)
 
-    def _hinted(self, hint: InsertHint) -> None:
-        """Jobs of one type were inserted: claim them if it is this worker's turn."""
-        roster = self.roster
-        turn = roster.turn(hint) if roster is not None else Turn(claims=True, checks=False)
-        if not turn.claims:
-            return
-        if hint.due is not None:
-            wait = hint.due - time.time()
-            if wait > 0:
-                if len(self._timers) >= MAX_DUE_TIMERS or self._life.stopping.is_set():
-                    self._expect_due(hint.due)
-                    return
-                loop = asyncio.get_running_loop()
-                handle: asyncio.TimerHandle
-
-                def due_now() -> None:
-                    self._timers.pop(handle, None)
-                    self._hinted_now(hint, turn)
-
-                handle = loop.call_later(wait, due_now)
-                self._timers[handle] = hint.due
-                return
-        self._hinted_now(hint, turn)
-
-    def _hinted_now(self, hint: InsertHint, turn: Turn) -> None:
-        """Claim; and if this worker is the one to check, and cannot take the jobs all
-        itself, look a moment later for any the others woken left behind."""
-        self._wake()  # busy, it claims when a slot frees; idle, at once
-        if turn.checks and self._claim_room() < hint.count:
-            first_id = self._to_check.get(hint.job_type)
-            if first_id is None or hint.first_id < first_id:
-                self._to_check[hint.job_type] = hint.first_id
-            if self._checker is None or self._checker.done():
-                self._checker = asyncio.ensure_future(self._check_left_behind())
-
-    async def _check_left_behind(self) -> None:
-        """After CHECK_AFTER_SECONDS (the others' claims go first), one read for every
-        hint to check; if a job was left behind, wake every worker. At most one read per
-        CHECK_AFTER_SECONDS."""
-        while self._to_check:
-            await asyncio.sleep(CHECK_AFTER_SECONDS)
-            hints, self._to_check = list(self._to_check.items()), {}
-            conn = self._conn
-            if conn is None:
-                return  # not listening: the idle poll finds them
-            try:
-                async with self._connection_free():
-                    if not await self._store.jobs_left_behind(
-                        hints, conn=conn, within=CONNECTION_WAIT
-                    ):
-                        continue
-                    self.woke_everyone += 1
-                    await conn.execute(
-                        WAKE_EVERYONE_QUERY, self._store.channel, timeout=CONNECTION_WAIT
-                    )
-            except Exception as exc:
-                # The idle poll finds them; a lost connection is the watcher's to see.
-                logger.debug("worker %s: could not check for jobs left: %s", self._worker_id, exc)
-
     @contextlib.asynccontextmanager
     async def _connection_free(self) -> AsyncIterator[None]:
         """The LISTEN connection runs one statement at a time: wait for it, not forever."""
@@ -196,30 +138,14 @@ class Listener:
 
     async def _say_left(self, conn: Any) -> None:
         """Tell the other workers not to count on this one for turns any more (its
-        heartbeat, sent now, says it no longer listens), and hand them the due times of
-        the delayed jobs whose turn it had."""
+        heartbeat, sent now, says it no longer listens), then hand them the delayed
+        jobs whose turn it had."""
         with suppress(Exception):
             async with self._connection_free():
                 await conn.execute(
                     PROBE_QUERY, self._store.channel, f"left:{self._worker_id}", timeout=1
                 )
-        await self._hand_over(conn)
-
-    async def _hand_over(self, conn: Any) -> None:
-        """Send the due times of the delayed jobs whose turn this worker had to every
-        worker ('<epoch>' notifications), and forget them."""
-        if not self._timers:
-            return
-        due_times = sorted(set(self._timers.values()))
-        try:
-            async with self._connection_free():
-                await conn.execute(HAND_OVER_QUERY, self._store.channel, due_times, timeout=1)
-        except Exception as exc:
-            logger.debug("worker %s: could not hand turns over: %s", self._worker_id, exc)
-            return
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        await self.hints.hand_over(conn)
 
     async def read_roster(self, conn: Any) -> None:
         """Read who is alive (on the LISTEN connection); on failure every hint is ours."""
@@ -274,21 +200,17 @@ class Listener:
                     await self._say_left(conn)
                 # terminate(), not close(): close() waits on a peer that may be gone.
                 conn.terminate()
-        if self._timers:
+        if self.hints.delayed:
             # Stopping while not listening: hand the turns over on a connection of its own.
             with suppress(Exception):
                 conn = await asyncio.wait_for(
                     self._store.dedicated_connection("handing turns over", session=True), 2
                 )
                 try:
-                    await self._hand_over(conn)
+                    await self._say_left(conn)
                 finally:
                     conn.terminate()
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        if self._checker is not None:
-            self._checker.cancel()
+        self.hints.forget()
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
         """Return when stopping or when the LISTEN connection is gone or stops hearing.

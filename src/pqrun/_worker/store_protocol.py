@@ -94,7 +94,7 @@ class WorkerStore(Protocol):
     async def wake_workers(self) -> None: ...
     async def jobs_left_behind(
         self,
-        hints: Sequence[tuple[str, int]],
+        hints: Sequence[tuple[str, int, int]],
         *,
         conn: Connection | None = None,
         within: float | None = None,

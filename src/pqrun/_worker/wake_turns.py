@@ -1,23 +1,25 @@
 """Whose turn it is to claim newly inserted jobs, so that one job does not wake every worker.
 
 The insert trigger's notification names the job type, how many jobs the statement
-inserted and the first new id ('jobs:<count>:<first id>:<due>:<type>', ddl.sql). Every
+inserted and their ids ('jobs:<count>:<first id>:<last id>:<delay>:<type>', ddl.sql). Every
 worker hears it. Each ranks the live workers of that type (its roster, read from
 job_workers every few seconds) by a hash of the first id and its worker_id, the same
-ranking on every worker; the first few, enough for the jobs, plus ``SPARE_WAKES`` more,
-claim; the others let it be. "Enough" counts each worker's wake capacity from its last
-heartbeat: what one claim of it takes (its slots and its prefetch). Which worker comes
-first changes from one insert to the next, so the work spreads over them.
+ranking on every worker; the first few, with room for the jobs twice over, claim; the
+others let it be. "Room" counts each worker's wake capacity from its last heartbeat:
+what one claim of it takes (its slots and its prefetch). Which worker comes first
+changes from one insert to the next, so the work spreads over them.
 
 Rosters differ for a moment when a worker starts or stops. A worker that just started is
 in its own roster, not yet in the others': it may claim when they think it is not its
 turn, never the reverse, so a new worker costs at most a claim. A worker that is gone
 but still listed, until its row is removed ('left:<id>' when it stops) or its heartbeats
-grow old (a crash), may be the one named: the spare claims then. A worker named while
-it would not claim now (every slot busy, its prefetch full) passes the hint on to every
-worker (an empty notification), at most once per ``PASS_ON_SECONDS``. Workers that do
-not listen (``listen=False``, or behind a pooler without ``direct_dsn``) report a wake
-capacity of 0 and are not ranked.
+grow old (a crash), may be the one named: the spares claim then. A worker named may also
+be busier than its capacity said, or take other jobs first. So, when some workers of the
+type were not woken, the last one named, and any named one without room for all the
+jobs, reads a moment later whether one of them is still READY and due, and if so wakes
+every worker (an empty notification), unless one was heard meanwhile (listener.py).
+Workers that do not listen (``listen=False``, or behind a pooler without
+``direct_dsn``) report a wake capacity of 0 and are not ranked.
 
 All of this is a hint: anyone who can NOTIFY can send one, and all it can do is make some
 worker claim (docs/security.md); the idle poll still looks for due jobs now and then.
@@ -37,8 +39,12 @@ COVER_ROUNDS = 2
 # How long after a hint the last worker whose turn it was looks for jobs left behind
 # (seconds): time for the others' claims to go first. It looks at most this often.
 CHECK_AFTER_SECONDS = 0.05
-# The most a payload may claim to have inserted; more is read as "everyone".
+# The most a payload may claim to have inserted; more is read as this.
 MAX_COUNT = 1 << 31
+# A check for jobs left behind reads at most this many ids from a hint's first one.
+MAX_CHECKED_IDS = 100_000
+# The largest id a job can have (bigint).
+MAX_ID = (1 << 63) - 1
 
 _MASK = (1 << 64) - 1
 
@@ -46,31 +52,41 @@ _MASK = (1 << 64) - 1
 @dataclass(frozen=True, slots=True)
 class InsertHint:
     """A parsed 'jobs:...' notification: ``count`` jobs of ``job_type`` were inserted,
-    the first with id ``first_id``, the earliest due at ``due`` (epoch seconds; None: now)."""
+    with ids from ``first_id`` to ``last_id`` (other inserts' ids may fall between), the
+    first due in ``delay`` seconds by the database's clock (None: due now)."""
 
     count: int
     first_id: int
-    due: float | None
+    last_id: int
+    delay: float | None
     job_type: str
 
     @classmethod
     def parse(cls, payload: str) -> InsertHint | None:
         """The hint in ``payload``, or None if it is not a well-formed one."""
-        parts = payload.split(":", 4)
-        if len(parts) != 5 or parts[0] != "jobs" or not parts[4]:
+        parts = payload.split(":", 5)
+        if len(parts) != 6 or parts[0] != "jobs" or not parts[5]:
             return None
         try:
-            count, first_id = int(parts[1]), int(parts[2])
-            due = float(parts[3]) if parts[3] else None
+            count, first_id, last_id = int(parts[1]), int(parts[2]), int(parts[3])
+            delay = float(parts[4]) if parts[4] else None
         except (ValueError, OverflowError):
             return None
-        if count < 1 or (due is not None and not math.isfinite(due)):
+        if count < 1 or not 0 <= first_id <= last_id <= MAX_ID:
             return None
-        return cls(min(count, MAX_COUNT), first_id & _MASK, due, parts[4])
+        if delay is not None and not (math.isfinite(delay) and delay >= 0):
+            return None
+        last_id = min(last_id, first_id + MAX_CHECKED_IDS)
+        return cls(min(count, MAX_COUNT), first_id, last_id, delay, parts[5])
 
     def now_due(self) -> InsertHint:
         """The same hint, once its jobs are due."""
-        return InsertHint(self.count, self.first_id, None, self.job_type)
+        return InsertHint(self.count, self.first_id, self.last_id, None, self.job_type)
+
+    def payload(self) -> str:
+        """The notification that carries this hint."""
+        delay = "" if self.delay is None else repr(self.delay)
+        return f"jobs:{self.count}:{self.first_id}:{self.last_id}:{delay}:{self.job_type}"
 
 
 def _key(worker_id: str) -> int:
@@ -87,19 +103,21 @@ def _score(first_id: int, key: int) -> int:
 
 def turn_order(first_id: int, worker_ids: Iterable[str]) -> list[str]:
     """The workers ranked for a hint whose first job id is ``first_id``, first turn first."""
-    return sorted(worker_ids, key=lambda w: _score(first_id & _MASK, _key(w)), reverse=True)
+    return sorted(worker_ids, key=lambda w: _score(first_id, _key(w)), reverse=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """What a worker does for a hint: ``claims`` the jobs; ``checks`` a moment later that
-    none of them was left behind by the others woken, and wakes every worker if one was."""
+    """What a hint asks of a worker: whether it ``claims`` the jobs, whether it is the
+    ``last`` of those that claim, and whether ``others_left`` workers of that type were
+    not woken (then a check for jobs left behind can wake them)."""
 
     claims: bool
-    checks: bool
+    last: bool = False
+    others_left: bool = False
 
 
-NOT_MY_TURN = Turn(claims=False, checks=False)
+NOT_MY_TURN = Turn(claims=False)
 
 
 @dataclass(slots=True)
@@ -151,42 +169,40 @@ class WakeRoster:
         self._peers.pop(worker_id, None)
 
     def turn(self, hint: InsertHint) -> Turn:
-        """What this worker does for ``hint``: claim, and check for jobs left behind.
+        """What this worker does for ``hint``.
 
         The workers of the hint's type, ranked by score: the shortest run from the top
         whose wake capacities add up to the jobs inserted claim, and, as spares, the
-        shortest run after it that adds up to them again. The last of them also checks,
-        when it cannot take them all itself, that nothing was left behind (a worker
-        above it was busier than its capacity said, or is gone), for the workers not
-        woken.
+        shortest run after it that adds up to them again (COVER_ROUNDS). Until the
+        roster is read, every hint of a handled type is this worker's, as the last.
         """
         if not self.handles(hint.job_type):
             return NOT_MY_TURN
         if not self.loaded:
-            return Turn(claims=True, checks=True)
-        first_id, job_type = hint.first_id, hint.job_type
-        ranked = sorted(
-            (
-                (_score(first_id, peer.key), peer.capacity, False)
-                for peer in self._peers.values()
-                if job_type in peer.job_types
-            ),
-            reverse=True,
-        )
-        mine = (_score(first_id, self._key), self.capacity, True)
-        ranked.insert(next((i for i, p in enumerate(ranked) if p[0] < mine[0]), len(ranked)), mine)
+            return Turn(claims=True, last=True, others_left=True)
+        first_id, job_type, count = hint.first_id, hint.job_type, hint.count
+        mine = _score(first_id, self._key)
+        ahead: list[tuple[int, int]] = []
+        behind = 0
+        for peer in self._peers.values():
+            if job_type in peer.job_types:
+                score = _score(first_id, peer.key)
+                if score > mine:
+                    ahead.append((score, peer.capacity))
+                else:
+                    behind += 1
+        if len(ahead) >= COVER_ROUNDS * count:
+            return NOT_MY_TURN  # each worker takes one job at least: covered before it
+        ahead.sort(reverse=True)
         rounds, taken = 0, 0
-        for place, (_, capacity, is_me) in enumerate(ranked):
+        for _, capacity in ahead:
             taken += capacity
-            last = False
-            if taken >= hint.count:
+            if taken >= count:
                 rounds, taken = rounds + 1, 0
-                last = rounds == COVER_ROUNDS
-            if is_me:
-                return Turn(claims=True, checks=last and place < len(ranked) - 1)
-            if last:
-                return NOT_MY_TURN
-        return NOT_MY_TURN  # (not reached: this worker is in the ranking)
+                if rounds == COVER_ROUNDS:
+                    return NOT_MY_TURN
+        last = taken + self.capacity >= count and rounds + 1 == COVER_ROUNDS
+        return Turn(claims=True, last=last, others_left=behind > 0)
 
     def my_turn(self, hint: InsertHint) -> bool:
         """True if this worker claims for ``hint``."""

@@ -164,17 +164,18 @@ FROM rate LEFT JOIN claimed ON true
 SELECT pg_notify($1, '')
 
 -- name: jobs_left_behind
--- Whether any of these hints ($1 job types, $2 the first id of each) left a job behind:
--- one of that type, with that id or a later one, still READY and due. Asked a moment
--- after a notification by the last worker whose turn it was, when it could not take
--- them all itself; if one was left, every worker is woken.
+-- Whether any of these hints ($1 job types, $2 and $3 the first and last id each
+-- statement inserted) left a job behind: one of that type, in that id range, still
+-- READY and due. Asked a moment after a notification by a worker whose turn it was,
+-- when some workers were not woken; if one was left, every worker is woken. The id
+-- range keeps it a short scan of the primary key, however big the table.
 -- Guard: a read without locks; moves nothing.
 SELECT EXISTS (
     SELECT 1
-    FROM unnest($1::text[], $2::bigint[]) AS hint(job_type, first_id)
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS hint(job_type, first_id, last_id)
     WHERE EXISTS (
         SELECT 1 FROM jobs AS j
-        WHERE j.id >= hint.first_id AND j.job_type = hint.job_type
+        WHERE j.id BETWEEN hint.first_id AND hint.last_id AND j.job_type = hint.job_type
           AND j.status = 'READY' AND j.run_after <= now()
     )
 )

@@ -4,11 +4,11 @@
 -- Guard: moves nothing: it touches no row; channel and payload are bound.
 SELECT pg_notify($1, $2)
 
--- name: hand_over_due_times
--- A worker that stops hands the due times of delayed jobs whose turn it had ($2, epoch
--- seconds) to every worker: the '<epoch>' notification each one also looks at then.
--- Guard: moves nothing: it touches no row; channel and due times are bound.
-SELECT pg_notify($1, due::text) FROM unnest($2::float8[]) AS due
+-- name: hand_over_hints
+-- A worker that stops sends the notifications of delayed jobs whose turn it had ($2,
+-- 'jobs:...' payloads with what is left of their delay) again, for the others' turns.
+-- Guard: moves nothing: it touches no row; channel and payloads are bound.
+SELECT pg_notify($1, hint) FROM unnest($2::text[]) AS hint
 
 -- name: set_local
 -- Settings of one transaction on a connection through a transaction pooler, where they
