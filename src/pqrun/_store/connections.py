@@ -54,6 +54,13 @@ else:
 MISSING_JOBS_TABLE = re.compile(r'"(\w+\.)?jobs"')
 
 
+# Through a pooler: no statement cache, or a PgBouncer that keeps prepared statements.
+LOST_STATEMENT_FIX = (
+    "pass statement_cache_size=0 to PgJobStore, or set max_prepared_statements in "
+    "PgBouncer 1.21 or later"
+)
+
+
 class StoreConnections:
     """The pool, the settings and the connection rules of one PgJobStore."""
 
@@ -366,8 +373,7 @@ class StoreConnections:
             fix = (
                 "give your pool statement_cache_size=0 (asyncpg.create_pool)"
                 if self.given_pool is not None
-                else "pass statement_cache_size=0 to PgJobStore, or set "
-                "max_prepared_statements in PgBouncer 1.21 or later"
+                else LOST_STATEMENT_FIX
                 if self.pooler
                 else "pass pooler=True to PgJobStore"
             )
