@@ -17,6 +17,8 @@ import asyncpg
 import pytest
 
 from pqrun import PgJobStore
+from pqrun._ui.queue_commands import format_status
+from pqrun.top import render
 
 from .helpers import wait_until
 from .test_cli import pqrun_cmd
@@ -95,7 +97,32 @@ async def test_status_estimates_beyond_the_count_cap(
     assert status["counts"]["READY"] == {"count": 3, "exact": True}
     rate = status["throughput"]["DONE"]["last_minute"]
     assert rate["exact"] is False
-    assert rate["count"] >= 100
+    assert rate["count"] is None
+    assert rate["at_least"] == 100
+
+
+async def test_a_burst_of_completions_is_not_taken_for_an_hours_worth(
+    filled: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    # 3,500 jobs finished in the last two seconds, then nothing: beyond the cap the
+    # hour's count was extrapolated from the newest jobs' rate, 3,600 s of it (pqrun top
+    # showed 58,476 "done/hour" while about 3,500 jobs were DONE at all).
+    await conn.execute(
+        "INSERT INTO jobs (job_type, status, finished_at) SELECT 'bulk', 'DONE', "
+        "now() - random() * interval '2 seconds' FROM generate_series(1, 3500)"
+    )
+    status = await filled.queue_status(rate_cap=2000)
+    hour = status["throughput"]["DONE"]["last_hour"]
+    assert hour == {
+        "count": None,
+        "at_least": 2000,
+        "per_second": hour["per_second"],
+        "exact": False,
+    }
+    assert hour["per_second"] > 2000 / 3  # the rate of the newest 2,000: a burst
+    assert ">=2,000" in format_status(status)
+    (rates,) = [line for line in render(status, []) if line.startswith("  last minute")]
+    assert rates.split()[-1] == ">=2,000"  # done/hour
 
 
 async def test_jobs_list_show_retry_and_cancel(filled: PgJobStore, dsn: str) -> None:

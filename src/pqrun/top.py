@@ -59,7 +59,7 @@ def render(
         "RATES                 done/s    failed/s      done/hour",
         f"  last minute   {done['last_minute']['per_second']:>12.1f}"
         f"{failed['last_minute']['per_second']:>12.2f}"
-        f"{done['last_hour']['count']:>15,}",
+        f"{count_text(done['last_hour']):>15}",
     ]
 
     lines += ["", f"QUEUES   {'job_type':<28}{'ready':>10}{'due':>10}{'running':>10}"]

@@ -88,8 +88,9 @@ class InspectionMethods:
         (how long the longest-waiting due job has waited), ``throughput`` of DONE and
         FAILED jobs over the last minute and hour, and ``workers``. Each count says
         whether it is ``exact``: a status with more than ``count_cap`` jobs gets the
-        planner's estimate (None before the table's first ANALYZE), and a rate over
-        more than ``rate_cap`` jobs is extrapolated from the newest ``rate_cap``.
+        planner's estimate (None before the table's first ANALYZE), and a window with
+        more than ``rate_cap`` finished jobs says ``at_least`` that many (count None),
+        with the rate of the newest ``rate_cap``.
         """
         check_int("count_cap", count_cap, 1)
         check_int("rate_cap", rate_cap, 1)
@@ -241,11 +242,13 @@ async def count_statuses(
 
 
 def rate(row: Mapping[str, Any], window: timedelta, cap: int) -> dict[str, Any]:
-    """A count of recent jobs, exact below the cap, else extrapolated from the newest."""
+    """A count of recent jobs, exact below the cap. At the cap, the count is unknown
+    (``None``, ``at_least`` the cap: the newest ``cap`` fell within the window) and the
+    rate is that of the newest ``cap``, over the time they took: a burst of them is not
+    taken for a whole window's worth."""
     count: int = row["n"]
     seconds = window.total_seconds()
     if count < cap or row["oldest"] is None:
         return {"count": count, "per_second": count / seconds, "exact": True}
     span = max((row["now"] - row["oldest"]).total_seconds(), 1e-3)
-    per_second = count / span
-    return {"count": round(per_second * seconds), "per_second": per_second, "exact": False}
+    return {"count": None, "at_least": count, "per_second": count / span, "exact": False}

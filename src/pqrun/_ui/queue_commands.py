@@ -65,7 +65,7 @@ def format_status(status: Mapping[str, Any]) -> str:
 
 
 def rate_text(entry: Mapping[str, Any]) -> str:
-    return f"{entry['count']:,}" if entry["exact"] else f"~{entry['count']:,}"
+    return count_text(entry)
 
 
 def worker_line(worker: Mapping[str, Any]) -> str:
