@@ -176,6 +176,14 @@ async def test_odd_input_is_answered_not_crashed_on(
     assert await status_of(store, slashed) == "READY"
     huge = await admin.get("/jobs/jobs", params={"before": "9" * 40, "status": "NOPE"})
     assert huge.status_code == 200
+    # Not silently everything: the page says the filter was not understood.
+    odd = await admin.get("/jobs/jobs", params={"status": "<NOPE>"})
+    assert 'No status "&lt;NOPE&gt;": the statuses are READY, RUNNING' in odd.text
+    assert "Showing jobs of every status" in odd.text
+    # Any case will do.
+    lower = await admin.get("/jobs/jobs", params={"status": "failed"})
+    assert "bad-filter" not in lower.text
+    assert '<option value="FAILED" selected>' in lower.text
     assert (await admin.get("/jobs/jobs/" + "9" * 40)).status_code == 404
     # Behind a proxy that ends TLS: an https Origin for the same host is this site.
     job_id = await failed_job(conn)
@@ -259,6 +267,21 @@ async def test_status_totals_are_exact_on_a_small_table_and_estimated_on_a_big_o
     await conn.execute("ANALYZE jobs")
     # ANALYZE read every row of this table: the estimate is the count.
     assert (await store.status_counts(count_cap=20))["DONE"]["count"] == 30
+
+
+async def test_the_ready_card_agrees_with_the_queues_table_beyond_the_totals_cap(
+    readonly: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
+    # 20,003 READY: over the totals' cap (20,000), where the card showed the planner's
+    # estimate (~20,706) beside the Queues table's exact count.
+    await conn.execute(
+        "INSERT INTO jobs (job_type) SELECT 'bulk' FROM generate_series(1, 20003); ANALYZE jobs"
+    )
+    page = (await readonly.get("/jobs/")).text
+    totals = page[page.index('id="totals"') : page.index("<h2>Queues</h2>")]
+    assert re.search(r'status=READY"><span[^>]*>READY</span></a><b>20,003</b>', totals), totals
+    queues = page[page.index('id="queues"') :]
+    assert '<td class="num">20,003</td>' in queues
 
 
 async def test_dashboard_queries_read_a_bounded_part_of_a_big_table(

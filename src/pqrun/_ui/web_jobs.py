@@ -48,9 +48,9 @@ class JobsListPage(DashboardPage):
     failed jobs."""
 
     def list_filters(self, request: Request) -> tuple[str | None, str | None, int | None]:
-        status = request.query_params.get("status") or None
+        status = (request.query_params.get("status") or "").upper() or None
         if status is not None and status not in STATUSES:
-            status = None
+            status = None  # jobs_page says so
         job_type = request.query_params.get("job_type") or None
         before_text = request.query_params.get("before", "")
         before = min(int(before_text), MAX_ID) if DIGITS.fullmatch(before_text) else None
@@ -115,6 +115,12 @@ class JobsListPage(DashboardPage):
             f'<input name="job_type" placeholder="job type" value="{h(job_type or "")}"> '
             '<button type="submit">Filter</button></form>'
         )
+        asked = request.query_params.get("status") or ""
+        if asked and status is None:
+            filters += (
+                f'<p class="err" id="bad-filter">No status "{h(asked)}": the statuses are '
+                f"{h(', '.join(STATUSES))}. Showing jobs of every status.</p>"
+            )
         bulk = ""
         if status == "FAILED" and job_type:
             bulk = "<p>" + self.action_button(

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pqrun._store.inspection import STATUS_COUNT_CAP
 from pqrun._ui.formatting import count_text
 from pqrun._ui.web_html import STATUSES, age_text, badge_html, h, table_html
 from pqrun._ui.web_jobs import JobsListPage
@@ -49,8 +50,14 @@ class OverviewPage(DashboardPage):
         now = time.monotonic()
         if self._overview is not None and now < self._overview[0]:
             return self._overview[1]
-        queues = await self.store.queue_stats()
+        queues = await self.store.queue_stats(count_cap=STATUS_COUNT_CAP)
         counts = await self.store.status_counts()
+        # The Queues table counts READY and RUNNING jobs exactly up to its cap, further
+        # than the totals do: the cards show the same numbers as the table then.
+        for status, column in (("READY", "ready"), ("RUNNING", "running")):
+            total = sum(q[column] for q in queues)
+            if not counts[status]["exact"] and total < STATUS_COUNT_CAP:
+                counts[status] = {"count": total, "exact": True}
         newest = await self.store.max_job_id()
         workers = await self.store.list_workers()
         schedules = await self.store.list_schedules()
