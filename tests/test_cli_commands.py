@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -11,7 +12,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -511,3 +515,49 @@ def test_the_store_reads_its_schema_from_the_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("PQRUN_SCHEMA", "billing")
     assert PgJobStore("postgresql://unused").schema == "billing"
     assert PgJobStore("postgresql://unused", schema="other").schema == "other"
+
+
+def _options(parser: argparse.ArgumentParser, path: str = "pqrun") -> Iterator[tuple[str, Any]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_option_and_argument_says_what_it_is_for() -> None:
+    from pqrun.cli import build_parser
+
+    silent = [
+        f"{path} {'/'.join(action.option_strings) or action.dest}"
+        for path, action in _options(build_parser())
+        if not action.help
+    ]
+    assert silent == []
+
+
+async def test_jobs_enqueue_from_the_shell(store: PgJobStore, dsn: str) -> None:
+    first = await pqrun(
+        "jobs", "enqueue", "send_email", "--dsn", dsn,
+        "--payload", '{"to": "a@example.com"}', "--priority", "3", "--run-after", "1h",
+        "--dedupe-key", "welcome-42", "--max-attempts", "2", "--timeout", "30s",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    job = await store.get_job(int(first.stdout))
+    assert job is not None
+    assert (job.job_type, job.payload, job.priority) == ("send_email", {"to": "a@example.com"}, 3)
+    assert (job.dedupe_key, job.max_attempts, job.timeout_seconds) == ("welcome-42", 2, 30)
+    assert job.run_after > job.created_at + timedelta(minutes=59)
+    again = await pqrun(
+        "jobs", "enqueue", "send_email", "--dsn", dsn, "--dedupe-key", "welcome-42", "--json"
+    )
+    assert json.loads(again.stdout) == {"id": job.id}  # the active job with that key
+    plain = await pqrun("jobs", "enqueue", "tick", "--dsn", dsn)
+    plain_job = await store.get_job(int(plain.stdout))
+    assert plain_job is not None
+    assert plain_job.payload == {}
+    bad = await pqrun("jobs", "enqueue", "x", "--dsn", dsn, "--payload", "{to: 1}")
+    assert bad.returncode == 2
+    assert "is not JSON" in bad.stderr
+    assert "--payload '{" in bad.stderr

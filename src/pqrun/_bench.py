@@ -451,7 +451,9 @@ async def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> d
 def parser(prog: str = "pqrun bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Measure pqrun on a PostgreSQL.")
     p.add_argument("--dsn", help="database to measure on (default: $DATABASE_URL or local)")
-    p.add_argument("--mode", choices=(*MODES, "all"), default="all")
+    p.add_argument(
+        "--mode", choices=(*MODES, "all"), default="all", help="what to measure (all of it)"
+    )
     p.add_argument("--jobs", type=int, default=20_000, help="drain: jobs queued first")
     p.add_argument("--concurrency", type=int, help="worker concurrency (default: its own)")
     p.add_argument(

@@ -25,6 +25,7 @@ from ._store.session_settings import check_schema_name
 from ._ui.command_support import (
     CommandError,
     job_id,
+    json_value,
     parse_duration,
     port_number,
     positive_int,
@@ -43,6 +44,7 @@ from ._ui.process_commands import (
 )
 from ._ui.queue_commands import (
     cmd_jobs_cancel,
+    cmd_jobs_enqueue,
     cmd_jobs_list,
     cmd_jobs_retry,
     cmd_jobs_show,
@@ -95,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--job-types", help="comma-separated job types to run (handlers dict)")
     worker.add_argument("--worker-id", help="default: hostname-pid-xxxx (random)")
     worker.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the least important log lines shown (info)",
     )
     worker.add_argument(
         "--metrics-port",
@@ -113,34 +118,71 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="list, show, retry and cancel jobs")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="action")
     listing = job_commands.add_parser("list", parents=[db], help="the newest jobs first")
-    listing.add_argument("--status", type=str.upper, choices=[s.value for s in JobStatus])
+    listing.add_argument(
+        "--status",
+        type=str.upper,
+        choices=[s.value for s in JobStatus],
+        help="only jobs in this status (any case)",
+    )
     listing.add_argument("--type", help="only this job type")
-    listing.add_argument("--limit", type=positive_int, default=20)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--limit", type=positive_int, default=20, help="at most this many jobs (20)"
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=cmd_jobs_list)
     show = job_commands.add_parser("show", parents=[db], help="every column of one job")
-    show.add_argument("id", type=job_id)
-    show.add_argument("--json", action="store_true")
+    show.add_argument("id", type=job_id, help="the job's id")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(run=cmd_jobs_show)
+    enqueue = job_commands.add_parser(
+        "enqueue", parents=[db], help="add a job, as store.enqueue() does; prints its id"
+    )
+    enqueue.add_argument("job_type", help="the job type (a handler's name)")
+    enqueue.add_argument(
+        "--payload", type=json_value, default=None, help="the payload, as JSON (default: {})"
+    )
+    enqueue.add_argument(
+        "--priority", type=int, default=0, help="higher runs first among due jobs (0)"
+    )
+    enqueue.add_argument(
+        "--run-after",
+        type=parse_duration,
+        default=None,
+        help="not before this long from now (e.g. 90s, 15m, 2h; default: now)",
+    )
+    enqueue.add_argument(
+        "--dedupe-key", help="an active job with this key already: print its id instead"
+    )
+    enqueue.add_argument(
+        "--max-attempts", type=positive_int, default=5, help="runs before it ends FAILED (5)"
+    )
+    enqueue.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=None,
+        help="each run's deadline (e.g. 30s; default: none)",
+    )
+    enqueue.add_argument("--json", action="store_true", help='print {"id": ...}')
+    enqueue.set_defaults(run=cmd_jobs_enqueue)
     retry = job_commands.add_parser(
         "retry", parents=[db], help="FAILED/CANCELLED -> READY: one job, or --failed"
     )
-    retry.add_argument("id", type=job_id, nargs="?")
+    retry.add_argument("id", type=job_id, nargs="?", help="the job's id (or --failed)")
     retry.add_argument("--failed", action="store_true", help="every FAILED job")
     retry.add_argument("--type", help="with --failed: only this job type")
     retry.set_defaults(run=cmd_jobs_retry)
     cancel = job_commands.add_parser("cancel", parents=[db], help="READY/RUNNING -> CANCELLED")
-    cancel.add_argument("id", type=job_id)
+    cancel.add_argument("id", type=job_id, help="the job's id")
     cancel.set_defaults(run=cmd_jobs_cancel)
 
     workers = commands.add_parser("workers", parents=[db], help="the registered workers")
-    workers.add_argument("--json", action="store_true")
+    workers.add_argument("--json", action="store_true", help="machine-readable output")
     workers.set_defaults(run=cmd_workers)
 
     schedules = commands.add_parser(
         "schedules", parents=[db], help="the stored schedules: next and last run"
     )
-    schedules.add_argument("--json", action="store_true")
+    schedules.add_argument("--json", action="store_true", help="machine-readable output")
     schedules.set_defaults(run=cmd_schedules)
 
     board = commands.add_parser(
@@ -160,11 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser(
         "prune", parents=[db], help="delete finished jobs past their retention, in batches"
     )
-    prune.add_argument("--keep-done", type=parse_duration, default=timedelta(days=1))
-    prune.add_argument("--keep-failed", type=parse_duration, default=timedelta(days=7))
-    prune.add_argument("--keep-done-forever", action="store_true")
-    prune.add_argument("--keep-failed-forever", action="store_true")
-    prune.add_argument("--batch-size", type=positive_int, default=1000)
+    prune.add_argument(
+        "--keep-done",
+        type=parse_duration,
+        default=timedelta(days=1),
+        help="keep DONE jobs this long after they finished (1d)",
+    )
+    prune.add_argument(
+        "--keep-failed",
+        type=parse_duration,
+        default=timedelta(days=7),
+        help="keep FAILED and CANCELLED jobs this long after they ended (7d)",
+    )
+    prune.add_argument("--keep-done-forever", action="store_true", help="delete no DONE job")
+    prune.add_argument(
+        "--keep-failed-forever", action="store_true", help="delete no FAILED or CANCELLED job"
+    )
+    prune.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1000,
+        help="jobs deleted per statement (1000): short locks, short transactions",
+    )
     prune.set_defaults(run=cmd_prune)
 
     top = commands.add_parser(

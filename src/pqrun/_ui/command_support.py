@@ -115,6 +115,17 @@ def job_id(text: str) -> int:
     return value
 
 
+def json_value(text: str) -> Any:
+    """A JSON value given on the command line (``--payload '{"to": "a@b.c"}'``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not JSON ({exc.msg} at character {exc.pos}); quote it for the "
+            """shell, e.g. --payload '{"to": "a@example.com"}'"""
+        ) from None
+
+
 def to_json(value: Any) -> str:
     def default(item: Any) -> Any:
         if isinstance(item, datetime):

@@ -179,6 +179,23 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_enqueue(args: argparse.Namespace) -> int:
+    job_id = with_store(
+        args,
+        lambda store: store.enqueue(
+            args.job_type,
+            args.payload,
+            priority=args.priority,
+            run_after=args.run_after,
+            dedupe_key=args.dedupe_key,
+            max_attempts=args.max_attempts,
+            timeout_seconds=args.timeout,
+        ),
+    )
+    print(json.dumps({"id": job_id}) if args.json else job_id)
+    return 0
+
+
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     if not with_store(args, lambda store: store.cancel(args.id)):
         raise CommandError(f"job {args.id} is not READY or RUNNING (or does not exist)")
