@@ -561,3 +561,44 @@ async def test_jobs_enqueue_from_the_shell(store: PgJobStore, dsn: str) -> None:
     assert bad.returncode == 2
     assert "is not JSON" in bad.stderr
     assert "--payload '{" in bad.stderr
+
+
+async def test_worker_logs_one_json_object_per_line_with_the_jobs_fields(
+    store: PgJobStore, dsn: str, tmp_path: Path
+) -> None:
+    (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
+    bad = await store.enqueue("greet", {}, max_attempts=1)  # KeyError: 'name'
+    good = await store.enqueue("greet", {"name": "ops"})
+    process = start_worker(
+        tmp_path, "myjobs:handlers", "--dsn", dsn, "--log-level", "debug", PQRUN_LOG_FORMAT="json"
+    )
+    try:
+
+        async def both_finished() -> bool:
+            jobs = [await store.get_job(bad), await store.get_job(good)]
+            return all(job is not None and job.status in ("DONE", "FAILED") for job in jobs)
+
+        await wait_until(both_finished, within=60)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+    assert process.returncode == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    failed = [line for line in lines if line.get("job_id") == bad]
+    assert failed, stderr
+    assert failed[0]["outcome"] == "FAILED"  # the status the job was left in
+    assert failed[0]["job_type"] == "greet"
+    assert "KeyError" in failed[0]["message"] + failed[0].get("exception", "")
+    assert any(line.get("job_id") == good and line["outcome"] == "DONE" for line in lines)
+
+
+async def test_an_unknown_log_format_is_refused(dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
+    process = start_worker(tmp_path, "myjobs:handlers", "--dsn", dsn, PQRUN_LOG_FORMAT="xml")
+    _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode == 1
+    assert "PQRUN_LOG_FORMAT='xml': use plain or json" in stderr

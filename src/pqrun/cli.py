@@ -33,6 +33,7 @@ from ._ui.command_support import (
     seconds,
 )
 from ._ui.formatting import printable
+from ._ui.log_format import FORMATS
 from ._ui.process_commands import (
     cmd_bench,
     cmd_check,
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="the least important log lines shown (info)",
+    )
+    worker.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("PQRUN_LOG_FORMAT") or "plain",
+        help="plain text, or one JSON object per line (default: $PQRUN_LOG_FORMAT, else plain)",
     )
     worker.add_argument(
         "--metrics-port",

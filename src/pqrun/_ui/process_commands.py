@@ -17,6 +17,7 @@ from pqrun.schema import ddl_sql
 from pqrun.store import PgJobStore
 
 from .command_support import CommandError, open_store, with_store
+from .log_format import FORMATS, configure_logging
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -138,9 +139,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"{args.target} is a {type(target).__name__}; point at a handlers dict "
             "({'job_type': handler}), a Worker, or a function store -> Worker"
         )
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    if args.log_format not in FORMATS:  # (from $PQRUN_LOG_FORMAT: argparse checks the flag)
+        raise CommandError(f"PQRUN_LOG_FORMAT={args.log_format!r}: use {' or '.join(FORMATS)}")
+    configure_logging(args.log_level, args.log_format)
 
     async def run() -> None:
         # Connect and check the schema first: a worker started against a wrong DSN or
