@@ -137,3 +137,46 @@ async def test_a_job_appears_fails_and_runs_after_retry_in_the_browser(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("PQRUN_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
+
+
+async def test_a_phone_a_dark_scheme_and_the_job_id_box(
+    store: PgJobStore, conn: Any, dashboard_url: str, page: Any, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    long_type = "reports.monthly.generate_the_consolidated_statement_for_every_region"
+    await store.enqueue_many([{"job_type": long_type, "payload": {"n": n}} for n in range(3)])
+    failed = await conn.fetchval(
+        "INSERT INTO jobs (job_type, status, attempts, last_error, finished_at) "
+        "VALUES ($1, 'FAILED', 5, $2, now()) RETURNING id",
+        long_type,
+        "ValueError: " + "x" * 400,
+    )
+    browser = page.context.browser
+    phone = await browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    try:
+        small = await phone.new_page()
+        for path in ("/", "/jobs", f"/jobs/{failed}"):
+            await small.goto(f"{dashboard_url}{path}")
+            await expect(small.locator("main")).to_contain_text(long_type, timeout=WAIT_MS)
+            # Nothing wider than the screen: no sideways scrolling of the page.
+            widths = await small.evaluate(
+                "[document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            assert widths[0] <= widths[1], (path, widths)
+            # Dark, as the system asks.
+            background = await small.evaluate("getComputedStyle(document.body).backgroundColor")
+            red, green, blue = (int(part) for part in background[4:-1].split(",")[:3])
+            assert red + green + blue < 150, background
+        await small.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    finally:
+        await phone.close()
+
+    # The job-id box in the header: a job's page; something else: a notice.
+    await page.goto(f"{dashboard_url}/")
+    await page.locator("#jump input").fill(str(failed))
+    await page.locator("#jump input").press("Enter")
+    await expect(page).to_have_url(f"{dashboard_url}/jobs/{failed}", timeout=WAIT_MS)
+    await expect(page.locator("main")).to_contain_text("ValueError", timeout=WAIT_MS)
+    await page.locator("#jump input").fill("not a number")
+    await page.locator("#jump button").click()
+    await expect(page.locator("#notice")).to_contain_text("not a job id", timeout=WAIT_MS)

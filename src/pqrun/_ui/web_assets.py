@@ -19,6 +19,20 @@ pre{background:#fff;border:1px solid #dde1e8;padding:10px;overflow:auto;max-heig
 form.inline{display:inline}button{cursor:pointer}.notice{background:#fff8d8;padding:8px 12px;
 border:1px solid #eedc82}.err{color:#a52a22;white-space:pre-wrap;word-break:break-word}
 dl{display:grid;grid-template-columns:160px 1fr;gap:4px 12px}dt{color:#7a8291}dd{margin:0}
+.scroll{overflow-x:auto;max-width:100%}header{flex-wrap:wrap}.jump input{width:7em}
+dd,pre,td,main p{overflow-wrap:anywhere}
+@media (max-width:600px){main{padding:12px 10px}header{padding:8px 10px;gap:10px}
+dl{grid-template-columns:1fr}dt{margin-top:6px}.card{min-width:0;flex:1 1 40%}
+th,td{padding:4px 6px}}
+@media (prefers-color-scheme:dark){body{color:#e3e7ee;background:#12151b}
+header{background:#05070a}table,.card,pre{background:#1b1f27;border-color:#2c323d}
+th{background:#232935}th,td{border-bottom-color:#2c323d}.muted,dt{color:#98a1b0}
+a{color:#8fb8ff}header a{color:#cfd8e8}.err{color:#ff9b94}
+.notice{background:#3a3416;border-color:#6b5d1f}
+input,select,button{background:#232935;color:#e3e7ee;border:1px solid #3a4250}
+.s-ready{background:#1c3357;color:#a9c9ff}.s-running{background:#46380f;color:#ffd97a}
+.s-done{background:#173d26;color:#93e0ad}.s-failed{background:#4d1d1b;color:#ffaaa4}
+.s-cancelled{background:#33363b;color:#c4c7cc}}
 """
 
 # Polls the fragment of each [data-live] element and swaps it in; stops while the tab

@@ -57,7 +57,11 @@ def table_html(headers: Sequence[str], rows: Iterable[str], empty: str) -> str:
         f'<th class="num">{h(title[1:])}</th>' if title.startswith("#") else f"<th>{h(title)}</th>"
         for title in headers
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # In a box of its own that scrolls sideways, so a wide table never widens the page.
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def refuse(status: int, message: str) -> Response:

@@ -103,8 +103,14 @@ class JobsListPage(DashboardPage):
         return f'{table}<p class="pager">{searched}{older}</p>'
 
     async def jobs_page(self, request: Request) -> Response:
-        status, job_type, before = self.list_filters(request)
         base = self.base(request)
+        wanted = request.query_params.get("id")
+        if wanted is not None:  # the header's job-id box
+            wanted = wanted.strip().lstrip("#")
+            if DIGITS.fullmatch(wanted):
+                return RedirectResponse(f"{base}/jobs/{int(wanted)}", status_code=303)
+            return RedirectResponse(f"{base}/jobs?notice=bad-id", status_code=303)
+        status, job_type, before = self.list_filters(request)
         options = "".join(
             f'<option value="{h(s)}"{" selected" if s == status else ""}>{h(s)}</option>'
             for s in STATUSES

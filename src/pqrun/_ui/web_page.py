@@ -28,6 +28,7 @@ NOTICES = {
     "not-cancelled": "Not cancelled: only READY or RUNNING jobs can be cancelled.",
     "conflict": "Not retried: another active job holds the same dedupe_key.",
     "retried-failed": "{count} failed jobs of this type are READY again.",
+    "bad-id": "That is not a job id: a job's id is a whole number (see the list below).",
 }
 
 
@@ -85,7 +86,11 @@ class DashboardPage:
             '<link rel="icon" href="data:,">'
             f'<link rel="stylesheet" href="{h(base)}/_/app.css"></head><body>'
             f'<header><b>{h(self.title)}</b><a href="{h(base)}/">Overview</a>'
-            f'<a href="{h(base)}/jobs">Jobs</a>{mode}</header>'
+            f'<a href="{h(base)}/jobs">Jobs</a>'
+            f'<form method="get" action="{h(base)}/jobs" class="jump" id="jump">'
+            '<input name="id" inputmode="numeric" placeholder="job id" aria-label="job id" '
+            'size="10"> <button type="submit">Go</button></form>'
+            f"{mode}</header>"
             f"<main>{notice_html}{content.replace(TOKEN_SLOT, h(token))}</main>"
             f'<script src="{h(base)}/_/app.js"></script></body></html>'
         )
