@@ -269,6 +269,17 @@ async def test_status_totals_are_exact_on_a_small_table_and_estimated_on_a_big_o
     assert (await store.status_counts(count_cap=20))["DONE"]["count"] == 30
 
 
+async def test_the_type_filter_offers_the_types_workers_schedules_and_jobs_have(
+    store: PgJobStore, readonly: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
+    await store.heartbeat("w-1", [], job_types=["send_email", "resize"])
+    await store.declare_schedules([pqrun.Schedule("nightly", every=3600)])
+    await store.enqueue("adhoc<script>")
+    page = (await readonly.get("/jobs/jobs")).text
+    offered = re.findall(r'<option value="([^"]*)">', page[page.index('id="job-types"') :])
+    assert offered == ["adhoc&lt;script&gt;", "nightly", "resize", "send_email"]
+
+
 async def test_the_ready_card_agrees_with_the_queues_table_beyond_the_totals_cap(
     readonly: httpx.AsyncClient, conn: asyncpg.Connection
 ) -> None:

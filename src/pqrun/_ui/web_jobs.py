@@ -37,6 +37,8 @@ JOB_COLUMNS = (
 )
 #: Ids a list page looks through (a bounded walk of the primary key).
 BROWSE_WINDOW = 50_000
+#: READY and RUNNING jobs read (of each) for the job types the filter offers.
+KNOWN_TYPES_ROWS = 10_000
 #: How many failed jobs one "retry all failed" click moves.
 RETRY_FAILED_LIMIT = 10_000
 # Plain ASCII digits (str.isdigit() also takes "²", which int() refuses).
@@ -102,6 +104,17 @@ class JobsListPage(DashboardPage):
             older = f'<a id="older" href="{h(base)}/jobs?{h(urlencode(query))}">Older jobs</a>'
         return f'{table}<p class="pager">{searched}{older}</p>'
 
+    async def known_types(self) -> list[str]:
+        """The job types to offer in the filter: those the live workers handle, the
+        schedules enqueue, and the READY or RUNNING jobs have (no scan of old jobs)."""
+        types: set[str] = set()
+        for worker in await self.store.list_workers():
+            types.update(worker["job_types"])
+        types.update(schedule["job_type"] for schedule in await self.store.list_schedules())
+        active = await self.store.queue_stats(count_cap=KNOWN_TYPES_ROWS)
+        types.update(queue["job_type"] for queue in active)
+        return sorted(types)
+
     async def jobs_page(self, request: Request) -> Response:
         base = self.base(request)
         wanted = request.query_params.get("id")
@@ -115,10 +128,12 @@ class JobsListPage(DashboardPage):
             f'<option value="{h(s)}"{" selected" if s == status else ""}>{h(s)}</option>'
             for s in STATUSES
         )
+        types = "".join(f'<option value="{h(t)}">' for t in await self.known_types())
         filters = (
             f'<form method="get" action="{h(base)}/jobs" id="filters">'
             f'<select name="status"><option value="">any status</option>{options}</select> '
-            f'<input name="job_type" placeholder="job type" value="{h(job_type or "")}"> '
+            f'<input name="job_type" placeholder="job type" list="job-types" '
+            f'value="{h(job_type or "")}"><datalist id="job-types">{types}</datalist> '
             '<button type="submit">Filter</button></form>'
         )
         asked = request.query_params.get("status") or ""
