@@ -137,12 +137,13 @@ CREATE INDEX IF NOT EXISTS jobs_finished
 -- enqueue_many(), plain SQL, triggers, pg_cron). One notification per statement, not per
 -- row: a bulk insert costs one. The channel names the schema, so queues in different
 -- schemas do not wake each other. When the statement inserted jobs of one type, the
--- payload is 'jobs:<count>:<first id>:<last id>:<seconds until the first is due, empty
--- if due now>:<type>': each worker ranks the live workers of that type by a hash of the
--- first id, and only the first few, with room for <count> jobs twice over, claim
--- (docs/deployment.md). Otherwise (several types, or a type name too long for a
--- payload) it is empty when a job is due now, else the epoch of the earliest run_after,
--- and every worker looks.
+-- payload is 'jobs:<count>:<first id>:<last id>:<epoch the first is due, by the
+-- database's clock; empty if due now>:<type>': each worker ranks the live workers of
+-- that type by a hash of the first id, and only the first few, with room for <count>
+-- jobs twice over, claim (docs/deployment.md). Otherwise (several types, a type name too
+-- long for a payload, or past the 16th such statement of a transaction, whose
+-- notifications PostgreSQL would not fold into one) it is empty when a job is due now,
+-- else the epoch of the earliest run_after, and every worker looks.
 CREATE OR REPLACE FUNCTION pqrun_notify_inserted_jobs() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -152,26 +153,33 @@ DECLARE
     inserted bigint;
     first_type text;
     last_type text;
+    hints_sent integer;
 BEGIN
     -- COLLATE "C": the types are only compared for equality, a byte order is enough.
     SELECT min(run_after), min(id), max(id), count(*),
            min(job_type COLLATE "C"), max(job_type COLLATE "C")
         INTO first_due, first_id, last_id, inserted, first_type, last_type
         FROM inserted_jobs;
-    IF first_due IS NOT NULL THEN
+    IF first_due IS NULL THEN
+        RETURN NULL;
+    END IF;
+    hints_sent := coalesce(nullif(current_setting('pqrun.hints_sent', true), ''), '0')::integer;
+    -- A payload is at most 8000 bytes: a longer type name wakes every worker.
+    IF first_type = last_type AND octet_length(first_type) <= 1000 AND hints_sent < 16 THEN
+        PERFORM set_config('pqrun.hints_sent', (hints_sent + 1)::text, true);
         PERFORM pg_notify(
             -- A channel name is at most 63 bytes: a long schema name is replaced by its md5.
             CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
                  THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
-            -- A payload is at most 8000 bytes: a longer type name wakes every worker.
-            -- The wait is from the database's clock, so the workers' clocks do not matter.
-            CASE WHEN first_type = last_type AND octet_length(first_type) <= 1000
-                 THEN 'jobs:' || inserted || ':' || first_id || ':' || last_id || ':'
-                      || CASE WHEN first_due <= now() THEN ''
-                              ELSE extract(epoch FROM first_due - now())::text END
-                      || ':' || first_type
-                 WHEN first_due <= now() THEN ''
-                 ELSE extract(epoch FROM first_due)::text END
+            'jobs:' || inserted || ':' || first_id || ':' || last_id || ':'
+                || CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END
+                || ':' || first_type
+        );
+    ELSE
+        PERFORM pg_notify(
+            CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                 THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+            CASE WHEN first_due <= now() THEN '' ELSE extract(epoch FROM first_due)::text END
         );
     END IF;
     RETURN NULL;

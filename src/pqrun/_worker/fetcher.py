@@ -263,6 +263,10 @@ class Fetcher:
         with suppress(TimeoutError):
             await asyncio.wait_for(self.wakeup.wait(), timeout=max(seconds, 0.0))
 
+    def due_times(self) -> list[float]:
+        """The due times (epoch seconds) this worker means to look again at."""
+        return list(self._due_at)
+
     def expect_due(self, epoch: float) -> None:
         """A job comes due at ``epoch`` (seconds): be looking for it by then."""
         heapq.heappush(self._due_at, epoch)

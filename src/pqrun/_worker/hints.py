@@ -24,8 +24,10 @@ logger = logging.getLogger("pqrun")
 
 # Waking every worker for jobs left behind: an empty notification ("look now").
 WAKE_EVERYONE_QUERY = query("wake_workers")
-# A stopping worker's turns for delayed jobs: the hints sent again, to the others.
-HAND_OVER_QUERY = query("hand_over_hints")
+# A stopping worker's due times, sent to every worker as 'due-in:<seconds>'.
+HAND_OVER_QUERY = query("hand_over_due_times")
+# The most due times a stopping worker hands over.
+MAX_HANDED_OVER = 1000
 # Hints of delayed jobs this worker keeps a timer for; beyond, it only wakes at their time.
 MAX_DUE_TIMERS = 1000
 # How long a statement on the listener's connection may take (seconds).
@@ -44,6 +46,7 @@ class InsertHints:
         wake: Callable[[], None],
         expect_due: Callable[[float], None],
         claim_room: Callable[[], int],
+        due_times: Callable[[], list[float]],
         connection: Callable[[], Any],
         connection_free: Callable[[], AbstractAsyncContextManager[None]],
     ) -> None:
@@ -54,21 +57,30 @@ class InsertHints:
         self._wake = wake
         self._expect_due = expect_due
         self._claim_room = claim_room
+        self._due_times = due_times
         self._connection = connection
         self._connection_free = connection_free
-        # Delayed hints whose turn this worker has: timer -> (loop time due, the hint).
-        self._timers: dict[asyncio.TimerHandle, tuple[float, InsertHint]] = {}
+        # Delayed hints whose turn this worker has: timer -> the loop time it is due.
+        self._timers: dict[asyncio.TimerHandle, float] = {}
         # Checks to make: (loop time to check at, the hint, loop time it was heard).
         self._checks: list[tuple[float, InsertHint, float]] = []
         self._checker: asyncio.Task[None] | None = None
         self._everyone_woken_at = -1.0  # loop time an empty notification was last heard
         #: Times this worker woke every worker for jobs the others woken left behind.
         self.woke_everyone = 0
+        #: The database's clock minus this machine's (seconds), as the listener last
+        #: read it: due times in hints are the database's.
+        self.clock_offset = 0.0
+        self._handed_over = False
 
     @property
     def delayed(self) -> int:
         """Delayed hints this worker waits to claim for."""
         return len(self._timers)
+
+    def to_hand_over(self) -> bool:
+        """Whether a stopping worker has due times to tell the others still."""
+        return not self._handed_over and (bool(self._timers) or bool(self._due_times()))
 
     def everyone_woken(self) -> None:
         """An empty notification was heard: every idle worker looks now, so checks for
@@ -81,9 +93,10 @@ class InsertHints:
         turn = roster.turn(hint) if roster is not None else Turn(claims=True)
         if not turn.claims:
             return
-        if hint.delay is not None and hint.delay > 0:
+        wait = 0.0 if hint.due is None else hint.due - self.clock_offset - time.time()
+        if wait > 0:
             if len(self._timers) >= MAX_DUE_TIMERS or self._life.stopping.is_set():
-                self._expect_due(time.time() + hint.delay)
+                self._expect_due(time.time() + wait)
                 return
             loop = asyncio.get_running_loop()
             handle: asyncio.TimerHandle
@@ -92,8 +105,8 @@ class InsertHints:
                 self._timers.pop(handle, None)
                 self._due_now(hint.now_due(), turn)
 
-            handle = loop.call_later(hint.delay, due_now)
-            self._timers[handle] = (loop.time() + hint.delay, hint)
+            handle = loop.call_later(wait, due_now)
+            self._timers[handle] = loop.time() + wait
             return
         self._due_now(hint, turn)
 
@@ -149,26 +162,29 @@ class InsertHints:
             await asyncio.sleep(CHECK_AFTER_SECONDS)
 
     async def hand_over(self, conn: Any) -> bool:
-        """Send the hints of the delayed jobs whose turn this worker had again, with what
-        is left of their delay, for the others' turns (it said it left); forget them.
-        False if they could not be sent."""
-        if not self._timers:
+        """Tell every worker when this one (stopping) meant to look again: its delayed
+        turns and the due times its fetcher knows (retries, snoozes), as 'due-in:<s>'
+        notifications; forget them. False if they could not be sent."""
+        loop_now, now = asyncio.get_running_loop().time(), time.time()
+        waits = {round(due - loop_now, 3) for due in self._timers.values()}
+        waits.update(round(due - now, 3) for due in self._due_times())
+        payloads = [f"due-in:{wait}" for wait in sorted(w for w in waits if w > 0)]
+        if not payloads:
+            self._handed_over = True
+            self.forget()
             return True
-        now = asyncio.get_running_loop().time()
-        payloads = [
-            InsertHint(
-                hint.count, hint.first_id, hint.last_id, max(due - now, 0.0), hint.job_type
-            ).payload()
-            for due, hint in self._timers.values()
-        ]
         try:
             async with self._connection_free():
                 await conn.execute(
-                    HAND_OVER_QUERY, self._store.channel, payloads, timeout=STATEMENT_SECONDS
+                    HAND_OVER_QUERY,
+                    self._store.channel,
+                    payloads[:MAX_HANDED_OVER],
+                    timeout=STATEMENT_SECONDS,
                 )
         except Exception as exc:
             logger.debug("worker %s: could not hand turns over: %s", self._worker_id, exc)
             return False
+        self._handed_over = True
         self.forget()
         return True
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from datetime import timedelta
@@ -34,6 +35,10 @@ logger = logging.getLogger("pqrun")
 LISTEN_PROBE_EVERY = 30.0
 # The probe: a notification to our own channel, sent on the LISTEN connection itself.
 PROBE_QUERY = query("listen_probe")
+# The database's clock, read with the roster: due times in notifications are its.
+CLOCK_QUERY = query("database_clock")
+# A 'due-in:' notification further ahead than this (seconds) is not believed.
+MAX_DUE_IN = 10 * 365 * 86400.0
 # How long the listener waits for its LISTEN connection to be free for a statement.
 CONNECTION_WAIT = 5.0
 
@@ -53,6 +58,7 @@ class Listener:
         check_soon: Callable[[int], None],
         roster: WakeRoster | None = None,
         claim_room: Callable[[], int] = lambda: 1,
+        due_times: Callable[[], list[float]] = list,
         roster_every: float = 5.0,
         default_stale_after: timedelta = timedelta(seconds=30),
         on_hearing: Callable[[], None] = lambda: None,
@@ -82,6 +88,7 @@ class Listener:
             wake=wake,
             expect_due=expect_due,
             claim_room=claim_room,
+            due_times=due_times,
             connection=lambda: self._conn,
             connection_free=self._connection_free,
         )
@@ -120,12 +127,19 @@ class Listener:
         elif payload.startswith("left:"):
             if self.roster is not None:
                 self.roster.drop(payload.removeprefix("left:"))
+        elif payload.startswith("due-in:"):
+            # A stopping worker meant to look then (its delayed turns, retries, snoozes).
+            with suppress(ValueError, OverflowError):
+                wait = float(payload.removeprefix("due-in:"))
+                if 0 < wait <= MAX_DUE_IN:
+                    self._expect_due(time.time() + wait)
         else:
-            # An epoch alone: a delayed job of a statement that inserted several types.
+            # An epoch alone (the database's clock): a delayed job of a statement that
+            # inserted several types.
             with suppress(ValueError, OverflowError):
                 due = float(payload)
                 if math.isfinite(due):
-                    self._expect_due(due)
+                    self._expect_due(due - self.hints.clock_offset)
 
     @contextlib.asynccontextmanager
     async def _connection_free(self) -> AsyncIterator[None]:
@@ -157,6 +171,9 @@ class Listener:
                 rows = await self._store.wake_roster(
                     self._default_stale_after, conn=conn, within=CONNECTION_WAIT
                 )
+                before = time.time()
+                database_now = await conn.fetchval(CLOCK_QUERY, timeout=CONNECTION_WAIT)
+                self.hints.clock_offset = database_now - (before + time.time()) / 2
         except Exception as exc:
             roster.loaded = False
             logger.debug("worker %s: could not read the live workers: %s", self._worker_id, exc)
@@ -200,7 +217,7 @@ class Listener:
                     await self._say_left(conn)
                 # terminate(), not close(): close() waits on a peer that may be gone.
                 conn.terminate()
-        if self.hints.delayed:
+        if self.hints.to_hand_over():
             # Stopping while not listening: hand the turns over on a connection of its own.
             with suppress(Exception):
                 conn = await asyncio.wait_for(

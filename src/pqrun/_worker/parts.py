@@ -84,6 +84,7 @@ class WorkerParts:
             check_soon=self.liveness.check_soon,
             roster=WakeRoster(settings.worker_id, settings.job_types),
             claim_room=fetcher.claim_room,
+            due_times=fetcher.due_times,
             roster_every=settings.heartbeat_interval.total_seconds(),
             default_stale_after=settings.default_stale_after,
             on_hearing=self.liveness.beat_soon,

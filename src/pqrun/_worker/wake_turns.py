@@ -1,7 +1,7 @@
 """Whose turn it is to claim newly inserted jobs, so that one job does not wake every worker.
 
 The insert trigger's notification names the job type, how many jobs the statement
-inserted and their ids ('jobs:<count>:<first id>:<last id>:<delay>:<type>', ddl.sql). Every
+inserted and their ids ('jobs:<count>:<first id>:<last id>:<due>:<type>', ddl.sql). Every
 worker hears it. Each ranks the live workers of that type (its roster, read from
 job_workers every few seconds) by a hash of the first id and its worker_id, the same
 ranking on every worker; the first few, with room for the jobs twice over, claim; the
@@ -53,12 +53,12 @@ _MASK = (1 << 64) - 1
 class InsertHint:
     """A parsed 'jobs:...' notification: ``count`` jobs of ``job_type`` were inserted,
     with ids from ``first_id`` to ``last_id`` (other inserts' ids may fall between), the
-    first due in ``delay`` seconds by the database's clock (None: due now)."""
+    first due at ``due`` (epoch seconds by the database's clock; None: due now)."""
 
     count: int
     first_id: int
     last_id: int
-    delay: float | None
+    due: float | None
     job_type: str
 
     @classmethod
@@ -69,24 +69,19 @@ class InsertHint:
             return None
         try:
             count, first_id, last_id = int(parts[1]), int(parts[2]), int(parts[3])
-            delay = float(parts[4]) if parts[4] else None
+            due = float(parts[4]) if parts[4] else None
         except (ValueError, OverflowError):
             return None
         if count < 1 or not 0 <= first_id <= last_id <= MAX_ID:
             return None
-        if delay is not None and not (math.isfinite(delay) and delay >= 0):
+        if due is not None and not math.isfinite(due):
             return None
         last_id = min(last_id, first_id + MAX_CHECKED_IDS)
-        return cls(min(count, MAX_COUNT), first_id, last_id, delay, parts[5])
+        return cls(min(count, MAX_COUNT), first_id, last_id, due, parts[5])
 
     def now_due(self) -> InsertHint:
         """The same hint, once its jobs are due."""
         return InsertHint(self.count, self.first_id, self.last_id, None, self.job_type)
-
-    def payload(self) -> str:
-        """The notification that carries this hint."""
-        delay = "" if self.delay is None else repr(self.delay)
-        return f"jobs:{self.count}:{self.first_id}:{self.last_id}:{delay}:{self.job_type}"
 
 
 def _key(worker_id: str) -> int:
@@ -183,14 +178,11 @@ class WakeRoster:
         first_id, job_type, count = hint.first_id, hint.job_type, hint.count
         mine = _score(first_id, self._key)
         ahead: list[tuple[int, int]] = []
-        behind = 0
+        behind: list[tuple[int, int]] = []
         for peer in self._peers.values():
             if job_type in peer.job_types:
                 score = _score(first_id, peer.key)
-                if score > mine:
-                    ahead.append((score, peer.capacity))
-                else:
-                    behind += 1
+                (ahead if score > mine else behind).append((score, peer.capacity))
         if len(ahead) >= COVER_ROUNDS * count:
             return NOT_MY_TURN  # each worker takes one job at least: covered before it
         ahead.sort(reverse=True)
@@ -201,8 +193,20 @@ class WakeRoster:
                 rounds, taken = rounds + 1, 0
                 if rounds == COVER_ROUNDS:
                     return NOT_MY_TURN
-        last = taken + self.capacity >= count and rounds + 1 == COVER_ROUNDS
-        return Turn(claims=True, last=last, others_left=behind > 0)
+        taken += self.capacity
+        if taken >= count:
+            rounds, taken = rounds + 1, 0
+            if rounds == COVER_ROUNDS:
+                return Turn(claims=True, last=True, others_left=bool(behind))
+        # Named, not the last: is any worker after the last one named left out?
+        behind.sort(reverse=True)
+        for place, (_, capacity) in enumerate(behind):
+            taken += capacity
+            if taken >= count:
+                rounds, taken = rounds + 1, 0
+                if rounds == COVER_ROUNDS:
+                    return Turn(claims=True, others_left=place < len(behind) - 1)
+        return Turn(claims=True)
 
     def my_turn(self, hint: InsertHint) -> bool:
         """True if this worker claims for ``hint``."""

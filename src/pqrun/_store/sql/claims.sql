@@ -167,15 +167,18 @@ SELECT pg_notify($1, '')
 -- Whether any of these hints ($1 job types, $2 and $3 the first and last id each
 -- statement inserted) left a job behind: one of that type, in that id range, still
 -- READY and due. Asked a moment after a notification by a worker whose turn it was,
--- when some workers were not woken; if one was left, every worker is woken. The id
--- range keeps it a short scan of the primary key, however big the table.
+-- when some workers were not woken; if one was left, every worker is woken. LATERAL and
+-- LIMIT 1 per hint keep it a short scan of the primary key from the first id, however
+-- big the table (the planner cannot see the ranges' sizes through unnest).
 -- Guard: a read without locks; moves nothing.
 SELECT EXISTS (
     SELECT 1
     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS hint(job_type, first_id, last_id)
-    WHERE EXISTS (
+    CROSS JOIN LATERAL (
         SELECT 1 FROM jobs AS j
         WHERE j.id BETWEEN hint.first_id AND hint.last_id AND j.job_type = hint.job_type
           AND j.status = 'READY' AND j.run_after <= now()
-    )
+        ORDER BY j.id
+        LIMIT 1
+    ) AS left_behind
 )

@@ -4,11 +4,18 @@
 -- Guard: moves nothing: it touches no row; channel and payload are bound.
 SELECT pg_notify($1, $2)
 
--- name: hand_over_hints
--- A worker that stops sends the notifications of delayed jobs whose turn it had ($2,
--- 'jobs:...' payloads with what is left of their delay) again, for the others' turns.
+-- name: hand_over_due_times
+-- A worker that stops tells every worker when it meant to look for due jobs again ($2,
+-- 'due-in:<seconds>' payloads): its turns for delayed jobs, its retries and snoozes.
+-- Each worker that hears one also looks then.
 -- Guard: moves nothing: it touches no row; channel and payloads are bound.
 SELECT pg_notify($1, hint) FROM unnest($2::text[]) AS hint
+
+-- name: database_clock
+-- The database's clock (epoch seconds), for due times in notifications: a worker
+-- measures how far its own clock is off.
+-- Guard: moves nothing: a read of the clock.
+SELECT extract(epoch FROM clock_timestamp())::float8
 
 -- name: set_local
 -- Settings of one transaction on a connection through a transaction pooler, where they
