@@ -52,14 +52,14 @@ async def counts(conn: asyncpg.Connection) -> dict[str, int]:
 async def listener_pids(conn: asyncpg.Connection, since: datetime) -> list[int]:
     """The backends of this database that LISTEN, connected at ``since`` or later: those
     of earlier tests may not have ended yet. (A worker's LISTEN connection also reads
-    the roster of live workers and sends itself a probe: its last statement may be one
-    of those.)"""
+    the roster of live workers and the database's clock, and sends itself a probe: its
+    last statement may be one of those.)"""
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
         "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT worker_id, job_types, wake_capacity%'"
-        " OR query = $2) AND pid <> pg_backend_pid() AND backend_start >= $1",
+        " OR query = ANY($2)) AND pid <> pg_backend_pid() AND backend_start >= $1",
         since,
-        query("listen_probe"),
+        [query("listen_probe"), query("database_clock")],
     )
     return [row["pid"] for row in rows]
 
