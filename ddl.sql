@@ -163,7 +163,10 @@ BEGIN
     IF first_due IS NULL THEN
         RETURN NULL;
     END IF;
-    hints_sent := coalesce(nullif(current_setting('pqrun.hints_sent', true), ''), '0')::integer;
+    -- Hints this transaction sent so far (a setting of the transaction only; a value
+    -- someone else put there counts as none).
+    hints_sent := CASE WHEN current_setting('pqrun.hints_sent', true) ~ '^[0-9]{1,6}$'
+                       THEN current_setting('pqrun.hints_sent', true)::integer ELSE 0 END;
     -- A payload is at most 8000 bytes: a longer type name wakes every worker.
     IF first_type = last_type AND octet_length(first_type) <= 1000 AND hints_sent < 16 THEN
         PERFORM set_config('pqrun.hints_sent', (hints_sent + 1)::text, true);

@@ -19,11 +19,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pqrun import IdlePollPolicy, JobContext, PgJobStore, Worker
+from pqrun import IdlePollPolicy, JobContext, PgJobStore, Snooze, Worker
 from pqrun._worker.wake_turns import COVER_ROUNDS, InsertHint, WakeRoster, turn_order
 
 from .conftest import reset_jobs
-from .helpers import listener_pids, wait_until
+from .helpers import listener_pids, status_of, wait_until
 
 POLL = IdlePollPolicy(60.0, 60.0)
 WAKE_WITHIN = 20.0  # far below the poll: only a notification wakes a worker this soon
@@ -487,6 +487,48 @@ async def test_when_several_workers_stop_at_once_a_delayed_job_goes_to_one_that_
     assert crew.ran[job_id] == "stay"
 
 
+async def test_a_snooze_written_during_the_shutdown_grace_is_handed_over(crew: Crew) -> None:
+    # The handler answers (Snooze) after the stop began, when the worker had already
+    # told the others what it knew: it tells them again once its last outcomes are in.
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def snoozer(ctx: JobContext) -> None:
+        ran.append(ctx.worker_id)
+        if len(ran) == 1:
+            await release.wait()
+            raise Snooze(timedelta(seconds=2))
+
+    store = CountingStore(crew.dsn)
+    await store.start()
+    crew.stack.push_async_callback(store.close)
+    leaving = Worker(
+        store, {"snoozer": snoozer}, worker_id="leaving", idle_policy=POLL,
+        enable_reaper=False, shutdown_grace=30, default_stale_after=timedelta(seconds=6),
+    )  # fmt: skip
+    await leaving.start()
+    crew.stack.push_async_callback(leaving.stop)
+    job_id = await store.enqueue("snoozer")
+    await wait_until(lambda: _true(ran == ["leaving"]), within=WAKE_WITHIN)
+    staying = Worker(
+        store, {"snoozer": snoozer}, worker_id="stay", idle_policy=POLL, enable_reaper=False,
+        default_stale_after=timedelta(seconds=6),
+    )  # fmt: skip
+    await staying.start()
+    crew.stack.push_async_callback(staying.stop)
+    await wait_until(lambda: _true(staying._parts.listener.roster.loaded), within=30)  # type: ignore[union-attr]
+    stopping = asyncio.ensure_future(leaving.stop())
+    await wait_until(lambda: _true(leaving._parts.life.stopping.is_set()), within=30)
+    release.set()  # now the Snooze: READY again in 2 s
+    await stopping
+    await wait_until(lambda: _true(ran == ["leaving", "stay"]), within=WAKE_WITHIN)
+
+    async def done() -> bool:
+        return await status_of(store, job_id) == "DONE"
+
+    await wait_until(done, within=30)
+
+
 async def test_when_every_worker_is_named_none_checks_for_jobs_left_behind(crew: Crew) -> None:
     names = [f"w{i}" for i in range(4)]
     for name in names:
@@ -578,6 +620,15 @@ async def test_a_transaction_of_many_inserts_sends_a_few_hints_then_one_plain_wa
         await listener.close()
     assert [p.startswith("jobs:") for p in heard] == [True] * 16 + [False, True]
     assert heard[16] == ""
+
+
+async def test_a_stray_value_of_the_trigger_setting_never_fails_an_insert(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    for value in ("x", "-1", "99999999999", ""):
+        await conn.execute(f"SET pqrun.hints_sent = '{value}'")
+        assert await conn.fetchval("INSERT INTO jobs (job_type) VALUES ('t') RETURNING id")
+    await conn.execute("RESET pqrun.hints_sent")
 
 
 @pytest.mark.parametrize(

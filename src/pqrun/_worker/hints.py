@@ -71,26 +71,38 @@ class InsertHints:
         #: The database's clock minus this machine's (seconds), as the listener last
         #: read it: due times in hints are the database's.
         self.clock_offset = 0.0
-        self._handed_over = False
+        self._told: set[float] = set()  # due times handed over already
+        self._dropped: set[float] = set()  # due times of timers forget() cancelled
 
     @property
     def delayed(self) -> int:
         """Delayed hints this worker waits to claim for."""
         return len(self._timers)
 
+    def _untold(self) -> list[float]:
+        """The due times (epoch seconds, this machine's clock) this worker means to look
+        again at and has not told the others of."""
+        loop_now, now = asyncio.get_running_loop().time(), time.time()
+        due = {round(now + at - loop_now, 3) for at in self._timers.values()}
+        due.update(round(at, 3) for at in self._due_times())
+        due.update(self._dropped)
+        return sorted(at for at in due - self._told if at > now)
+
     def to_hand_over(self) -> bool:
-        """Whether a stopping worker has due times to tell the others still."""
-        return not self._handed_over and (bool(self._timers) or bool(self._due_times()))
+        """Whether a stopping worker has due times, or checks, to tell the others."""
+        return bool(self._checks) or bool(self._untold())
 
     def everyone_woken(self) -> None:
         """An empty notification was heard: every idle worker looks now, so checks for
         hints heard before it are moot."""
         self._everyone_woken_at = asyncio.get_running_loop().time()
 
-    def heard(self, hint: InsertHint) -> None:
-        """Jobs of one type were inserted: claim them if it is this worker's turn."""
-        roster = self._roster
-        turn = roster.turn(hint) if roster is not None else Turn(claims=True)
+    def heard(self, hint: InsertHint, turn: Turn | None = None) -> None:
+        """Jobs of one type were inserted: claim them if it is this worker's turn
+        (``turn``: already known, for a delayed hint whose timer fired)."""
+        if turn is None:
+            roster = self._roster
+            turn = roster.turn(hint) if roster is not None else Turn(claims=True)
         if not turn.claims:
             return
         wait = 0.0 if hint.due is None else hint.due - self.clock_offset - time.time()
@@ -103,12 +115,15 @@ class InsertHints:
 
             def due_now() -> None:
                 self._timers.pop(handle, None)
-                self._due_now(hint.now_due(), turn)
+                self.heard(hint, turn)  # again: early by a clock step or drift, it waits on
 
             handle = loop.call_later(wait, due_now)
             self._timers[handle] = loop.time() + wait
+            # And the fetcher looks once more a moment after, should this claim come a
+            # little early by the database's clock and find nothing.
+            self._expect_due(time.time() + wait + CHECK_AFTER_SECONDS)
             return
-        self._due_now(hint, turn)
+        self._due_now(hint.now_due(), turn)
 
     def _due_now(self, hint: InsertHint, turn: Turn) -> None:
         """Claim; and where workers of the type were not woken, look a moment later for
@@ -164,32 +179,33 @@ class InsertHints:
     async def hand_over(self, conn: Any) -> bool:
         """Tell every worker when this one (stopping) meant to look again: its delayed
         turns and the due times its fetcher knows (retries, snoozes), as 'due-in:<s>'
-        notifications; forget them. False if they could not be sent."""
-        loop_now, now = asyncio.get_running_loop().time(), time.time()
-        waits = {round(due - loop_now, 3) for due in self._timers.values()}
-        waits.update(round(due - now, 3) for due in self._due_times())
-        payloads = [f"due-in:{wait}" for wait in sorted(w for w in waits if w > 0)]
+        notifications, and wake them all if a check was still to come. Called when it
+        stops listening, and once more after its last outcomes are written. False if
+        they could not be sent."""
+        untold = self._untold()[:MAX_HANDED_OVER]
+        now = time.time()
+        payloads = [f"due-in:{at - now:.3f}" for at in untold]
+        if self._checks:
+            payloads.append("")  # a check it will not make: everyone looks now
         if not payloads:
-            self._handed_over = True
-            self.forget()
             return True
         try:
             async with self._connection_free():
                 await conn.execute(
-                    HAND_OVER_QUERY,
-                    self._store.channel,
-                    payloads[:MAX_HANDED_OVER],
-                    timeout=STATEMENT_SECONDS,
+                    HAND_OVER_QUERY, self._store.channel, payloads, timeout=STATEMENT_SECONDS
                 )
         except Exception as exc:
             logger.debug("worker %s: could not hand turns over: %s", self._worker_id, exc)
             return False
-        self._handed_over = True
-        self.forget()
+        self._told.update(untold)
+        self._checks.clear()
         return True
 
     def forget(self) -> None:
-        """Drop every timer and check (the worker stops)."""
+        """Stop every timer and check (the worker stops); what they were for can still
+        be handed over."""
+        loop_now, now = asyncio.get_running_loop().time(), time.time()
+        self._dropped.update(round(now + at - loop_now, 3) for at in self._timers.values())
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

@@ -161,6 +161,21 @@ class Listener:
                 )
         await self.hints.hand_over(conn)
 
+    async def hand_over_rest(self) -> None:
+        """Stopping: tell the others what this worker has not told them yet (it was not
+        listening, or outcomes written since added retries and snoozes), on a
+        connection of its own."""
+        if not self.hints.to_hand_over():
+            return
+        with suppress(Exception):
+            conn = await asyncio.wait_for(
+                self._store.dedicated_connection("handing turns over", session=True), 2
+            )
+            try:
+                await self._say_left(conn)
+            finally:
+                conn.terminate()
+
     async def read_roster(self, conn: Any) -> None:
         """Read who is alive (on the LISTEN connection); on failure every hint is ours."""
         roster = self.roster
@@ -217,16 +232,7 @@ class Listener:
                     await self._say_left(conn)
                 # terminate(), not close(): close() waits on a peer that may be gone.
                 conn.terminate()
-        if self.hints.to_hand_over():
-            # Stopping while not listening: hand the turns over on a connection of its own.
-            with suppress(Exception):
-                conn = await asyncio.wait_for(
-                    self._store.dedicated_connection("handing turns over", session=True), 2
-                )
-                try:
-                    await self._say_left(conn)
-                finally:
-                    conn.terminate()
+        await self.hand_over_rest()
         self.hints.forget()
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:

@@ -141,6 +141,8 @@ async def shut_down(parts: WorkerParts, failure: Callable[[], BaseException | No
             worker_id,
             unwritten,
         )
+    # Retries and snoozes written during the grace period: the others look then.
+    await bounded(parts.listener.hand_over_rest(), remaining())
     await parts.stop_heartbeats(remaining())
     if not registry.running:  # a handler still running keeps this worker registered
         await bounded(leave(parts), remaining())
