@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -267,6 +268,17 @@ async def test_status_totals_are_exact_on_a_small_table_and_estimated_on_a_big_o
     await conn.execute("ANALYZE jobs")
     # ANALYZE read every row of this table: the estimate is the count.
     assert (await store.status_counts(count_cap=20))["DONE"]["count"] == 30
+
+
+async def test_a_jobs_page_shows_its_times_in_utc_beside_how_long_ago(
+    store: PgJobStore, readonly: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
+    job_id = await store.enqueue("t")
+    created = await conn.fetchval("SELECT created_at FROM jobs WHERE id = $1", job_id)
+    page = (await readonly.get(f"/jobs/jobs/{job_id}")).text
+    stamp = created.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"{stamp} UTC</time>" in page
+    assert "ago)" in page
 
 
 async def test_the_type_filter_offers_the_types_workers_schedules_and_jobs_have(

@@ -33,14 +33,20 @@ def h(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def when_html(moment: datetime | None) -> str:
-    """A moment as how long ago (or how soon) it is, its UTC time as the tooltip."""
+def when_html(moment: datetime | None, *, absolute: bool = False) -> str:
+    """A moment as how long ago (or how soon) it is, its UTC time as the tooltip; with
+    ``absolute``, the UTC time shown first (a job's page)."""
     if moment is None:
         return '<span class="muted">-</span>'
     if moment.tzinfo is None:  # a naive value from elsewhere (a schedule): read as UTC
         moment = moment.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - moment).total_seconds()
     stamp = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if absolute:
+        return (
+            f'<time datetime="{h(moment.isoformat())}">{h(stamp)} UTC</time> '
+            f'<span class="muted">({h(relative_text(age))})</span>'
+        )
     return f'<span title="{h(stamp)} UTC">{h(relative_text(age))}</span>'
 
 
