@@ -270,6 +270,23 @@ async def test_status_totals_are_exact_on_a_small_table_and_estimated_on_a_big_o
     assert (await store.status_counts(count_cap=20))["DONE"]["count"] == 30
 
 
+async def test_a_type_whose_jobs_all_failed_is_in_the_queues_table(
+    readonly: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
+    for _ in range(3):
+        await failed_job(conn, "charge_card")
+    await conn.execute("INSERT INTO jobs (job_type) VALUES ('send_email')")
+    page = (await readonly.get("/jobs/")).text
+    queues = page[page.index('id="queues"') : page.index("<h2>Workers</h2>")]
+    row = re.search(r"<tr><td><a [^>]*>charge_card</a></td>(.*?)</tr>", queues)
+    assert row is not None, queues
+    cells = re.findall(r'<td class="num">(.*?)</td>', row.group(1))
+    assert cells[:3] == ["0", "0", "0"]
+    assert "status=FAILED" in cells[3]
+    assert ">3</a>" in cells[3]
+    assert "send_email" in queues
+
+
 async def test_a_jobs_page_shows_its_times_in_utc_beside_how_long_ago(
     store: PgJobStore, readonly: httpx.AsyncClient, conn: asyncpg.Connection
 ) -> None:

@@ -29,6 +29,7 @@ STATUS_ACTIVE = query("status_active")
 STATUS_FINISHED = query("status_finished")
 STATUS_ESTIMATES = query("status_estimates")
 STATUS_RECENT = query("status_recent")
+FAILED_BY_TYPE = query("failed_by_type")
 RECENT_FAILURES = query("recent_failures")
 WORKERS_ALIVE = query("workers_alive")
 MAX_JOB_ID = query("max_job_id")
@@ -171,6 +172,15 @@ class InspectionMethods:
             else:
                 entry["running"] = row["n"]
         return [stats[job_type] for job_type in sorted(stats)]
+
+    async def failed_by_type(
+        self, within: timedelta = timedelta(hours=1), count_cap: int = 10_000
+    ) -> dict[str, int]:
+        """Jobs that FAILED within the last ``within``, by type, counting at most the
+        newest ``count_cap`` (through the jobs_finished index)."""
+        check_int("count_cap", count_cap, 1)
+        rows = await self._db.fetch(FAILED_BY_TYPE, within, count_cap)
+        return {row["job_type"]: row["n"] for row in rows}
 
     async def workers_alive(self, within: timedelta = timedelta(seconds=30)) -> int:
         """How many registered workers sent a heartbeat in the last ``within``."""

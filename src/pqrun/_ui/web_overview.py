@@ -59,9 +59,19 @@ class OverviewPage(DashboardPage):
             if not counts[status]["exact"] and total < STATUS_COUNT_CAP:
                 counts[status] = {"count": total, "exact": True}
         newest = await self.store.max_job_id()
+        failed = await self.store.failed_by_type()
         workers = await self.store.list_workers()
         schedules = await self.store.list_schedules()
         active = sum(q["ready"] + q["running"] for q in queues)
+        # Types whose jobs failed in the last hour, active or not (all failed: a row too).
+        for queue in queues:
+            queue["failed"] = failed.pop(queue["job_type"], 0)
+        queues += [
+            {"job_type": t, "ready": 0, "due": 0, "running": 0, "oldest_due_seconds": None,
+             "failed": n}
+            for t, n in failed.items()
+        ]  # fmt: skip
+        queues.sort(key=lambda queue: queue["job_type"])
         data = {
             "queues": queues,
             "counts": counts,
@@ -121,13 +131,14 @@ class OverviewPage(DashboardPage):
             f"{h(q['job_type'])}</a></td>"
             f'<td class="num">{q["ready"]:,}</td><td class="num">{q["due"]:,}</td>'
             f'<td class="num">{q["running"]:,}</td>'
+            f'<td class="num">{failed_link(base, q)}</td>'
             f"<td>{h(age_text(q['oldest_due_seconds']))}</td></tr>"
             for q in data["queues"]
         ]
         queues = table_html(
-            ["job type", "#ready", "#due now", "#running", "oldest due waits"],
+            ["job type", "#ready", "#due now", "#running", "#failed (1 h)", "oldest due waits"],
             queue_rows,
-            "No READY or RUNNING jobs.",
+            "No READY or RUNNING jobs, and no failures in the last hour.",
         )
         workers = workers_table(data["workers"])
         schedules = schedules_table(base, data["schedules"])
@@ -159,3 +170,11 @@ class OverviewPage(DashboardPage):
 
     async def route_overview_fragment(self, request: Request) -> Response:
         return self.fragment(request, await self.overview_fragment(request))
+
+
+def failed_link(base: str, queue: dict[str, Any]) -> str:
+    """The failures of the last hour of a type, linked to its failed jobs."""
+    if not queue["failed"]:
+        return "0"
+    query = urlencode({"status": "FAILED", "job_type": queue["job_type"]})
+    return f'<a href="{h(base)}/jobs?{h(query)}">{queue["failed"]:,}</a>'

@@ -68,6 +68,19 @@ FROM (
     LIMIT $3
 ) AS recent
 
+-- name: failed_by_type
+-- Jobs that FAILED within the last $1, by type, counting at most $2 of the newest
+-- (through the jobs_finished index): the Queues table shows types whose jobs all failed.
+-- Guard: a read of at most $2 rows; moves nothing.
+SELECT job_type, count(*) AS n
+FROM (
+    SELECT job_type FROM jobs
+    WHERE status = 'FAILED' AND finished_at IS NOT NULL AND finished_at > now() - $1::interval
+    ORDER BY status, finished_at DESC
+    LIMIT $2
+) AS failed
+GROUP BY job_type
+
 -- name: recent_failures
 -- The newest failures, through the jobs_finished index.
 -- Guard: a read; moves nothing.
