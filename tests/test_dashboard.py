@@ -287,6 +287,22 @@ async def test_a_type_whose_jobs_all_failed_is_in_the_queues_table(
     assert "send_email" in queues
 
 
+async def test_the_finished_rate_is_there_at_once_and_counts_as_pqrun_top_does(
+    store: PgJobStore, readonly: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
+    # 120 jobs finished in the last minute: 2.0/s at the first look (it read
+    # "measuring", then 0.0/s, while pqrun top showed the rate).
+    await conn.execute(
+        "INSERT INTO jobs (job_type, status, finished_at) "
+        "SELECT 't', 'DONE', now() - random() * interval '50 seconds' "
+        "FROM generate_series(1, 120)"
+    )
+    page = (await readonly.get("/jobs/")).text
+    assert re.search(r'id="finished-rate">finished, last minute<b>2\.0/s</b>', page), page
+    top = await store.queue_status()
+    assert top["throughput"]["DONE"]["last_minute"]["per_second"] == 2.0
+
+
 async def test_a_jobs_page_shows_its_times_in_utc_beside_how_long_ago(
     store: PgJobStore, readonly: httpx.AsyncClient, conn: asyncpg.Connection
 ) -> None:

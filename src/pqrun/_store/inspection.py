@@ -173,6 +173,24 @@ class InspectionMethods:
                 entry["running"] = row["n"]
         return [stats[job_type] for job_type in sorted(stats)]
 
+    async def finished_per_second(
+        self, window: timedelta = timedelta(minutes=1), rate_cap: int = 2_000
+    ) -> float:
+        """Jobs that finished DONE or FAILED per second over the last ``window`` (past
+        ``rate_cap`` of a status, the rate of its newest ``rate_cap``), as ``pqrun
+        status`` and ``pqrun top`` count them."""
+        check_int("rate_cap", rate_cap, 1)
+        total = 0.0
+        async with self._db.acquire() as conn:
+            for status in (JobStatus.DONE, JobStatus.FAILED):
+                row = await conn.fetchrow(
+                    STATUS_RECENT, status.value, window, rate_cap,
+                    timeout=self._db.statement_timeout,
+                )  # fmt: skip
+                assert row is not None
+                total += rate(row, window, rate_cap)["per_second"]
+        return total
+
     async def failed_by_type(
         self, within: timedelta = timedelta(hours=1), count_cap: int = 10_000
     ) -> dict[str, int]:

@@ -43,8 +43,8 @@ class OverviewPage(DashboardPage):
         super().__init__(store, allow_actions=allow_actions, title=title)
         self.jobs = jobs
         self._overview: tuple[float, dict[str, Any]] | None = None
-        # (monotonic time, newest id, active jobs): the rates come from their changes.
-        self._samples: deque[tuple[float, int, int]] = deque()
+        # (monotonic time, newest id): the enqueue rate comes from its changes.
+        self._samples: deque[tuple[float, int]] = deque()
 
     async def overview_data(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -60,9 +60,9 @@ class OverviewPage(DashboardPage):
                 counts[status] = {"count": total, "exact": True}
         newest = await self.store.max_job_id()
         failed = await self.store.failed_by_type()
+        finished = await self.store.finished_per_second()
         workers = await self.store.list_workers()
         schedules = await self.store.list_schedules()
-        active = sum(q["ready"] + q["running"] for q in queues)
         # Types whose jobs failed in the last hour, active or not (all failed: a row too).
         for queue in queues:
             queue["failed"] = failed.pop(queue["job_type"], 0)
@@ -76,7 +76,8 @@ class OverviewPage(DashboardPage):
             "queues": queues,
             "counts": counts,
             "exact": all(entry["exact"] for entry in counts.values()),
-            "rates": self.rates(now, newest, active),
+            "enqueued": self.enqueued_rate(now, newest),
+            "finished": finished,
             "workers": workers,
             "schedules": schedules,
         }
@@ -85,23 +86,18 @@ class OverviewPage(DashboardPage):
         self._overview = (now + took + keep, data)  # (good until, data)
         return data
 
-    def rates(self, now: float, newest: int, active: int) -> tuple[float, float] | None:
-        """(enqueued/s, finished/s) since the oldest sample in the window, if any.
-
-        New ids count enqueues; enqueues minus the growth of the active jobs count the
-        jobs that left READY/RUNNING. Exact enough for a glance, and free.
-        """
+    def enqueued_rate(self, now: float, newest: int) -> float | None:
+        """Jobs enqueued per second since the oldest sample in the window (new ids), if
+        a sample a second old or more is at hand."""
         samples = self._samples
-        samples.append((now, newest, active))
+        samples.append((now, newest))
         while samples and now - samples[0][0] > RATE_WINDOW_SECONDS:
             samples.popleft()
-        then, old_newest, old_active = samples[0]
+        then, old_newest = samples[0]
         elapsed = now - then
         if elapsed < 1.0:
             return None
-        enqueued = max(newest - old_newest, 0)
-        finished = max(enqueued - (active - old_active), 0)
-        return enqueued / elapsed, finished / elapsed
+        return max(newest - old_newest, 0) / elapsed
 
     async def overview_fragment(self, request: Request) -> str:
         data = await self.overview_data()
@@ -112,14 +108,15 @@ class OverviewPage(DashboardPage):
             f"{badge_html(status)}</a><b>{h(count_text(counts[status]))}</b></div>"
             for status in STATUSES
         )
-        rates = data["rates"]
-        if rates is None:
-            rate_cards = '<div class="card">rates<b class="muted">measuring</b></div>'
-        else:
-            rate_cards = (
-                f'<div class="card">enqueued<b>{rates[0]:,.1f}/s</b></div>'
-                f'<div class="card">finished<b>{rates[1]:,.1f}/s</b></div>'
-            )
+        enqueued = data["enqueued"]
+        rate_cards = (
+            '<div class="card">enqueued<b class="muted">measuring</b></div>'
+            if enqueued is None
+            else f'<div class="card">enqueued<b>{enqueued:,.1f}/s</b></div>'
+        ) + (
+            f'<div class="card" id="finished-rate">finished, last minute'
+            f"<b>{data['finished']:,.1f}/s</b></div>"
+        )
         note = (
             ""
             if data["exact"]
