@@ -602,3 +602,27 @@ async def test_an_unknown_log_format_is_refused(dsn: str, tmp_path: Path) -> Non
     _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
     assert process.returncode == 1
     assert "PQRUN_LOG_FORMAT='xml': use plain or json" in stderr
+
+
+async def test_jobs_cancel_every_active_job_of_a_type(
+    store: PgJobStore, dsn: str, conn: asyncpg.Connection
+) -> None:
+    ready = await store.enqueue_many([{"job_type": "export"}] * 3)
+    running = await conn.fetchval(
+        "INSERT INTO jobs (job_type, status, locked_by, locked_at, lease_id, attempts) "
+        "VALUES ('export', 'RUNNING', 'w', now(), 1, 1) RETURNING id"
+    )
+    done = await conn.fetchval(
+        "INSERT INTO jobs (job_type, status, finished_at) VALUES ('export', 'DONE', now()) "
+        "RETURNING id"
+    )
+    other = await store.enqueue("mail")
+    cancelled = await pqrun("jobs", "cancel", "--type", "export", "--dsn", dsn)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled 4 export jobs" in cancelled.stdout
+    statuses = {row["id"]: row["status"] for row in await conn.fetch("SELECT id, status FROM jobs")}
+    assert {statuses[i] for i in [*ready, running]} == {"CANCELLED"}
+    assert (statuses[done], statuses[other]) == ("DONE", "READY")
+    neither = await pqrun("jobs", "cancel", "--dsn", dsn)
+    assert neither.returncode == 1
+    assert "give a job id, or --type" in neither.stderr

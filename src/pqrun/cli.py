@@ -178,8 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--failed", action="store_true", help="every FAILED job")
     retry.add_argument("--type", help="with --failed: only this job type")
     retry.set_defaults(run=cmd_jobs_retry)
-    cancel = job_commands.add_parser("cancel", parents=[db], help="READY/RUNNING -> CANCELLED")
-    cancel.add_argument("id", type=job_id, help="the job's id")
+    cancel = job_commands.add_parser(
+        "cancel", parents=[db], help="READY/RUNNING -> CANCELLED: one job, or --type"
+    )
+    cancel.add_argument("id", type=job_id, nargs="?", help="the job's id (or --type)")
+    cancel.add_argument("--type", help="every READY or RUNNING job of this type")
     cancel.set_defaults(run=cmd_jobs_cancel)
 
     workers = commands.add_parser("workers", parents=[db], help="the registered workers")

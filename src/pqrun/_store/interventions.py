@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 CANCEL = query("cancel")
 RETRY = query("retry")
 FAILED_IDS = query("failed_ids")
+ACTIVE_IDS = query("active_ids")
 
 
 class InterventionMethods:
@@ -40,6 +41,20 @@ class InterventionMethods:
                 CANCEL, job_id, self._db.channel, timeout=self._db.statement_timeout
             )
         return row is not None
+
+    async def cancel_type(self, job_type: str) -> list[int]:
+        """``cancel()`` every READY or RUNNING job of ``job_type``, oldest first; the
+        ids cancelled. Jobs enqueued meanwhile may be cancelled too."""
+        cancelled: list[int] = []
+        after = 0
+        while True:
+            rows = await self._db.fetch(ACTIVE_IDS, job_type, after, 1000)
+            if not rows:
+                return cancelled
+            for row in rows:
+                if await self.cancel(row["id"]):
+                    cancelled.append(row["id"])
+            after = rows[-1]["id"]
 
     async def retry(self, job_id: int) -> bool:
         """FAILED or CANCELLED -> READY, due now, with its attempts counted from zero.

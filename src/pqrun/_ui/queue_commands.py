@@ -197,6 +197,12 @@ def cmd_jobs_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.type is None):
+        raise CommandError("give a job id, or --type TYPE (every READY or RUNNING job of it)")
+    if args.type is not None:
+        cancelled = with_store(args, lambda store: store.cancel_type(args.type))
+        print(f"cancelled {len(cancelled):,} {printable(args.type)} jobs")
+        return 0
     if not with_store(args, lambda store: store.cancel(args.id)):
         raise CommandError(f"job {args.id} is not READY or RUNNING (or does not exist)")
     print(f"job {args.id}: CANCELLED")

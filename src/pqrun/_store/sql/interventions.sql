@@ -63,3 +63,12 @@ SELECT id FROM jobs
 WHERE status = 'FAILED' AND ($1::text IS NULL OR job_type = $1) AND id > $2
 ORDER BY id
 LIMIT $3
+
+-- name: active_ids
+-- READY or RUNNING jobs of type $1 with an id above $2, oldest first: `pqrun jobs cancel
+-- --type` walks them in pages.
+-- Guard: a read; cancel checks each job again.
+SELECT id FROM jobs
+WHERE status IN ('READY', 'RUNNING') AND job_type = $1 AND id > $2
+ORDER BY id
+LIMIT $3
