@@ -155,6 +155,33 @@ async def test_a_failing_observer_never_fails_the_enqueue(
     assert "observer bug" in caplog.text
 
 
+async def test_the_wait_for_a_worker_is_a_histogram_by_job_type(
+    store: PgJobStore, conn: Any
+) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    # Due 20 s ago (the worker was away), and due now.
+    await conn.execute(
+        "INSERT INTO jobs (job_type, run_after, created_at) "
+        "VALUES ('ok', now() - interval '20 seconds', now() - interval '25 seconds')"
+    )
+    await store.enqueue("ok")
+    worker = Worker(store, {"ok": ok}, **QUICK)
+    await worker.start()
+    try:
+
+        async def both_started() -> bool:
+            found = samples(generate_latest(metrics.registry).decode())
+            return value(found, "pqrun_job_wait_seconds_count", job_type="ok") == 2
+
+        await wait_until(both_started)
+    finally:
+        await worker.stop()
+    found = samples(generate_latest(metrics.registry).decode())
+    assert value(found, "pqrun_job_wait_seconds_bucket", job_type="ok", le="10.0") == 1
+    assert value(found, "pqrun_job_wait_seconds_bucket", job_type="ok", le="30.0") == 2
+    assert value(found, "pqrun_job_wait_seconds_sum", job_type="ok") >= 20
+
+
 async def test_a_cancelled_run_is_counted_as_cancelled(store: PgJobStore) -> None:
     metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
     started = asyncio.Event()

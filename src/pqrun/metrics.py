@@ -50,6 +50,27 @@ DURATION_BUCKETS = (
     900.0,
     3600.0,
 )
+#: Buckets of the wait histogram (seconds): from a job picked up at once to an hour late.
+WAIT_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
 #: Reading the queue gauges is given up after this many seconds (scrapes time out at 10).
 READ_TIMEOUT = 5.0
 #: A worker counts as alive while its heartbeat is younger than this.
@@ -140,12 +161,13 @@ class _Snapshot:
 class _TypeCounters:
     """The label children of one job type."""
 
-    __slots__ = ("_finished", "duration", "job_type", "outcomes", "started")
+    __slots__ = ("_finished", "duration", "job_type", "outcomes", "started", "wait")
 
     def __init__(self, metrics: PrometheusMetrics, job_type: str) -> None:
         self.job_type = job_type
         self.started = metrics.started_total.labels(job_type)
         self.duration = metrics.duration_seconds.labels(job_type)
+        self.wait = metrics.wait_seconds.labels(job_type)
         self.outcomes: dict[str, Any] = {}
         self._finished = metrics.finished_total
 
@@ -212,6 +234,14 @@ class PrometheusMetrics(JobObserver):
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.wait_seconds = Histogram(
+            "pqrun_job_wait_seconds",
+            "How long jobs waited for a worker: from when they were due (enqueued, or "
+            "their run_after) to the start of their handler, by this process's clock",
+            labels,
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
         #: The last reading of each watched queue, by queue name.
         self.snapshots: dict[str, _Snapshot] = {}
         self._stores: list[PgJobStore] = []
@@ -249,6 +279,8 @@ class PrometheusMetrics(JobObserver):
     def started(self, job: Job) -> None:
         children = self._per_type.get(job.job_type) or self._children(job.job_type)
         children.started.inc()
+        due = max(job.run_after, job.created_at).timestamp()
+        children.wait.observe(max(time.time() - due, 0.0))
 
     def finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
         children = self._per_type.get(job.job_type) or self._children(job.job_type)
