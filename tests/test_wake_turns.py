@@ -261,28 +261,18 @@ async def test_saturated_workers_all_named_wake_nobody_else(crew: Crew) -> None:
     # Every worker busy: a bulk insert names every worker, and none of them checks
     # for jobs left behind (nobody was left out to wake).
     store = await crew.all_busy([f"w{i}" for i in range(6)])
-    before = sum(w._parts.listener.hints.woke_everyone for w in crew.workers.values())
-    heard: list[str] = []
-    listener = await asyncpg.connect(crew.dsn)
-    try:
-        await listener.add_listener(store.channel, lambda *args: heard.append(args[3]))
-        for _ in range(10):
-            await store.enqueue_many([{"job_type": "t"}] * 50)
-        # Each worker checks at most once per CHECK_AFTER_SECONDS: wait for those under
-        # way, until the channel has been quiet for a while.
-        quiet_since = len(heard)
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            if len(heard) == quiet_since and all(
-                not w._parts.listener.hints._checks for w in crew.workers.values()
-            ):
-                break
-            quiet_since = len(heard)
-    finally:
-        await listener.close()
-    woke = sum(w._parts.listener.hints.woke_everyone for w in crew.workers.values()) - before
-    assert woke == 0, woke
-    assert heard.count("") == woke
+    hints = [w._parts.listener.hints for w in crew.workers.values()]
+    heard_before = [h.hints_heard for h in hints]
+    for _ in range(10):
+        await store.enqueue_many([{"job_type": "t"}] * 50)
+
+    async def all_heard() -> bool:
+        return all(h.hints_heard - n >= 10 for h, n in zip(hints, heard_before, strict=True))
+
+    await wait_until(all_heard, within=WAKE_WITHIN)
+    # A check is planned the moment a hint is heard: none was.
+    assert [h.checks_planned for h in hints] == [0] * len(hints)
+    assert sum(h.woke_everyone for h in hints) == 0
 
 
 async def test_a_worker_whose_listen_connection_stops_hearing_is_soon_not_counted_on(

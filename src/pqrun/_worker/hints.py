@@ -68,6 +68,9 @@ class InsertHints:
         self._everyone_woken_at = -1.0  # loop time an empty notification was last heard
         #: Times this worker woke every worker for jobs the others woken left behind.
         self.woke_everyone = 0
+        #: Hints heard, and checks for jobs left behind it planned (for tests, metrics).
+        self.hints_heard = 0
+        self.checks_planned = 0
         #: The database's clock minus this machine's (seconds), as the listener last
         #: read it: due times in hints are the database's.
         self.clock_offset = 0.0
@@ -101,6 +104,7 @@ class InsertHints:
         """Jobs of one type were inserted: claim them if it is this worker's turn
         (``turn``: already known, for a delayed hint whose timer fired)."""
         if turn is None:
+            self.hints_heard += 1
             roster = self._roster
             turn = roster.turn(hint) if roster is not None else Turn(claims=True)
         if not turn.claims:
@@ -140,6 +144,7 @@ class InsertHints:
         else:
             return
         now = asyncio.get_running_loop().time()
+        self.checks_planned += 1
         self._checks.append((now + after, hint, now))
         if self._checker is None or self._checker.done():
             self._checker = asyncio.ensure_future(self._check_left_behind())
