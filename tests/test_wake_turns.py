@@ -122,12 +122,16 @@ class Crew:
     def claims(self) -> int:
         return sum(s.claims for s in self.stores.values())
 
+    async def next_id_is(self, job_id: int) -> None:
+        """Make ``job_id`` the id of the next job inserted."""
+        await self.conn.execute(
+            "SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", job_id - 1
+        )
+
     async def run_one(self, job_type: str = "t", *, first_id: int | None = None) -> int:
         """Enqueue one job (with this id, if given) and wait until a worker ran it."""
         if first_id is not None:
-            await self.conn.execute(
-                "SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1
-            )
+            await self.next_id_is(first_id)
         store = next(iter(self.stores.values()))
         job_id = await store.enqueue(job_type)
         assert first_id is None or job_id == first_id
@@ -228,7 +232,7 @@ async def test_jobs_a_partly_busy_worker_first_in_turn_cannot_take_go_to_the_spa
     await wait_until(lambda: _true(all(j in crew.ran for j in held)), within=WAKE_WITHIN)
     names = ["big", "idle1", "idle2"]
     first_id = id_where(lambda order: order[0] == "big", names, await next_id(crew.conn))
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    await crew.next_id_is(first_id)
     slow = await store.enqueue_many([{"job_type": "slow"}] * 3)
     assert min(slow) == first_id
     await wait_until(lambda: _true(all(j in crew.ran for j in slow)), within=WAKE_WITHIN)
@@ -249,7 +253,7 @@ async def test_a_worker_left_without_room_checks_for_jobs_left_behind_and_wakes_
     idle = set(names) - {crew.ran[j] for j in busy}
     (free,) = idle
     first_id = id_where(lambda order: order[-1] == free, names, await next_id(crew.conn))
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    await crew.next_id_is(first_id)
     job_id = await store.enqueue("slow")
     assert job_id == first_id
     await wait_until(lambda: _true(job_id in crew.ran), within=WAKE_WITHIN)
@@ -300,7 +304,7 @@ async def test_a_worker_stopping_while_not_listening_still_hands_its_turns_over(
         await crew.start(name)
     await crew.settled()
     first_id = id_where(lambda order: order[-1] == "w2", names, await next_id(crew.conn))
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    await crew.next_id_is(first_id)
     job_id = await crew.stores["w2"].enqueue("t", run_after=timedelta(seconds=4))
     assert job_id == first_id
 
@@ -358,7 +362,7 @@ async def test_the_last_named_checks_even_when_it_had_room_its_claim_may_take_ot
     await crew.settled()
     names = ["a", "b", "c"]
     first_id = id_where(lambda order: order[-1] == "c", names, await next_id(crew.conn) + 2)
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 3)
+    await crew.next_id_is(first_id - 2)
     async with crew.conn.transaction():
         await crew.conn.execute("INSERT INTO jobs (job_type) VALUES ('y'), ('y')")
         job_id = await crew.conn.fetchval("INSERT INTO jobs (job_type) VALUES ('t') RETURNING id")
@@ -385,7 +389,7 @@ async def test_a_crashed_worker_still_listed_leaves_the_job_to_the_spare(crew: C
     first_id = id_where(
         lambda order: order[0] == "ghost", [*names, "ghost"], await next_id(crew.conn)
     )
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    await crew.next_id_is(first_id)
     both = await crew.stores["w0"].enqueue_many([{"job_type": "block"}] * 2)
     assert min(both) == first_id
     await wait_until(lambda: _true(all(j in crew.ran for j in both)), within=WAKE_WITHIN)
@@ -425,7 +429,7 @@ async def test_workers_that_stop_hand_their_turns_for_delayed_jobs_to_the_others
     # A job due in a few seconds whose turn (and spare) go to w0 and w1; both stop
     # before it is due, so only their hand-over can wake w2 before its poll.
     first_id = id_where(lambda order: order[-1] == "w2", names, await next_id(crew.conn))
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    await crew.next_id_is(first_id)
     store = crew.stores["w2"]
     job_id = await store.enqueue("t", run_after=timedelta(seconds=4))
     assert job_id == first_id
@@ -459,7 +463,7 @@ async def test_when_several_workers_stop_at_once_a_delayed_job_goes_to_one_that_
         await crew.start(name, ["t"], concurrency=1)
     await crew.settled()
     first_id = id_where(lambda order: order == names, names, await next_id(crew.conn))
-    await crew.conn.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1)", first_id - 1)
+    await crew.next_id_is(first_id)
     job_id = await crew.stores["stay"].enqueue("t", run_after=timedelta(seconds=3))
     assert job_id == first_id
 

@@ -74,7 +74,6 @@ class Listener:
         self._probe_waiting: tuple[str, asyncio.Event] | None = None
         #: Whose turn a notification of inserted jobs is; None: every one is ours.
         self.roster = roster
-        self._claim_room = claim_room
         self._roster_every = roster_every
         self._default_stale_after = default_stale_after
         self._conn: Any = None
