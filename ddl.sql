@@ -57,6 +57,11 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS concurrency_key text;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT false;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context text;
+-- The errors of the job's attempts, oldest first, the last 20 (a JSON array of
+-- {"attempt", "at", "worker", "outcome", "error"}; each error cut to 2,000 characters).
+-- Appended by the same UPDATE that records a failed attempt or takes a run back, so it
+-- costs nothing while jobs succeed. NULL: no attempt failed.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error_history jsonb;
 
 -- Constraints added after the first release, for tables created before them: added
 -- NOT VALID, then validated against the rows already there. If some of those break the

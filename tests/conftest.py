@@ -96,6 +96,17 @@ async def store(dsn: str) -> AsyncIterator[PgJobStore]:
 
 
 @pytest.fixture
+async def other(dsn: str, store: PgJobStore) -> AsyncIterator[PgJobStore]:
+    """A second store with its own pool: the other actor (worker B, the reaper, an admin)."""
+    second = PgJobStore(dsn)
+    await second.start()
+    try:
+        yield second
+    finally:
+        await second.close()
+
+
+@pytest.fixture
 async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A plain connection for looking at the table behind the store's back."""
     connection = await asyncpg.connect(dsn)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TypeVar
 
 import asyncpg
-import pytest
 
 from pqrun import JobStatus, PgJobStore
 
@@ -25,17 +24,6 @@ T = TypeVar("T")
 async def later(delay: float, step: Awaitable[T]) -> T:
     await asyncio.sleep(delay)
     return await step
-
-
-@pytest.fixture
-async def other(dsn: str, store: PgJobStore) -> AsyncIterator[PgJobStore]:
-    """A second store with its own pool: the other actor (worker B, the reaper, an admin)."""
-    second = PgJobStore(dsn)
-    await second.start()
-    try:
-        yield second
-    finally:
-        await second.close()
 
 
 async def test_concurrent_pickups_claim_each_job_once(dsn: str, store: PgJobStore) -> None:

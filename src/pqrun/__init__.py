@@ -23,7 +23,7 @@ from .errors import (
     WaitTimeout,
 )
 from .handlers import Handler, HandlerFunc, Handlers, JobContext, handler
-from .models import Job, JobStatus, RawJSON
+from .models import AttemptError, Job, JobStatus, RawJSON
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
 from .schema import ddl_sql
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttemptError",
     "BackoffPolicy",
     "DatabaseUnavailable",
     "Fail",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -65,6 +65,32 @@ class Job:
     def from_record(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a row whose jsonb columns were selected as text."""
         return _job_from_record(cls, row)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptError:
+    """One failed or taken-back attempt of a job, from ``store.error_history(job_id)``.
+
+    ``outcome`` is ``retried`` or ``failed`` (the handler's error, as its worker wrote
+    it), or ``reaped`` or ``abandoned`` (the reaper took the run back after its worker
+    gave no sign of life). ``error`` is cut to its first 2,000 characters.
+    """
+
+    attempt: int
+    at: datetime
+    worker: str | None
+    outcome: str
+    error: str
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> AttemptError:
+        return cls(
+            attempt=int(entry.get("attempt") or 0),
+            at=datetime.fromisoformat(str(entry["at"])).astimezone(UTC),
+            worker=entry.get("worker"),
+            outcome=str(entry.get("outcome") or ""),
+            error=str(entry.get("error") or ""),
+        )
 
 
 #: The columns of ``jobs`` a Job holds, in order: the one list every job-returning query

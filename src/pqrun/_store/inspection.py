@@ -6,6 +6,7 @@ bound, and the caller says which numbers hit it (docs/operations.md).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from pqrun.limits import check_int
-from pqrun.models import Job, JobStatus
+from pqrun.models import AttemptError, Job, JobStatus
 
 from .queries import query
 from .registry import LIST_WORKERS
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .connections import Connection, StoreConnections
 
 GET_JOB = query("get_job")
+ERROR_HISTORY = query("error_history")
 LIST_JOBS = query("list_jobs")
 STATUS_ACTIVE = query("status_active")
 STATUS_FINISHED = query("status_finished")
@@ -50,6 +52,12 @@ class InspectionMethods:
         """The job with this id, or None."""
         row = await self._db.fetchrow(GET_JOB, job_id)
         return None if row is None else Job.from_record(row)
+
+    async def error_history(self, job_id: int) -> list[AttemptError]:
+        """The errors of the job's last 20 failed or taken-back attempts, oldest first
+        (empty when none failed, or there is no such job)."""
+        text = await self._db.fetchval(ERROR_HISTORY, job_id)
+        return [AttemptError.from_json(entry) for entry in json.loads(text or "[]")]
 
     async def list_jobs(
         self,

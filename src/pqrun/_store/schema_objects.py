@@ -20,6 +20,7 @@ EXPECTED_COLUMNS = (
     *(column for column in JOB_COLUMNS if column != "trace_context"),
     "awaited",
     "trace_context",
+    "error_history",
 )
 EXPECTED_INDEXES = (
     "jobs_pkey",

@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .command_support import CommandError, job_dict, to_json, with_store
 from .formatting import count_text, duration_text, printable
+
+if TYPE_CHECKING:
+    from pqrun import PgJobStore
+    from pqrun.models import AttemptError, Job
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -137,11 +142,15 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    job = with_store(args, lambda store: store.get_job(args.id))
+    async def read(store: PgJobStore) -> tuple[Job | None, list[AttemptError]]:
+        return await store.get_job(args.id), await store.error_history(args.id)
+
+    job, history = with_store(args, read)
     if job is None:
         raise CommandError(f"no job {args.id} (it may have been pruned)")
     fields = job_dict(job)
     if args.json:
+        fields["error_history"] = [dataclasses.asdict(entry) for entry in history]
         print(to_json(fields))
         return 0
     for name, value in fields.items():
@@ -153,6 +162,14 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
                 print(f"    {line}")
             continue
         print(f"{name + ':':<17}{printable(value) if value is not None else '-'}")
+    if history:
+        print("errors by attempt:")
+    for entry in history:
+        when = entry.at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        worker = printable(entry.worker or "-")
+        print(f"    attempt {entry.attempt}, {when}, {worker}: {entry.outcome}")
+        for line in printable(entry.error, multiline=True).splitlines():
+            print(f"        {line}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The dashboard's page of one job: every column, the payload, the result and the
-last error, with retry and cancel when actions are allowed."""
+"""The dashboard's page of one job: every column, the payload, the result, the last
+error and the errors of earlier attempts, with retry and cancel when actions are
+allowed."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pqrun._ui.web_html import age_text, badge_html, h, ms_text, refuse, when_html
+from pqrun._ui.web_html import age_text, badge_html, h, ms_text, refuse, table_html, when_html
 from pqrun._ui.web_jobs import MAX_ID
 from pqrun._ui.web_page import DashboardPage
 from pqrun.errors import JobConflict
-from pqrun.models import Job, JobStatus
+from pqrun.models import AttemptError, Job, JobStatus
 
 #: Payload and result are cut to this many characters on the job page.
 SHOW_JSON_LIMIT = 100_000
@@ -23,7 +24,7 @@ SHOW_JSON_LIMIT = 100_000
 class JobPage(DashboardPage):
     """``/jobs/{id}``, its live fragment, and its retry and cancel POSTs."""
 
-    def job_fragment(self, request: Request, job: Job) -> str:
+    def job_fragment(self, request: Request, job: Job, history: list[AttemptError]) -> str:
         base = self.base(request)
         actions = ""
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
@@ -59,7 +60,7 @@ class JobPage(DashboardPage):
             f"{h(job.last_error)}</pre>"
             if job.last_error
             else ""
-        )
+        ) + attempts_html(history)
         return (
             f'<p id="actions">{actions}</p><dl id="facts" data-status="{h(job.status.value)}">'
             f"{listing}</dl>"
@@ -83,18 +84,19 @@ class JobPage(DashboardPage):
         if job is None:
             return refuse(404, "No such job.")
         live = f"{self.base(request)}/_/jobs/{job.id}"
+        fragment = self.job_fragment(request, job, await self.store.error_history(job.id))
         return self.page(
             request,
             f"Job {job.id}",
-            f"<h2>Job {h(job.id)}</h2>"
-            f'<div id="job" data-live="{h(live)}">{self.job_fragment(request, job)}</div>',
+            f'<h2>Job {h(job.id)}</h2><div id="job" data-live="{h(live)}">{fragment}</div>',
         )
 
     async def route_job_fragment(self, request: Request) -> Response:
         job = await self.get_job(request)
         if job is None:
             return refuse(404, "No such job.")
-        return self.fragment(request, self.job_fragment(request, job))
+        history = await self.store.error_history(job.id)
+        return self.fragment(request, self.job_fragment(request, job, history))
 
     async def route_retry(self, request: Request) -> Response:
         refused = await self.check_action(request)
@@ -118,6 +120,20 @@ class JobPage(DashboardPage):
             return refuse(404, "No such job.")
         notice = "cancelled" if await self.store.cancel(job.id) else "not-cancelled"
         return self.after_action(request, f"/jobs/{job.id}", notice)
+
+
+def attempts_html(history: list[AttemptError]) -> str:
+    """The errors of the job's last attempts, newest first ("" when none failed)."""
+    if not history:
+        return ""
+    rows = (
+        f'<tr><td class="num">{h(entry.attempt)}</td>'
+        f"<td>{when_html(entry.at, absolute=True)}</td><td>{h(entry.worker or '-')}</td>"
+        f'<td>{h(entry.outcome)}</td><td><pre class="err">{h(entry.error)}</pre></td></tr>'
+        for entry in reversed(history)
+    )
+    table = table_html(("#attempt", "when", "worker", "outcome", "error"), rows, "")
+    return f'<h2>Errors by attempt</h2><div class="scroll" id="attempts">{table}</div>'
 
 
 def json_text(value: Any) -> str:

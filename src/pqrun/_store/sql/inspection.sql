@@ -7,6 +7,11 @@ SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_a
 FROM jobs
 WHERE id = $1
 
+-- name: error_history
+-- The errors of a job's last attempts (a JSON array, see ddl.sql), or NULL.
+-- Guard: a read; moves nothing.
+SELECT error_history::text AS error_history FROM jobs WHERE id = $1
+
 -- name: list_jobs
 -- Guard: a read; moves nothing.
 SELECT id, job_type, payload::text AS payload, status, priority, attempts, max_attempts,

@@ -5,6 +5,7 @@
 UPDATE jobs
 SET status = 'DONE',
     result = $5::text::jsonb,
+    last_error = NULL,  -- an earlier attempt's error stays in error_history
     duration_ms = $6,
     finished_at = now(),
     updated_at = now()
@@ -18,6 +19,7 @@ WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
 UPDATE jobs AS j
 SET status = 'DONE',
     result = d.result::jsonb,
+    last_error = NULL,  -- an earlier attempt's error stays in error_history
     duration_ms = d.duration_ms,
     finished_at = now(),
     updated_at = now()
@@ -43,6 +45,15 @@ SET status = CASE WHEN $6 OR attempts >= max_attempts THEN 'FAILED' ELSE 'READY'
     locked_at = CASE WHEN $6 OR attempts >= max_attempts THEN locked_at END,
     locked_by = CASE WHEN $6 OR attempts >= max_attempts THEN locked_by END,
     last_error = $5,
+    -- This attempt's error after the last 19 of earlier ones (see ddl.sql).
+    error_history = (CASE WHEN jsonb_array_length(COALESCE(error_history, '[]')) >= 20
+                          THEN error_history - 0
+                          ELSE COALESCE(error_history, '[]') END)
+                    || jsonb_build_array(jsonb_build_object(
+                           'attempt', attempts, 'at', now(), 'worker', $2::text,
+                           'outcome', CASE WHEN $6 OR attempts >= max_attempts
+                                           THEN 'failed' ELSE 'retried' END,
+                           'error', left($5, 2000))),
     duration_ms = $8,
     updated_at = now()
 WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3

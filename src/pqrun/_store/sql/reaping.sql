@@ -62,7 +62,15 @@ reachable AS (
     FROM reach
 ),
 stale AS (
-    SELECT j.id, j.locked_by, j.attempts, j.lease_id, owner.heartbeat_at AS last_heartbeat
+    SELECT j.id, j.locked_by, j.attempts, j.lease_id, j.attempts >= j.max_attempts AS last,
+           format(
+               '%s: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
+               '(last worker heartbeat: %s)%s',
+               CASE WHEN j.attempts >= j.max_attempts THEN 'abandoned' ELSE 'reaped' END,
+               j.attempts, j.max_attempts, COALESCE(j.locked_by, 'none'), j.locked_at,
+               COALESCE(owner.heartbeat_at::text, 'none'),
+               CASE WHEN j.attempts >= j.max_attempts THEN ', and no attempts are left'
+                    ELSE '; put back to READY' END) AS message
     FROM jobs AS j
     -- The stale period is the longer of the reaper's and the owner's own.
     LEFT JOIN job_workers AS owner ON owner.worker_id = j.locked_by
@@ -88,18 +96,15 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' E
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
     locked_at = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_at END,
     locked_by = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_by END,
-    last_error = CASE
-        WHEN j.attempts >= j.max_attempts THEN format(
-            'abandoned: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
-            '(last worker heartbeat: %s), and no attempts are left',
-            j.attempts, j.max_attempts, COALESCE(j.locked_by, 'none'), j.locked_at,
-            COALESCE(stale.last_heartbeat::text, 'none'))
-        ELSE format(
-            'reaped: attempt %s of %s (worker %s, claimed %s) gave no sign of life '
-            '(last worker heartbeat: %s); put back to READY',
-            j.attempts, j.max_attempts, COALESCE(j.locked_by, 'none'), j.locked_at,
-            COALESCE(stale.last_heartbeat::text, 'none'))
-    END,
+    last_error = stale.message,
+    -- This attempt's end after the last 19 of earlier ones (see ddl.sql).
+    error_history = (CASE WHEN jsonb_array_length(COALESCE(j.error_history, '[]')) >= 20
+                          THEN j.error_history - 0
+                          ELSE COALESCE(j.error_history, '[]') END)
+                    || jsonb_build_array(jsonb_build_object(
+                           'attempt', j.attempts, 'at', now(), 'worker', j.locked_by,
+                           'outcome', CASE WHEN stale.last THEN 'abandoned' ELSE 'reaped' END,
+                           'error', stale.message)),
     updated_at = now()
 FROM stale
 WHERE j.id = stale.id
