@@ -247,6 +247,9 @@ ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS instance text;
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS alive_since timestamptz NOT NULL DEFAULT now();
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS stale_after interval;
 ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS wake_capacity integer NOT NULL DEFAULT 0;
+-- Of the claims in held_jobs, the jobs whose handler had started at the last heartbeat:
+-- the others wait in the worker's buffer for a free slot, or for their outcome's write.
+ALTER TABLE job_workers ADD COLUMN IF NOT EXISTS started_jobs bigint[] NOT NULL DEFAULT '{}';
 
 -- Announce the finish of a job someone waits for (store.wait()), whoever finished it:
 -- a worker, the reaper, cancel(), or your own SQL. The WHEN clause is checked row by

@@ -44,8 +44,10 @@ VALUES ('email', '{"to": "a@example.com"}', 'READY', NULL, 0, NULL, now() - inte
        ('email', '{}', 'CANCELLED', now(), 0, NULL, now());
 INSERT INTO jobs (job_type, status, attempts, locked_by, locked_at, heartbeat_at)
 VALUES ('resize', 'RUNNING', 1, 'w-1', now(), now());
-INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency)
-VALUES ('w-1', 'host-a', 4242, '{resize,email}', 4);
+INSERT INTO job_workers (worker_id, host, pid, job_types, concurrency, held_jobs, started_jobs)
+VALUES ('w-1', 'host-a', 4242, '{resize,email}', 4,
+        ARRAY(SELECT id FROM jobs WHERE status = 'RUNNING'),
+        ARRAY(SELECT id FROM jobs WHERE status = 'RUNNING'));
 """
 
 
@@ -67,7 +69,7 @@ async def test_status_counts_by_status_and_type_with_rates_and_workers(
     assert "DONE                  2" in out
     assert "FAILED                2" in out
     assert "workers alive: 1" in out
-    assert "w-1  pid 4242 on host-a, concurrency 4, types resize,email" in out
+    assert "w-1  pid 4242 on host-a, 1 of 4 slots busy, types resize,email" in out
 
     as_json = await pqrun("status", "--json", PQRUN_DSN=dsn)
     assert as_json.returncode == 0, as_json.stderr
@@ -77,8 +79,8 @@ async def test_status_counts_by_status_and_type_with_rates_and_workers(
     }  # fmt: skip
     assert all(v["exact"] for v in status["counts"].values())
     assert status["by_type"] == [
-        {"job_type": "email", "ready": 2, "due": 1, "running": 0},
-        {"job_type": "resize", "ready": 1, "due": 1, "running": 1},
+        {"job_type": "email", "ready": 2, "due": 1, "running": 0, "waiting": 0},
+        {"job_type": "resize", "ready": 1, "due": 1, "running": 1, "waiting": 0},
     ]
     assert 50 < status["oldest_due_seconds"] < 3600
     assert status["throughput"]["DONE"]["last_minute"]["count"] == 1

@@ -97,8 +97,9 @@ async def test_the_reaper_takes_back_a_dead_workers_job_after_one_stale_period(
     job = await store.get_job(job_id)
     assert job is not None
     assert job.attempts == 2
-    assert job.last_error is not None
-    assert job.last_error.startswith("reaped: attempt 1 of 5 (worker a-worker-that-died,")
+    assert job.last_error is None  # DONE: the reaper's word is in the history
+    (reaped,) = await store.error_history(job_id)
+    assert reaped.error.startswith("reaped: attempt 1 of 5 (worker a-worker-that-died,")
 
 
 async def _done(store: PgJobStore, job_id: int) -> bool:

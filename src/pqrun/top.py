@@ -62,21 +62,25 @@ def render(
         f"{count_text(done['last_hour']):>15}",
     ]
 
-    lines += ["", f"QUEUES   {'job_type':<28}{'ready':>10}{'due':>10}{'running':>10}"]
+    lines += [
+        "",
+        f"QUEUES   {'job_type':<28}{'ready':>10}{'due':>10}{'running':>10}{'waiting':>10}",
+    ]
     if not status["by_type"]:
         lines.append("  (no READY or RUNNING jobs)")
     for entry in status["by_type"]:
         lines.append(
             f"         {printable(entry['job_type']):<28}{entry['ready']:>10,}"
             f"{entry['due']:>10,}"
-            f"{entry['running']:>10,}"
+            f"{entry['running']:>10,}{entry.get('waiting', 0):>10,}"
         )
 
     workers = status["workers"]
     lines += ["", f"WORKERS  {len(workers)} alive"]
     for worker in workers:
         lines.append(
-            f"  {printable(worker['worker_id']):<30} concurrency {worker['concurrency']:<4} "
+            f"  {printable(worker['worker_id']):<30} "
+            f"busy {worker.get('busy', 0)}/{worker['concurrency']:<4} "
             f"heartbeat {duration_text(worker['heartbeat_age_seconds'])} ago   "
             f"{printable(','.join(worker['job_types']))}"
         )

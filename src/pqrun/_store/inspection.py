@@ -32,6 +32,10 @@ STATUS_FINISHED = query("status_finished")
 STATUS_ESTIMATES = query("status_estimates")
 STATUS_RECENT = query("status_recent")
 FAILED_BY_TYPE = query("failed_by_type")
+STARTED_BY_TYPE = query("started_by_type")
+RUN_STATE = query("run_state")
+# A heartbeat older than this no longer says which of its worker's jobs have started.
+STARTED_FRESH = timedelta(minutes=1)
 RECENT_FAILURES = query("recent_failures")
 WORKERS_ALIVE = query("workers_alive")
 MAX_JOB_ID = query("max_job_id")
@@ -58,6 +62,17 @@ class InspectionMethods:
         (empty when none failed, or there is no such job)."""
         text = await self._db.fetchval(ERROR_HISTORY, job_id)
         return [AttemptError.from_json(entry) for entry in json.loads(text or "[]")]
+
+    async def run_state(self, job: Job) -> str | None:
+        """For a RUNNING job: ``"started"`` (its handler runs), ``"waiting"`` (claimed into
+        its worker's buffer, waiting for a free slot), or None when its worker's last
+        heartbeat does not list it yet (or is older than a minute), as of that heartbeat."""
+        if job.status is not JobStatus.RUNNING or job.locked_by is None:
+            return None
+        row = await self._db.fetchrow(RUN_STATE, job.id, job.locked_by)
+        if row is None or not row["held"] or row["heartbeat_age_seconds"] > 60:
+            return None
+        return "started" if row["started"] else "waiting"
 
     async def list_jobs(
         self,
@@ -117,10 +132,13 @@ class InspectionMethods:
                     assert row is not None
                     throughput.setdefault(status.value, {})[name] = rate(row, window, rate_cap)
             workers = await conn.fetch(LIST_WORKERS, timeout=self._db.statement_timeout)
+            started = await started_by_type(self._db, conn)
         by_type: dict[str, dict[str, int]] = {}
         oldest_due: datetime | None = None
         for row in active:
-            entry = by_type.setdefault(row["job_type"], {"ready": 0, "due": 0, "running": 0})
+            entry = by_type.setdefault(
+                row["job_type"], {"ready": 0, "due": 0, "running": 0, "waiting": 0}
+            )
             if row["status"] == JobStatus.READY:
                 entry["ready"] += row["n"]
                 entry["due"] += row["due"]
@@ -130,6 +148,7 @@ class InspectionMethods:
                     oldest_due = row["oldest_due"]
             else:
                 entry["running"] += row["n"]
+                entry["waiting"] = max(0, row["n"] - started.get(row["job_type"], 0))
         return {
             "schema": self._db.schema or self._db.channel.removeprefix("pqrun:"),
             "now": now.isoformat(),
@@ -157,10 +176,13 @@ class InspectionMethods:
         One dict per job type with READY or RUNNING jobs: ``job_type``, ``ready`` (all
         READY, due or not), ``due`` (READY and due now), ``running``, and
         ``oldest_due_seconds`` (how long the oldest due READY job has waited; None when
-        none is due).
+        none is due), and ``waiting``: of the running, those claimed into a worker's
+        buffer whose handler had not started at that worker's last heartbeat.
         """
         check_int("count_cap", count_cap, 1)
-        rows = await self._db.fetch(STATUS_ACTIVE, count_cap)
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self._db.statement_timeout)
+            started = await started_by_type(self._db, conn)
         stats: dict[str, dict[str, Any]] = {}
         for row in rows:
             entry = stats.setdefault(
@@ -170,6 +192,7 @@ class InspectionMethods:
                     "ready": 0,
                     "due": 0,
                     "running": 0,
+                    "waiting": 0,
                     "oldest_due_seconds": None,
                 },
             )
@@ -179,6 +202,7 @@ class InspectionMethods:
                 entry["oldest_due_seconds"] = row["oldest_due_seconds"]
             else:
                 entry["running"] = row["n"]
+                entry["waiting"] = max(0, row["n"] - started.get(row["job_type"], 0))
         return [stats[job_type] for job_type in sorted(stats)]
 
     async def finished_per_second(
@@ -243,6 +267,12 @@ class InspectionMethods:
             BROWSE_JOBS, before, window, status_filter(status), job_type, limit
         )
         return [dict(row) for row in rows]
+
+
+async def started_by_type(db: StoreConnections, conn: Connection) -> dict[str, int]:
+    """RUNNING jobs per type whose handler had started at their worker's last heartbeat."""
+    rows = await conn.fetch(STARTED_BY_TYPE, STARTED_FRESH, timeout=db.statement_timeout)
+    return {row["job_type"]: row["started"] for row in rows}
 
 
 async def count_statuses(

@@ -55,6 +55,7 @@ class RegistryMethods:
         instance: str | None = None,
         stale_after: timedelta = timedelta(seconds=30),
         wake_capacity: int = 0,
+        started: Sequence[int] = (),
     ) -> set[int]:
         """Register ``worker_id`` (or renew it) as alive and holding the claims of ``jobs``.
 
@@ -66,7 +67,8 @@ class RegistryMethods:
         with the same ``worker_id`` and another token has sent a heartbeat within
         ``stale_after``, this raises WorkerIdInUse. ``wake_capacity``: how many jobs a
         notification of inserted jobs may count on this worker for (one claim of it:
-        slots and prefetch); 0 while it does not hear notifications.
+        slots and prefetch); 0 while it does not hear notifications. ``started``: the ids
+        of the held jobs whose handler has started (the others wait for a slot).
         """
         claims = await self.heartbeat_claims(
             worker_id,
@@ -78,6 +80,7 @@ class RegistryMethods:
             instance=instance,
             stale_after=stale_after,
             wake_capacity=wake_capacity,
+            started=started,
         )
         return {job_id for job_id, _lease in claims}
 
@@ -93,6 +96,7 @@ class RegistryMethods:
         instance: str | None = None,
         stale_after: timedelta = timedelta(seconds=30),
         wake_capacity: int = 0,
+        started: Sequence[int] = (),
     ) -> set[tuple[int, int | None]]:
         """heartbeat(), answering with the (id, lease_id) of the claims still owned."""
         ids, leases = claim_ids(jobs)
@@ -110,6 +114,7 @@ class RegistryMethods:
                 stale_after,
                 heartbeat_gap(stale_after),
                 wake_capacity,
+                list(started),
                 timeout=self._db.statement_timeout if within is None else within,
             )
             if not rows[0]["registered"]:

@@ -38,6 +38,7 @@ EXPECTED_WORKER_COLUMNS = (
     "alive_since",
     "stale_after",
     "wake_capacity",
+    "started_jobs",
 )
 
 

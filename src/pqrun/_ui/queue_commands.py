@@ -46,12 +46,13 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append("  (~: the planner's estimate; >=: more than counted, no estimate yet)")
     lines += ["", "active jobs by type"]
     if status["by_type"]:
-        lines.append(f"  {'job_type':<24} {'ready':>9} {'due':>9} {'running':>9}")
+        lines.append(f"  {'job_type':<24} {'ready':>9} {'due':>9} {'running':>9} {'waiting':>9}")
         for entry in status["by_type"]:
             lines.append(
                 f"  {printable(entry['job_type']):<24} {entry['ready']:>9,} {entry['due']:>9,} "
-                f"{entry['running']:>9,}"
+                f"{entry['running']:>9,} {entry.get('waiting', 0):>9,}"
             )
+        lines.append("  (waiting: RUNNING, claimed into a worker's buffer, handler not started)")
     else:
         lines.append("  (none)")
     lines += ["", f"  {'finished':<24} {'DONE':>12} {'FAILED':>12}"]
@@ -77,7 +78,7 @@ def worker_line(worker: Mapping[str, Any]) -> str:
     types = printable(",".join(worker["job_types"])) or "-"
     return (
         f"{printable(worker['worker_id'])}  pid {worker['pid']} on {printable(worker['host'])}, "
-        f"concurrency {worker['concurrency']}, types {types}, "
+        f"{worker.get('busy', 0)} of {worker['concurrency']} slots busy, types {types}, "
         f"heartbeat {duration_text(worker['heartbeat_age_seconds'], tenths=True)} ago"
     )
 

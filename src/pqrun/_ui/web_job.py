@@ -17,6 +17,11 @@ from pqrun._ui.web_page import DashboardPage
 from pqrun.errors import JobConflict
 from pqrun.models import AttemptError, Job, JobStatus
 
+#: What a RUNNING job's worker said of it in its last heartbeat.
+RUN_STATES = {
+    "started": ' <span id="run-state">handler running</span>',
+    "waiting": ' <span id="run-state">claimed, waiting for a free slot in its worker</span>',
+}
 #: Payload and result are cut to this many characters on the job page.
 SHOW_JSON_LIMIT = 100_000
 
@@ -24,7 +29,9 @@ SHOW_JSON_LIMIT = 100_000
 class JobPage(DashboardPage):
     """``/jobs/{id}``, its live fragment, and its retry and cancel POSTs."""
 
-    def job_fragment(self, request: Request, job: Job, history: list[AttemptError]) -> str:
+    def job_fragment(
+        self, request: Request, job: Job, history: list[AttemptError], run_state: str | None
+    ) -> str:
         base = self.base(request)
         actions = ""
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
@@ -37,7 +44,7 @@ class JobPage(DashboardPage):
             else "-"
         )
         facts = [
-            ("status", badge_html(job.status.value)),
+            ("status", badge_html(job.status.value) + RUN_STATES.get(run_state or "", "")),
             ("job type", h(job.job_type)),
             ("attempts", f"{h(job.attempts)} of {h(job.max_attempts)}"),
             ("priority", h(job.priority)),
@@ -84,7 +91,9 @@ class JobPage(DashboardPage):
         if job is None:
             return refuse(404, "No such job.")
         live = f"{self.base(request)}/_/jobs/{job.id}"
-        fragment = self.job_fragment(request, job, await self.store.error_history(job.id))
+        fragment = self.job_fragment(
+            request, job, await self.store.error_history(job.id), await self.store.run_state(job)
+        )
         return self.page(
             request,
             f"Job {job.id}",
@@ -96,7 +105,8 @@ class JobPage(DashboardPage):
         if job is None:
             return refuse(404, "No such job.")
         history = await self.store.error_history(job.id)
-        return self.fragment(request, self.job_fragment(request, job, history))
+        run_state = await self.store.run_state(job)
+        return self.fragment(request, self.job_fragment(request, job, history, run_state))
 
     async def route_retry(self, request: Request) -> Response:
         refused = await self.check_action(request)

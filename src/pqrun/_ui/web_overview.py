@@ -67,8 +67,8 @@ class OverviewPage(DashboardPage):
         for queue in queues:
             queue["failed"] = failed.pop(queue["job_type"], 0)
         queues += [
-            {"job_type": t, "ready": 0, "due": 0, "running": 0, "oldest_due_seconds": None,
-             "failed": n}
+            {"job_type": t, "ready": 0, "due": 0, "running": 0, "waiting": 0,
+             "oldest_due_seconds": None, "failed": n}
             for t, n in failed.items()
         ]  # fmt: skip
         queues.sort(key=lambda queue: queue["job_type"])
@@ -127,13 +127,21 @@ class OverviewPage(DashboardPage):
             f'<tr><td><a href="{h(base)}/jobs?{h(urlencode({"job_type": q["job_type"]}))}">'
             f"{h(q['job_type'])}</a></td>"
             f'<td class="num">{q["ready"]:,}</td><td class="num">{q["due"]:,}</td>'
-            f'<td class="num">{q["running"]:,}</td>'
+            f'<td class="num">{q["running"]:,}</td><td class="num">{q["waiting"]:,}</td>'
             f'<td class="num">{failed_link(base, q)}</td>'
             f"<td>{h(age_text(q['oldest_due_seconds']))}</td></tr>"
             for q in data["queues"]
         ]
         queues = table_html(
-            ["job type", "#ready", "#due now", "#running", "#failed (1 h)", "oldest due waits"],
+            [
+                "job type",
+                "#ready",
+                "#due now",
+                "#running",
+                "#of which waiting",
+                "#failed (1 h)",
+                "oldest due waits",
+            ],
             queue_rows,
             "No READY or RUNNING jobs, and no failures in the last hour.",
         )

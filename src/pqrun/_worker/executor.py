@@ -21,7 +21,7 @@ from pqrun.limits import INT32_MAX
 from pqrun.models import Job, encode_json
 from pqrun.observers import tell
 
-from .fetcher import Fetcher
+from .fetcher import BUFFER_WAIT_LIMIT, Fetcher
 from .loops import Lifetime
 from .outcome import Outcome, RunOutcome, end_span, report_cancelled, report_released
 from .outcome_writer import OutcomeWriter
@@ -157,6 +157,17 @@ class Executor:
             elif now - last_yield >= YIELD_EVERY:
                 last_yield = now
                 await asyncio.sleep(0)
+
+    async def watch_buffer(self) -> None:
+        """Give prefetched jobs back to READY when every slot stays busy past
+        BUFFER_WAIT_LIMIT: held here they would wait for a slot while other workers may
+        be idle (and would show as RUNNING though no handler runs them)."""
+        while not self._life.stopping.is_set():
+            await self._life.sleep(BUFFER_WAIT_LIMIT / 2)
+            if jobs := self._fetcher.clogged_buffer():
+                await self._release(
+                    jobs, f"prefetched, they waited over {BUFFER_WAIT_LIMIT} s for a busy slot"
+                )
 
     async def _take(self) -> tuple[Job, float] | None:
         registry = self._registry

@@ -26,6 +26,12 @@ from .store_protocol import WorkerStore
 
 # The prefetch holds about this much work, at the handlers' average speed.
 PREFETCH_SECONDS = 0.05
+# A prefetched job waits at most about this long (seconds) for a slot while every slot is
+# busy: then the buffer goes back to READY, for idle workers to take (handler times vary:
+# the average that sized the prefetch did not foresee slots held this long).
+BUFFER_WAIT_LIMIT = 0.5
+# After giving its buffer back, a worker claims only for free slots this long (seconds).
+NO_PREFETCH_SECONDS = 10.0
 # Weight of the newest run in the average handler duration.
 DURATION_SMOOTHING = 0.1
 # How long drain() waits for outcomes it cannot write before it gives up (seconds).
@@ -67,6 +73,8 @@ class Fetcher:
         self._due_at: list[float] = []  # heap of epoch seconds when known jobs come due
         self._average_seconds: float | None = None
         self.prefetch_target = 0
+        # Monotonic time until which nothing is prefetched (0: prefetch as measured).
+        self._no_prefetch_until = 0.0
         # Monotonic time before which a limited type that had nothing due is not claimed.
         self._limited_recheck_at: dict[str, float] = {}
         self._limited_first = True
@@ -76,6 +84,10 @@ class Fetcher:
 
     def measured(self, seconds: float) -> None:
         """Fold a handler's duration into the average, and size the prefetch from it."""
+        if self._no_prefetch_until:
+            if time.monotonic() < self._no_prefetch_until:
+                return
+            self._no_prefetch_until = 0.0
         if self._average_seconds is None:
             self._average_seconds = seconds
         else:
@@ -86,6 +98,22 @@ class Fetcher:
             self.prefetch_target = min(
                 self._settings.prefetch_limit, int(self._concurrency * per_slot)
             )
+
+    def stop_prefetching(self) -> None:
+        """Claim only for free slots for a while: prefetched jobs waited too long."""
+        self._no_prefetch_until = time.monotonic() + NO_PREFETCH_SECONDS
+        self.prefetch_target = 0
+
+    def clogged_buffer(self) -> list[Job]:
+        """The buffered jobs to give back, if the oldest has waited BUFFER_WAIT_LIMIT
+        with every slot busy (none otherwise): prefetching stops for a while."""
+        registry = self._registry
+        if not registry.buffer or len(registry.running) < self._concurrency:
+            return []
+        if time.monotonic() - registry.buffer[0][1] < BUFFER_WAIT_LIMIT:
+            return []
+        self.stop_prefetching()
+        return registry.take_buffer()
 
     def claim_room(self) -> int:
         """How many jobs this worker would claim if woken now (0 when stopping)."""

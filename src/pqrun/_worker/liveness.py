@@ -55,6 +55,7 @@ class Liveness:
         on_lost: Callable[[set[Claim]], None],
         errors: ErrorStreak,
         wake_capacity: Callable[[], int] = lambda: 0,
+        started: Callable[[], list[int]] = list,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
@@ -68,6 +69,7 @@ class Liveness:
         self._on_lost = on_lost
         self._errors = errors
         self._wake_capacity = wake_capacity
+        self._started = started
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
@@ -162,6 +164,7 @@ class Liveness:
                     instance=self.instance,
                     stale_after=timedelta(seconds=self._stale_after),
                     wake_capacity=self._wake_capacity(),
+                    started=self._started(),
                 ),
                 self._interval / 2,
             )

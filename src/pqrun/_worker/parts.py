@@ -74,6 +74,7 @@ class WorkerParts:
             on_lost=registry.lose,
             errors=life.streak("liveness"),
             wake_capacity=self._wake_capacity,
+            started=registry.started_job_ids,
         )
         self.listener = Listener(
             store,
@@ -129,6 +130,8 @@ class WorkerParts:
             self.background.append(spawn("vacuumer", vacuumer.run()))
         if settings.listen:
             self.background.append(spawn("listener", self.listener.run()))
+        if settings.prefetch_limit:
+            self.background.append(spawn("buffer-watch", self.executor.watch_buffer()))
         if settings.schedules:
             scheduler = Scheduler(settings, self.store, self.life)
             self.background.append(spawn("scheduler", scheduler.run()))

@@ -10,7 +10,8 @@ heartbeats list it, which keeps the reaper off it. In process, a claim goes thro
        │           │           │  └─ (went on after the grace) ─┐  │
        │           │           ├──► CANCEL_REQUESTED ──► ANSWERED (cancelled)
        │           │           └──► RELEASED ─────────────┴──► put back (answer dropped)
-       │           └──► put back (shutdown, waited too long) / dropped (not ours any more)
+       │           └──► put back (shutdown, waited too long, every slot stayed busy)
+       │                / dropped (not ours any more)
        └──► dropped (found not ours while buffered)
 
 - BUFFERED: claimed, waiting in the buffer for a free slot (``RunRegistry.buffer``).
@@ -131,6 +132,10 @@ class RunRegistry:
 
     def held_jobs(self) -> list[Job]:
         return list(self.held.values())
+
+    def started_job_ids(self) -> list[int]:
+        """The jobs whose handler a slot runs now (the others held wait or are done)."""
+        return [run.job.id for run in self.running]
 
     def holds(self, job: Job) -> bool:
         return claim_of(job) in self.held

@@ -113,6 +113,7 @@ class WorkerStore(Protocol):
         instance: str | None = None,
         stale_after: timedelta = ...,
         wake_capacity: int = 0,
+        started: Sequence[int] = (),
     ) -> set[tuple[int, int | None]]: ...
     async def leave(self, worker_id: str, *, instance: str | None = None) -> None: ...
     async def wake_roster(

@@ -24,6 +24,30 @@ WHERE ($1::text IS NULL OR status = $1::text)
 ORDER BY id DESC
 LIMIT $3
 
+-- name: started_by_type
+-- Of the RUNNING jobs of each type, how many had their handler started at their
+-- worker's last heartbeat (fresh within $1); the rest of RUNNING are claimed but wait in
+-- a worker's buffer for a free slot (or for their outcome's write).
+-- Guard: a read of the registry, and of the listed job rows by primary key (no more than
+-- the live workers' slots); moves nothing.
+SELECT j.job_type, count(*) AS started
+FROM job_workers AS w
+CROSS JOIN LATERAL unnest(w.started_jobs) AS s(id)
+JOIN jobs AS j ON j.id = s.id
+WHERE w.heartbeat_at >= now() - $1::interval
+  AND j.status = 'RUNNING' AND j.locked_by = w.worker_id
+GROUP BY j.job_type
+
+-- name: run_state
+-- Whether the handler of a RUNNING job ($1) held by worker $2 had started at that
+-- worker's last heartbeat (false: claimed, waiting in its buffer), and how long ago that
+-- heartbeat was; no row when the worker is not registered.
+-- Guard: a read of one registry row; moves nothing.
+SELECT $1::bigint = ANY(started_jobs) AS started, $1::bigint = ANY(held_jobs) AS held,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_seconds
+FROM job_workers
+WHERE worker_id = $2
+
 -- name: status_active
 -- READY and RUNNING jobs by type, through the pickup and running indexes, at most $1 of
 -- each status.

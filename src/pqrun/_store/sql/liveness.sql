@@ -9,18 +9,20 @@
 -- worker_id would erase the first one's claims, so it is told (registered = false).
 -- alive_since is kept while heartbeats come less than $10 apart, else starts again.
 -- $11: how many jobs a notification may count on the worker for (0: it does not listen).
+-- $12: the held jobs whose handler has started (for operators: running, not waiting).
 -- Guard: the registry row is written only when it carries instance $8 or its heartbeat is
 -- stale ($9); job rows are only read, without locks.
 WITH registered AS (
     INSERT INTO job_workers AS w (worker_id, host, pid, job_types, concurrency, held_jobs,
-                                  held_leases, instance, stale_after, wake_capacity)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11)
+                                  held_leases, instance, stale_after, wake_capacity,
+                                  started_jobs)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12)
     ON CONFLICT (worker_id) DO UPDATE
     SET heartbeat_at = now(), host = EXCLUDED.host, pid = EXCLUDED.pid,
         job_types = EXCLUDED.job_types, concurrency = EXCLUDED.concurrency,
         held_jobs = EXCLUDED.held_jobs, held_leases = EXCLUDED.held_leases,
         instance = EXCLUDED.instance, stale_after = EXCLUDED.stale_after,
-        wake_capacity = EXCLUDED.wake_capacity,
+        wake_capacity = EXCLUDED.wake_capacity, started_jobs = EXCLUDED.started_jobs,
         started_at = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
                           THEN w.started_at ELSE now() END,
         alive_since = CASE WHEN w.instance IS NOT DISTINCT FROM EXCLUDED.instance
@@ -87,7 +89,9 @@ WHERE wake_capacity > 0
   AND heartbeat_at >= now() - COALESCE(stale_after, $1::interval) * $2::float8
 
 -- name: list_workers
+-- busy: the slots running a handler at the worker's last heartbeat.
 -- Guard: a read of the registry; moves nothing.
-SELECT worker_id, host, pid, job_types, concurrency, started_at, heartbeat_at
+SELECT worker_id, host, pid, job_types, concurrency, started_at, heartbeat_at,
+       cardinality(started_jobs) AS busy
 FROM job_workers
 ORDER BY started_at
