@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +22,8 @@ from pqrun import Fail, JobContext, PgJobStore, Retry, Schedule, Worker
 from pqrun.metrics import PrometheusMetrics, instrument, metrics_app
 
 from .helpers import QUICK, wait_until
+
+DOCS = Path(__file__).parent.parent / "docs"
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -425,3 +430,54 @@ async def test_an_observer_without_the_newer_hooks_keeps_working(store: PgJobSto
         await wait_until(ran)
     finally:
         await worker.stop()
+
+
+def exported_names() -> set[str]:
+    """Every sample name pqrun's metrics export, from the families themselves (so it
+    includes families that have no sample yet)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    names: set[str] = set()
+    for family in PrometheusMetrics(CollectorRegistry()).registry.collect():
+        names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\bpqrun_[a-z0-9_]+", expression))
+
+
+def test_the_grafana_dashboard_queries_only_metrics_pqrun_exports() -> None:
+    exported = exported_names()
+    assert {"pqrun_worker_busy_slots", "pqrun_database_errors_total"} <= exported
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert {"queue", "job_type"} <= set(variables)
+    expressions = [v["definition"] for v in variables.values() if v["type"] == "query"]
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], panel["title"]
+        expressions += [target["expr"] for target in panel["targets"]]
+    used = set().union(*map(metric_names, expressions))
+    assert used - exported == set()
+    # Every family of a worker's and the queue's is on it.
+    new = {"pqrun_worker_slots", "pqrun_worker_buffered_jobs", "pqrun_schedule_ticks_total"}
+    assert new | {"pqrun_job_wait_seconds_bucket", "pqrun_queue_due_jobs"} <= used
+
+
+def test_the_promql_in_the_docs_uses_only_metrics_pqrun_exports() -> None:
+    text = (DOCS / "observability.md").read_text()
+    blocks = re.findall(r"```promql\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    used = set().union(*map(metric_names, blocks))
+    assert used - exported_names() == set()
+    # The metrics table names every family a PrometheusMetrics has.
+    for family in PrometheusMetrics(CollectorRegistry()).registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in text, name
