@@ -64,6 +64,9 @@ def test_bash_completes_commands_subcommands_options_and_choices(bash_script: Pa
         bash_script, "pqrun", "--version", "jobs", "list", "--type", "jobs", "--status", "C"
     ) == ["CANCELLED"]
     assert bash_complete(bash_script, "pqrun", "worker", "--log-level", "w") == ["warning"]
+    # bash splits --option=value at the "=" (COMP_WORDBREAKS).
+    assert bash_complete(bash_script, "pqrun", "jobs", "list", "--status", "=", "D") == ["DONE"]
+    assert "READY" in bash_complete(bash_script, "pqrun", "jobs", "list", "--status", "=")
     assert bash_complete(bash_script, "pqrun", "completion", "") == ["bash", "zsh"]
     # Options of the command typed, not of another one.
     assert bash_complete(bash_script, "pqrun", "status", "--all") == []
@@ -125,6 +128,7 @@ def test_zsh_completes_through_its_completion_system(tmp_path: Path) -> None:
         ("pqrun jobs list --st", "--status"),
         ("pqrun jobs list --status FAI", "FAILED"),
         ("pqrun worker --log-level war", "warning"),
+        ("pqrun worker --log-format=js", "--log-format=json"),
     ]
     arguments = [word for case in cases for word in case]
     done = subprocess.run(

@@ -110,11 +110,12 @@ def _tables(root: Command, prefix: str) -> list[str]:
 # Finds the command typed so far in words 1..current-1: a word that names a subcommand
 # of the path so far goes down into it; an option that takes a value skips that value.
 # Leaves the command in $cmdpath, and $wants set when the current word is an option's value.
+# (bash splits ``--status=F`` into three words: the "=" leaves $wants as it is.)
 _WALK = """\
     local cmdpath={prog} wants="" w i
     for (( i = {first}; i < {current}; i++ )); do
         w=${{words[i]}}
-        if [[ -n $wants ]]; then wants=""; continue; fi
+        if [[ -n $wants ]]; then [[ $w == = ]] || wants=""; continue; fi
         case "$w" in
             -*=*) continue ;;
             -*) {prefix}_takes_value "$cmdpath $w" && wants=$w; continue ;;
@@ -137,6 +138,7 @@ def bash_script(root: Command) -> str:
         f"{prefix}_complete() {{",
         '    local cur="${COMP_WORDS[COMP_CWORD]}" offer',
         body,
+        '    [[ $cur == = ]] && cur=""  # right after --option=',
         "    if [[ -n $wants ]]; then",
         f'        offer=$({prefix}_choices "$cmdpath $wants")',
         "        [[ -z $offer ]] && return 0  # any value: the default completion",
@@ -188,6 +190,10 @@ def zsh_script(root: Command) -> str:
         walk,
         "    if [[ -n $wants ]]; then",
         f'        choices=(${{=$({prefix}_choices "$cmdpath $wants")}})',
+        "        (( $#choices )) && compadd -a choices || _default",
+        "    elif [[ $cur == -*=* ]]; then",
+        f'        choices=(${{=$({prefix}_choices "$cmdpath ${{cur%%=*}}")}})',
+        "        compset -P '*='",
         "        (( $#choices )) && compadd -a choices || _default",
         "    elif [[ $cur == -* ]]; then",
         f'        {prefix}_described "options $cmdpath"',
