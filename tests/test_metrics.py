@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,10 +18,12 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pqrun import Fail, JobContext, PgJobStore, Retry, Worker
+from pqrun import Fail, JobContext, PgJobStore, Retry, Schedule, Worker
 from pqrun.metrics import PrometheusMetrics, instrument, metrics_app
 
 from .helpers import QUICK, wait_until
+
+DOCS = Path(__file__).parent.parent / "docs"
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -249,3 +255,229 @@ async def test_the_job_type_label_is_bounded(
     monkeypatch.setenv("PQRUN_METRICS_MAX_JOB_TYPES", "0")
     with pytest.raises(ValueError, match="PQRUN_METRICS_MAX_JOB_TYPES"):
         PrometheusMetrics(CollectorRegistry())
+
+
+async def test_busy_slots_and_buffered_jobs_are_told_apart(store: PgJobStore, conn: Any) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    release = asyncio.Event()
+
+    async def block(ctx: JobContext) -> None:
+        await release.wait()
+
+    worker = Worker(
+        store, {"ok": ok, "block": block}, concurrency=3, prefetch=2, worker_id="w-slots", **QUICK
+    )
+    slot_labels = {"queue": "public", "worker": "w-slots"}
+
+    def scrape() -> dict[Any, float]:
+        return samples(generate_latest(metrics.registry).decode())
+
+    await worker.start()
+    try:
+        # Quick runs first: the worker measures them and prefetches two beyond its slots.
+        await store.enqueue_many([{"job_type": "ok"}] * 10)
+
+        async def quick_ones_done() -> bool:
+            return value(scrape(), "pqrun_jobs_finished_total", job_type="ok", outcome="done") == 10
+
+        await wait_until(quick_ones_done)
+        await store.enqueue_many([{"job_type": "block"}] * 5)
+
+        async def three_run_two_wait() -> bool:
+            found = scrape()
+            return (
+                value(found, "pqrun_worker_busy_slots", job_type="block", **slot_labels) == 3
+                and value(found, "pqrun_worker_buffered_jobs", job_type="block", **slot_labels) == 2
+            )
+
+        await wait_until(three_run_two_wait)
+        found = scrape()
+        # All five are RUNNING in the table; the gauges tell the three running apart.
+        running = await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'RUNNING'")
+        assert running == 5
+        assert value(found, "pqrun_worker_slots", **slot_labels) == 3
+        assert value(found, "pqrun_worker_busy_slots", job_type="ok", **slot_labels) == 0
+        ok_labels = tuple(sorted({**slot_labels, "job_type": "ok"}.items()))
+        assert ("pqrun_worker_busy_slots", ok_labels) in found  # idle types show 0, not nothing
+        release.set()
+
+        async def all_idle() -> bool:
+            found = scrape()
+            return (
+                value(found, "pqrun_jobs_finished_total", job_type="block", outcome="done") == 5
+                and value(found, "pqrun_worker_busy_slots", job_type="block", **slot_labels) == 0
+                and value(found, "pqrun_worker_buffered_jobs", job_type="block", **slot_labels) == 0
+            )
+
+        await wait_until(all_idle)
+    finally:
+        release.set()
+        await worker.stop()
+    # A stopped worker has no slots to report.
+    assert not any(name == "pqrun_worker_slots" for name, _labels in scrape())
+
+
+async def test_schedule_ticks_are_counted_by_schedule_and_result(
+    store: PgJobStore, conn: Any
+) -> None:
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    every = Schedule("ok", every=timedelta(seconds=1), name="every-second")
+    missed = Schedule("ok", every=timedelta(hours=1), name="missed-hourly", missed="skip")
+    await store.declare_schedules([every, missed])
+    # Its tick came due an hour ago, while no worker ran: skipped, not enqueued.
+    await conn.execute(
+        "UPDATE job_schedules SET next_run_at = now() - interval '1 hour' "
+        "WHERE name = 'missed-hourly'"
+    )
+    worker = Worker(store, {"ok": ok}, schedules=[every, missed], **QUICK)
+
+    def ticks(schedule: str, result: str) -> float:
+        found = samples(generate_latest(metrics.registry).decode())
+        return value(found, "pqrun_schedule_ticks_total", schedule=schedule, result=result)
+
+    await worker.start()
+    try:
+
+        async def fired_and_skipped() -> bool:
+            return ticks("every-second", "enqueued") >= 1 and ticks("missed-hourly", "skipped") == 1
+
+        await wait_until(fired_and_skipped)
+    finally:
+        await worker.stop()
+    assert ticks("missed-hourly", "enqueued") == 0
+    assert ticks("every-second", "failed") == 0
+
+
+async def test_database_errors_are_counted_by_operation_and_kind(
+    dsn: str, schemas: Callable[[], str], conn: Any
+) -> None:
+    schema = schemas()
+    store = PgJobStore(dsn, schema=schema, statement_timeout=0.5)
+    await store.setup()
+    metrics = instrument(store, PrometheusMetrics(CollectorRegistry()))
+    worker = Worker(store, {"ok": ok}, **QUICK)
+
+    def errors(operation: str, kind: str) -> float:
+        found = samples(generate_latest(metrics.registry).decode())
+        return value(found, "pqrun_database_errors_total", operation=operation, kind=kind)
+
+    await worker.start()
+    try:
+        # The jobs table locked: each claim waits out its statement timeout.
+        async with conn.transaction():
+            await conn.execute(f'LOCK TABLE "{schema}".jobs IN ACCESS EXCLUSIVE MODE')
+
+            async def claim_timed_out() -> bool:
+                return errors("claim", "timeout") >= 1
+
+            await wait_until(claim_timed_out)
+        # The jobs table gone: each claim is refused at once.
+        await conn.execute(f'ALTER TABLE "{schema}".jobs RENAME TO jobs_away')
+        try:
+
+            async def claim_refused() -> bool:
+                return errors("claim", "other") >= 1
+
+            await wait_until(claim_refused)
+        finally:
+            await conn.execute(f'ALTER TABLE "{schema}".jobs_away RENAME TO jobs')
+    finally:
+        await worker.stop()
+        await store.close()
+    assert errors("claim", "connection") == 0
+
+
+def test_errors_are_told_apart_by_kind() -> None:
+    import asyncpg
+
+    from pqrun._worker.loops import error_kind
+    from pqrun.errors import DatabaseUnavailable
+
+    def raised_from(cause: BaseException) -> BaseException:
+        try:
+            raise DatabaseUnavailable("lost the connection") from cause
+        except DatabaseUnavailable as exc:
+            return exc
+
+    assert error_kind(raised_from(ConnectionResetError())) == "connection"
+    assert error_kind(raised_from(TimeoutError())) == "timeout"
+    assert error_kind(asyncpg.QueryCanceledError("canceling statement")) == "timeout"
+    assert error_kind(asyncpg.UndefinedTableError("no jobs")) == "other"
+
+
+async def test_an_observer_without_the_newer_hooks_keeps_working(store: PgJobStore) -> None:
+    from pqrun.observers import JobObserver, tell_each
+
+    class Older(JobObserver):
+        def __init__(self) -> None:
+            self.finished_jobs = 0
+
+        def finished(self, job: Any, outcome: str, duration_seconds: float) -> None:
+            self.finished_jobs += 1
+
+    older = Older()
+    store.observe(older)
+    # An observer object that predates the hooks altogether is skipped, not an error.
+    tell_each([object(), older], "database_error", "w", "claim", "other")  # type: ignore[list-item]
+    await store.enqueue("ok")
+    worker = Worker(store, {"ok": ok}, schedules=[Schedule("ok", every=1)], **QUICK)
+    await worker.start()
+    try:
+
+        async def ran() -> bool:
+            return older.finished_jobs >= 1
+
+        await wait_until(ran)
+    finally:
+        await worker.stop()
+
+
+def exported_names() -> set[str]:
+    """Every sample name pqrun's metrics export, from the families themselves (so it
+    includes families that have no sample yet)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    names: set[str] = set()
+    for family in PrometheusMetrics(CollectorRegistry()).registry.collect():
+        names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\bpqrun_[a-z0-9_]+", expression))
+
+
+def test_the_grafana_dashboard_queries_only_metrics_pqrun_exports() -> None:
+    exported = exported_names()
+    assert {"pqrun_worker_busy_slots", "pqrun_database_errors_total"} <= exported
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert {"queue", "job_type"} <= set(variables)
+    expressions = [v["definition"] for v in variables.values() if v["type"] == "query"]
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], panel["title"]
+        expressions += [target["expr"] for target in panel["targets"]]
+    used = set().union(*map(metric_names, expressions))
+    assert used - exported == set()
+    # Every family of a worker's and the queue's is on it.
+    new = {"pqrun_worker_slots", "pqrun_worker_buffered_jobs", "pqrun_schedule_ticks_total"}
+    assert new | {"pqrun_job_wait_seconds_bucket", "pqrun_queue_due_jobs"} <= used
+
+
+def test_the_promql_in_the_docs_uses_only_metrics_pqrun_exports() -> None:
+    text = (DOCS / "observability.md").read_text()
+    blocks = re.findall(r"```promql\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    used = set().union(*map(metric_names, blocks))
+    assert used - exported_names() == set()
+    # The metrics table names every family a PrometheusMetrics has.
+    for family in PrometheusMetrics(CollectorRegistry()).registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in text, name

@@ -5,6 +5,7 @@ One function per command (``cmd_<name>``, in ``pqrun._ui.process_commands`` and
 ``set_defaults(run=...)``; a new command is a new function and one ``add_parser`` call.
 Commands that use the database take ``--dsn`` (else ``$PQRUN_DSN``, else
 ``$DATABASE_URL``) and ``--schema`` (else ``$PQRUN_SCHEMA``). docs/cli.md shows each.
+``pqrun completion bash|zsh`` prints a completion script made from this parser.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ._ui.command_support import (
     schema_name,
     seconds,
 )
+from ._ui.completion import SHELLS, script
 from ._ui.formatting import printable
 from ._ui.log_format import FORMATS
 from ._ui.process_commands import (
@@ -256,7 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure drain, continuous, latency, bulk enqueue and big-table claims",
     )
     bench.set_defaults(run=cmd_bench)
+
+    completion = commands.add_parser(
+        "completion", help="print a bash or zsh completion script (see docs/cli.md)"
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    completion.set_defaults(run=lambda args: print_completion(parser, args.shell))
     return parser
+
+
+def print_completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    """``pqrun completion SHELL``: the script, made from this very parser."""
+    sys.stdout.write(script(parser, shell))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,9 @@ module only when metrics are asked for. Serve them from a worker with
 Counters come from what the store and its workers see in this process (an observer,
 see ``pqrun.observers``). Gauges of the queue come from the database, through one cheap
 statement over the partial indexes of active jobs, run at most every
-``refresh_every`` seconds and only when scraped. docs/observability.md lists them all.
+``refresh_every`` seconds and only when scraped. Gauges of the workers' slots are read
+off the workers running in this process when scraped (``pqrun._metrics_workers``).
+docs/observability.md lists them all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from ._config import env_int
+from ._metrics_workers import EventCounters, WorkerCollector
 from .models import Job
 from .observers import JobObserver
 from .store import PgJobStore
@@ -84,9 +87,10 @@ MAX_JOB_TYPES = 100
 OTHER_JOB_TYPES = "__other__"
 
 
-def _queue_name(store: PgJobStore) -> str:
+def _queue_name(store: PgJobStore | Any) -> str:
     """The queue's name in labels: the schema of its jobs table."""
-    return store.channel.removeprefix("pqrun:")
+    channel: str = store.channel
+    return channel.removeprefix("pqrun:")
 
 
 class _QueueCollector(Collector):
@@ -251,6 +255,14 @@ class PrometheusMetrics(JobObserver):
         # nothing and looks up one dict.
         self._per_type: dict[str, _TypeCounters] = {}
         registry.register(_QueueCollector(self))
+        events = EventCounters(registry)
+        #: Due schedule ticks handled here, by ``schedule`` and ``result``.
+        self.schedule_ticks_total = events.schedule_ticks
+        #: Failed attempts of the workers' loops, by ``operation`` and ``kind``.
+        self.database_errors_total = events.database_errors
+        registry.register(
+            WorkerCollector(lambda observers: self in observers, _queue_name, self.job_type_label)
+        )
 
     def job_type_label(self, job_type: str) -> str:
         """The ``job_type`` label of ``job_type``: its name, or "__other__" beyond the bound."""
@@ -287,6 +299,12 @@ class PrometheusMetrics(JobObserver):
         children.outcome(outcome).inc()
         if outcome != "ignored":
             children.duration.observe(duration_seconds)
+
+    def schedule_ticked(self, schedule: str, result: str) -> None:
+        self.schedule_ticks_total.labels(schedule, result).inc()
+
+    def database_error(self, worker_id: str, operation: str, kind: str) -> None:
+        self.database_errors_total.labels(operation, kind).inc()
 
     # -- queue gauges ----------------------------------------------------------------
 

@@ -186,7 +186,8 @@ class Worker:
             instrument(self.store)
         store.want_connections(self.concurrency)
 
-        self._outage = OutageLog(self.worker_id)
+        # Observers are read at each failure: metrics may be attached after the worker.
+        self._outage = OutageLog(self.worker_id, lambda: self.store.observers)
         # This Worker object's token in job_workers, the same across its runs and drains:
         # another live worker with the same worker_id has another one, and is refused.
         self._instance = secrets.token_hex(8)
@@ -286,7 +287,7 @@ class Worker:
         try:
             await self.store.start()
         except DatabaseUnavailable as exc:
-            self._outage.failure("fetch", "starting", exc)
+            self._outage.failure("fetch", "starting", exc, operation="start")
 
     def _loop_ended(self, parts: WorkerParts, task: asyncio.Task[Any]) -> None:
         """A part of the worker must not die quietly: log it and stop the worker."""

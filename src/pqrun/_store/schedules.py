@@ -12,6 +12,7 @@ import asyncpg
 
 from pqrun.errors import JobConflict
 from pqrun.models import RawJSON
+from pqrun.observers import tell_each
 
 from .enqueue import EnqueueMethods
 from .queries import query
@@ -63,10 +64,12 @@ class ScheduleMethods(EnqueueMethods):
 
         Each due schedule is locked, its job enqueued and its next tick stored in one
         transaction: however many workers call this at once, a tick is enqueued once.
+        Observers hear of each tick handled (``schedule_ticked``) once that commits.
         """
         by_name = {schedule.name: schedule for schedule in schedules}
         names = list(by_name)
         enqueued: list[int] = []
+        ticks: list[tuple[str, str]] = []  # (schedule, result), told after the commit
         async with self._db.acquire() as conn:
             async with conn.transaction():
                 due = await conn.fetch(DUE_SCHEDULES, names, timeout=self._db.statement_timeout)
@@ -76,7 +79,9 @@ class ScheduleMethods(EnqueueMethods):
                     now: datetime = row["now"]
                     next_tick = schedule.next_tick(tick, now)
                     job_id = None
+                    result = "skipped"
                     if schedule.missed == "once" or not schedule.was_missed(tick, now):
+                        result = "failed"
                         try:
                             # A savepoint: a tick that cannot be enqueued (a payload its
                             # handler's model refuses) holds up no other schedule.
@@ -91,6 +96,7 @@ class ScheduleMethods(EnqueueMethods):
                                     conn=conn,
                                 )
                             enqueued.append(job_id)
+                            result = "enqueued"
                         except (ValueError, TypeError, JobConflict, asyncpg.DataError) as exc:
                             logger.error(
                                 "schedule %r: the tick due at %s could not be enqueued, and is "
@@ -110,6 +116,9 @@ class ScheduleMethods(EnqueueMethods):
                         job_id,
                         timeout=self._db.statement_timeout,
                     )
+                    ticks.append((schedule.name, result))
+            for name, result in ticks:
+                tell_each(self.observers, "schedule_ticked", name, result)
             until_next = await conn.fetchval(
                 NEXT_SCHEDULE_DUE, names, timeout=self._db.statement_timeout
             )

@@ -203,7 +203,7 @@ class Listener:
             try:
                 conn = await self._store.listen(self.on_notification)
             except Exception as exc:
-                failures.count += 1
+                failures.noted(exc)
                 if failures.count == 1:
                     logger.warning(
                         "worker %s: cannot LISTEN for new jobs (%s: %s); polling until it can",

@@ -5,6 +5,8 @@ so that a crash is logged with the part that crashed ("pqrun:w-1:fetcher failed"
 as "Task-7". A database outage is logged once when it starts and once when it ends,
 however many loops retry in between (``OutageLog``); a loop that fails waits as the
 worker's LoopErrorPolicy says, longer with each failure in a row (``ErrorStreak``).
+Every failure is also told to the store's observers (``database_error``: metrics count
+it by operation and kind), outage or not.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
+from pqrun._store.driver_errors import CONNECTION_ERRORS
 from pqrun.errors import DatabaseUnavailable
+from pqrun.observers import tell_each
 from pqrun.policies import LoopErrorPolicy
+
+if TYPE_CHECKING:
+    from pqrun.observers import JobObserver
 
 logger = logging.getLogger("pqrun")
 
@@ -27,20 +36,65 @@ def task_name(worker_id: str, part: str) -> str:
     return f"pqrun:{worker_id}:{part}"
 
 
+# The ``operation`` label of each loop's errors (observers.DATABASE_OPERATIONS).
+OPERATIONS = {
+    "fetch": "claim",
+    "writer": "outcome_write",
+    "liveness": "heartbeat",
+    "listener": "listen",
+    "reaper": "reap",
+    "pruner": "prune",
+    "vacuumer": "vacuum",
+    "schedules": "schedule",
+}
+
+
+def error_kind(exc: BaseException) -> str:
+    """The ``kind`` of a loop's error (observers.ERROR_KINDS): ``timeout`` when a
+    statement (or the wait for a connection) timed out, ``connection`` when the
+    connection or server went away, else ``other``."""
+    # The store raises DatabaseUnavailable from the driver's error: look down the chain.
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 5:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if any(isinstance(e, TimeoutError | asyncpg.QueryCanceledError) for e in chain):
+        return "timeout"
+    if any(isinstance(e, (DatabaseUnavailable, *CONNECTION_ERRORS)) for e in chain):
+        return "connection"
+    return "other"
+
+
 class OutageLog:
     """Logs a database outage once when it starts and once when it ends, not per retry.
 
     Each loop of the worker reports under its own name; the outage ends when every loop
-    that failed has succeeded again.
+    that failed has succeeded again. ``observers`` gives the store's observers, which
+    hear of every failure.
     """
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        observers: Callable[[], Sequence[JobObserver]] = tuple,
+    ) -> None:
         self.worker_id = worker_id
         self.since: float | None = None
         self.failures = 0
         self.failing: set[str] = set()
+        self._observers = observers
 
-    def failure(self, loop_name: str, doing: str, exc: BaseException) -> None:
+    def counted(self, loop_name: str, exc: BaseException, operation: str | None = None) -> None:
+        """Tell the observers of one failure (``failure`` does; the listener, which logs
+        its own, calls this alone)."""
+        operation = operation or OPERATIONS.get(loop_name, loop_name)
+        tell_each(self._observers(), "database_error", self.worker_id, operation, error_kind(exc))
+
+    def failure(
+        self, loop_name: str, doing: str, exc: BaseException, *, operation: str | None = None
+    ) -> None:
+        self.counted(loop_name, exc, operation)
         self.failures += 1
         self.failing.add(loop_name)
         if self.since is not None:
@@ -86,6 +140,11 @@ class ErrorStreak:
     def failed(self, doing: str, exc: BaseException) -> None:
         self.count += 1
         self._outage.failure(self.loop_name, doing, exc)
+
+    def noted(self, exc: BaseException) -> None:
+        """A failure this loop logs itself (not an outage): counted, told to observers."""
+        self.count += 1
+        self._outage.counted(self.loop_name, exc)
 
     def wait(self) -> float:
         """The wait before the next try, per the loop error policy."""

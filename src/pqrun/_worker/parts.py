@@ -24,6 +24,7 @@ from pqrun.models import Job, JobStatus
 from .announcer import RoomAnnouncer
 from .executor import Executor
 from .fetcher import Fetcher
+from .gauges import LIVE, SlotGauges
 from .listener import Listener
 from .liveness import Liveness
 from .loops import Lifetime, OutageLog
@@ -95,6 +96,9 @@ class WorkerParts:
             settings, store, registry, fetcher, self.writer, life, release=self.release
         )
         self.background: list[asyncio.Task[Any]] = []
+        self.gauges = SlotGauges(
+            store, settings.worker_id, settings.concurrency, settings.job_types, registry
+        )
 
     @property
     def slots(self) -> list[asyncio.Task[None]]:
@@ -113,6 +117,11 @@ class WorkerParts:
     def start_slots(self) -> None:
         self.writer.start(self.life.spawn)
         self.executor.start()
+        LIVE.add(self.gauges)  # metrics read its slots from now until the run ends
+
+    def ended(self) -> None:
+        """The run is over (or its last handlers are on their own): no more gauges."""
+        LIVE.discard(self.gauges)
 
     def start_heartbeats(self) -> None:
         self.liveness.start(self.life.spawn)

@@ -150,6 +150,7 @@ async def shut_down(parts: WorkerParts, failure: Callable[[], BaseException | No
 
 def abandon(parts: WorkerParts) -> None:
     """Cancel whatever of the run is left (after ``shut_down``, or when it failed)."""
+    parts.ended()
     for task in [*parts.background, *parts.slots]:
         task.cancel()
     parts.announcer.stop()
@@ -173,6 +174,7 @@ async def finish_drain(parts: WorkerParts, finished: bool) -> list[int]:
     """
     registry = parts.registry
     parts.request_stop()
+    parts.ended()
     if not finished:
         # An error or a cancellation: stop the handlers rather than wait for them.
         for run in registry.running:
