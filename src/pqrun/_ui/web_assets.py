@@ -38,16 +38,25 @@ input,select,button{background:#232935;color:#e3e7ee;border:1px solid #3a4250}
 """
 
 # Polls the fragment of each [data-live] element and swaps it in; stops while the tab
-# is hidden, and keeps the last content when a poll fails. While a box in it is ticked
-# (jobs selected for a bulk action) it is left alone, so the selection stays.
+# is hidden, and keeps the last content when a poll fails. Boxes ticked in it (jobs
+# selected for a bulk action) are ticked again in the new content.
 JS = """
 (function () {
   function poll(el) {
     if (document.hidden) return;
-    if (el.querySelector("input[type=checkbox]:checked")) return;
     fetch(el.dataset.live, {headers: {"X-Requested-With": "pqrun"}, credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (text) { if (text !== null) el.innerHTML = text; })
+      .then(function (text) {
+        if (text === null) return;
+        var ticked = {};
+        el.querySelectorAll("input[type=checkbox]:checked").forEach(function (box) {
+          ticked[box.value] = true;
+        });
+        el.innerHTML = text;
+        el.querySelectorAll("input[type=checkbox]").forEach(function (box) {
+          if (ticked[box.value]) box.checked = true;
+        });
+      })
       .catch(function () {});
   }
   document.querySelectorAll("[data-live]").forEach(function (el) {
