@@ -23,7 +23,9 @@ from pqrun.errors import JobConflict
 
 #: Entries of each status's index read to find "all jobs matching the filter" when the
 #: time range spans more ids than a list page walks.
-BULK_SCAN = 20_000
+BULK_SCAN = 10_000
+#: The confirmation shows this many jobs in a table, and the ids of the others.
+SHOWN = 100
 #: The statuses each action moves jobs from, and what it does to them.
 ACTION_STATUSES = {
     "retry": ("FAILED", "CANCELLED"),
@@ -190,9 +192,12 @@ class BulkPage(DashboardPage):
             f'<tr data-job-id="{h(j["id"])}"><td>{job_link(base, j["id"])}</td>'
             f"<td>{h(j['job_type'])}</td><td>{badge_html(j['status'])}</td>"
             f"<td>{when_html(j['created_at'])}</td><td>{when_html(j['run_after'])}</td></tr>"
-            for j in jobs
+            for j in jobs[:SHOWN]
         ]
         parts.append(table_html(("id", "type", "status", "created", "due"), rows, ""))
+        if count > SHOWN:
+            others = ", ".join(str(j["id"]) for j in jobs[SHOWN:])
+            parts.append(f'<p id="others">And these {count - SHOWN:,}: {h(others)}.</p>')
         return "".join(parts)
 
     async def route_bulk(self, request: Request) -> Response:

@@ -44,7 +44,7 @@ SCHEDULED_COLUMNS = ("id", "type", "#priority", "#attempts", "due (UTC)", "creat
 #: Ids a list page looks through (a bounded walk of the primary key).
 BROWSE_WINDOW = 50_000
 #: Entries of the pickup index the scheduled view reads per priority with a type chosen.
-SCHEDULED_WINDOW = 10_000
+SCHEDULED_WINDOW = 5_000
 #: READY and RUNNING jobs read (of each) for the job types the filter offers.
 KNOWN_TYPES_ROWS = 10_000
 #: The most jobs one bulk action over "all matching the filter" acts on.
