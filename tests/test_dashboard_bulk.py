@@ -4,6 +4,7 @@ actions with their confirmation, their guards against races, read-only mode and 
 from __future__ import annotations
 
 import html
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -12,10 +13,12 @@ import httpx
 import pytest
 
 from pqrun import PgJobStore
+from pqrun._store.browsing import BULK_CANDIDATES, FIRST_ID_CREATED_SINCE, SCHEDULED_JOBS
 from pqrun.webui import CSRF_FIELD
 
-from .helpers import status_of
+from .helpers import status_of, wait_until
 from .test_dashboard import admin, failed_job, post_confirmation, readonly, token_in
+from .test_schema import _nodes
 
 __all__ = ["admin", "readonly"]  # fixtures
 
@@ -302,3 +305,57 @@ async def test_retry_many_leaves_jobs_whose_dedupe_key_is_taken(
     assert [r["status"] for r in rows] == ["READY", "FAILED", "FAILED", "READY", "READY", "DONE"]
     with pytest.raises(ValueError, match="whole number"):
         await store.cancel_many([0])
+
+
+async def test_cancel_many_tells_the_workers_of_running_jobs(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    heard: list[str] = []
+    await conn.add_listener(store._db.channel, lambda *args: heard.append(args[3]))
+    ready = await store.enqueue("mail")
+    running = [await store.enqueue("mail") for _ in range(2)]
+    await conn.execute(
+        "UPDATE jobs SET status = 'RUNNING', locked_by = 'w', attempts = 1 WHERE id = ANY($1)",
+        running,
+    )
+    heard.clear()
+    assert await store.cancel_many([ready, *running]) == [ready, *running]
+
+    async def both_heard() -> bool:
+        return len(heard) >= 2
+
+    await wait_until(both_heard)
+    assert sorted(heard) == sorted(f"cancel:{i}" for i in running)
+
+
+async def test_the_list_s_new_reads_stay_bounded_on_a_big_table(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO jobs (job_type, status, finished_at, created_at)
+        SELECT 'done_kind', 'DONE', now(), now() - interval '10 days' + g * interval '2 s'
+        FROM generate_series(1, 300000) AS g;
+        INSERT INTO jobs (job_type, status, finished_at)
+        SELECT 'f', 'FAILED', now() FROM generate_series(1, 30000);
+        INSERT INTO jobs (job_type, priority, run_after)
+        SELECT 'later', g % 3, now() + g * interval '1 s' FROM generate_series(1, 30000) AS g;
+        ANALYZE jobs;
+        """
+    )
+    newest = await store.max_job_id()
+    cases = (
+        ("first id", FIRST_ID_CREATED_SINCE, (None, timedelta(days=5)), 200),
+        ("scheduled", SCHEDULED_JOBS, ("later", None, None, 5000, 50), 3 * 5000 + 50),
+        ("candidates", BULK_CANDIDATES, (["FAILED"], 10_000, 0, newest + 1, "f", 1000), 10_000),
+    )
+    for name, sql, args, bound in cases:
+        raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+        scans = [n for n in _nodes(json.loads(raw)[0]["Plan"]) if "Scan" in n["Node Type"]]
+        assert "Seq Scan" not in [n["Node Type"] for n in scans], name
+        visited = sum(
+            n["Actual Rows"] * n.get("Actual Loops", 1) + n.get("Rows Removed by Filter", 0)
+            for n in scans
+            if "Index" in n["Node Type"]
+        )
+        assert visited <= bound, (name, visited)
