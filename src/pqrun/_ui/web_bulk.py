@@ -27,11 +27,7 @@ BULK_SCAN = 10_000
 #: The confirmation shows this many jobs in a table, and the ids of the others.
 SHOWN = 100
 #: The statuses each action moves jobs from, and what it does to them.
-ACTION_STATUSES = {
-    "retry": ("FAILED", "CANCELLED"),
-    "cancel": ("READY", "RUNNING"),
-    "run-now": ("READY",),
-}
+ACTION_STATUSES = {action: statuses for action, (_, _, statuses) in BULK_ACTIONS.items()}
 ACTION_TEXT = {
     "retry": "FAILED or CANCELLED jobs become READY, due now, with their attempts "
     "counted from zero",
@@ -95,10 +91,16 @@ class BulkPage(DashboardPage):
         jobs = await self.store.bulk_candidates(
             statuses, job_type=chosen.job_type, ids=(low, high), scan=BULK_SCAN, limit=BULK_LIMIT
         )
+        order = {
+            "READY": "READY in the order workers take them",
+            "RUNNING": "RUNNING by worker",
+            "FAILED": "FAILED newest finished first",
+            "CANCELLED": "CANCELLED newest finished first",
+        }
         return jobs, (
-            f"Looked through the first {BULK_SCAN:,} jobs of each status ({', '.join(statuses)}: "
-            "READY in the order workers take them, the others newest finished first). More "
-            "may match: narrow the time range to look through all of it."
+            f"Looked through the first {BULK_SCAN:,} jobs of each status "
+            f"({', '.join(order[s] for s in statuses)}) only. More may match: narrow the "
+            "time range to look through all of it."
         )
 
     async def route_confirm(self, request: Request) -> Response:

@@ -49,11 +49,11 @@ SCHEDULED_WINDOW = 5_000
 KNOWN_TYPES_ROWS = 10_000
 #: The most jobs one bulk action over "all matching the filter" acts on.
 BULK_LIMIT = 1_000
-#: Bulk actions and the views that offer them, with the words their buttons use.
+#: Bulk actions: the words their buttons use, the views and the statuses they apply to.
 BULK_ACTIONS = {
-    "retry": ("Retry", ("",)),
-    "cancel": ("Cancel", ("", "scheduled")),
-    "run-now": ("Run now", ("", "scheduled")),
+    "retry": ("Retry", ("",), ("FAILED", "CANCELLED")),
+    "cancel": ("Cancel", ("", "scheduled"), ("READY", "RUNNING")),
+    "run-now": ("Run now", ("", "scheduled"), ("READY",)),
 }
 
 
@@ -107,8 +107,8 @@ class JobsListPage(DashboardPage):
             )
         columns = ("", *JOB_COLUMNS) if selectable else JOB_COLUMNS
         empty = (
-            f"No jobs match {chosen.range_text()}."
-            if chosen.timed and chosen.before is None
+            f"No matching jobs {chosen.range_text()}."
+            if chosen.timed and start - low <= BROWSE_WINDOW
             else "No jobs match in this range of ids."
         )
         table = table_html(columns, lines, empty)
@@ -233,8 +233,8 @@ class JobsListPage(DashboardPage):
         buttons = "".join(
             f'<button type="submit" name="action" value="{h(action)}" '
             f'data-bulk="{h(action)}">{h(label)}</button> '
-            for action, (label, views) in BULK_ACTIONS.items()
-            if chosen.view in views
+            for action, (label, views, statuses) in BULK_ACTIONS.items()
+            if chosen.view in views and (chosen.status is None or chosen.status in statuses)
         )
         shortcut = ""
         if chosen.status in ("FAILED", "CANCELLED") and not chosen.view:
