@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import AsyncIterator
@@ -48,6 +49,17 @@ async def failed_job(conn: asyncpg.Connection, job_type: str = "mail") -> int:
         job_type,
     )
     return job_id
+
+
+async def post_confirmation(http: httpx.AsyncClient, page: str) -> httpx.Response:
+    """Submit a bulk action's confirmation form as the browser would."""
+    form = re.search(r'<form method="post" action="([^"]+)" id="confirm">(.*?)</form>', page)
+    assert form is not None, page
+    fields = {
+        name: html.unescape(value)
+        for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2))
+    }
+    return await http.post(html.unescape(form.group(1)), data=fields)
 
 
 def token_in(page: str) -> str:
@@ -112,7 +124,9 @@ async def test_actions_are_refused_when_not_allowed(
     refused = await readonly.post(f"/jobs/jobs/{job_id}/retry", data={CSRF_FIELD: token})
     assert refused.status_code == 403
     assert "allow_actions=True" in refused.text
-    assert (await readonly.post("/jobs/queues/mail/retry-failed")).status_code == 403
+    bulk = await readonly.post("/jobs/jobs/bulk/retry", data={CSRF_FIELD: token, "ids": job_id})
+    assert bulk.status_code == 403
+    assert (await readonly.get("/jobs/jobs/confirm", params={"action": "retry"})).status_code == 403
     assert (await readonly.get(f"/jobs/jobs/{job_id}/retry")).status_code == 405
     assert await status_of(store, job_id) == "FAILED"
 
@@ -155,12 +169,15 @@ async def test_retry_all_failed_of_a_type(
     mails = [await failed_job(conn, "mail") for _ in range(3)]
     other = await failed_job(conn, "sms")
     page = await admin.get("/jobs/jobs", params={"status": "FAILED", "job_type": "mail"})
-    assert 'data-action="retry all failed mail"' in page.text
-    answer = await admin.post(
-        "/jobs/queues/mail/retry-failed", data={CSRF_FIELD: token_in(page.text)}
-    )
+    link = re.search(r'id="retry-all" href="([^"]+)"', page.text)
+    assert link is not None
+    # A link to a confirmation, which moves nothing by itself.
+    confirm = await admin.get(html.unescape(link.group(1)))
+    assert 'data-count="3"' in confirm.text
+    assert [await status_of(store, i) for i in mails] == ["FAILED"] * 3
+    answer = await post_confirmation(admin, confirm.text)
     assert answer.status_code == 303
-    assert "count=3" in answer.headers["location"]
+    assert "moved=3&missed=0" in answer.headers["location"]
     assert [await status_of(store, i) for i in mails] == ["READY"] * 3
     assert await status_of(store, other) == "FAILED"
 
@@ -168,12 +185,15 @@ async def test_retry_all_failed_of_a_type(
 async def test_odd_input_is_answered_not_crashed_on(
     store: PgJobStore, admin: httpx.AsyncClient, conn: asyncpg.Connection
 ) -> None:
-    slashed = await failed_job(conn, "reports/monthly")
-    page = await admin.get("/jobs/jobs", params={"status": "FAILED", "job_type": "reports/monthly"})
-    token = token_in(page.text)
-    action = re.search(r'action="([^"]+retry-failed)"', page.text)
-    assert action is not None
-    assert (await admin.post(action.group(1), data={CSRF_FIELD: token})).status_code == 303
+    slashed = await failed_job(conn, "reports/monthly?x=1&y")
+    page = await admin.get(
+        "/jobs/jobs", params={"status": "FAILED", "job_type": "reports/monthly?x=1&y"}
+    )
+    link = re.search(r'id="retry-all" href="([^"]+)"', page.text)
+    assert link is not None
+    confirm = await admin.get(html.unescape(link.group(1)))
+    token = token_in(confirm.text)
+    assert (await post_confirmation(admin, confirm.text)).status_code == 303
     assert await status_of(store, slashed) == "READY"
     huge = await admin.get("/jobs/jobs", params={"before": "9" * 40, "status": "NOPE"})
     assert huge.status_code == 200

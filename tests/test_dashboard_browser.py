@@ -180,3 +180,48 @@ async def test_a_phone_a_dark_scheme_and_the_job_id_box(
     await page.locator("#jump input").fill("not a number")
     await page.locator("#jump button").click()
     await expect(page.locator("#notice")).to_contain_text("not a job id", timeout=WAIT_MS)
+
+
+async def test_two_ticked_rows_are_retried_after_a_confirmation(
+    store: PgJobStore, conn: Any, dashboard_url: str, page: Any
+) -> None:
+    expect = playwright_api.expect
+    failed = [
+        await conn.fetchval(
+            "INSERT INTO jobs (job_type, status, attempts, last_error, finished_at) "
+            "VALUES ('charge_card', 'FAILED', 5, 'card declined', now()) RETURNING id"
+        )
+        for _ in range(3)
+    ]
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    await page.goto(f"{dashboard_url}/jobs?status=FAILED")
+    for job_id in failed[:2]:
+        await page.locator(f'tr[data-job-id="{job_id}"] input[type=checkbox]').check()
+    # The list refreshes itself (a job failed meanwhile shows up) and keeps the ticks.
+    newer = await conn.fetchval(
+        "INSERT INTO jobs (job_type, status, finished_at) "
+        "VALUES ('charge_card', 'FAILED', now()) RETURNING id"
+    )
+    await expect(page.locator(f'tr[data-job-id="{newer}"]')).to_be_visible(timeout=WAIT_MS)
+    for job_id in failed[:2]:
+        box = page.locator(f'tr[data-job-id="{job_id}"] input[type=checkbox]')
+        await expect(box).to_be_checked()
+    await page.locator('button[data-bulk="retry"]').click()
+    await expect(page.locator("#confirm-count")).to_have_attribute("data-count", "2")
+    await expect(page.locator("h2").first).to_contain_text("Retry 2 jobs?")
+    assert [await status(conn, i) for i in failed] == ["FAILED"] * 3  # nothing moved yet
+    await page.locator('button[data-action="confirm"]').click()
+    await expect(page.locator("#bulk-result")).to_contain_text("2 jobs retried.", timeout=WAIT_MS)
+    assert [await status(conn, i) for i in failed] == ["READY", "READY", "FAILED"]
+    assert await status(conn, newer) == "FAILED"
+    assert problems == []
+
+
+async def status(conn: Any, job_id: int) -> str:
+    found: str = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+    return found

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from ._store.browsing import BrowsingMethods
 from ._store.connections import Connection, StoreConnections
 from ._store.inspection import InspectionMethods
 from ._store.interventions import InterventionMethods
@@ -43,6 +44,7 @@ class PgJobStore(
     ReapingMethods,
     MaintenanceMethods,
     InspectionMethods,
+    BrowsingMethods,
 ):
     """The jobs table, reached through an asyncpg connection pool.
 

@@ -16,7 +16,8 @@ refresh their live parts by polling a fragment every two seconds.
 
 The pages live in ``pqrun._ui``: ``web_page`` (the frame, CSRF token and action checks
 every page shares), ``web_overview`` (with ``web_workers`` and ``web_schedules``),
-``web_jobs`` (the list) and ``web_job`` (one job). This module wires them to routes.
+``web_jobs`` (the list and its filters, ``web_filters``), ``web_bulk`` (bulk actions
+and their confirmation) and ``web_job`` (one job). This module wires them to routes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ._ui.web_assets import CSS, JS
+from ._ui.web_bulk import BulkPage
 from ._ui.web_job import JobPage
 from ._ui.web_jobs import JobsListPage
 from ._ui.web_overview import OverviewPage
@@ -50,22 +52,27 @@ async def _route_js(request: Request) -> Response:
 def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "pqrun") -> Starlette:
     """The dashboard as a Starlette app: ``app.mount("/jobs", pqrun.dashboard(store))``.
 
-    Read-only unless ``allow_actions=True``, which adds retry, cancel and "retry all
-    failed of a type", each a POST guarded by a CSRF token. It has no login: mount it
+    Read-only unless ``allow_actions=True``, which adds retry, cancel and run now, of
+    one job or of many (ticked in the list, or all matching its filter, after a
+    confirmation), each a POST guarded by a CSRF token. It has no login: mount it
     behind your app's authentication. The store's pool opens on the first request.
     """
     if not isinstance(store, PgJobStore):
         raise TypeError(f"dashboard() needs a PgJobStore, got {store!r}")
     jobs = JobsListPage(store, allow_actions=allow_actions, title=title)
     job = JobPage(store, allow_actions=allow_actions, title=title)
+    bulk = BulkPage(store, allow_actions=allow_actions, title=title)
     overview = OverviewPage(store, allow_actions=allow_actions, title=title, jobs=jobs)
     routes = [
         Route("/", overview.route_overview),
         Route("/jobs", jobs.route_jobs),
+        # Before /jobs/{job_id}, which would take "confirm" and "bulk" for ids.
+        Route("/jobs/confirm", bulk.route_confirm),
+        Route("/jobs/bulk/{action}", bulk.route_bulk, methods=["POST"]),
         Route("/jobs/{job_id}", job.route_job),
         Route("/jobs/{job_id}/retry", job.route_retry, methods=["POST"]),
         Route("/jobs/{job_id}/cancel", job.route_cancel, methods=["POST"]),
-        Route("/queues/{job_type:path}/retry-failed", jobs.route_retry_failed, methods=["POST"]),
+        Route("/jobs/{job_id}/run-now", job.route_run_now, methods=["POST"]),
         Route("/_/overview", overview.route_overview_fragment),
         Route("/_/jobs", jobs.route_jobs_fragment),
         Route("/_/recent", overview.route_recent_fragment),

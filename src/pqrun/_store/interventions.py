@@ -1,4 +1,6 @@
-"""Moves people make: cancel a job, retry a finished one (or every FAILED one).
+"""Moves people make: cancel a job, retry a finished one (or every FAILED one), run a
+job due later now; one job at a time, or many in one statement (the dashboard's bulk
+actions).
 
 Nothing in pqrun makes these moves by itself: a job leaves FAILED or CANCELLED only by
 an explicit retry.
@@ -6,6 +8,7 @@ an explicit retry.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -22,6 +25,15 @@ CANCEL = query("cancel")
 RETRY = query("retry")
 FAILED_IDS = query("failed_ids")
 ACTIVE_IDS = query("active_ids")
+RETRY_MANY = query("retry_many")
+CANCEL_MANY = query("cancel_many")
+RUN_NOW = query("run_now")
+
+#: At most this many ids in one bulk statement (retry_many, cancel_many, run_now_many).
+BULK_IDS_LIMIT = 10_000
+# retry_many leaves out the jobs whose dedupe_key an active job holds; one enqueued
+# between that check and the UPDATE makes the statement fail, and the next try sees it.
+RETRY_MANY_TRIES = 3
 
 
 class InterventionMethods:
@@ -103,3 +115,67 @@ class InterventionMethods:
                     conflicts.append(row["id"])
             after = rows[-1]["id"]
         return retried, conflicts
+
+    async def retry_many(self, job_ids: Iterable[int]) -> list[int]:
+        """``retry()`` these jobs in one statement: the FAILED or CANCELLED ones become
+        READY, due now, with their attempts counted from zero. Returns the ids moved.
+
+        A job in another state is left as it is (someone else moved it), as is one whose
+        dedupe_key an active job holds, or an older job of ``job_ids`` retried now.
+        """
+        ids = bulk_ids(job_ids)
+        for attempt in range(RETRY_MANY_TRIES):
+            async with self._db.acquire() as conn:
+                try:
+                    rows = await conn.fetch(
+                        RETRY_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
+                    )
+                except asyncpg.UniqueViolationError as exc:
+                    if attempt + 1 < RETRY_MANY_TRIES:
+                        continue
+                    raise JobConflict(
+                        f"jobs {ids[:5]}... could not be retried: jobs with the same "
+                        f"dedupe_key keep being enqueued ({exc.detail}); try again"
+                    ) from exc
+            return sorted(row["id"] for row in rows)
+        raise AssertionError("unreachable")
+
+    async def cancel_many(self, job_ids: Iterable[int]) -> list[int]:
+        """``cancel()`` these jobs in one statement: the READY or RUNNING ones become
+        CANCELLED (the worker of a RUNNING one cancels its handler). Returns the ids
+        moved; a job in another state is left as it is."""
+        ids = bulk_ids(job_ids)
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(
+                CANCEL_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
+            )
+        return sorted(row["id"] for row in rows)
+
+    async def run_now(self, job_id: int) -> bool:
+        """A READY job due later is due now (its ``run_after`` becomes the database's
+        ``now()``); idle workers are woken. False if the job is not READY or already due
+        (or not found)."""
+        return bool(await self.run_now_many([job_id]))
+
+    async def run_now_many(self, job_ids: Iterable[int]) -> list[int]:
+        """``run_now()`` these jobs in one statement. Returns the ids moved; a job that
+        is not READY, or already due, is left as it is."""
+        ids = bulk_ids(job_ids)
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(
+                RUN_NOW, ids, self._db.channel, timeout=self._db.statement_timeout
+            )
+        return sorted(row["id"] for row in rows)
+
+
+def bulk_ids(job_ids: Iterable[int]) -> list[int]:
+    """The distinct ids of a bulk move, checked: at most BULK_IDS_LIMIT of them."""
+    ids = sorted(set(job_ids))
+    for job_id in ids:
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 0 < job_id < 2**63:
+            raise ValueError(f"a job id is a whole number from 1 to 2**63 - 1, got {job_id!r}")
+    if len(ids) > BULK_IDS_LIMIT:
+        raise ValueError(
+            f"{len(ids):,} job ids in one bulk move; at most {BULK_IDS_LIMIT:,}: split them"
+        )
+    return ids

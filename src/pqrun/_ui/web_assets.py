@@ -21,6 +21,8 @@ border:1px solid #eedc82}.err{color:#a52a22;white-space:pre-wrap;word-break:brea
 dl{display:grid;grid-template-columns:160px 1fr;gap:4px 12px}dt{color:#7a8291}dd{margin:0}
 .scroll{overflow-x:auto;max-width:100%}header{flex-wrap:wrap}.jump input{width:7em}
 dd,pre,td,main p{overflow-wrap:anywhere}
+.views a{font-weight:600}.views a[aria-current]{color:inherit;text-decoration:none}
+form.bulk{margin:8px 0}#filters label{white-space:nowrap}
 @media (max-width:600px){main{padding:12px 10px}header{padding:8px 10px;gap:10px}
 dl{grid-template-columns:1fr}dt{margin-top:6px}.card{min-width:0;flex:1 1 40%}
 th,td{padding:4px 6px}}
@@ -36,14 +38,25 @@ input,select,button{background:#232935;color:#e3e7ee;border:1px solid #3a4250}
 """
 
 # Polls the fragment of each [data-live] element and swaps it in; stops while the tab
-# is hidden, and keeps the last content when a poll fails.
+# is hidden, and keeps the last content when a poll fails. Boxes ticked in it (jobs
+# selected for a bulk action) are ticked again in the new content.
 JS = """
 (function () {
   function poll(el) {
     if (document.hidden) return;
     fetch(el.dataset.live, {headers: {"X-Requested-With": "pqrun"}, credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (text) { if (text !== null) el.innerHTML = text; })
+      .then(function (text) {
+        if (text === null) return;
+        var ticked = {};
+        el.querySelectorAll("input[type=checkbox]:checked").forEach(function (box) {
+          ticked[box.value] = true;
+        });
+        el.innerHTML = text;
+        el.querySelectorAll("input[type=checkbox]").forEach(function (box) {
+          if (ticked[box.value]) box.checked = true;
+        });
+      })
       .catch(function () {});
   }
   document.querySelectorAll("[data-live]").forEach(function (el) {

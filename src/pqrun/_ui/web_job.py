@@ -1,10 +1,11 @@
 """The dashboard's page of one job: every column, the payload, the result, the last
-error and the errors of earlier attempts, with retry and cancel when actions are
-allowed."""
+error and the errors of earlier attempts, with retry, cancel and (a job due later) run
+now when actions are allowed."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +28,7 @@ SHOW_JSON_LIMIT = 100_000
 
 
 class JobPage(DashboardPage):
-    """``/jobs/{id}``, its live fragment, and its retry and cancel POSTs."""
+    """``/jobs/{id}``, its live fragment, and its retry, cancel and run-now POSTs."""
 
     def job_fragment(
         self, request: Request, job: Job, history: list[AttemptError], run_state: str | None
@@ -38,6 +39,8 @@ class JobPage(DashboardPage):
             actions += self.action_button(request, f"/jobs/{job.id}/retry", "Retry")
         if job.status in (JobStatus.READY, JobStatus.RUNNING):
             actions += self.action_button(request, f"/jobs/{job.id}/cancel", "Cancel")
+        if job.status is JobStatus.READY and job.run_after > datetime.now(UTC):
+            actions += self.action_button(request, f"/jobs/{job.id}/run-now", "Run now")
         waited = (
             age_text((job.locked_at - job.run_after).total_seconds())
             if job.locked_at is not None and job.locked_at >= job.run_after
@@ -129,6 +132,16 @@ class JobPage(DashboardPage):
         if job is None:
             return refuse(404, "No such job.")
         notice = "cancelled" if await self.store.cancel(job.id) else "not-cancelled"
+        return self.after_action(request, f"/jobs/{job.id}", notice)
+
+    async def route_run_now(self, request: Request) -> Response:
+        refused = await self.check_action(request)
+        if refused is not None:
+            return refused
+        job = await self.get_job(request)
+        if job is None:
+            return refuse(404, "No such job.")
+        notice = "ran-now" if await self.store.run_now(job.id) else "not-ran-now"
         return self.after_action(request, f"/jobs/{job.id}", notice)
 
 

@@ -21,13 +21,20 @@ CSRF_FIELD = "csrf_token"
 # cannot come from the database (text and JSON hold none), so no value can forge it.
 TOKEN_SLOT = "\x00csrf\x00"
 
+READ_ONLY = (
+    "Actions are disabled: this dashboard is read-only. Mount it with "
+    "pqrun.dashboard(store, allow_actions=True) (or pqrun dashboard "
+    "--allow-actions) to retry and cancel jobs from it."
+)
+
 NOTICES = {
     "retried": "The job is READY again.",
     "not-retried": "Not retried: only FAILED or CANCELLED jobs can be retried.",
     "cancelled": "The job is CANCELLED.",
     "not-cancelled": "Not cancelled: only READY or RUNNING jobs can be cancelled.",
     "conflict": "Not retried: another active job holds the same dedupe_key.",
-    "retried-failed": "{count} failed jobs of this type are READY again.",
+    "ran-now": "The job is due now.",
+    "not-ran-now": "Not made due now: only a READY job due later can be run now.",
     "bad-id": "That is not a job id: a job's id is a whole number (see the list below).",
 }
 
@@ -75,9 +82,6 @@ class DashboardPage:
             else '<span class="muted">read-only</span>'
         )
         notice = NOTICES.get(request.query_params.get("notice", ""))
-        count = request.query_params.get("count", "")
-        if notice is not None and "{count}" in notice:
-            notice = notice.replace("{count}", count if count.isdigit() else "The")
         notice_html = f'<p class="notice" id="notice">{h(notice)}</p>' if notice else ""
         body = (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -114,12 +118,7 @@ class DashboardPage:
     async def check_action(self, request: Request) -> Response | None:
         """Refuse an action unless allowed, same-origin and carrying the cookie's token."""
         if not self.allow_actions:
-            return refuse(
-                403,
-                "Actions are disabled: this dashboard is read-only. Mount it with "
-                "pqrun.dashboard(store, allow_actions=True) (or pqrun dashboard "
-                "--allow-actions) to retry and cancel jobs from it.",
-            )
+            return refuse(403, READ_ONLY)
         # Host against host only: behind a proxy that ends TLS the scheme differs.
         origin = request.headers.get("origin")
         if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):

@@ -72,3 +72,80 @@ SELECT id FROM jobs
 WHERE status IN ('READY', 'RUNNING') AND job_type = $1 AND id > $2
 ORDER BY id
 LIMIT $3
+
+-- name: retry_many
+-- FAILED or CANCELLED -> READY with a fresh count of attempts, for each of the ids $1
+-- (the dashboard's bulk retry): one statement, as retry does for one job. A job whose
+-- dedupe_key an active job holds, or an older job of $1 retried with it, stays where it
+-- is (the unique index would refuse the whole statement). Idle workers are woken.
+-- Guard: FAILED or CANCELLED, in the UPDATE's WHERE: a job someone else moved between
+-- the confirmation and this statement is not moved again.
+WITH picked AS (
+    SELECT f.id FROM jobs AS f
+    WHERE f.id = ANY($1::bigint[]) AND f.status IN ('FAILED', 'CANCELLED')
+      AND (f.dedupe_key IS NULL OR (
+          NOT EXISTS (
+              SELECT 1 FROM jobs AS active
+              WHERE active.dedupe_key = f.dedupe_key
+                AND active.status IN ('READY', 'RUNNING'))
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS older
+              WHERE older.id = ANY($1::bigint[]) AND older.id < f.id
+                AND older.dedupe_key = f.dedupe_key
+                AND older.status IN ('FAILED', 'CANCELLED'))))
+),
+moved AS (
+    UPDATE jobs AS j
+    SET status = 'READY',
+        attempts = 0,
+        run_after = now(),
+        locked_at = NULL,
+        locked_by = NULL,
+        finished_at = NULL,
+        duration_ms = NULL,
+        result = NULL,
+        updated_at = now()
+    FROM picked
+    WHERE j.id = ANY($1::bigint[]) AND j.id = picked.id
+      AND j.status IN ('FAILED', 'CANCELLED')
+    RETURNING j.id
+),
+woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))
+SELECT moved.id FROM moved LEFT JOIN woken ON true
+
+-- name: cancel_many
+-- READY or RUNNING -> CANCELLED for each of the ids $1 (the dashboard's bulk cancel),
+-- as cancel does for one job: the worker of each RUNNING one is told ('cancel:<id>').
+-- Rows are locked in id order, so two bulk cancels never deadlock.
+-- Guard: READY or RUNNING, locked FOR UPDATE, and still READY or RUNNING in the UPDATE.
+WITH target AS (
+    SELECT id, status AS was FROM jobs
+    WHERE id = ANY($1::bigint[]) AND status IN ('READY', 'RUNNING')
+    ORDER BY id
+    FOR UPDATE
+),
+cancelled AS (
+    UPDATE jobs AS j
+    SET status = 'CANCELLED', finished_at = now(), updated_at = now()
+    FROM target
+    WHERE j.id = ANY($1::bigint[]) AND j.id = target.id
+      AND j.status IN ('READY', 'RUNNING')
+    RETURNING j.id, target.was
+),
+told AS (SELECT pg_notify($2, 'cancel:' || id) FROM cancelled WHERE was = 'RUNNING')
+SELECT id FROM cancelled WHERE (SELECT count(*) FROM told) >= 0
+
+-- name: run_now
+-- READY and due later -> due now (run_after = now()), for each of the ids $1: "run now"
+-- on the dashboard. The job stays READY; its attempts and priority are kept. Idle
+-- workers are woken.
+-- Guard: READY and not due yet: a job claimed, cancelled or already due meanwhile is
+-- not touched.
+WITH moved AS (
+    UPDATE jobs
+    SET run_after = now(), updated_at = now()
+    WHERE id = ANY($1::bigint[]) AND status = 'READY' AND run_after > now()
+    RETURNING id
+),
+woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))
+SELECT moved.id FROM moved LEFT JOIN woken ON true
