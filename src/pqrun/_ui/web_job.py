@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pqrun._ui.web_html import age_text, badge_html, h, ms_text, refuse, when_html
+from pqrun._ui.web_html import age_text, badge_html, h, ms_text, refuse, type_link, when_html
 from pqrun._ui.web_jobs import MAX_ID
 from pqrun._ui.web_page import DashboardPage
 from pqrun.errors import JobConflict
@@ -37,7 +37,7 @@ class JobPage(DashboardPage):
         )
         facts = [
             ("status", badge_html(job.status.value)),
-            ("job type", h(job.job_type)),
+            ("job type", type_link(base, job.job_type)),
             ("attempts", f"{h(job.attempts)} of {h(job.max_attempts)}"),
             ("priority", h(job.priority)),
             ("dedupe key", h(job.dedupe_key or "-")),
