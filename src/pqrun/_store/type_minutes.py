@@ -11,8 +11,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+from pqrun.limits import check_int
 
 from .inspection import STATUS_COUNT_CAP
 from .queries import query
@@ -25,7 +27,8 @@ ADD_TYPE_MINUTES = query("add_type_minutes")
 CLAIM_DEPTH_MINUTE = query("claim_depth_minute")
 SAMPLE_READY_DEPTH = query("sample_ready_depth")
 PRUNE_TYPE_MINUTES = query("prune_type_minutes")
-TYPE_MINUTES = query("type_minutes")
+TYPE_SLOTS = query("type_slots")
+TYPE_RUN_TIMES = query("type_run_times")
 
 #: The upper bounds (milliseconds) of the run-time buckets; one more bucket counts the
 #: runs longer than the last (an hour).
@@ -64,18 +67,29 @@ class MinuteCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class TypeMinute:
-    """One minute of one job type (or, with ``job_type`` '', of the whole queue)."""
+class TypeSlots:
+    """A span of one job type's rollup cut in equal slots, oldest first, the last holding
+    now (``store.type_slots``)."""
 
-    job_type: str
-    minute: datetime
-    done: int
-    failed: int
-    retried: int
+    #: When each slot starts (by the database's clock).
+    starts: list[datetime]
+    done: list[int]
+    failed: list[int]
+    retried: list[int]
+    #: The most READY jobs of the type sampled in each slot: 0 when the slot was sampled
+    #: and none were READY, None when no worker sampled it.
+    depth: list[int | None]
     run_ms_sum: int
-    run_ms_buckets: tuple[int, ...]
-    #: READY jobs (due or not) when sampled; None: no worker sampled that minute.
-    ready_depth: int | None
+    #: The runs of the whole span by run time (RUN_MS_BOUNDS, and longer).
+    run_ms_buckets: list[int]
+    #: Some sample of the span counted ``count_cap`` READY jobs of all types: its
+    #: counts are lower bounds.
+    capped: bool
+
+    @property
+    def runs(self) -> int:
+        """Runs counted: done, failed and retried."""
+        return sum(self.done) + sum(self.failed) + sum(self.retried)
 
 
 class TypeMinuteMethods:
@@ -133,27 +147,51 @@ class TypeMinuteMethods:
         next_in: float = claim["next_in"]
         return next_in
 
-    async def type_minutes(
-        self, job_type: str, within: timedelta = timedelta(days=1)
-    ) -> tuple[datetime, list[TypeMinute]]:
-        """The database's now(), and the rollup rows of ``job_type`` and of the whole
-        queue (``job_type`` '') from ``within`` before the current minute on, oldest
-        first (the queue's rows, which sort first, then the type's)."""
+    async def type_slots(
+        self,
+        job_type: str,
+        spans: Sequence[tuple[timedelta, int]],
+        count_cap: int = STATUS_COUNT_CAP,
+    ) -> list[TypeSlots]:
+        """For each ``(slot, count)`` of ``spans``: the last ``count`` slots of length
+        ``slot`` of ``job_type``'s rollup, the last holding now by the database's clock.
+
+        Slots are aligned to multiples of their length since the epoch (15 minutes: at
+        :00, :15, ...). ``count_cap`` is the cap the depth samples were counted with.
+        """
+        timeout = self._db.statement_timeout
+        result = []
         async with self._db.acquire() as conn:
-            now: datetime = await conn.fetchval(DATABASE_NOW, timeout=self._db.statement_timeout)
-            rows = await conn.fetch(
-                TYPE_MINUTES, job_type, within, timeout=self._db.statement_timeout
-            )
-        return now, [
-            TypeMinute(
-                job_type=row["job_type"],
-                minute=row["minute"],
-                done=row["done"],
-                failed=row["failed"],
-                retried=row["retried"],
-                run_ms_sum=row["run_ms_sum"],
-                run_ms_buckets=tuple(row["run_ms_buckets"]),
-                ready_depth=row["ready_depth"],
-            )
-            for row in rows
-        ]
+            now: datetime = await conn.fetchval(DATABASE_NOW, timeout=timeout)
+            for slot, count in spans:
+                seconds = round(slot.total_seconds())
+                if seconds < 60 or seconds % 60:
+                    raise ValueError(f"type_slots: a slot is whole minutes, got {slot}")
+                check_int("count", count, 1)
+                last = int(now.timestamp()) // seconds * seconds
+                first = datetime.fromtimestamp(last - (count - 1) * seconds, UTC)
+                rows = await conn.fetch(TYPE_SLOTS, job_type, first, seconds, timeout=timeout)
+                buckets = await conn.fetchval(TYPE_RUN_TIMES, job_type, first, timeout=timeout)
+                span = TypeSlots(
+                    starts=[first + i * slot for i in range(count)],
+                    done=[0] * count,
+                    failed=[0] * count,
+                    retried=[0] * count,
+                    depth=[None] * count,
+                    run_ms_sum=sum(row["run_ms_sum"] for row in rows),
+                    run_ms_buckets=list(buckets or [0] * RUN_MS_BUCKETS),
+                    capped=any((row["sampled"] or 0) >= count_cap for row in rows),
+                )
+                for row in rows:
+                    index = row["slot"]
+                    if not 0 <= index < count:
+                        continue  # a row dated ahead of now (a clock set back)
+                    span.done[index] = row["done"]
+                    span.failed[index] = row["failed"]
+                    span.retried[index] = row["retried"]
+                    if row["depth"] is not None:
+                        span.depth[index] = row["depth"]
+                    elif row["sampled"] is not None:
+                        span.depth[index] = 0  # sampled, and none of this type was READY
+                result.append(span)
+        return result

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pqrun._store.inspection import STATUS_COUNT_CAP
-from pqrun._store.type_minutes import RUN_MS_BOUNDS, RUN_MS_BUCKETS, TypeMinute
+from pqrun._store.type_minutes import RUN_MS_BOUNDS, TypeSlots
 from pqrun._ui.web_charts import Bar, bar_chart
 from pqrun._ui.web_html import age_text, h, path_segment, table_html
 from pqrun._ui.web_page import DashboardPage
@@ -34,6 +33,8 @@ TYPE_REFRESH_MS = 10_000
 #: The jobs now are read at most this often, or this many times as long as it took.
 ACTIVE_CACHE_SECONDS = 1.0
 ACTIVE_COST_FACTOR = 10.0
+#: The last hour by the minute, and the last day by the quarter hour.
+SPANS = ((timedelta(minutes=1), 60), (timedelta(minutes=15), 96))
 
 
 def bound_text(ms: int) -> str:
@@ -70,67 +71,6 @@ def rate_text(failed: int, done: int) -> str:
     return f"{100 * failed / (failed + done):.1f}%"
 
 
-@dataclass(slots=True)
-class Window:
-    """What the rollup says of one span of time, slot by slot and in all."""
-
-    minutes_per_slot: int
-    starts: list[datetime]
-    done: list[int]
-    failed: list[int]
-    retried: list[int]
-    #: The most READY jobs sampled in each slot (None: no sample there).
-    depth: list[int | None]
-    buckets: list[int] = field(default_factory=lambda: [0] * RUN_MS_BUCKETS)
-    run_ms_sum: int = 0
-    #: Some sample reached the cap: its counts are lower bounds.
-    capped: bool = False
-
-    @property
-    def runs(self) -> int:
-        return sum(self.done) + sum(self.failed) + sum(self.retried)
-
-
-def window(rows: Sequence[TypeMinute], now: datetime, per: int, count: int) -> Window:
-    """``count`` slots of ``per`` minutes, the last holding now, from the rows of one
-    type and of the queue (job_type '')."""
-    now_minute = int(now.timestamp()) // 60
-    first = now_minute - now_minute % per - (count - 1) * per
-    mine: dict[int, TypeMinute] = {}
-    queue: dict[int, TypeMinute] = {}
-    for row in rows:
-        (queue if row.job_type == "" else mine)[int(row.minute.timestamp()) // 60] = row
-    result = Window(
-        per,
-        [datetime.fromtimestamp((first + i * per) * 60, UTC) for i in range(count)],
-        [0] * count,
-        [0] * count,
-        [0] * count,
-        [None] * count,
-    )
-    for minute in range(first, now_minute + 1):
-        slot = (minute - first) // per
-        own = mine.get(minute)
-        sampled = queue.get(minute)
-        depth = own.ready_depth if own is not None else None
-        if depth is None and sampled is not None and sampled.ready_depth is not None:
-            depth = 0  # sampled, and none of this type was READY
-        if depth is not None:
-            seen = result.depth[slot]
-            result.depth[slot] = depth if seen is None else max(seen, depth)
-        if sampled is not None and (sampled.ready_depth or 0) >= STATUS_COUNT_CAP:
-            result.capped = True
-        if own is None:
-            continue
-        result.done[slot] += own.done
-        result.failed[slot] += own.failed
-        result.retried[slot] += own.retried
-        result.run_ms_sum += own.run_ms_sum
-        for index, runs in enumerate(own.run_ms_buckets[:RUN_MS_BUCKETS]):
-            result.buckets[index] += runs
-    return result
-
-
 class TypePage(DashboardPage):
     """``/types/{job_type}`` and its live fragment ``/_/types/{job_type}``."""
 
@@ -152,9 +92,7 @@ class TypePage(DashboardPage):
     async def type_fragment(self, request: Request, job_type: str) -> str:
         base = self.base(request)
         queues = await self.active()
-        now, rows = await self.store.type_minutes(job_type, timedelta(days=1))
-        hour = window(rows, now, 1, 60)
-        day = window(rows, now, 15, 96)
+        hour, day = await self.store.type_slots(job_type, SPANS)
         mine = next((q for q in queues if q["job_type"] == job_type), None)
         ready, due, running = (mine["ready"], mine["due"], mine["running"]) if mine else (0, 0, 0)
         capped = sum(q["ready"] for q in queues) >= STATUS_COUNT_CAP
@@ -179,8 +117,8 @@ class TypePage(DashboardPage):
                 + card(f"{name}-failed", "failed", f"{failed:,}")
                 + card(f"{name}-retried", "retried", f"{retried:,}")
                 + card(f"{name}-rate", "failure rate", rate_text(failed, done))
-                + card(f"{name}-p50", "run time p50", quantile_text(span.buckets, 0.5))
-                + card(f"{name}-p95", "run time p95", quantile_text(span.buckets, 0.95))
+                + card(f"{name}-p50", "run time p50", quantile_text(span.run_ms_buckets, 0.5))
+                + card(f"{name}-p95", "run time p95", quantile_text(span.run_ms_buckets, 0.95))
                 + card(f"{name}-mean", "mean run time", mean)
                 + f'</div><div class="charts">{charts(name, span)}</div>'
                 + numbers_table(name, span)
@@ -233,11 +171,12 @@ def slot_label(start: datetime) -> str:
     return start.strftime("%H:%M")
 
 
-def charts(name: str, span: Window) -> str:
+def charts(name: str, span: TypeSlots) -> str:
     """Throughput, failures and READY jobs of one window, as three bar charts."""
-    unit = "minute" if span.minutes_per_slot == 1 else f"{span.minutes_per_slot} minutes"
+    minutes = (span.starts[1] - span.starts[0]) // timedelta(minutes=1)
+    unit = "minute" if minutes == 1 else f"{minutes} minutes"
     labels = [slot_label(start) for start in span.starts]
-    first, last = labels[0], slot_label(span.starts[-1] + timedelta(minutes=span.minutes_per_slot))
+    first, last = labels[0], slot_label(span.starts[-1] + timedelta(minutes=minutes))
     period = f"from {first} to {last} UTC"
 
     def described(what: str, values: Sequence[int | None], *, summed: bool = True) -> str:
@@ -253,7 +192,7 @@ def charts(name: str, span: Window) -> str:
     done = [Bar(label, value) for label, value in zip(labels, span.done, strict=True)]
     failed = [Bar(label, value) for label, value in zip(labels, span.failed, strict=True)]
     depth = [Bar(label, value) for label, value in zip(labels, span.depth, strict=True)]
-    most = "" if span.minutes_per_slot == 1 else " (most)"
+    most = "" if minutes == 1 else " (most)"
     return (
         bar_chart(
             f"{name}-throughput",
@@ -279,7 +218,7 @@ def charts(name: str, span: Window) -> str:
     )
 
 
-def numbers_table(name: str, span: Window) -> str:
+def numbers_table(name: str, span: TypeSlots) -> str:
     """The charts' numbers, as a table (folded away), newest first."""
     rows = [
         f'<tr><td>{h(slot_label(start))}</td><td class="num">{done:,}</td>'

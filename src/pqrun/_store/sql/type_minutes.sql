@@ -83,11 +83,30 @@ WHERE (job_type, minute) IN (
     FOR UPDATE SKIP LOCKED
 )
 
--- name: type_minutes
--- The rows of type $1 and the queue's rows ('') from the minute $2 before the current
--- one on, oldest first: a range of the primary key.
--- Guard: a read of at most two rows per minute of $2; moves nothing.
-SELECT job_type, minute, done, failed, retried, run_ms_sum, run_ms_buckets, ready_depth
+-- name: type_slots
+-- The rollup of type $1 from $2 on, summed in slots of $3 seconds (slot 0 starts at
+-- $2): runs, the most READY jobs of the type sampled in the slot (depth), and the most of
+-- all types (sampled: NULL when no worker sampled the slot). A range of the primary key.
+-- Guard: a read of at most two rows per minute from $2 on; moves nothing.
+SELECT floor(extract(epoch FROM minute - $2::timestamptz) / $3)::integer AS slot,
+       coalesce(sum(done) FILTER (WHERE job_type = $1), 0)::bigint AS done,
+       coalesce(sum(failed) FILTER (WHERE job_type = $1), 0)::bigint AS failed,
+       coalesce(sum(retried) FILTER (WHERE job_type = $1), 0)::bigint AS retried,
+       coalesce(sum(run_ms_sum) FILTER (WHERE job_type = $1), 0)::bigint AS run_ms_sum,
+       max(ready_depth) FILTER (WHERE job_type = $1) AS depth,
+       max(ready_depth) FILTER (WHERE job_type = '') AS sampled
 FROM job_type_minutes
-WHERE job_type IN ($1, '') AND minute >= date_trunc('minute', now()) - $2::interval
-ORDER BY job_type, minute
+WHERE job_type IN ($1, '') AND minute >= $2::timestamptz
+GROUP BY 1
+ORDER BY 1
+
+-- name: type_run_times
+-- The run-time histogram of type $1 from $2 on: the buckets summed element by element
+-- (NULL: no runs).
+-- Guard: a read of at most one row per minute from $2 on; moves nothing.
+SELECT array_agg(n ORDER BY k) FROM (
+    SELECT k, sum(x)::bigint AS n
+    FROM job_type_minutes AS m, unnest(m.run_ms_buckets) WITH ORDINALITY AS u(x, k)
+    WHERE m.job_type = $1 AND m.minute >= $2::timestamptz
+    GROUP BY k
+) AS buckets
