@@ -334,3 +334,4 @@ async def test_the_type_page_of_a_type_with_no_runs_says_so_plainly(
     assert re.search(r'id="hour-p50">run time p50<b>-</b>', page)
     assert "no samples." in page
     assert "<rect" not in page
+    assert (await http.get("/jobs/types/")).status_code == 404

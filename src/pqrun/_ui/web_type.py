@@ -23,7 +23,7 @@ from starlette.responses import Response
 from pqrun._store.inspection import STATUS_COUNT_CAP
 from pqrun._store.type_minutes import RUN_MS_BOUNDS, TypeSlots
 from pqrun._ui.web_charts import Bar, bar_chart
-from pqrun._ui.web_html import age_text, h, path_segment, table_html
+from pqrun._ui.web_html import age_text, h, path_segment, refuse, table_html
 from pqrun._ui.web_page import DashboardPage
 from pqrun.store import PgJobStore
 
@@ -35,6 +35,8 @@ ACTIVE_CACHE_SECONDS = 1.0
 ACTIVE_COST_FACTOR = 10.0
 #: The last hour by the minute, and the last day by the quarter hour.
 SPANS = ((timedelta(minutes=1), 60), (timedelta(minutes=15), 96))
+# A job type is never empty (the jobs table refuses it); '' is the whole queue's row.
+NO_TYPE = "No job type: the page of a job type is /types/<job type>."
 
 
 def bound_text(ms: int) -> str:
@@ -148,6 +150,8 @@ class TypePage(DashboardPage):
 
     async def route_type(self, request: Request) -> Response:
         job_type = request.path_params["job_type"]
+        if not job_type:
+            return refuse(404, NO_TYPE)
         content = await self.type_fragment(request, job_type)
         live = f"{self.base(request)}/_/types/{path_segment(job_type)}"
         return self.page(
@@ -160,6 +164,8 @@ class TypePage(DashboardPage):
 
     async def route_type_fragment(self, request: Request) -> Response:
         job_type = request.path_params["job_type"]
+        if not job_type:
+            return refuse(404, NO_TYPE)
         return self.fragment(request, await self.type_fragment(request, job_type))
 
 
