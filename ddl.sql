@@ -311,3 +311,31 @@ CREATE TABLE IF NOT EXISTS job_schedules (
     declared_at     timestamptz NOT NULL DEFAULT now(),
     CHECK ((cron IS NULL) <> (every_seconds IS NULL))
 );
+
+-- What the workers ran, per job type per minute (the dashboard's page of a job type):
+-- runs that ended DONE, FAILED or back to READY after an error, with their run time as a
+-- sum and a histogram, and how many jobs were READY when one worker sampled that minute.
+-- Each worker adds its counts every few seconds in one statement; the jobs table is never
+-- read for them, so the page costs the same on a table of millions of rows. Jobs moved by
+-- SQL, cancel() or the reaper, not by a worker's run, are not counted. Rows older than
+-- two days are deleted by the workers. docs/observability.md has the details.
+CREATE TABLE IF NOT EXISTS job_type_minutes (
+    -- '' is the minute's row of the whole queue: whoever inserts it samples that minute's
+    -- READY jobs, and its ready_depth is their total.
+    job_type       text        NOT NULL,
+    minute         timestamptz NOT NULL,
+    done           integer     NOT NULL DEFAULT 0,
+    failed         integer     NOT NULL DEFAULT 0,
+    retried        integer     NOT NULL DEFAULT 0,
+    run_ms_sum     bigint      NOT NULL DEFAULT 0,
+    -- Runs by run time: element i counts those up to the i-th bound of
+    -- pqrun._store.type_minutes.RUN_MS_BOUNDS (1 ms, 2, 5, 10, ... 1 h); the last, longer.
+    run_ms_buckets integer[]   NOT NULL DEFAULT '{}',
+    -- READY jobs of the type, due or not, when sampled (NULL: no sample that minute).
+    ready_depth    integer,
+    PRIMARY KEY (job_type, minute)
+);
+
+-- The depth sample looks up the types seen in the last hour, and the pruning deletes the
+-- oldest rows, by minute.
+CREATE INDEX IF NOT EXISTS job_type_minutes_by_minute ON job_type_minutes (minute);

@@ -11,6 +11,9 @@ GRANT SELECT, INSERT, UPDATE ON TABLE jobs TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE job_workers TO :"role";
 -- Claims of handlers with a rate or concurrency limit, and schedules (Worker(schedules=)).
 GRANT SELECT, INSERT, UPDATE ON TABLE job_rate_limits, job_schedules TO :"role";
+-- Workers count their runs per job type and minute (the dashboard's job type pages), and
+-- delete those counts after two days.
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE job_type_minutes TO :"role";
 -- enqueue_many draws ids from the table's identity sequence itself.
 SELECT format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence('jobs', 'id'), :'role')
 \gexec

@@ -225,3 +225,65 @@ async def test_two_ticked_rows_are_retried_after_a_confirmation(
 async def status(conn: Any, job_id: int) -> str:
     found: str = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
     return found
+
+
+async def test_a_job_types_page_draws_its_charts_in_light_and_dark_and_on_a_phone(
+    store: PgJobStore, conn: Any, dashboard_url: str, page: Any, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    # A day of one type's minutes: a wave of runs, a burst of failures, a backlog.
+    await conn.execute(
+        "INSERT INTO job_type_minutes (job_type, minute, done, failed, retried, run_ms_sum, "
+        "                              run_ms_buckets, ready_depth) "
+        "SELECT 'send_email', date_trunc('minute', now()) - m * interval '1 minute', "
+        "       (60 + 40 * sin(m / 30.0))::int, CASE WHEN m BETWEEN 20 AND 25 THEN 9 ELSE 0 END, "
+        "       m % 3, 2400, ARRAY[0,1,4,9,20,15,8,2,1,0,0,0,0,0,0,0,0,0,0,0,0,0], "
+        "       (200 + 150 * cos(m / 50.0))::int "
+        "FROM generate_series(0, 1440) AS m"
+    )
+    await conn.execute(
+        "INSERT INTO job_type_minutes (job_type, minute, ready_depth) "
+        "SELECT '', date_trunc('minute', now()) - m * interval '1 minute', 400 "
+        "FROM generate_series(0, 1440) AS m"
+    )
+    problems: list[str] = []  # script errors, CSP refusals, failed loads
+    browser = page.context.browser
+    fills: dict[str, str] = {}
+    for name, viewport, scheme in (
+        ("desktop", {"width": 1280, "height": 900}, "light"),
+        ("phone", {"width": 390, "height": 844}, "dark"),
+    ):
+        context = await browser.new_context(viewport=viewport, color_scheme=scheme)
+        try:
+            tab = await context.new_page()
+            tab.on("pageerror", lambda error: problems.append(str(error)))
+            tab.on(
+                "console",
+                lambda message: problems.append(message.text) if message.type == "error" else None,
+            )
+            # Reached from the overview's Queues table, as an operator would.
+            await store.enqueue("send_email")
+            await tab.goto(f"{dashboard_url}/")
+            await tab.locator("#queues a", has_text="send_email").click()
+            await expect(tab.locator("#job-type")).to_have_text("send_email", timeout=WAIT_MS)
+            for chart in ("throughput", "failures", "depth"):
+                for window in ("hour", "day"):
+                    svg = tab.locator(f"#{window}-{chart} svg")
+                    await expect(svg).to_be_visible(timeout=WAIT_MS)
+                    box = await svg.bounding_box()
+                    assert box is not None
+                    assert box["height"] > 60, (name, window, chart, box)
+            assert await tab.locator("#day-throughput rect").count() == 96
+            widths = await tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], (name, widths)
+            fills[scheme] = await tab.evaluate(
+                "getComputedStyle(document.querySelector('#hour-throughput rect')).fill"
+            )
+            await tab.screenshot(path=str(tmp_path / f"type-{name}.png"), full_page=True)
+        finally:
+            await context.close()
+    assert problems == []
+    # The bars take the scheme's colour from the stylesheet (no inline style is allowed).
+    assert fills["light"] != fills["dark"]
+    if os.environ.get("PQRUN_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(tmp_path / "type-desktop.png", ROOT / "docs" / "dashboard-type.png")

@@ -218,6 +218,10 @@ async def test_least_privilege_role_can_do_everything(
             assert await app_store.enqueue_many([{"job_type": "t", "dedupe_key": "k"}]) == [ok]
             worker = Worker(store=app_store, handlers={"t": once_more})
             assert await worker.drain() == 2
+            # Counted per type: the run retried and the run done.
+            assert await conn.fetchval(
+                "SELECT sum(done + retried) FROM job_type_minutes WHERE job_type = 't'"
+            ) == 2  # fmt: skip
             # Limited handlers claim through job_rate_limits; schedules live in job_schedules.
             await app_store.enqueue_many([{"job_type": "rated"}, {"job_type": "one_at_a_time"}])
             limited = Worker(

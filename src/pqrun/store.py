@@ -31,6 +31,7 @@ from ._store.reaping import ReapingMethods
 from ._store.registry import RegistryMethods
 from ._store.schedules import ScheduleMethods
 from ._store.secrets import redact_dsn
+from ._store.type_minutes import TypeMinuteMethods
 from ._store.waiting import FinishWaiters, WaitMethods
 from .observers import JobObserver
 
@@ -45,6 +46,7 @@ class PgJobStore(
     MaintenanceMethods,
     InspectionMethods,
     BrowsingMethods,
+    TypeMinuteMethods,
 ):
     """The jobs table, reached through an asyncpg connection pool.
 

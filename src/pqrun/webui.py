@@ -17,7 +17,8 @@ refresh their live parts by polling a fragment every two seconds.
 The pages live in ``pqrun._ui``: ``web_page`` (the frame, CSRF token and action checks
 every page shares), ``web_overview`` (with ``web_workers`` and ``web_schedules``),
 ``web_jobs`` (the list and its filters, ``web_filters``), ``web_bulk`` (bulk actions
-and their confirmation) and ``web_job`` (one job). This module wires them to routes.
+and their confirmation), ``web_job`` (one job) and ``web_type`` (one job type, with
+``web_charts``). This module wires them to routes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ._ui.web_job import JobPage
 from ._ui.web_jobs import JobsListPage
 from ._ui.web_overview import OverviewPage
 from ._ui.web_page import CSRF_COOKIE, CSRF_FIELD
+from ._ui.web_type import TypePage
 from .store import PgJobStore
 
 __all__ = ["CSRF_COOKIE", "CSRF_FIELD", "dashboard"]
@@ -63,6 +65,7 @@ def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "p
     job = JobPage(store, allow_actions=allow_actions, title=title)
     bulk = BulkPage(store, allow_actions=allow_actions, title=title)
     overview = OverviewPage(store, allow_actions=allow_actions, title=title, jobs=jobs)
+    job_type = TypePage(store, allow_actions=allow_actions, title=title)
     routes = [
         Route("/", overview.route_overview),
         Route("/jobs", jobs.route_jobs),
@@ -73,10 +76,12 @@ def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "p
         Route("/jobs/{job_id}/retry", job.route_retry, methods=["POST"]),
         Route("/jobs/{job_id}/cancel", job.route_cancel, methods=["POST"]),
         Route("/jobs/{job_id}/run-now", job.route_run_now, methods=["POST"]),
+        Route("/types/{job_type:path}", job_type.route_type),
         Route("/_/overview", overview.route_overview_fragment),
         Route("/_/jobs", jobs.route_jobs_fragment),
         Route("/_/recent", overview.route_recent_fragment),
         Route("/_/jobs/{job_id}", job.route_job_fragment),
+        Route("/_/types/{job_type:path}", job_type.route_type_fragment),
         Route("/_/app.css", _route_css),
         Route("/_/app.js", _route_js),
     ]

@@ -23,6 +23,12 @@ dl{display:grid;grid-template-columns:160px 1fr;gap:4px 12px}dt{color:#7a8291}dd
 dd,pre,td,main p{overflow-wrap:anywhere}
 .views a{font-weight:600}.views a[aria-current]{color:inherit;text-decoration:none}
 form.bulk{margin:8px 0}#filters label{white-space:nowrap}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:12px;
+margin-top:12px}.chart{margin:0;background:#fff;border:1px solid #dde1e8;padding:4px}
+.chart svg{display:block;width:100%;height:auto}.ch-t{font-size:12px;font-weight:600;
+fill:#1d2330}.ch-l{font-size:10px;fill:#7a8291}.ch-a{stroke:#aab1bd}.ch-g{stroke:#eceef2}
+.ch-done{fill:#2f8a52}.ch-failed{fill:#c8443b}.ch-depth{fill:#3b74c4}
+details{margin-top:8px}summary{cursor:pointer;color:#7a8291}
 @media (max-width:600px){main{padding:12px 10px}header{padding:8px 10px;gap:10px}
 dl{grid-template-columns:1fr}dt{margin-top:6px}.card{min-width:0;flex:1 1 40%}
 th,td{padding:4px 6px}}
@@ -34,7 +40,10 @@ a{color:#8fb8ff}header a{color:#cfd8e8}.err{color:#ff9b94}
 input,select,button{background:#232935;color:#e3e7ee;border:1px solid #3a4250}
 .s-ready{background:#1c3357;color:#a9c9ff}.s-running{background:#46380f;color:#ffd97a}
 .s-done{background:#173d26;color:#93e0ad}.s-failed{background:#4d1d1b;color:#ffaaa4}
-.s-cancelled{background:#33363b;color:#c4c7cc}}
+.s-cancelled{background:#33363b;color:#c4c7cc}
+.chart{background:#1b1f27;border-color:#2c323d}.ch-t{fill:#e3e7ee}.ch-l{fill:#98a1b0}
+.ch-a{stroke:#4a5160}.ch-g{stroke:#2c323d}.ch-done{fill:#5cc683}.ch-failed{fill:#ff7b72}
+.ch-depth{fill:#6ea8ff}summary{color:#98a1b0}}
 """
 
 # Polls the fragment of each [data-live] element and swaps it in; stops while the tab

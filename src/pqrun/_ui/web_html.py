@@ -105,6 +105,11 @@ def job_link(base: str, job_id: Any) -> str:
     return f'<a href="{h(base)}/jobs/{h(job_id)}">{h(job_id)}</a>'
 
 
+def type_link(base: str, job_type: str) -> str:
+    """A job type, linked to its page (web_type.py)."""
+    return f'<a href="{h(base)}/types/{h(path_segment(job_type))}">{h(job_type)}</a>'
+
+
 def path_segment(text: str) -> str:
     """``text`` as one segment of a URL path: a job type may hold "/" or "?"."""
     return quote(text, safe="")

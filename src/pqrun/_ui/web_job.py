@@ -12,7 +12,16 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pqrun._ui.web_html import age_text, badge_html, h, ms_text, refuse, table_html, when_html
+from pqrun._ui.web_html import (
+    age_text,
+    badge_html,
+    h,
+    ms_text,
+    refuse,
+    table_html,
+    type_link,
+    when_html,
+)
 from pqrun._ui.web_jobs import MAX_ID
 from pqrun._ui.web_page import DashboardPage
 from pqrun.errors import JobConflict
@@ -48,7 +57,7 @@ class JobPage(DashboardPage):
         )
         facts = [
             ("status", badge_html(job.status.value) + RUN_STATES.get(run_state or "", "")),
-            ("job type", h(job.job_type)),
+            ("job type", type_link(base, job.job_type)),
             ("attempts", f"{h(job.attempts)} of {h(job.max_attempts)}"),
             ("priority", h(job.priority)),
             ("dedupe key", h(job.dedupe_key or "-")),

@@ -21,6 +21,7 @@ from pqrun._ui.web_html import (
     job_link,
     ms_text,
     table_html,
+    type_link,
     when_html,
 )
 from pqrun._ui.web_page import DashboardPage
@@ -98,7 +99,7 @@ class JobsListPage(DashboardPage):
             lines.append(
                 f'<tr data-job-id="{h(job["id"])}">{self.select_box(job["id"], selectable)}'
                 f"<td>{job_link(base, job['id'])}</td>"
-                f"<td>{h(job['job_type'])}</td><td>{badge_html(job['status'])}</td>"
+                f"<td>{type_link(base, job['job_type'])}</td><td>{badge_html(job['status'])}</td>"
                 f'<td class="num">{h(job["attempts"])}/{h(job["max_attempts"])}</td>'
                 f'<td class="num">{h(job["priority"])}</td><td>{when_html(job["created_at"])}</td>'
                 f"<td>{when_html(job['finished_at'] or job['run_after'])}</td>"

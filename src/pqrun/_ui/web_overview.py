@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from pqrun._store.inspection import STATUS_COUNT_CAP
 from pqrun._ui.formatting import count_text
-from pqrun._ui.web_html import STATUSES, age_text, badge_html, h, table_html
+from pqrun._ui.web_html import STATUSES, age_text, badge_html, h, table_html, type_link
 from pqrun._ui.web_jobs import JobsListPage
 from pqrun._ui.web_page import DashboardPage
 from pqrun._ui.web_schedules import schedules_table
@@ -124,8 +124,7 @@ class OverviewPage(DashboardPage):
             "of the last ANALYZE; ≥ before the first one).</p>"
         )
         queue_rows = [
-            f'<tr><td><a href="{h(base)}/jobs?{h(urlencode({"job_type": q["job_type"]}))}">'
-            f"{h(q['job_type'])}</a></td>"
+            f"<tr><td>{type_link(base, q['job_type'])}</td>"
             f'<td class="num">{q["ready"]:,}</td><td class="num">{q["due"]:,}</td>'
             f'<td class="num">{q["running"]:,}</td><td class="num">{q["waiting"]:,}</td>'
             f'<td class="num">{failed_link(base, q)}</td>'

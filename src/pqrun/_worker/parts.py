@@ -8,8 +8,8 @@ belongs to the event loop of that run. The parts and who tells whom::
        │  └──── wake / due times ── Listener                             │
        └──────── room freed, retries due ◄───────────────────────────────┘
     Liveness (heartbeats) ── claims lost ──► RunRegistry.lose ── cancels runs
-    Reaper, Pruner, Vacuumer, Scheduler: a step each, repeated by Lifetime.repeat;
-    RoomAnnouncer.
+    Reaper, Pruner, Vacuumer, Scheduler, TypeStats: a step each, repeated by
+    Lifetime.repeat; RoomAnnouncer. TypeStats also counts each written outcome.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .runs import RunRegistry, release_jobs
 from .scheduler import Scheduler
 from .settings import WorkerSettings
 from .store_protocol import WorkerStore
+from .type_stats import TypeStats
 from .vacuumer import Vacuumer
 from .wake_turns import WakeRoster
 
@@ -62,6 +63,7 @@ class WorkerParts:
         # Outcomes whose write committed with a status (not found moot).
         self.processed = 0
         self.writer = OutcomeWriter(store, life.streak("writer"), on_written=self._written)
+        self.type_stats = TypeStats(store, life)
         self.fetcher = fetcher = Fetcher(settings, store, registry, self.writer, life)
         self.liveness = Liveness(
             store,
@@ -127,9 +129,13 @@ class WorkerParts:
         self.liveness.start(self.life.spawn)
 
     def start_loops(self) -> None:
-        """The fetcher, and the reaper, pruner, vacuumer, listener and scheduler if enabled."""
+        """The fetcher, the counts per type, and the reaper, pruner, vacuumer, listener and
+        scheduler if enabled."""
         settings, spawn = self.settings, self.life.spawn
-        self.background = [spawn("fetcher", self.fetcher.run(drain=False))]
+        self.background = [
+            spawn("fetcher", self.fetcher.run(drain=False)),
+            spawn("type-stats", self.type_stats.run()),
+        ]
         if settings.enable_reaper:
             self.background.append(spawn("reaper", Reaper(settings, self.store, self.life).run()))
         if settings.enable_pruning:
@@ -172,6 +178,6 @@ class WorkerParts:
             # Look for more here, and tell the other workers.
             self.fetcher.room_freed(job.job_type)
             self.announcer.room_freed()
-        report(
-            self.store.observers, self.settings.worker_id, outcome, RunOutcome.of(outcome, status)
-        )
+        kind = RunOutcome.of(outcome, status)
+        self.type_stats.record(job.job_type, kind, outcome.duration_ms)
+        report(self.store.observers, self.settings.worker_id, outcome, kind)

@@ -23,6 +23,7 @@ from pqrun.errors import DatabaseUnavailable, WorkerIdInUse
 from .fetcher import DRAIN_WRITE_WAIT
 from .loops import bounded
 from .outcome import end_span
+from .type_stats import LAST_FLUSH_WAIT
 
 if TYPE_CHECKING:
     from .parts import WorkerParts
@@ -143,6 +144,8 @@ async def shut_down(parts: WorkerParts, failure: Callable[[], BaseException | No
         )
     # Retries and snoozes written during the grace period: the others look then.
     await bounded(parts.listener.hand_over_rest(), remaining())
+    # Every outcome is reported now: the counts per type of the last runs.
+    await bounded(parts.type_stats.flush_last(), min(remaining(), LAST_FLUSH_WAIT))
     await parts.stop_heartbeats(remaining())
     if not registry.running:  # a handler still running keeps this worker registered
         await bounded(leave(parts), remaining())
@@ -190,6 +193,7 @@ async def finish_drain(parts: WorkerParts, finished: bool) -> list[int]:
     # The database may be gone: a bounded wait for the last outcomes, and what cannot be
     # written stays RUNNING for the reaper.
     unwritten = await close_writer(parts, DRAIN_WRITE_WAIT)
+    await bounded(parts.type_stats.flush_last(), LAST_FLUSH_WAIT)
     await parts.stop_heartbeats()
     parts.announcer.stop()
     return unwritten

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pqrun._store.connections import Connection
     from pqrun._store.maintenance import Pruned, VacuumStats
     from pqrun._store.moves import ClaimLimits
+    from pqrun._store.type_minutes import MinuteCounts
     from pqrun.models import Job, JobStatus
     from pqrun.observers import JobObserver
     from pqrun.schedules import Schedule
@@ -145,6 +146,9 @@ class WorkerStore(Protocol):
     async def fire_due_schedules(
         self, schedules: Sequence[Schedule]
     ) -> tuple[list[int], float]: ...
+    # The per-type rollup (the dashboard's page of a job type).
+    async def add_type_minutes(self, rows: Sequence[MinuteCounts]) -> None: ...
+    async def sample_ready_depth(self, count_cap: int = ...) -> float: ...
     # Metrics (Worker(metrics_port=...)).
     def observe(self, observer: JobObserver) -> None: ...
     async def queue_stats(self, count_cap: int = ...) -> list[dict[str, Any]]: ...

@@ -1,0 +1,75 @@
+"""How long the dashboard's page of a job type takes on a big table.
+
+Fills the database (emptied first: use a scratch one) with 1,000,000 jobs (980,000
+finished over the last day, 20,000 READY) and a day of per-minute counts for 20 job
+types, then times 30 requests of ``/types/type_3``, ``/`` and ``/jobs`` in-process
+(httpx's ASGI transport: no network, no server). ``--no-cache`` reads the READY counts
+again for every request instead of reusing the last second's.
+
+Usage: python type_page.py DSN [--no-cache]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+
+import httpx
+
+import pqrun
+from pqrun._ui import web_type
+
+FILL = """
+TRUNCATE jobs, job_type_minutes, job_workers RESTART IDENTITY;
+INSERT INTO jobs (job_type, status, finished_at, duration_ms, attempts)
+SELECT 'type_' || (g % 20), CASE WHEN g % 50 = 0 THEN 'FAILED' ELSE 'DONE' END,
+       now() - (g::float / 1000000) * interval '1 day', g % 700, 1
+FROM generate_series(1, 980000) AS g;
+INSERT INTO jobs (job_type) SELECT 'type_' || (g % 20) FROM generate_series(1, 15000) AS g;
+INSERT INTO jobs (job_type, run_after)
+SELECT 'type_3', now() + interval '1 hour' FROM generate_series(1, 5000) AS g;
+INSERT INTO job_type_minutes
+    (job_type, minute, done, failed, retried, run_ms_sum, run_ms_buckets, ready_depth)
+SELECT 'type_' || t, date_trunc('minute', now()) - m * interval '1 minute',
+       (600 + 400 * sin(m / 90.0))::int, (5 + 5 * cos(m / 37.0))::int, m % 4, 24000,
+       ARRAY[0,5,20,60,120,200,150,40,10,3,1,0,0,0,0,0,0,0,0,0,0,0],
+       (700 + 650 * sin(m / 200.0))::int
+FROM generate_series(0, 19) AS t, generate_series(0, 1440) AS m;
+INSERT INTO job_type_minutes (job_type, minute, ready_depth)
+SELECT '', date_trunc('minute', now()) - m * interval '1 minute', 14000
+FROM generate_series(0, 1440) AS m;
+ANALYZE jobs;
+ANALYZE job_type_minutes;
+"""
+
+
+async def main(dsn: str, no_cache: bool) -> None:
+    if no_cache:
+        web_type.ACTIVE_CACHE_SECONDS = 0.0
+        web_type.ACTIVE_COST_FACTOR = 0.0
+    store = pqrun.PgJobStore(dsn)
+    await store.setup()
+    async with store.connection() as conn:
+        await conn.execute(FILL)
+    app = pqrun.dashboard(store)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as http:
+        for path in ("/types/type_3", "/", "/jobs"):
+            for _ in range(3):  # warm: the pool, prepared statements, the page cache
+                assert (await http.get(path)).status_code == 200
+            times = []
+            for _ in range(30):
+                began = time.perf_counter()
+                response = await http.get(path)
+                times.append((time.perf_counter() - began) * 1000)
+            print(
+                f"{path}: median {statistics.median(times):.1f} ms, max {max(times):.1f} ms, "
+                f"{len(response.content) // 1024} KiB"
+            )
+    await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], "--no-cache" in sys.argv[2:]))
