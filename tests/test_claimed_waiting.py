@@ -9,14 +9,19 @@ for an idle worker.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 
 import pqrun
-from pqrun import JobContext, PgJobStore, Worker
+from pqrun import Handler, JobContext, PgJobStore, Worker
+from pqrun._worker.fetcher import BUFFER_WAIT_LIMIT
 
 from .helpers import QUICK, status_of, wait_until
 from .test_cli_commands import pqrun as pqrun_cli
@@ -71,7 +76,7 @@ async def test_a_stale_heartbeat_says_nothing_of_its_jobs(
     await conn.execute(TWO_RUNNING)
     await conn.execute("UPDATE job_workers SET heartbeat_at = now() - interval '5 minutes'")
     (resize,) = await store.queue_stats()
-    assert (resize["running"], resize["waiting"]) == (2, 2)
+    assert (resize["running"], resize["waiting"]) == (2, 0)  # unknown: not said to wait
     job = await store.get_job(101)
     assert job is not None
     assert await store.run_state(job) is None
@@ -101,8 +106,9 @@ async def test_a_workers_heartbeat_lists_the_jobs_whose_handler_runs(store: PgJo
 
 
 async def test_prefetched_jobs_behind_a_busy_slot_go_back_for_an_idle_worker(
-    store: PgJobStore, dsn: str, conn: asyncpg.Connection
+    store: PgJobStore, dsn: str, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="pqrun")
     gate = asyncio.Event()
 
     async def slow(ctx: JobContext) -> str:
@@ -112,44 +118,145 @@ async def test_prefetched_jobs_behind_a_busy_slot_go_back_for_an_idle_worker(
     async def quick(ctx: JobContext) -> str:
         return ctx.worker_id
 
-    handlers = {"slow": slow, "quick": quick}
-    busy = Worker(store, handlers, worker_id="busy", concurrency=1, prefetch=50, **QUICK)
+    quicker = timedelta(seconds=3)  # heartbeats, and so roster reads, every second
+    busy = Worker(
+        store, {"slow": slow, "quick": quick}, worker_id="busy", concurrency=1, prefetch=50,
+        default_stale_after=quicker, **QUICK,
+    )  # fmt: skip
     idle_store = PgJobStore(dsn)
     await idle_store.start()
-    idle = Worker(idle_store, handlers, worker_id="idle", concurrency=4, **QUICK)
+    idle = Worker(
+        idle_store, {"quick": quick}, worker_id="idle", concurrency=4,
+        default_stale_after=quicker, **QUICK,
+    )  # fmt: skip
     await busy.start()
     try:
         # Quick runs size the busy worker's prefetch (about 50 ms of work: dozens).
         warm = [await store.enqueue("quick") for _ in range(20)]
-        await wait_until(
-            lambda: _all_done(store, warm),
-            within=60,
-        )
+        await wait_until(lambda: _all_done(store, warm), within=60)
         # One statement: the slow job first, then quick ones, claimed in one batch.
         slow_id, *quick_ids = await store.enqueue_many(
             [{"job_type": "slow", "priority": 1}] + [{"job_type": "quick"}] * 5
         )
 
-        async def given_back() -> bool:
-            rows = await conn.fetch(
-                "SELECT status, last_error FROM jobs WHERE id = ANY($1::bigint[])", quick_ids
+        async def all_claimed_by_busy() -> bool:
+            owners = await conn.fetch(
+                "SELECT locked_by FROM jobs WHERE id = ANY($1::bigint[]) AND status = 'RUNNING'",
+                [slow_id, *quick_ids],
             )
-            return all(
-                r["status"] == "READY" and "waited over" in (r["last_error"] or "") for r in rows
-            )
+            return [r["locked_by"] for r in owners] == ["busy"] * 6
 
-        # On a worker without the bound, they wait in its buffer until the slow job ends.
-        await wait_until(given_back, within=60)
+        await wait_until(all_claimed_by_busy, within=60)
+        # Alone, the busy worker keeps them (nobody else would take them); once it
+        # knows of an idle worker of that type, it gives them back. (On a worker without
+        # the bound, they wait in its buffer until the slow job ends.)
         await idle.start()
         await wait_until(lambda: _all_done(store, quick_ids), within=60)
         results = {(await store.get_job(i)).result for i in quick_ids}  # type: ignore[union-attr]
         assert results == {"idle"}
         assert await status_of(store, slow_id) == "RUNNING"
+        assert any("gave 5 prefetched jobs back" in r.getMessage() for r in caplog.records)
+        last_errors = await conn.fetch(
+            "SELECT last_error FROM jobs WHERE id = ANY($1::bigint[])", quick_ids
+        )
+        assert [r["last_error"] for r in last_errors] == [None] * 5  # nothing went wrong
     finally:
         gate.set()
         await busy.stop()
         await idle.stop()
         await idle_store.close()
+
+
+async def test_a_clogged_buffer_is_kept_when_no_other_worker_takes_it_or_its_type_is_limited(
+    store: PgJobStore,
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(ctx: JobContext) -> None:
+        await gate.wait()
+
+    async def quick(ctx: JobContext) -> None:
+        return None
+
+    handlers: dict[str, Any] = {
+        "slow": slow, "quick": quick, "capped": Handler(quick, concurrency_limit=5),
+    }  # fmt: skip
+    worker = Worker(store, handlers, concurrency=1, prefetch=50, **QUICK)
+    await worker.start()
+    try:
+        warm = [await store.enqueue("quick") for _ in range(20)]
+        await wait_until(lambda: _all_done(store, warm), within=60)
+        await store.enqueue_many(
+            [{"job_type": "slow", "priority": 1}]
+            + [{"job_type": "quick"}] * 3
+            + [{"job_type": "capped"}] * 2
+        )
+        parts = worker._parts
+        await wait_until(lambda: _buffered(parts, 5), within=60)
+        # Long enough that the buffer is clogged (every slot busy past the limit)...
+        await wait_until(lambda: _clogged(parts), within=60)
+        # ... and yet nothing is given back: nobody else takes "quick", and "capped" is
+        # limited (its claim spent its room).
+        assert parts.fetcher.clogged_buffer(lambda job_type: False) == []
+        assert parts.fetcher.clogged_buffer(lambda job_type: job_type == "capped") == []
+        assert len(parts.registry.buffer) == 5
+        given = parts.fetcher.clogged_buffer(lambda job_type: True)
+        assert sorted(job.job_type for job, _at in given) == ["quick"] * 3
+        parts.registry.buffer.extendleft(reversed(given))  # this worker's after all
+    finally:
+        gate.set()
+        await worker.stop()
+
+
+async def test_a_failed_give_back_keeps_the_jobs_held_and_runs_them_here(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(ctx: JobContext) -> None:
+        await gate.wait()
+
+    async def quick(ctx: JobContext) -> str:
+        return "here"
+
+    async def broken_release(jobs: Any, reason: Any) -> list[int]:
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+    worker = Worker(store, {"slow": slow, "quick": quick}, concurrency=1, prefetch=50, **QUICK)
+    await worker.start()
+    try:
+        warm = [await store.enqueue("quick") for _ in range(20)]
+        await wait_until(lambda: _all_done(store, warm), within=60)
+        parts = worker._parts
+        monkeypatch.setattr(parts.roster, "others_handle", lambda job_type: True)
+        monkeypatch.setattr(store, "release", broken_release)
+        _slow_id, *quick_ids = await store.enqueue_many(
+            [{"job_type": "slow", "priority": 1}] + [{"job_type": "quick"}] * 3
+        )
+        await wait_until(lambda: _buffered(parts, 3), within=60)
+        await wait_until(lambda: _stopped_prefetching(parts), within=60)
+        # The give-back failed: still held (the heartbeats list them), back in the buffer.
+        held = {job_id for job_id, _lease in parts.registry.held}
+        assert set(quick_ids) <= held
+        assert sorted(job.id for job, _at in parts.registry.buffer) == sorted(quick_ids)
+        gate.set()
+        await wait_until(lambda: _all_done(store, quick_ids), within=60)
+    finally:
+        gate.set()
+        await worker.stop()
+
+
+async def _buffered(parts: Any, n: int) -> bool:
+    return len(parts.registry.buffer) == n
+
+
+async def _clogged(parts: Any) -> bool:
+    buffer = parts.registry.buffer
+    return bool(buffer) and time.monotonic() - min(at for _j, at in buffer) > BUFFER_WAIT_LIMIT
+
+
+async def _stopped_prefetching(parts: Any) -> bool:
+    return bool(parts.fetcher._no_prefetch_until)
 
 
 async def _all_done(store: PgJobStore, ids: list[int]) -> bool:

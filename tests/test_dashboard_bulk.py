@@ -252,6 +252,13 @@ async def test_all_jobs_matching_the_filter_are_counted_and_capped(
         "/jobs/jobs/confirm", params={"action": "cancel", "all": "1", "job_type": "mail"}
     )
     assert confirm_count(cancel.text) == 3  # the three retried, and the one enqueued
+    # Retry from the scheduled view, all matching: no scheduled job can be retried.
+    await store.enqueue("mail", run_after=timedelta(hours=1))
+    scheduled_retry = await admin.get(
+        "/jobs/jobs/confirm",
+        params={"action": "retry", "all": "1", "view": "scheduled", "job_type": "mail"},
+    )
+    assert confirm_count(scheduled_retry.text) == 0
 
 
 async def test_bulk_actions_are_refused_read_only_and_without_the_csrf_token(

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 
 import pqrun
@@ -116,3 +118,45 @@ async def test_the_job_page_and_jobs_show_list_the_attempts(store: PgJobStore, d
     as_json = await pqrun_cli("jobs", "show", str(job_id), "--json", "--dsn", dsn)
     entries = json.loads(as_json.stdout)["error_history"]
     assert [(e["attempt"], e["outcome"]) for e in entries] == [(1, "retried"), (2, "failed")]
+
+
+@pytest.mark.parametrize("odd", ["{}", '"x"', "null", "5", "[1, 2, 3]"])
+async def test_a_history_changed_by_hand_never_keeps_an_outcome_or_the_reaper_out(
+    store: PgJobStore, other: PgJobStore, conn: asyncpg.Connection, odd: str
+) -> None:
+    async def broken(ctx: JobContext) -> None:
+        raise ValueError("still broken")
+
+    failing = await store.enqueue("broken", max_attempts=1)
+    stranded = await store.enqueue("stranded", max_attempts=1)
+    await conn.execute("UPDATE jobs SET error_history = $1::jsonb", odd)
+    await make_worker(store, {"broken": broken}).drain()
+    job = await store.get_job(failing)
+    assert job is not None
+    assert job.status is JobStatus.FAILED  # the outcome was written
+    history = await store.error_history(failing)
+    assert history[-1].error.startswith("ValueError: still broken")
+    assert [e.outcome for e in history] == ["failed"]  # what was no entry is left out
+
+    await picked(store, "crashing-worker", ["stranded"])
+    assert await other.reap_stale(timedelta(0)) == [(stranded, JobStatus.FAILED)]
+    assert [e.outcome for e in await store.error_history(stranded)] == ["abandoned"]
+
+
+async def test_a_history_longer_than_20_is_cut_to_the_last_20(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    async def broken(ctx: JobContext) -> None:
+        raise ValueError("once more")
+
+    job_id = await store.enqueue("broken", max_attempts=1)
+    await conn.execute(
+        "UPDATE jobs SET error_history = (SELECT jsonb_agg(jsonb_build_object("
+        "'attempt', g, 'at', now(), 'worker', 'w', 'outcome', 'retried', 'error', 'old'))"
+        " FROM generate_series(1, 30) AS g)"
+    )
+    await make_worker(store, {"broken": broken}).drain()
+    history = await store.error_history(job_id)
+    assert len(history) == 20
+    assert [e.attempt for e in history[:19]] == list(range(12, 31))
+    assert history[-1].error.startswith("ValueError: once more")

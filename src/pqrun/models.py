@@ -83,14 +83,27 @@ class AttemptError:
     error: str
 
     @classmethod
-    def from_json(cls, entry: Mapping[str, Any]) -> AttemptError:
-        return cls(
-            attempt=int(entry.get("attempt") or 0),
-            at=datetime.fromisoformat(str(entry["at"])).astimezone(UTC),
-            worker=entry.get("worker"),
-            outcome=str(entry.get("outcome") or ""),
-            error=str(entry.get("error") or ""),
-        )
+    def list_from_json(cls, text: str | None) -> list[AttemptError]:
+        """The entries of an ``error_history`` value; what is not an entry pqrun wrote
+        (a value changed by hand) is left out."""
+        entries = json.loads(text) if text else []
+        if not isinstance(entries, list):
+            return []
+        found = []
+        for entry in entries:
+            try:
+                found.append(
+                    cls(
+                        attempt=int(entry.get("attempt") or 0),
+                        at=datetime.fromisoformat(str(entry["at"])).astimezone(UTC),
+                        worker=None if entry.get("worker") is None else str(entry["worker"]),
+                        outcome=str(entry.get("outcome") or ""),
+                        error=str(entry.get("error") or ""),
+                    )
+                )
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue
+        return found
 
 
 #: The columns of ``jobs`` a Job holds, in order: the one list every job-returning query

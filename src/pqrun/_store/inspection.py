@@ -6,7 +6,6 @@ bound, and the caller says which numbers hit it (docs/operations.md).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,11 @@ STATUS_FINISHED = query("status_finished")
 STATUS_ESTIMATES = query("status_estimates")
 STATUS_RECENT = query("status_recent")
 FAILED_BY_TYPE = query("failed_by_type")
-STARTED_BY_TYPE = query("started_by_type")
+WAITING_BY_TYPE = query("waiting_by_type")
 RUN_STATE = query("run_state")
-# A heartbeat older than this no longer says which of its worker's jobs have started.
-STARTED_FRESH = timedelta(minutes=1)
+# A worker's heartbeat says what its jobs are doing while it is fresh: within the worker's
+# own stale period, or this for a row that names none.
+DEFAULT_STALE_AFTER = timedelta(seconds=30)
 RECENT_FAILURES = query("recent_failures")
 WORKERS_ALIVE = query("workers_alive")
 MAX_JOB_ID = query("max_job_id")
@@ -60,17 +60,16 @@ class InspectionMethods:
     async def error_history(self, job_id: int) -> list[AttemptError]:
         """The errors of the job's last 20 failed or taken-back attempts, oldest first
         (empty when none failed, or there is no such job)."""
-        text = await self._db.fetchval(ERROR_HISTORY, job_id)
-        return [AttemptError.from_json(entry) for entry in json.loads(text or "[]")]
+        return AttemptError.list_from_json(await self._db.fetchval(ERROR_HISTORY, job_id))
 
     async def run_state(self, job: Job) -> str | None:
         """For a RUNNING job: ``"started"`` (its handler runs), ``"waiting"`` (claimed into
         its worker's buffer, waiting for a free slot), or None when its worker's last
-        heartbeat does not list it yet (or is older than a minute), as of that heartbeat."""
+        heartbeat does not list it yet (or is stale), as of that heartbeat."""
         if job.status is not JobStatus.RUNNING or job.locked_by is None:
             return None
-        row = await self._db.fetchrow(RUN_STATE, job.id, job.locked_by)
-        if row is None or not row["held"] or row["heartbeat_age_seconds"] > 60:
+        row = await self._db.fetchrow(RUN_STATE, job.id, job.locked_by, DEFAULT_STALE_AFTER)
+        if row is None or not row["held"] or not row["live"]:
             return None
         return "started" if row["started"] else "waiting"
 
@@ -132,7 +131,7 @@ class InspectionMethods:
                     assert row is not None
                     throughput.setdefault(status.value, {})[name] = rate(row, window, rate_cap)
             workers = await conn.fetch(LIST_WORKERS, timeout=self._db.statement_timeout)
-            started = await started_by_type(self._db, conn)
+            waiting = await waiting_by_type(self._db, conn)
         by_type: dict[str, dict[str, int]] = {}
         oldest_due: datetime | None = None
         for row in active:
@@ -148,7 +147,7 @@ class InspectionMethods:
                     oldest_due = row["oldest_due"]
             else:
                 entry["running"] += row["n"]
-                entry["waiting"] = max(0, row["n"] - started.get(row["job_type"], 0))
+                entry["waiting"] = min(row["n"], waiting.get(row["job_type"], 0))
         return {
             "schema": self._db.schema or self._db.channel.removeprefix("pqrun:"),
             "now": now.isoformat(),
@@ -182,7 +181,7 @@ class InspectionMethods:
         check_int("count_cap", count_cap, 1)
         async with self._db.acquire() as conn:
             rows = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=self._db.statement_timeout)
-            started = await started_by_type(self._db, conn)
+            waiting = await waiting_by_type(self._db, conn)
         stats: dict[str, dict[str, Any]] = {}
         for row in rows:
             entry = stats.setdefault(
@@ -202,7 +201,7 @@ class InspectionMethods:
                 entry["oldest_due_seconds"] = row["oldest_due_seconds"]
             else:
                 entry["running"] = row["n"]
-                entry["waiting"] = max(0, row["n"] - started.get(row["job_type"], 0))
+                entry["waiting"] = min(row["n"], waiting.get(row["job_type"], 0))
         return [stats[job_type] for job_type in sorted(stats)]
 
     async def finished_per_second(
@@ -269,10 +268,11 @@ class InspectionMethods:
         return [dict(row) for row in rows]
 
 
-async def started_by_type(db: StoreConnections, conn: Connection) -> dict[str, int]:
-    """RUNNING jobs per type whose handler had started at their worker's last heartbeat."""
-    rows = await conn.fetch(STARTED_BY_TYPE, STARTED_FRESH, timeout=db.statement_timeout)
-    return {row["job_type"]: row["started"] for row in rows}
+async def waiting_by_type(db: StoreConnections, conn: Connection) -> dict[str, int]:
+    """RUNNING jobs per type that a live worker held, handler not started, at its last
+    heartbeat."""
+    rows = await conn.fetch(WAITING_BY_TYPE, DEFAULT_STALE_AFTER, timeout=db.statement_timeout)
+    return {row["job_type"]: row["waiting"] for row in rows}
 
 
 async def count_statuses(

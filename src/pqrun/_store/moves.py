@@ -245,10 +245,12 @@ class WorkerMoves:
         )
         return status == "UPDATE 1"
 
-    async def release(self, jobs: Sequence[Job], reason: str) -> list[int]:
+    async def release(self, jobs: Sequence[Job], reason: str | None) -> list[int]:
         """RUNNING -> READY at once for jobs this worker claimed but will not finish.
 
-        Used on shutdown. Returns the ids that were still owned and so were released.
+        Used on shutdown, and to give a clogged buffer to idle workers. ``reason`` goes
+        to ``last_error`` (None keeps it). Returns the ids that were still owned and so
+        were released.
         """
         if not jobs:
             return []

@@ -62,6 +62,8 @@ class BulkPage(DashboardPage):
             return [], ""
         if chosen.view == "scheduled" or action == "run-now":
             # Only READY jobs due later: the scheduled view's own walk, soonest first.
+            if "READY" not in statuses:
+                return [], ""  # e.g. retry: no scheduled job is FAILED or CANCELLED
             low, high = await chosen.id_bounds(self.store)
             jobs = await self.store.scheduled_jobs(
                 job_type=chosen.job_type, window=SCHEDULED_WINDOW, limit=BULK_LIMIT

@@ -21,7 +21,7 @@ from pqrun.limits import INT32_MAX
 from pqrun.models import Job, encode_json
 from pqrun.observers import tell
 
-from .fetcher import BUFFER_WAIT_LIMIT, Fetcher
+from .fetcher import BUFFER_WAIT_LIMIT, NO_PREFETCH_SECONDS, Fetcher
 from .loops import Lifetime
 from .outcome import Outcome, RunOutcome, end_span, report_cancelled, report_released
 from .outcome_writer import OutcomeWriter
@@ -158,16 +158,42 @@ class Executor:
                 last_yield = now
                 await asyncio.sleep(0)
 
-    async def watch_buffer(self) -> None:
+    async def watch_buffer(self, others_take: Callable[[str], bool]) -> None:
         """Give prefetched jobs back to READY when every slot stays busy past
-        BUFFER_WAIT_LIMIT: held here they would wait for a slot while other workers may
-        be idle (and would show as RUNNING though no handler runs them)."""
+        BUFFER_WAIT_LIMIT and another worker takes their type: held here they would wait
+        for a slot while that worker may be idle (and would show as RUNNING though no
+        handler runs them)."""
+        registry = self._registry
         while not self._life.stopping.is_set():
             await self._life.sleep(BUFFER_WAIT_LIMIT / 2)
-            if jobs := self._fetcher.clogged_buffer():
-                await self._release(
-                    jobs, f"prefetched, they waited over {BUFFER_WAIT_LIMIT} s for a busy slot"
-                )
+            given = self._fetcher.clogged_buffer(others_take)
+            if not given:
+                continue
+            jobs = [job for job, _claimed_at in given]
+            try:
+                # Shielded: a shutdown that cancels this loop must not leave the statement
+                # half known (its jobs released but still held, or the reverse).
+                released = await asyncio.shield(self._store.release(jobs, None))
+            except Exception as exc:
+                # Still this worker's claims, still held (its heartbeats list them): run
+                # them here after all, and give nothing back for a while.
+                registry.buffer.extendleft(reversed(given))
+                registry.job_ready.set()
+                logger.warning(
+                    "worker %s could not give %d prefetched jobs back to other workers "
+                    "(%s: %s); it runs them itself",
+                    self._settings.worker_id, len(jobs), type(exc).__name__, exc,
+                )  # fmt: skip
+                await self._life.sleep(NO_PREFETCH_SECONDS)
+                continue
+            for job in jobs:
+                # Released, or (missing from the answer) no longer ours: not ours to run.
+                registry.drop(job)
+            logger.info(
+                "worker %s gave %d prefetched jobs back to READY: every slot stayed busy for "
+                "%.1f s, and other workers take them",
+                self._settings.worker_id, len(released), BUFFER_WAIT_LIMIT,
+            )  # fmt: skip
 
     async def _take(self) -> tuple[Job, float] | None:
         registry = self._registry

@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 
 from pqrun.errors import DatabaseUnavailable
@@ -31,7 +32,7 @@ PREFETCH_SECONDS = 0.05
 # the average that sized the prefetch did not foresee slots held this long).
 BUFFER_WAIT_LIMIT = 0.5
 # After giving its buffer back, a worker claims only for free slots this long (seconds).
-NO_PREFETCH_SECONDS = 10.0
+NO_PREFETCH_SECONDS = 5.0
 # Weight of the newest run in the average handler duration.
 DURATION_SMOOTHING = 0.1
 # How long drain() waits for outcomes it cannot write before it gives up (seconds).
@@ -104,16 +105,30 @@ class Fetcher:
         self._no_prefetch_until = time.monotonic() + NO_PREFETCH_SECONDS
         self.prefetch_target = 0
 
-    def clogged_buffer(self) -> list[Job]:
-        """The buffered jobs to give back, if the oldest has waited BUFFER_WAIT_LIMIT
-        with every slot busy (none otherwise): prefetching stops for a while."""
+    def clogged_buffer(self, others_take: Callable[[str], bool]) -> list[tuple[Job, float]]:
+        """The buffered jobs (with their claim times) to give back, taken out of the
+        buffer: none unless a job has waited BUFFER_WAIT_LIMIT with every slot busy; then
+        those another worker takes (``others_take(job_type)``), but no job of a limited
+        type (its rate or concurrency slot was spent on the claim). Prefetching stops
+        for a while."""
         registry = self._registry
         if not registry.buffer or len(registry.running) < self._concurrency:
             return []
-        if time.monotonic() - registry.buffer[0][1] < BUFFER_WAIT_LIMIT:
+        # (Not always the first: limited types are buffered in priority order.)
+        oldest = min(claimed_at for _job, claimed_at in registry.buffer)
+        if time.monotonic() - oldest < BUFFER_WAIT_LIMIT:
             return []
         self.stop_prefetching()
-        return registry.take_buffer()
+        given: list[tuple[Job, float]] = []
+        kept: deque[tuple[Job, float]] = deque()
+        for entry in registry.buffer:
+            job_type = entry[0].job_type
+            if job_type not in self._limited and others_take(job_type):
+                given.append(entry)
+            else:
+                kept.append(entry)
+        registry.buffer = kept
+        return given
 
     def claim_room(self) -> int:
         """How many jobs this worker would claim if woken now (0 when stopping)."""

@@ -79,6 +79,7 @@ class WorkerParts:
             wake_capacity=self._wake_capacity,
             started=registry.started_job_ids,
         )
+        self.roster = WakeRoster(settings.worker_id, settings.job_types)
         self.listener = Listener(
             store,
             registry,
@@ -86,7 +87,7 @@ class WorkerParts:
             wake=fetcher.wakeup.set,
             expect_due=fetcher.expect_due,
             check_soon=self.liveness.check_soon,
-            roster=WakeRoster(settings.worker_id, settings.job_types),
+            roster=self.roster,
             claim_room=fetcher.claim_room,
             due_times=fetcher.due_times,
             roster_every=settings.heartbeat_interval.total_seconds(),
@@ -145,8 +146,10 @@ class WorkerParts:
             self.background.append(spawn("vacuumer", vacuumer.run()))
         if settings.listen:
             self.background.append(spawn("listener", self.listener.run()))
-        if settings.prefetch_limit:
-            self.background.append(spawn("buffer-watch", self.executor.watch_buffer()))
+        if settings.prefetch_limit and settings.listen:
+            # (Only a listening worker reads the roster of the others that could help.)
+            watch = self.executor.watch_buffer(self.roster.others_handle)
+            self.background.append(spawn("buffer-watch", watch))
         if settings.schedules:
             scheduler = Scheduler(settings, self.store, self.life)
             self.background.append(spawn("scheduler", scheduler.run()))

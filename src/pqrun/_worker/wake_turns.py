@@ -144,6 +144,10 @@ class WakeRoster:
     def handles(self, job_type: str) -> bool:
         return job_type in self._job_types
 
+    def others_handle(self, job_type: str) -> bool:
+        """Whether another live, listening worker takes jobs of this type."""
+        return any(job_type in peer.job_types for peer in self._peers.values())
+
     def replace(self, rows: Sequence[tuple[str, Sequence[str], int]]) -> None:
         """The live workers (worker_id, job types, wake capacity), as read from
         job_workers (this worker is always one, whatever they say)."""

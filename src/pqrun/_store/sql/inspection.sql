@@ -24,27 +24,29 @@ WHERE ($1::text IS NULL OR status = $1::text)
 ORDER BY id DESC
 LIMIT $3
 
--- name: started_by_type
--- Of the RUNNING jobs of each type, how many had their handler started at their
--- worker's last heartbeat (fresh within $1); the rest of RUNNING are claimed but wait in
--- a worker's buffer for a free slot (or for their outcome's write).
--- Guard: a read of the registry, and of the listed job rows by primary key (no more than
--- the live workers' slots); moves nothing.
-SELECT j.job_type, count(*) AS started
+-- name: waiting_by_type
+-- Of the RUNNING jobs of each type, how many a live worker held at its last heartbeat
+-- without running their handler: claimed into its buffer, waiting for a free slot (or,
+-- briefly, for their outcome's write). Live: a heartbeat within the worker's own stale
+-- period (else $1).
+-- Guard: a read of the registry, and of the held job rows by primary key (no more than
+-- the live workers' slots and prefetch); moves nothing.
+SELECT j.job_type, count(*) AS waiting
 FROM job_workers AS w
-CROSS JOIN LATERAL unnest(w.started_jobs) AS s(id)
-JOIN jobs AS j ON j.id = s.id
-WHERE w.heartbeat_at >= now() - $1::interval
+CROSS JOIN LATERAL unnest(w.held_jobs) AS held(id)
+JOIN jobs AS j ON j.id = held.id
+WHERE w.heartbeat_at >= now() - COALESCE(w.stale_after, $1::interval)
+  AND NOT (held.id = ANY(w.started_jobs))
   AND j.status = 'RUNNING' AND j.locked_by = w.worker_id
 GROUP BY j.job_type
 
 -- name: run_state
 -- Whether the handler of a RUNNING job ($1) held by worker $2 had started at that
--- worker's last heartbeat (false: claimed, waiting in its buffer), and how long ago that
--- heartbeat was; no row when the worker is not registered.
+-- worker's last heartbeat (false: claimed, waiting in its buffer), and whether that
+-- heartbeat is within the worker's stale period (else $3); no row for no such worker.
 -- Guard: a read of one registry row; moves nothing.
 SELECT $1::bigint = ANY(started_jobs) AS started, $1::bigint = ANY(held_jobs) AS held,
-       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_seconds
+       heartbeat_at >= now() - COALESCE(stale_after, $3::interval) AS live
 FROM job_workers
 WHERE worker_id = $2
 

@@ -45,10 +45,12 @@ SET status = CASE WHEN $6 OR attempts >= max_attempts THEN 'FAILED' ELSE 'READY'
     locked_at = CASE WHEN $6 OR attempts >= max_attempts THEN locked_at END,
     locked_by = CASE WHEN $6 OR attempts >= max_attempts THEN locked_by END,
     last_error = $5,
-    -- This attempt's error after the last 19 of earlier ones (see ddl.sql).
-    error_history = (CASE WHEN jsonb_array_length(COALESCE(error_history, '[]')) >= 20
-                          THEN error_history - 0
-                          ELSE COALESCE(error_history, '[]') END)
+    -- This attempt's error after the last 19 of earlier ones (see ddl.sql); a value that
+    -- is no array (written by hand) is dropped: nothing may keep an outcome unwritten.
+    error_history = jsonb_path_query_array(
+                        CASE WHEN jsonb_typeof(error_history) = 'array' THEN error_history
+                             ELSE '[]' END,
+                        '$[last-18 to last]')
                     || jsonb_build_array(jsonb_build_object(
                            'attempt', attempts, 'at', now(), 'worker', $2::text,
                            'outcome', CASE WHEN $6 OR attempts >= max_attempts
@@ -77,8 +79,10 @@ WHERE id = $1 AND status = 'RUNNING' AND locked_by = $2 AND attempts = $3
   AND ($4::bigint IS NULL OR lease_id = $4)
 
 -- name: release
--- RUNNING (these claims) -> READY, at once, for a worker that is shutting down. The
--- interrupted run is not counted against max_attempts. Other workers are woken.
+-- RUNNING (these claims) -> READY, at once, for a worker that is shutting down (or whose
+-- slots stay busy: its buffer goes to idle workers). The interrupted or unstarted run is
+-- not counted against max_attempts. Other workers are woken. $5: why (NULL: last_error
+-- is kept).
 -- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id).
 WITH released AS (
     UPDATE jobs AS j
@@ -87,7 +91,7 @@ WITH released AS (
         run_after = now(),
         locked_at = NULL,
         locked_by = NULL,
-        last_error = $5,
+        last_error = COALESCE($5, j.last_error),  -- NULL: nothing went wrong, keep it
         updated_at = now()
     FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
          AS mine(id, locked_by, attempts, lease_id)

@@ -97,10 +97,12 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' E
     locked_at = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_at END,
     locked_by = CASE WHEN j.attempts >= j.max_attempts THEN j.locked_by END,
     last_error = stale.message,
-    -- This attempt's end after the last 19 of earlier ones (see ddl.sql).
-    error_history = (CASE WHEN jsonb_array_length(COALESCE(j.error_history, '[]')) >= 20
-                          THEN j.error_history - 0
-                          ELSE COALESCE(j.error_history, '[]') END)
+    -- This attempt's end after the last 19 of earlier ones (see ddl.sql); a value that
+    -- is no array (written by hand) is dropped: nothing may keep a job from the reaper.
+    error_history = jsonb_path_query_array(
+                        CASE WHEN jsonb_typeof(j.error_history) = 'array' THEN j.error_history
+                             ELSE '[]' END,
+                        '$[last-18 to last]')
                     || jsonb_build_array(jsonb_build_object(
                            'attempt', j.attempts, 'at', now(), 'worker', j.locked_by,
                            'outcome', CASE WHEN stale.last THEN 'abandoned' ELSE 'reaped' END,
