@@ -183,7 +183,7 @@ async def test_a_phone_a_dark_scheme_and_the_job_id_box(
 
 
 async def test_two_ticked_rows_are_retried_after_a_confirmation(
-    store: PgJobStore, conn: Any, dashboard_url: str, page: Any
+    store: PgJobStore, conn: Any, dashboard_url: str, page: Any, tmp_path: Path
 ) -> None:
     expect = playwright_api.expect
     failed = [
@@ -211,15 +211,33 @@ async def test_two_ticked_rows_are_retried_after_a_confirmation(
     for job_id in failed[:2]:
         box = page.locator(f'tr[data-job-id="{job_id}"] input[type=checkbox]')
         await expect(box).to_be_checked()
+    await page.screenshot(path=str(tmp_path / "dashboard-jobs.png"), full_page=True)
     await page.locator('button[data-bulk="retry"]').click()
     await expect(page.locator("#confirm-count")).to_have_attribute("data-count", "2")
     await expect(page.locator("h2").first).to_contain_text("Retry 2 jobs?")
+    await page.screenshot(path=str(tmp_path / "dashboard-confirm.png"), full_page=True)
     assert [await status(conn, i) for i in failed] == ["FAILED"] * 3  # nothing moved yet
     await page.locator('button[data-action="confirm"]').click()
     await expect(page.locator("#bulk-result")).to_contain_text("2 jobs retried.", timeout=WAIT_MS)
     assert [await status(conn, i) for i in failed] == ["READY", "READY", "FAILED"]
     assert await status(conn, newer) == "FAILED"
+    # The one left FAILED, with the errors of its attempts (as a worker writes them).
+    await conn.execute(
+        "UPDATE jobs SET error_history = (SELECT jsonb_agg(jsonb_build_object("
+        "'attempt', g, 'at', now() - (5 - g) * interval '7 minutes', 'worker', 'web-1-4242',"
+        "'outcome', CASE WHEN g = 5 THEN 'failed' ELSE 'retried' END,"
+        "'error', 'CardDeclined: card declined (attempt ' || g || ')')) "
+        "FROM generate_series(1, 5) AS g) WHERE id = $1",
+        failed[2],
+    )
+    await page.goto(f"{dashboard_url}/jobs/{failed[2]}")
+    await expect(page.locator("#attempts tbody tr")).to_have_count(5, timeout=WAIT_MS)
+    await expect(page.locator("#attempts tbody tr").first).to_contain_text("attempt 5")
+    await page.screenshot(path=str(tmp_path / "dashboard-job.png"), full_page=True)
     assert problems == []
+    if os.environ.get("PQRUN_UPDATE_SCREENSHOT") == "1":
+        for name in ("dashboard-jobs.png", "dashboard-confirm.png", "dashboard-job.png"):
+            shutil.copyfile(tmp_path / name, ROOT / "docs" / name)
 
 
 async def status(conn: Any, job_id: int) -> str:

@@ -1,12 +1,15 @@
-"""How long the dashboard's page of a job type takes on a big table.
+"""How long each page of the dashboard takes on a big table.
 
 Fills the database (emptied first: use a scratch one) with 1,000,000 jobs (980,000
-finished over the last day, 20,000 READY) and a day of per-minute counts for 20 job
-types, then times 30 requests of ``/types/type_3``, ``/`` and ``/jobs`` in-process
-(httpx's ASGI transport: no network, no server). ``--no-cache`` reads the READY counts
-again for every request instead of reusing the last second's.
+created over the last 8 days, 15,000 READY and 5,000 due in an hour, one job of a rare
+type a week old) and a day of per-minute counts for 20 job types, then times 30
+requests of each page in-process (httpx's ASGI transport: no network, no server): the
+overview, the job list (plain, by status, by type, a rare type in a week-old time
+range), the scheduled view, a job, a job type, and the confirmation of "retry all
+failed". ``--no-cache`` reads the READY counts again for every request instead of
+reusing the last second's (overview and job type pages).
 
-Usage: python type_page.py DSN [--no-cache]
+Usage: python dashboard_pages.py DSN [--no-cache]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import statistics
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -23,13 +27,16 @@ from pqrun._ui import web_type
 
 FILL = """
 TRUNCATE jobs, job_type_minutes, job_workers RESTART IDENTITY;
-INSERT INTO jobs (job_type, status, finished_at, duration_ms, attempts)
+INSERT INTO jobs (job_type, status, created_at, finished_at, duration_ms, attempts)
 SELECT 'type_' || (g % 20), CASE WHEN g % 50 = 0 THEN 'FAILED' ELSE 'DONE' END,
-       now() - (g::float / 1000000) * interval '1 day', g % 700, 1
+       now() - (1 - g::float / 1000000) * interval '8 days',
+       now() - (1 - g::float / 1000000) * interval '8 days' + interval '1 second',
+       g % 700, 1
 FROM generate_series(1, 980000) AS g;
 INSERT INTO jobs (job_type) SELECT 'type_' || (g % 20) FROM generate_series(1, 15000) AS g;
 INSERT INTO jobs (job_type, run_after)
 SELECT 'type_3', now() + interval '1 hour' FROM generate_series(1, 5000) AS g;
+UPDATE jobs SET job_type = 'rare' WHERE id = 125000;  -- created 7 days ago
 INSERT INTO job_type_minutes
     (job_type, minute, done, failed, retried, run_ms_sum, run_ms_buckets, ready_depth)
 SELECT 'type_' || t, date_trunc('minute', now()) - m * interval '1 minute',
@@ -56,7 +63,19 @@ async def main(dsn: str, no_cache: bool) -> None:
     app = pqrun.dashboard(store)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as http:
-        for path in ("/types/type_3", "/", "/jobs"):
+        week_ago = (datetime.now(UTC) - timedelta(days=7, hours=1)).strftime("%Y-%m-%dT%H:%M")
+        a_day_later = (datetime.now(UTC) - timedelta(days=6)).strftime("%Y-%m-%dT%H:%M")
+        for path in (
+            "/",
+            "/jobs",
+            "/jobs?status=FAILED",
+            "/jobs?job_type=type_3",
+            f"/jobs?job_type=rare&since={week_ago}&until={a_day_later}",
+            "/jobs?view=scheduled",
+            "/jobs/500000",
+            "/types/type_3",
+            "/jobs/confirm?action=retry&all=1&status=FAILED",
+        ):
             for _ in range(3):  # warm: the pool, prepared statements, the page cache
                 assert (await http.get(path)).status_code == 200
             times = []
