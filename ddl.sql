@@ -37,8 +37,10 @@ CREATE TABLE IF NOT EXISTS jobs (
                     CONSTRAINT jobs_run_after_readable CHECK (
                         run_after > '0001-01-02 00:00:00+00'
                         AND run_after < '9999-12-31 00:00:00+00'),
-    -- How long one run may hold the job before the reaper takes it back; NULL means the
-    -- worker's default_stale_after.
+    -- The deadline of one run: its worker cancels a handler still running after this
+    -- many seconds, and the run counts as a failed attempt (retried, or FAILED when it
+    -- was the last). NULL: no deadline. Not how long the reaper waits: a job stays with
+    -- its worker as long as the worker's heartbeats in job_workers list it.
     timeout_seconds integer     CHECK (timeout_seconds > 0),
     locked_at       timestamptz,
     locked_by       text,
