@@ -31,7 +31,7 @@ WAIT_MS = 20_000
 
 playwright_api = pytest.importorskip(
     "playwright.async_api",
-    reason="Playwright is not installed: pip install -e '.[e2e]' (CI installs it)",
+    reason="Playwright is not installed: pip install --group e2e (CI installs it)",
 )
 pytestmark = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK),

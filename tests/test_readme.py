@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_COMMAND = "pip install -e '.[dev]' && python -m pytest"
+TEST_COMMAND = "pip install --group dev -e . && python -m pytest"
 DEMO_COMMAND = "pip install -e . && python -m pqrun demo"
 
 

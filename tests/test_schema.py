@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def test_psql_applies_ddl_twice_into_the_search_path_schema(dsn: str) -> None:
             text=True,
         )
         assert done.returncode == 0, done.stderr
+        assert "NOTICE" not in done.stderr  # nothing "already exists, skipping"
     found = subprocess.run(
         ["psql", dsn, "-Atc", "SELECT to_regclass('tenant_a.jobs') IS NOT NULL"],
         capture_output=True,
@@ -64,6 +66,30 @@ async def test_store_setup_applies_schema_in_its_search_path(dsn: str) -> None:
     finally:
         await admin.execute("DROP SCHEMA tenant_b CASCADE")
         await admin.close()
+
+
+async def test_applying_ddl_twice_to_a_fresh_schema_says_nothing(
+    dsn: str, schemas: Callable[[], str]
+) -> None:
+    schema = schemas()
+    conn = await asyncpg.connect(dsn)
+    messages: list[str] = []
+    conn.add_log_listener(
+        lambda _conn, message: messages.append(f"{message.severity}: {message.message}")
+    )
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path TO "{schema}"')
+        await conn.execute("SET client_min_messages TO notice")
+        await conn.execute(ddl_sql())  # creates everything
+        await conn.execute(ddl_sql())  # finds everything there
+        assert await conn.fetchval("SELECT to_regclass('jobs')::text") == "jobs"
+        assert messages == []
+        # The session's own level is put back, so the caller's notices still show.
+        assert await conn.fetchval("SHOW client_min_messages") == "notice"
+        await conn.execute("DO $$ BEGIN RAISE NOTICE 'still heard'; END $$")
+        assert messages == ["NOTICE: still heard"]
+    finally:
+        await conn.close()
 
 
 async def test_sql_enqueue_with_on_conflict_infers_the_dedupe_index(

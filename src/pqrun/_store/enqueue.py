@@ -99,8 +99,9 @@ class EnqueueMethods:
         job already has, nothing is added and that job's id is returned. ``conn`` (or an
         enclosing ``store.transaction()``) makes the job part of your transaction.
         ``timeout_seconds`` is how long one run may take: the worker cancels a handler
-        that runs longer (default: no deadline). Jobs with the same ``concurrency_key``
-        count together against their handler's ``concurrency_limit_per_key``.
+        that runs longer and counts the run as a failed attempt (default: no deadline).
+        Jobs with the same ``concurrency_key`` count together against their handler's
+        ``concurrency_limit_per_key``.
 
         ``payload`` may be a Pydantic model instance; a dict is validated here when a
         payload model is known for ``job_type`` (see ``register_payload_model``), and an
