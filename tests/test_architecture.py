@@ -262,7 +262,8 @@ def documented_modules() -> set[str]:
     modules and what `python -m` runs."""
     named = set()
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for match in re.finditer(r"\bpqrun(?:\.[A-Za-z_]\w*)+", doc.read_text()):
+        # A part may start with a digit: a Django migration, as migrations.0001_initial.
+        for match in re.finditer(r"\bpqrun(?:\.\w+)+", doc.read_text()):
             name = match[0]
             while name not in MODULES:
                 name = name.rpartition(".")[0]

@@ -72,8 +72,10 @@ def database_options() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pqrun", description="PostgreSQL job queue.")
+def build_parser(prog: str = "pqrun") -> argparse.ArgumentParser:
+    """The parser of every command; ``prog`` is the name usage messages give the
+    command (``manage.py pqrun`` from Django)."""
+    parser = argparse.ArgumentParser(prog=prog, description="PostgreSQL job queue.")
     parser.add_argument("--version", action="version", version=f"pqrun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     db = database_options()
@@ -277,7 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pqrun`` with ``argv`` (default: the process's arguments); return the exit
     code: 0 done, 1 refused or failed (said on stderr), 2 a bad $PQRUN_SCHEMA, 130 on
     Ctrl-C. A usage error exits 2 from argparse."""
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` were parsed for (``args.run``); return the exit code as
+    ``main`` does, errors said on stderr without passwords."""
     from_environment = os.environ.get("PQRUN_SCHEMA")
     if from_environment:
         try:

@@ -90,9 +90,14 @@ def load_target(spec: str) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    return run_worker(args, load_target(args.target))
+
+
+def run_worker(args: argparse.Namespace, target: Any) -> int:
+    """Run a worker for ``target`` (what ``args.target`` names, loaded): a handlers
+    dict, a Worker, or a function store -> Worker."""
     from pqrun.worker import Worker
 
-    target = load_target(args.target)
     job_types = (
         None if args.job_types is None else [t.strip() for t in args.job_types.split(",") if t]
     )

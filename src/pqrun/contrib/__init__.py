@@ -1,0 +1,1 @@
+"""Integrations of pqrun with frameworks: ``pqrun.contrib.django`` (docs/django.md)."""

@@ -1,0 +1,1 @@
+"""Django management commands of pqrun: ``manage.py pqrun`` (docs/django.md)."""

@@ -1,0 +1,1 @@
+"""A minimal Django project with pqrun's app, for tests/test_django.py."""
