@@ -15,7 +15,7 @@ from django.db import migrations, models
 from pqrun.contrib.django._sql import apply_schema
 from pqrun.contrib.django.conf import table_name
 
-DDL_SHA256 = "6e72711822b688798ed3d5b04c6c0854f51e62cfc8d20b69d29338d40ef57a7c"
+DDL_SHA256 = "8dd3cb9f52faae11313caaf28985df1ca9ded96ae73dddec863bdfe45a52789d"
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
