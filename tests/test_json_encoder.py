@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 import pqrun.sync
 from pqrun import JobContext, PgJobStore, Schedule, Worker
+from pqrun.testing import RecordingStore, run_handler
 
 from .helpers import QUICK
 
@@ -234,3 +235,14 @@ async def test_a_payload_model_gives_the_handler_its_types_back(
     job = await store.get_job(job_id)
     assert job is not None
     assert job.result == "typed"
+
+
+async def test_the_recording_store_checks_payloads_as_the_apps_store_encodes() -> None:
+    async def ship(ctx: JobContext) -> None:
+        await ctx.store.enqueue("notify", {"when": WHEN})
+
+    with pytest.raises(TypeError, match=r'payload\["when"\] is a datetime.datetime'):
+        await run_handler(ship)
+    recording = RecordingStore(json_encoder=common_types)
+    await run_handler(ship, store=recording)
+    assert recording.enqueued == [{"job_type": "notify", "payload": {"when": WHEN}}]
