@@ -62,7 +62,11 @@ def test_declarations_are_checked_and_quote_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="missed must be"):
         Schedule("x", every=1, missed="all")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not JSON-serializable"):
-        Schedule("x", every=1, payload={"when": datetime.now()})
+        Schedule("x", every=1, payload={"ratio": float("nan")})
+    # A datetime waits for the worker's store: its json_encoder may encode it.
+    dated = Schedule("x", every=1, payload={"when": datetime.now()})
+    with pytest.raises(TypeError, match=r"payload\[.when.\] is a datetime.datetime"):
+        Worker(PgJobStore("postgresql://unused"), {"x": lambda ctx: None}, schedules=[dated])
     daily = Schedule("cleanup", cron="@daily", payload={"older_than_days": 30})
     assert daily.name == "cleanup"
     assert daily.tick_after(utc(2026, 1, 1, 12, 0)) == utc(2026, 1, 2, 0, 0)

@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import Any, NoReturn
 
+from ._json_encoding import DEFAULT_ENCODING, JSONEncoding
 from .errors import PayloadInvalid
-from .models import RawJSON, encode_json
+from .models import RawJSON
 
 #: How deep a payload's arrays and objects may nest. A worker reads the payload with
 #: ``json.loads``, which raises RecursionError near Python's recursion limit (1000),
@@ -64,15 +65,15 @@ def check_text(name: str, value: str) -> str:
     return value
 
 
-def encode_payload(payload: Any, what: str) -> str:
+def encode_payload(payload: Any, what: str, encoding: JSONEncoding = DEFAULT_ENCODING) -> str:
     """``payload`` (None: ``{}``) as JSON text that jsonb stores and a worker reads back.
 
-    Raises TypeError for a value JSON cannot carry, PayloadInvalid (a ValueError) for
-    one a worker could not read back; both name ``what``.
+    Raises TypeError for a value ``encoding`` cannot encode (naming the field),
+    PayloadInvalid (a ValueError) for one a worker could not read back; both name ``what``.
     """
     value = {} if payload is None else payload
     try:
-        text = encode_json(value, what)
+        text = encoding(value, what)
     except RecursionError:  # from json.dumps, on a payload nested about 1000 deep
         raise PayloadInvalid(
             f"{what} nests arrays/objects deeper than {MAX_PAYLOAD_DEPTH}, as deep as a "

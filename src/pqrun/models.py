@@ -167,25 +167,6 @@ class RawJSON(str):
     __slots__ = ()
 
 
-def encode_json(value: Any, what: str) -> str:
-    """Encode ``value`` for a jsonb column, or raise an error that names ``what`` and the fix."""
-    if value is None:
-        return "null"  # most handlers return nothing: no encoder call per job for it
-    if isinstance(value, RawJSON):
-        return str(value)
-    if is_pydantic_model(value):
-        # By alias: the handler validates what it reads, and a model with aliases reads
-        # its fields under those names.
-        return str(value.model_dump_json(by_alias=True))
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{what} is not JSON-serializable ({exc}); use dicts, lists, strings, numbers, "
-            "booleans and None, and convert other values (datetimes, sets, objects) first"
-        ) from exc
-
-
 def is_pydantic_model(value: Any) -> bool:
     """True for an instance of a Pydantic model (without importing Pydantic)."""
     return hasattr(value, "model_dump_json") and hasattr(type(value), "model_validate")

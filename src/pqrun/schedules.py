@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from ._json_encoding import DEFAULT_ENCODING, JSONEncoding, Unencodable
 from .limits import check_text, check_timeout_seconds, encode_payload
-from .models import encode_json
 
 #: The usual shortcuts, as cron expressions.
 CRON_SHORTCUTS = {
@@ -126,7 +126,13 @@ class Schedule:
                 f"Schedule {self.name!r}: missed must be 'once' or 'skip', got {self.missed!r}"
             )
         # Checked as enqueue checks it, so a bad payload fails here, not at every tick.
-        encode_payload(self.payload, f"schedule {self.name!r}'s payload")
+        try:
+            self.encoded_payload()
+        except Unencodable as exc:
+            # An object a store's json_encoder may convert (a datetime): Worker(...)
+            # checks it with its store's encoder.
+            if not exc.convertible:
+                raise
 
     @property
     def every_seconds(self) -> float | None:
@@ -135,7 +141,12 @@ class Schedule:
 
     @property
     def payload_json(self) -> str:
-        return encode_json({} if self.payload is None else self.payload, "payload")
+        """The payload as JSON text, plain JSON only (see ``encoded_payload``)."""
+        return self.encoded_payload()
+
+    def encoded_payload(self, encoding: JSONEncoding = DEFAULT_ENCODING) -> str:
+        """The payload as JSON text, encoded as the store (its ``json_encoder``) does."""
+        return encode_payload(self.payload, f"schedule {self.name!r}'s payload", encoding)
 
     def first_tick(self, now: datetime) -> datetime:
         """The first tick of a schedule declared at ``now``: nothing fires at declaration."""

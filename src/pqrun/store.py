@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from ._json_encoding import JSONEncoderOption, JSONEncoding
 from ._store.browsing import BrowsingMethods
 from ._store.connections import Connection, StoreConnections
 from ._store.inspection import InspectionMethods
@@ -82,6 +83,13 @@ class PgJobStore(
     ``store.transaction()`` qualify your own tables (``public.orders``). Without it,
     the queue is wherever the connection's ``search_path`` finds the ``jobs`` table
     (``public`` by default).
+
+    ``json_encoder`` encodes what JSON cannot carry as it is, in payloads enqueued here,
+    schedules' payloads and the results of handlers run by workers on this store: a
+    ``json.JSONEncoder`` subclass (Django's ``DjangoJSONEncoder``) or a ``default=``
+    function. Without one, such a value raises TypeError naming its field. Either way a
+    handler reads plain JSON back (a datetime as its string); a payload model gives it
+    types again.
     """
 
     def __init__(
@@ -96,8 +104,11 @@ class PgJobStore(
         pool: asyncpg.Pool[Any] | None = None,
         pooler: bool | None = None,
         direct_dsn: str | None = None,
+        json_encoder: JSONEncoderOption = None,
         **pool_kwargs: Any,
     ) -> None:
+        # First: a json_encoder of the wrong kind is refused before anything else is made.
+        self._encoding = JSONEncoding(json_encoder)
         self._db = StoreConnections(
             dsn,
             pool=pool,
@@ -141,6 +152,11 @@ class PgJobStore(
     def schema(self) -> str | None:
         """The schema this store keeps its queue in (None: the search_path decides)."""
         return self._db.schema
+
+    @property
+    def json_encoder(self) -> JSONEncoderOption:
+        """The ``json_encoder`` given to this store (None: plain JSON only)."""
+        return self._encoding.option
 
     @property
     def statement_timeout(self) -> float:

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import tracing
+from ._json_encoding import JSONEncoderOption, JSONEncoding
 from ._store.enqueue import ENQUEUE_DBAPI, dedupe_attempts, tracing_enqueues
 from ._store.queries import qualified
 from ._store.rows import NewJobRow, new_job_row
@@ -48,17 +49,21 @@ class _Background:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self.stores: dict[tuple[str, str | None], PgJobStore] = {}
+        # By DSN, schema and json_encoder (by id: the store keeps it alive, and an
+        # encoder object need not be hashable).
+        self.stores: dict[tuple[str, str | None, int], PgJobStore] = {}
         self.thread = threading.Thread(target=self.loop.run_forever, name="pqrun-sync", daemon=True)
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CALL_TIMEOUT)
 
-    def store(self, dsn: str, schema: str | None) -> PgJobStore:
-        key = (dsn, schema)
+    def store(self, dsn: str, schema: str | None, json_encoder: JSONEncoderOption) -> PgJobStore:
+        key = (dsn, schema, id(json_encoder))
         if key not in self.stores:
-            self.stores[key] = PgJobStore(dsn, schema=schema, min_size=0, max_size=2)
+            self.stores[key] = PgJobStore(
+                dsn, schema=schema, min_size=0, max_size=2, json_encoder=json_encoder
+            )
         return self.stores[key]
 
     def close(self) -> None:
@@ -85,6 +90,21 @@ def _get_background() -> _Background:
         return _background
 
 
+# The encodings made for DB-API calls, by id of their json_encoder (which each keeps
+# alive, so an id is not reused while it is here); emptied when it grows past a few.
+_encodings: dict[int, JSONEncoding] = {}
+
+
+def _encoding(json_encoder: JSONEncoderOption) -> JSONEncoding:
+    found = _encodings.get(id(json_encoder))
+    if found is None:
+        found = JSONEncoding(json_encoder)
+        if len(_encodings) >= 16:  # a new function per call (a lambda): no cache for those
+            _encodings.clear()
+        _encodings[id(json_encoder)] = found
+    return found
+
+
 @atexit.register
 def close() -> None:
     """Close the connections the DSN form of these functions opened (also run at exit)."""
@@ -107,6 +127,7 @@ def enqueue(
     timeout_seconds: int | timedelta | None = None,
     concurrency_key: str | None = None,
     schema: str | None = None,
+    json_encoder: JSONEncoderOption = None,
 ) -> int:
     """Add a job from synchronous code and return its id; arguments as ``store.enqueue``.
 
@@ -114,10 +135,12 @@ def enqueue(
     Django's ``connection``): then the job is part of that connection's transaction and
     exists once the caller commits. ``schema`` is the schema the queue lives in, as in
     ``PgJobStore(schema=...)`` (default: ``$PQRUN_SCHEMA``, else the search_path).
+    ``json_encoder`` encodes what JSON cannot carry, as ``PgJobStore(json_encoder=...)``
+    (``DjangoJSONEncoder``, say).
     """
     if isinstance(target, str):
         background = _get_background()
-        store = background.store(target, schema)
+        store = background.store(target, schema, json_encoder)
         return background.run(
             store.enqueue(
                 job_type,
@@ -139,6 +162,7 @@ def enqueue(
         max_attempts,
         timeout_seconds,
         concurrency_key,
+        encoding=_encoding(json_encoder),
     )
     connection = _checked(target)
     if tracing_enqueues():
@@ -151,21 +175,27 @@ def enqueue(
 
 
 def enqueue_many(
-    target: str | Any, jobs: Iterable[Mapping[str, Any]], *, schema: str | None = None
+    target: str | Any,
+    jobs: Iterable[Mapping[str, Any]],
+    *,
+    schema: str | None = None,
+    json_encoder: JSONEncoderOption = None,
 ) -> list[int]:
     """Add many jobs (dicts of ``enqueue``'s arguments) and return their ids, in order.
 
     With a DSN this is one statement (``store.enqueue_many``); with a DB-API connection,
     one INSERT per job inside the caller's transaction. A bad item raises before
-    anything is written.
+    anything is written. ``schema`` and ``json_encoder`` as in ``enqueue``.
     """
     if isinstance(target, str):
         background = _get_background()
-        return background.run(background.store(target, schema).enqueue_many(jobs))
+        store = background.store(target, schema, json_encoder)
+        return background.run(store.enqueue_many(jobs))
+    encoding = _encoding(json_encoder)
     rows = []
     for number, item in enumerate(jobs):
         try:
-            rows.append(new_job_row(**item))
+            rows.append(new_job_row(**item, encoding=encoding))
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
     connection = _checked(target)

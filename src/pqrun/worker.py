@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._worker.loops import OutageLog, task_name
 from ._worker.parts import WorkerParts
-from ._worker.settings import WorkerSettings, default_worker_id
+from ._worker.settings import WorkerSettings, default_worker_id, encodable_schedules
 from ._worker.shutdown import abandon, drain_unwritten, finish_drain, shut_down
 from ._worker.store_protocol import WorkerStore, check_store
 from .errors import DatabaseUnavailable, UnknownJobType
@@ -139,7 +139,7 @@ class Worker:
             enabled=enabled,
             prefetch=prefetch,
             listen=listen,
-            schedules=schedules,
+            schedules=encodable_schedules(schedules, store),
             enable_pruning=enable_pruning,
             prune_every_seconds=prune_every_seconds,
             keep_done=keep_done,

@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pqrun import tracing
+from pqrun._json_encoding import JSONEncoding, encode_json
 from pqrun._payloads import is_model_class, validate
 from pqrun.errors import JobConflict, PayloadInvalid
-from pqrun.models import RawJSON, encode_json, is_pydantic_model
+from pqrun.models import RawJSON, is_pydantic_model
 from pqrun.observers import tell
 
 from .queries import dbapi_query, query
@@ -65,6 +66,7 @@ class EnqueueMethods:
 
     _db: StoreConnections
     _payload_models: dict[str, type[Any]]
+    _encoding: JSONEncoding
     observers: tuple[JobObserver, ...]
 
     def register_payload_model(self, job_type: str, model: type[Any]) -> None:
@@ -116,6 +118,7 @@ class EnqueueMethods:
             max_attempts,
             timeout_seconds,
             concurrency_key,
+            encoding=self._encoding,
         )
         if tracing_enqueues():
             with tracing.enqueue_span(job_type) as trace_context:
@@ -148,7 +151,7 @@ class EnqueueMethods:
                         self._payload_models, item["job_type"], item.get("payload")
                     )
                     item = {**item, "payload": checked}
-                row = new_job_row(**item)
+                row = new_job_row(**item, encoding=self._encoding)
             except TypeError as exc:
                 raise TypeError(f"enqueue_many item {number}: {exc}") from exc
             except PayloadInvalid as exc:

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pqrun.models import Job, JobStatus, encode_json
+from pqrun.models import Job, JobStatus
 
 from .queries import query
 from .rows import expected_claim, storable
 
 if TYPE_CHECKING:
+    from pqrun._json_encoding import JSONEncoding
+
     from .connections import Connection, StoreConnections
 
 logger = logging.getLogger("pqrun")
@@ -59,6 +61,7 @@ class WorkerMoves:
     """PgJobStore's claims and outcome writes (the worker's)."""
 
     _db: StoreConnections
+    _encoding: JSONEncoding
 
     async def pickup_batch(
         self, worker_id: str, job_types: Sequence[str] | None, limit: int
@@ -161,7 +164,7 @@ class WorkerMoves:
         the job (it was reaped, cancelled or picked again).
         """
         job_id, owner, attempt_no, lease = expected_claim(job, worker_id, attempt)
-        result_json = encode_json(result, f"result of job {job_id}")
+        result_json = self._encoding(result, f"result of job {job_id}", "result")
         status = await self._db.execute(
             MARK_DONE, job_id, owner, attempt_no, lease, result_json, duration_ms
         )

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from pqrun._json_encoding import DEFAULT_ENCODING, JSONEncoding
 from pqrun.limits import (
     INT32_MAX,
     check_int,
@@ -49,12 +50,17 @@ def new_job_row(
     max_attempts: int = 5,
     timeout_seconds: int | timedelta | None = None,
     concurrency_key: str | None = None,
+    *,
+    encoding: JSONEncoding = DEFAULT_ENCODING,
 ) -> NewJobRow:
-    """Check enqueue's arguments and turn them into the columns the enqueue binds."""
+    """Check enqueue's arguments and turn them into the columns the enqueue binds.
+
+    ``encoding`` is the store's: how the payload becomes JSON text.
+    """
     if not isinstance(job_type, str) or not job_type:
         raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
     check_text("job_type", job_type)
-    payload_json = encode_payload(payload, f"payload of {job_type!r}")
+    payload_json = encode_payload(payload, f"payload of {job_type!r}", encoding)
     if concurrency_key is not None and not isinstance(concurrency_key, str):
         raise TypeError(
             f"concurrency_key must be a string or None, got {type(concurrency_key).__name__} "

@@ -49,7 +49,7 @@ class ScheduleMethods(EnqueueMethods):
                     schedule.cron,
                     schedule.every_seconds,
                     schedule.timezone,
-                    schedule.payload_json,
+                    schedule.encoded_payload(self._encoding),
                     schedule.priority,
                     schedule.max_attempts,
                     schedule.timeout_seconds,
@@ -88,7 +88,7 @@ class ScheduleMethods(EnqueueMethods):
                             async with conn.transaction():
                                 job_id = await self.enqueue(
                                     schedule.job_type,
-                                    RawJSON(schedule.payload_json),
+                                    RawJSON(schedule.encoded_payload(self._encoding)),
                                     priority=schedule.priority,
                                     max_attempts=schedule.max_attempts,
                                     timeout_seconds=schedule.timeout_seconds,

@@ -15,10 +15,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from pqrun import tracing
+from pqrun._json_encoding import JSONEncoding
 from pqrun.errors import Fail, Retry, Snooze
 from pqrun.handlers import Handler, JobContext, describe_exception
 from pqrun.limits import INT32_MAX
-from pqrun.models import Job, encode_json
+from pqrun.models import Job
 from pqrun.observers import tell
 
 from .fetcher import BUFFER_WAIT_LIMIT, NO_PREFETCH_SECONDS, Fetcher
@@ -75,6 +76,9 @@ class Executor:
     ) -> None:
         self._settings = settings
         self._store = store
+        # Results are encoded as the store encodes payloads; a double of a store may
+        # have no json_encoder (then plain JSON only).
+        self._encode_result = JSONEncoding(getattr(store, "json_encoder", None))
         self._registry = registry
         self._fetcher = fetcher
         self._writer = writer
@@ -305,8 +309,8 @@ class Executor:
             outcome.retry_after = self.retry_delay(job)
         else:
             try:
-                outcome.result_json = encode_json(
-                    value, f"the value returned by the {job.job_type!r} handler"
+                outcome.result_json = self._encode_result(
+                    value, f"the value returned by the {job.job_type!r} handler", "result"
                 )
             except Exception as exc:  # TypeError, ValueError, RecursionError (too deep)
                 # Running it again would return the same kind of value: fail it now.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from pqrun._config import env_bool, env_duration, env_int
+from pqrun._json_encoding import JSONEncoding
 from pqrun._payloads import validate
 from pqrun._store.registry import HEARTBEATS_PER_STALE_PERIOD
 from pqrun.errors import PayloadInvalid
@@ -40,6 +41,16 @@ def default_worker_id() -> str:
     if number != 1:
         base = f"{base}-{number}"
     return f"{base}-{secrets.token_hex(2)}"
+
+
+def encodable_schedules(schedules: Sequence[Schedule], store: object) -> Sequence[Schedule]:
+    """``schedules``, once each payload is found encodable as ``store`` encodes (its
+    ``json_encoder``): a datetime without an encoder is refused here, not at each tick."""
+    encoding = JSONEncoding(getattr(store, "json_encoder", None))
+    for schedule in schedules:
+        if isinstance(schedule, Schedule):  # anything else is refused by the settings
+            schedule.encoded_payload(encoding)
+    return schedules
 
 
 @dataclass(frozen=True, slots=True)
