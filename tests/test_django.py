@@ -147,6 +147,7 @@ def test_migrate_puts_the_schema_in_pqruns_schema_setting(server_dsn: str) -> No
         assert [row[0] for row in found] == [
             json.loads(enqueued.stdout)["id"],
             ids["committed"],
+            ids["encoded"],
             ids["outer"],
         ]
 
@@ -185,9 +186,20 @@ def test_enqueue_in_transaction_atomic_keeps_only_committed_jobs(
     manage: Manage, django_dsn: str
 ) -> None:
     ids = json.loads(manage("shop_enqueue_in_transactions").stdout)
-    assert set(ids) == {"committed", "rolled_back", "outer", "savepoint"}
-    kept = {row[0]: row[3]["case"] for row in jobs(django_dsn)}
-    assert kept == {ids["committed"]: "commit", ids["outer"]: "outer"}
+    assert set(ids) == {"committed", "rolled_back", "encoded", "outer", "savepoint"}
+    kept = {row[0]: row[3] for row in jobs(django_dsn)}
+    assert {job_id: payload["case"] for job_id, payload in kept.items()} == {
+        ids["committed"]: "commit",
+        ids["encoded"]: "encoded",
+        ids["outer"]: "outer",
+    }
+    # PQRUN["JSON_ENCODER"] (DjangoJSONEncoder) wrote what json.dumps refuses.
+    assert kept[ids["encoded"]] == {
+        "case": "encoded",
+        "when": "2026-12-06T09:30:00Z",
+        "amount": "9.99",
+        "order": "12345678-1234-5678-1234-567812345678",
+    }
 
 
 def test_the_admin_lists_jobs_read_only(manage: Manage, django_dsn: str) -> None:

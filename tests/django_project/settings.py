@@ -63,5 +63,6 @@ DATABASES = {
 }
 PQRUN = {
     "HANDLERS": "tests.django_project.shop.jobs.handlers",
+    "JSON_ENCODER": "django.core.serializers.json.DjangoJSONEncoder",
     "SCHEMA": os.environ.get("PQRUN_TEST_DJANGO_SCHEMA") or None,
 }

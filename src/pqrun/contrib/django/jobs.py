@@ -10,11 +10,9 @@ with transaction.atomic():
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 import pqrun.sync
@@ -47,9 +45,4 @@ def _encoding(conf: PqrunSettings) -> dict[str, Any]:
     encoder = conf.json_encoder_class()
     if encoder is None:
         return {}
-    if "json_encoder" not in inspect.signature(pqrun.sync.enqueue).parameters:
-        raise ImproperlyConfigured(
-            "PQRUN['JSON_ENCODER'] is set, but this version of pqrun encodes payloads with "
-            "json.dumps only: upgrade pqrun, or remove the setting and pass JSON-ready payloads"
-        )
     return {"json_encoder": encoder}

@@ -5,7 +5,10 @@ savepoint inside a committed transaction. Prints the ids as JSON."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
@@ -32,6 +35,17 @@ class Command(BaseCommand):
                 raise Rollback
         except Rollback:
             pass
+        with transaction.atomic():
+            # PQRUN["JSON_ENCODER"] is Django's: dates, decimals and UUIDs go in as text.
+            ids["encoded"] = enqueue(
+                "shop.hello",
+                {
+                    "case": "encoded",
+                    "when": datetime(2026, 12, 6, 9, 30, tzinfo=UTC),
+                    "amount": Decimal("9.99"),
+                    "order": UUID("12345678-1234-5678-1234-567812345678"),
+                },
+            )
         with transaction.atomic():
             ids["outer"] = enqueue("shop.hello", {"case": "outer"})
             try:
