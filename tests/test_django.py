@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -220,6 +222,10 @@ def test_the_admin_lists_jobs_read_only(manage: Manage, django_dsn: str) -> None
     assert pages["add"]["status"] == 403
     assert pages["delete"]["status"] == 403
     assert pages["post_delete"] == 403
+    # Lookups the list does not offer would read the whole table: refused.
+    assert pages["lookup_payload"]["status"] == 400
+    assert pages["lookup_error_regex"]["status"] == 400
+    assert pages["search_superscript"]["status"] == 200  # "²" is no id (nor a crash)
     assert [row[0] for row in jobs(django_dsn)] == [job_id]
 
 
@@ -273,3 +279,69 @@ def test_a_worker_runs_orm_handlers_and_closes_their_connections(
         worker.send_signal(signal.SIGTERM)
         output, _ = worker.communicate(timeout=DEADLINE)
     assert worker.returncode == 0, output
+
+
+DSN_OF = """
+import json, sys
+import django
+from django.conf import settings
+settings.configure(DATABASES={
+    alias: {"ENGINE": "django.db.backends.postgresql", "NAME": sys.argv[1],
+            "USER": sys.argv[2], "HOST": host, "PORT": "5432"}
+    for alias, host in (("no_host", ""), ("socket", "/var/run/postgresql"),
+                        ("tcp", "127.0.0.1"))
+})
+django.setup()
+from pqrun.contrib.django.conf import database_dsn
+print(json.dumps({alias: database_dsn(alias) for alias in ("no_host", "socket", "tcp")}))
+"""
+
+
+def test_a_database_on_the_local_socket_with_a_port_is_reached(django_dsn: str) -> None:
+    # Django's usual settings for a local server: HOST "" (or a socket directory) and
+    # PORT "5432". A port in a URL needs a host beside it, so it must go in the query.
+    url = urlsplit(django_dsn)
+    local = url.hostname in ("127.0.0.1", "localhost") and url.port in (None, 5432)
+    if not (local and Path("/var/run/postgresql/.s.PGSQL.5432").exists()):
+        pytest.skip("the test server is not the local one on /var/run/postgresql and 5432")
+    found = subprocess.run(
+        [sys.executable, "-c", DSN_OF, url.path.lstrip("/"), url.username or "postgres"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    dsns = json.loads(found.stdout)
+
+    async def server_port(dsn: str) -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            port: int = await conn.fetchval("SELECT current_setting('port')::int")
+            return port
+        finally:
+            await conn.close()
+
+    for alias, dsn in dsns.items():
+        assert asyncio.run(server_port(dsn)) == 5432, (alias, dsn)
+
+
+def test_migrate_applies_the_schema_to_pqruns_database_only(
+    server_dsn: str, tmp_path: Path
+) -> None:
+    # The project's default database is SQLite; the queue is PQRUN['DATABASE'].
+    for dsn in fresh_database(server_dsn):
+        env = {**django_env(dsn), "PQRUN_TEST_DJANGO_SQLITE": str(tmp_path / "app.db")}
+
+        def manage(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "django", *args],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE * 2,
+            )  # fmt: skip
+
+        plain = manage("migrate", "--no-input")
+        assert plain.returncode == 0, plain.stderr  # nothing of pqrun's went to SQLite
+        with psycopg.connect(dsn) as conn:  # and the queue's database is not set up yet
+            assert conn.execute("SELECT to_regclass('jobs')").fetchone() == (None,)
+        queue = manage("migrate", "--no-input", "--database", "queue")
+        assert queue.returncode == 0, queue.stderr
+        assert check_schema(dsn) == []
+        status = manage("pqrun", "status")
+        assert status.returncode == 0, status.stderr

@@ -19,7 +19,7 @@ import pqrun.sync
 from pqrun import JobContext, PgJobStore, Schedule, Worker
 from pqrun.testing import RecordingStore, run_handler
 
-from .helpers import QUICK
+from .helpers import QUICK, wait_until
 
 
 class Color(enum.Enum):
@@ -246,3 +246,31 @@ async def test_the_recording_store_checks_payloads_as_the_apps_store_encodes() -
     recording = RecordingStore(json_encoder=common_types)
     await run_handler(ship, store=recording)
     assert recording.enqueued == [{"job_type": "notify", "payload": {"when": WHEN}}]
+
+
+async def test_sync_enqueue_keeps_a_few_stores_however_many_encoder_objects(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    class Encoder:
+        def default(self, value: Any) -> Any:
+            return str(value)
+
+    before = await _sessions(conn)
+    encoder = Encoder()
+    for n in range(3 * pqrun.sync.MAX_STORES):
+        # A new bound method on each access (equal to the others), then a new lambda
+        # on every call: neither may open a pool per call.
+        pqrun.sync.enqueue(dsn, "x", {"n": n, "when": WHEN}, json_encoder=encoder.default)
+        pqrun.sync.enqueue(dsn, "x", {"n": n, "when": WHEN}, json_encoder=lambda v: str(v))
+
+    async def few_sessions() -> bool:
+        return await _sessions(conn) - before <= 2 * (pqrun.sync.MAX_STORES + 1)
+
+    await wait_until(few_sessions, within=30)
+
+
+async def _sessions(conn: asyncpg.Connection) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    return count

@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -43,15 +44,19 @@ T = TypeVar("T")
 CALL_TIMEOUT = 60.0
 
 
+# Stores (each a pool of up to 2 connections) kept for DSN calls.
+MAX_STORES = 8
+
+
 class _Background:
     """An event loop in a daemon thread, with a store per (dsn, schema)."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        # By DSN, schema and json_encoder (by id: the store keeps it alive, and an
-        # encoder object need not be hashable).
-        self.stores: dict[tuple[str, str | None, int], PgJobStore] = {}
+        # By DSN, schema and json_encoder, the most recently used last.
+        self.stores: OrderedDict[tuple[str, str | None, object], PgJobStore] = OrderedDict()
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.loop.run_forever, name="pqrun-sync", daemon=True)
         self.thread.start()
 
@@ -59,12 +64,21 @@ class _Background:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CALL_TIMEOUT)
 
     def store(self, dsn: str, schema: str | None, json_encoder: JSONEncoderOption) -> PgJobStore:
-        key = (dsn, schema, id(json_encoder))
-        if key not in self.stores:
-            self.stores[key] = PgJobStore(
+        key = (dsn, schema, _encoder_key(json_encoder))
+        with self.lock:  # two threads must not open two stores (and pools) for one key
+            found = self.stores.get(key)
+            if found is not None:
+                self.stores.move_to_end(key)
+                return found
+            found = self.stores[key] = PgJobStore(
                 dsn, schema=schema, min_size=0, max_size=2, json_encoder=json_encoder
             )
-        return self.stores[key]
+            # A new encoder object on every call (a lambda) must not open a pool each
+            # time: past MAX_STORES, the least recently used store is closed.
+            while len(self.stores) > MAX_STORES:
+                _key, oldest = self.stores.popitem(last=False)
+                asyncio.run_coroutine_threadsafe(oldest.close(within=5.0), self.loop)
+            return found
 
     def close(self) -> None:
         async def close_all() -> None:
@@ -90,18 +104,30 @@ def _get_background() -> _Background:
         return _background
 
 
-# The encodings made for DB-API calls, by id of their json_encoder (which each keeps
-# alive, so an id is not reused while it is here); emptied when it grows past a few.
-_encodings: dict[int, JSONEncoding] = {}
+def _encoder_key(json_encoder: JSONEncoderOption) -> object:
+    """The encoder itself when it can be a key (an encoder class, a function; bound
+    methods of one object are equal, though each access makes a new one), else its id
+    (kept alive by what is stored under it, so the id is not reused meanwhile)."""
+    try:
+        hash(json_encoder)
+    except TypeError:
+        return id(json_encoder)
+    return json_encoder
+
+
+# The encodings made for DB-API calls, by their json_encoder; emptied when it grows past
+# a few (a new function on every call: no cache for those).
+_encodings: dict[object, JSONEncoding] = {}
 
 
 def _encoding(json_encoder: JSONEncoderOption) -> JSONEncoding:
-    found = _encodings.get(id(json_encoder))
+    key = _encoder_key(json_encoder)
+    found = _encodings.get(key)
     if found is None:
         found = JSONEncoding(json_encoder)
-        if len(_encodings) >= 16:  # a new function per call (a lambda): no cache for those
+        if len(_encodings) >= 16:
             _encodings.clear()
-        _encodings[id(json_encoder)] = found
+        _encodings[key] = found
     return found
 
 

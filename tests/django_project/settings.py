@@ -61,7 +61,15 @@ DATABASES = {
     # The same server on a port where nothing listens, with a password to keep hidden.
     "unreachable": database(DSN, HOST="127.0.0.1", PORT="1", PASSWORD="hunter2-secret"),
 }
+if os.environ.get("PQRUN_TEST_DJANGO_SQLITE"):
+    # The project's own data in SQLite, the queue in PostgreSQL beside it.
+    DATABASES["queue"] = DATABASES["default"]
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ["PQRUN_TEST_DJANGO_SQLITE"],
+    }
 PQRUN = {
+    "DATABASE": "queue" if os.environ.get("PQRUN_TEST_DJANGO_SQLITE") else "default",
     "HANDLERS": "tests.django_project.shop.jobs.handlers",
     "JSON_ENCODER": "django.core.serializers.json.DjangoJSONEncoder",
     "SCHEMA": os.environ.get("PQRUN_TEST_DJANGO_SCHEMA") or None,

@@ -36,8 +36,15 @@ def resolve_dsn(given: str | None) -> str:
 
 def open_store(args: argparse.Namespace) -> PgJobStore:
     """A store for the command's --dsn and --schema (not connected yet); without
-    --schema, the store reads $PQRUN_SCHEMA as PgJobStore() does in your app."""
-    return PgJobStore(resolve_dsn(args.dsn), schema=args.schema, min_size=1, max_size=2)
+    --schema, the store reads $PQRUN_SCHEMA as PgJobStore() does in your app. (A caller
+    such as Django's ``manage.py pqrun`` may set ``args.json_encoder``.)"""
+    return PgJobStore(
+        resolve_dsn(args.dsn),
+        schema=args.schema,
+        min_size=1,
+        max_size=2,
+        json_encoder=getattr(args, "json_encoder", None),
+    )
 
 
 def with_store(args: argparse.Namespace, action: Callable[[PgJobStore], Awaitable[T]]) -> T:

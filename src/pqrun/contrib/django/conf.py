@@ -175,6 +175,11 @@ def database_dsn(alias: str) -> str:
         host = ""
     elif ":" in host:
         host = f"[{host}]"  # an IPv6 address
+    if not host and port:
+        # No host (Django's default: the local socket) or a socket directory: a port in
+        # the netloc would need a host beside it, so it goes in the query.
+        query["port"] = port
+        port = ""
     auth = quote(user, safe="")
     if password:
         auth += ":" + quote(password, safe="")

@@ -10,16 +10,27 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import migrations, models
 
 from pqrun.contrib.django._sql import apply_schema
-from pqrun.contrib.django.conf import table_name
+from pqrun.contrib.django.conf import pqrun_settings, table_name
 
 DDL_SHA256 = "8dd3cb9f52faae11313caaf28985df1ca9ded96ae73dddec863bdfe45a52789d"
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
-    apply_schema(schema_editor.connection)
+    # The queue lives in one database, PQRUN['DATABASE']: migrating any other (say a
+    # SQLite default beside it) applies nothing there.
+    connection = schema_editor.connection
+    if connection.alias != pqrun_settings().database:
+        return
+    if connection.vendor != "postgresql":
+        raise ImproperlyConfigured(
+            f"PQRUN['DATABASE'] is {connection.alias!r}, a {connection.vendor} database: "
+            "pqrun needs PostgreSQL"
+        )
+    apply_schema(connection)
 
 
 def backwards(apps: Any, schema_editor: Any) -> None:

@@ -37,6 +37,9 @@ class Command(BaseCommand):
             "job": f"{base}{job_id}/change/",
             "add": f"{base}add/",
             "delete": f"{base}{job_id}/delete/",
+            "lookup_payload": f"{base}?payload__icontains=zzz",
+            "lookup_error_regex": f"{base}?last_error__regex=(a%2B)%2B$",
+            "search_superscript": f"{base}?q=%C2%B2",
         }
         found: dict[str, Any] = {}
         for name, url in pages.items():

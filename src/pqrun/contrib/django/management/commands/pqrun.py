@@ -64,6 +64,9 @@ class Command(BaseCommand):
         if conf.handlers and argv[:1] == ["worker"] and not has_positional(parser, argv):
             argv.append(conf.handlers)
         parsed = parser.parse_args(argv)
+        # PQRUN['JSON_ENCODER'] encodes what the command's store writes: payloads, and
+        # a worker's results and schedules.
+        parsed.json_encoder = conf.json_encoder_class()
         if parsed.command == "worker":
             parsed.run = run_django_worker
         environment = {"PQRUN_DSN": dsn, "PQRUN_SCHEMA": conf.schema}
