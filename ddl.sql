@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_type        text        NOT NULL CHECK (job_type <> ''),
     payload         jsonb       NOT NULL DEFAULT '{}'::jsonb,
     status          text        NOT NULL DEFAULT 'READY'
-                    CHECK (status IN ('READY', 'RUNNING', 'DONE', 'FAILED', 'CANCELLED')),
+                    CONSTRAINT jobs_status_check
+                    CHECK (status IN ('WAITING', 'READY', 'RUNNING', 'DONE', 'FAILED',
+                                      'CANCELLED')),
     -- Higher runs sooner.
     priority        integer     NOT NULL DEFAULT 0,
     -- Runs started so far (a run interrupted by a worker's shutdown is given back).
@@ -79,6 +81,33 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context text;
 -- Appended by the same UPDATE that records a failed attempt or takes a run back, so it
 -- costs nothing while jobs succeed. NULL: no attempt failed.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error_history jsonb;
+-- Workflows (docs/workflows.md): the jobs this one waits for. While one of them is not
+-- DONE the job is WAITING, which no claim takes; NULL for a job that waits for none.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS depends_on bigint[];
+-- What a WAITING job does when a job it depends on ends FAILED or CANCELLED: NULL (or
+-- 'cancel') is cancelled with it; 'run' runs once they have all ended, however.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS on_dependency_failure text
+    CONSTRAINT jobs_on_dependency_failure_known
+    CHECK (on_dependency_failure IN ('cancel', 'run'));
+-- Set on a job once another depends on it: only then does its end look for dependents.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS has_dependents boolean NOT NULL DEFAULT false;
+
+-- WAITING (workflows) joined the statuses after the first release: a table created
+-- before it has the constraint without it, replaced here (added NOT VALID, then
+-- validated while reads and writes go on).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint
+               WHERE conrelid = 'jobs'::regclass AND contype = 'c'
+                 AND conname = 'jobs_status_check'
+                 AND pg_get_constraintdef(oid) NOT LIKE '%WAITING%') THEN
+        ALTER TABLE jobs DROP CONSTRAINT jobs_status_check;
+        ALTER TABLE jobs ADD CONSTRAINT jobs_status_check CHECK (
+            status IN ('WAITING', 'READY', 'RUNNING', 'DONE', 'FAILED', 'CANCELLED')) NOT VALID;
+        ALTER TABLE jobs VALIDATE CONSTRAINT jobs_status_check;
+    END IF;
+END
+$$;
 
 -- Constraints added after the first release, for tables created before them: added
 -- NOT VALID, then validated against the rows already there. If some of those break the
@@ -155,6 +184,188 @@ CREATE INDEX IF NOT EXISTS jobs_finished
     ON jobs (status, finished_at)
     WHERE finished_at IS NOT NULL;
 
+-- Workflows: the jobs that depend on a job, found when it ends (GIN over the depends_on
+-- arrays, of those jobs only that have some: no entry for any other job), and the
+-- WAITING jobs, for counting and listing them. Both partial: a job without dependencies
+-- adds nothing to either.
+CREATE INDEX IF NOT EXISTS jobs_dependents
+    ON jobs USING gin (depends_on)
+    WHERE depends_on IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_waiting
+    ON jobs (id)
+    WHERE status = 'WAITING';
+
+-- A job inserted with depends_on, or put back to READY (retry) with it: it waits while
+-- one of those jobs is not DONE. The jobs it depends on are locked first (FOR UPDATE, in
+-- id order) and marked has_dependents, so that one ending at the same moment either
+-- ends before this reads it (and is seen ended) or ends after this commits (and then
+-- finds this job among its dependents): never in between, where neither would move it.
+-- One that ended FAILED or CANCELLED cancels it at once (unless on_dependency_failure is
+-- 'run'). Tables are named through TG_TABLE_SCHEMA: the session's search_path may not
+-- lead to this schema.
+CREATE OR REPLACE FUNCTION pqrun_jobs_wait_for_dependencies() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    wanted bigint[];
+    found bigint[];
+    unfinished bigint;
+    failed_id bigint;
+    failed_status text;
+BEGIN
+    IF NEW.depends_on IS NULL OR cardinality(NEW.depends_on) = 0 THEN
+        NEW.depends_on := NULL;
+        RETURN NEW;
+    END IF;
+    IF NEW.status <> 'READY' THEN
+        RETURN NEW;  -- written as it is (by hand, or a copy): nothing to decide
+    END IF;
+    IF NEW.id = ANY(NEW.depends_on) THEN
+        RAISE EXCEPTION 'job % cannot depend on itself', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.dedupe_key IS NOT NULL THEN
+        RAISE EXCEPTION 'job % has both a dedupe_key and depends_on: a WAITING job holds '
+                        'no dedupe key, so give it one or the other', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT array_agg(DISTINCT d ORDER BY d) INTO wanted FROM unnest(NEW.depends_on) AS d;
+    EXECUTE format(
+        'SELECT array_agg(id), count(*) FILTER (WHERE status NOT IN (''DONE'', ''FAILED'', ''CANCELLED'')),
+                min(id) FILTER (WHERE status IN (''FAILED'', ''CANCELLED''))
+         FROM (SELECT id, status FROM %I.jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS p',
+        TG_TABLE_SCHEMA)
+        INTO found, unfinished, failed_id
+        USING wanted;
+    IF COALESCE(cardinality(found), 0) < cardinality(wanted) THEN
+        RAISE EXCEPTION 'job % depends on jobs that do not exist (or were pruned): %', NEW.id,
+            (SELECT array_agg(d) FROM unnest(wanted) AS d WHERE NOT d = ANY(COALESCE(found, '{}')))
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    EXECUTE format(
+        'UPDATE %I.jobs SET has_dependents = true WHERE id = ANY($1) AND NOT has_dependents',
+        TG_TABLE_SCHEMA) USING wanted;
+    IF failed_id IS NOT NULL AND COALESCE(NEW.on_dependency_failure, 'cancel') = 'cancel' THEN
+        EXECUTE format('SELECT status FROM %I.jobs WHERE id = $1', TG_TABLE_SCHEMA)
+            INTO failed_status USING failed_id;
+        NEW.status := 'CANCELLED';
+        NEW.finished_at := now();
+        NEW.last_error := format('cancelled: job %s, which it depends on, ended %s',
+                                 failed_id, failed_status);
+    ELSIF unfinished > 0 THEN
+        NEW.status := 'WAITING';
+    ELSIF TG_OP = 'UPDATE' THEN
+        NEW.run_after := greatest(NEW.run_after, now());
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- A job that ends: its WAITING dependents whose dependencies have all ended DONE become
+-- READY (due now, or later if they were due later), and workers hear of them; when it
+-- ended FAILED or CANCELLED, they are cancelled instead (unless on_dependency_failure
+-- is 'run': then they run once all theirs have ended). Each dependent is locked (in id
+-- order) before its dependencies are read, in a statement of its own: of two of them
+-- ending at once, the second to lock it reads the first one's end.
+CREATE OR REPLACE FUNCTION pqrun_jobs_release_dependents() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    waiting bigint[];
+    released bigint;
+    first_id bigint;
+    last_id bigint;
+    first_type text;
+    last_type text;
+BEGIN
+    EXECUTE format(
+        'SELECT array_agg(id) FROM (SELECT id FROM %I.jobs
+                                    WHERE depends_on @> ARRAY[$1] AND depends_on IS NOT NULL
+                                      AND status = ''WAITING''
+                                    ORDER BY id FOR UPDATE) AS w',
+        TG_TABLE_SCHEMA) INTO waiting USING NEW.id;
+    IF waiting IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status <> 'DONE' THEN
+        EXECUTE format(
+            'UPDATE %I.jobs
+             SET status = ''CANCELLED'', finished_at = now(), updated_at = now(),
+                 last_error = format(''cancelled: job %%s, which it depends on, ended %%s'',
+                                     $2::bigint, $3::text)
+             WHERE id = ANY($1) AND status = ''WAITING''
+               AND COALESCE(on_dependency_failure, ''cancel'') = ''cancel''',
+            TG_TABLE_SCHEMA) USING waiting, NEW.id, NEW.status;
+    END IF;
+    EXECUTE format(
+        'WITH ready AS (
+             UPDATE %1$I.jobs AS d
+             SET status = ''READY'', run_after = greatest(d.run_after, now()),
+                 updated_at = now()
+             WHERE d.id = ANY($1) AND d.status = ''WAITING''
+               AND NOT EXISTS (
+                   SELECT 1 FROM %1$I.jobs AS p
+                   WHERE p.id = ANY(d.depends_on)
+                     AND (p.status NOT IN (''DONE'', ''FAILED'', ''CANCELLED'')
+                          OR (p.status <> ''DONE''
+                              AND COALESCE(d.on_dependency_failure, ''cancel'') = ''cancel'')))
+             RETURNING d.id, d.job_type)
+         SELECT count(*), min(id), max(id), min(job_type COLLATE "C"),
+                max(job_type COLLATE "C")
+         FROM ready',
+        TG_TABLE_SCHEMA)
+        INTO released, first_id, last_id, first_type, last_type USING waiting;
+    IF released > 0 THEN
+        -- As for inserted jobs (pqrun_notify_inserted_jobs): a hint of one type names it,
+        -- so that only the workers whose turn it is claim; else every worker wakes.
+        PERFORM pg_notify(
+            CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                 THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+            CASE WHEN first_type = last_type AND octet_length(first_type) <= 1000
+                 THEN 'jobs:' || released || ':' || first_id || ':' || last_id || '::'
+                      || first_type
+                 ELSE '' END
+        );
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'jobs_wait_for_dependencies' AND tgrelid = to_regclass('jobs')
+    ) THEN
+        CREATE TRIGGER jobs_wait_for_dependencies
+            BEFORE INSERT ON jobs
+            FOR EACH ROW
+            WHEN (NEW.depends_on IS NOT NULL)
+            EXECUTE FUNCTION pqrun_jobs_wait_for_dependencies();
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'jobs_wait_again_for_dependencies' AND tgrelid = to_regclass('jobs')
+    ) THEN
+        CREATE TRIGGER jobs_wait_again_for_dependencies
+            BEFORE UPDATE ON jobs
+            FOR EACH ROW
+            WHEN (NEW.depends_on IS NOT NULL AND NEW.status = 'READY'
+                  AND OLD.status IN ('FAILED', 'CANCELLED'))
+            EXECUTE FUNCTION pqrun_jobs_wait_for_dependencies();
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'jobs_release_dependents' AND tgrelid = to_regclass('jobs')
+    ) THEN
+        CREATE TRIGGER jobs_release_dependents
+            AFTER UPDATE ON jobs
+            FOR EACH ROW
+            WHEN (NEW.has_dependents AND NEW.status IN ('DONE', 'FAILED', 'CANCELLED')
+                  AND OLD.status IS DISTINCT FROM NEW.status)
+            EXECUTE FUNCTION pqrun_jobs_release_dependents();
+    END IF;
+END
+$$;
+
 -- Wake idle workers when jobs are inserted, however they are inserted (enqueue(),
 -- enqueue_many(), plain SQL, triggers, pg_cron). One notification per statement, not per
 -- row: a bulk insert costs one. The channel names the schema, so queues in different
@@ -181,7 +392,8 @@ BEGIN
     SELECT min(run_after), min(id), max(id), count(*),
            min(job_type COLLATE "C"), max(job_type COLLATE "C")
         INTO first_due, first_id, last_id, inserted, first_type, last_type
-        FROM inserted_jobs;
+        FROM inserted_jobs
+        WHERE status = 'READY';  -- a WAITING job is announced when it becomes READY
     IF first_due IS NULL THEN
         RETURN NULL;
     END IF;

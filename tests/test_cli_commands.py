@@ -75,7 +75,7 @@ async def test_status_counts_by_status_and_type_with_rates_and_workers(
     assert as_json.returncode == 0, as_json.stderr
     status = json.loads(as_json.stdout)
     assert {k: v["count"] for k, v in status["counts"].items()} == {
-        "READY": 3, "RUNNING": 1, "DONE": 2, "FAILED": 2, "CANCELLED": 1,
+        "WAITING": 0, "READY": 3, "RUNNING": 1, "DONE": 2, "FAILED": 2, "CANCELLED": 1,
     }  # fmt: skip
     assert all(v["exact"] for v in status["counts"].values())
     assert status["by_type"] == [

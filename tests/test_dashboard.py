@@ -199,7 +199,7 @@ async def test_odd_input_is_answered_not_crashed_on(
     assert huge.status_code == 200
     # Not silently everything: the page says the filter was not understood.
     odd = await admin.get("/jobs/jobs", params={"status": "<NOPE>"})
-    assert 'No status "&lt;NOPE&gt;": the statuses are READY, RUNNING' in odd.text
+    assert 'No status "&lt;NOPE&gt;": the statuses are WAITING, READY, RUNNING' in odd.text
     assert "Showing jobs of every status" in odd.text
     # Any case will do.
     lower = await admin.get("/jobs/jobs", params={"status": "failed"})
@@ -275,6 +275,7 @@ async def test_status_totals_are_exact_on_a_small_table_and_estimated_on_a_big_o
     )
     exact = {"count": 0, "exact": True}
     assert await store.status_counts() == {
+        "WAITING": exact,
         "READY": {"count": 10, "exact": True},
         "RUNNING": exact,
         "DONE": {"count": 30, "exact": True},

@@ -23,7 +23,7 @@ from .errors import (
     WaitTimeout,
 )
 from .handlers import Handler, HandlerFunc, Handlers, JobContext, handler
-from .models import AttemptError, Job, JobStatus, RawJSON
+from .models import AttemptError, Earlier, Job, JobStatus, RawJSON
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
 from .schedules import Schedule
 from .schema import ddl_sql
@@ -40,6 +40,7 @@ __all__ = [
     "AttemptError",
     "BackoffPolicy",
     "DatabaseUnavailable",
+    "Earlier",
     "Fail",
     "Handler",
     "HandlerFunc",

@@ -49,6 +49,11 @@ class JobContext:
         """1 on the first run of this job, 2 on the second, and so on."""
         return self.job.attempts
 
+    async def dependencies(self) -> list[Job]:
+        """The jobs this one depends on (its ``depends_on``), in id order, with their
+        ``result``s: one query. Empty for a job that depends on none."""
+        return await self.store.dependency_jobs(self.job.id)
+
 
 @dataclass(frozen=True, slots=True)
 class Handler:

@@ -13,6 +13,9 @@ from typing import Any
 class JobStatus(StrEnum):
     """Where a job is in its life. See docs/state-machine.md for the moves between them."""
 
+    WAITING = "WAITING"
+    """Waits for the jobs in its ``depends_on`` to be DONE; no worker takes it until
+    then (docs/workflows.md)."""
     READY = "READY"
     """Waiting for a worker; picked once ``run_after`` has passed."""
     RUNNING = "RUNNING"
@@ -65,6 +68,15 @@ class Job:
     def from_record(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a row whose jsonb columns were selected as text."""
         return _job_from_record(cls, row)
+
+
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """In ``enqueue_many``, an item's dependency on an earlier item of the same call:
+    ``{"job_type": "album", "depends_on": [Earlier(0), Earlier(1)]}`` waits for the jobs
+    of items 0 and 1 (counted from 0, as the list is)."""
+
+    index: int
 
 
 @dataclass(frozen=True, slots=True)

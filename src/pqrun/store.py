@@ -34,6 +34,7 @@ from ._store.schedules import ScheduleMethods
 from ._store.secrets import redact_dsn
 from ._store.type_minutes import TypeMinuteMethods
 from ._store.waiting import FinishWaiters, WaitMethods
+from ._store.workflows import WorkflowMethods
 from .observers import JobObserver
 
 
@@ -48,6 +49,7 @@ class PgJobStore(
     InspectionMethods,
     BrowsingMethods,
     TypeMinuteMethods,
+    WorkflowMethods,
 ):
     """The jobs table, reached through an asyncpg connection pool.
 

@@ -152,6 +152,8 @@ def enqueue(
     max_attempts: int = 5,
     timeout_seconds: int | timedelta | None = None,
     concurrency_key: str | None = None,
+    depends_on: Iterable[int] | None = None,
+    on_dependency_failure: str = "cancel",
     schema: str | None = None,
     json_encoder: JSONEncoderOption = None,
 ) -> int:
@@ -177,6 +179,8 @@ def enqueue(
                 max_attempts=max_attempts,
                 timeout_seconds=timeout_seconds,
                 concurrency_key=concurrency_key,
+                depends_on=depends_on,
+                on_dependency_failure=on_dependency_failure,
             )
         )
     row = new_job_row(
@@ -188,6 +192,8 @@ def enqueue(
         max_attempts,
         timeout_seconds,
         concurrency_key,
+        depends_on,
+        on_dependency_failure,
         encoding=_encoding(json_encoder),
     )
     connection = _checked(target)
@@ -221,16 +227,32 @@ def enqueue_many(
     rows = []
     for number, item in enumerate(jobs):
         try:
-            rows.append(new_job_row(**item, encoding=encoding))
+            # Earlier(i) stands for -(i + 1) until item i has its id (one INSERT each).
+            rows.append(new_job_row(**item, encoding=encoding, earlier_rows=range(number)))
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
     connection = _checked(target)
+
+    def insert_all(trace: str | None) -> list[int]:
+        ids: list[int] = []
+        for row in rows:
+            if row.depends_on is not None and "-" in row.depends_on:
+                row = row._replace(depends_on=with_earlier_ids(row.depends_on, ids))
+            ids.append(_enqueue_dbapi(connection, row, schema, trace))
+        return ids
+
     if rows and tracing_enqueues():
         # As store.enqueue_many: one span, whose trace context every job carries.
         types = sorted({row.job_type for row in rows})
         with tracing.enqueue_span(types[0] if len(types) == 1 else "*", len(rows)) as trace:
-            return [_enqueue_dbapi(connection, row, schema, trace) for row in rows]
-    return [_enqueue_dbapi(connection, row, schema, None) for row in rows]
+            return insert_all(trace)
+    return insert_all(None)
+
+
+def with_earlier_ids(literal: str, ids: list[int]) -> str:
+    """A depends_on literal whose -n entries (the n-th item, from 1) are ids now."""
+    numbers = [int(n) for n in literal.strip("{}").split(",")]
+    return "{" + ",".join(str(ids[-n - 1] if n < 0 else n) for n in numbers) + "}"
 
 
 def _checked(connection: Any) -> Any:

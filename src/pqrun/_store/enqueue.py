@@ -92,9 +92,16 @@ class EnqueueMethods:
         max_attempts: int = 5,
         timeout_seconds: int | timedelta | None = None,
         concurrency_key: str | None = None,
+        depends_on: Iterable[int] | None = None,
+        on_dependency_failure: str = "cancel",
         conn: Connection | None = None,
     ) -> int:
         """Add a job and return its id.
+
+        ``depends_on``: ids of jobs this one waits for. It is WAITING, which no worker
+        takes, until they are all DONE; if one ends FAILED or CANCELLED it is cancelled,
+        or, with ``on_dependency_failure="run"``, runs once they have all ended
+        (docs/workflows.md).
 
         ``run_after`` is a datetime (a naive one is read as local time) or a delay from
         the database's ``now()``. With a ``dedupe_key`` that an active (READY or RUNNING)
@@ -118,6 +125,8 @@ class EnqueueMethods:
             max_attempts,
             timeout_seconds,
             concurrency_key,
+            depends_on,
+            on_dependency_failure,
             encoding=self._encoding,
         )
         if tracing_enqueues():
@@ -138,7 +147,8 @@ class EnqueueMethods:
         Each item is a dict of ``enqueue``'s arguments: ``{"job_type": "send_email",
         "payload": {...}, "priority": 5, "dedupe_key": "..."}``; only ``job_type`` is
         required. Dedupe keys work per item as in ``enqueue``: an item whose key an active
-        job holds, or an earlier item of the same call holds, gets that job's id.
+        job holds, or an earlier item of the same call holds, gets that job's id. An
+        item's ``depends_on`` may name earlier items of the call: ``Earlier(0)``.
         A bad item raises before anything is written.
         """
         rows: list[NewJobRow] = []
@@ -151,7 +161,7 @@ class EnqueueMethods:
                         self._payload_models, item["job_type"], item.get("payload")
                     )
                     item = {**item, "payload": checked}
-                row = new_job_row(**item, encoding=self._encoding)
+                row = new_job_row(**item, encoding=self._encoding, earlier_rows=source)
             except TypeError as exc:
                 raise TypeError(f"enqueue_many item {number}: {exc}") from exc
             except PayloadInvalid as exc:

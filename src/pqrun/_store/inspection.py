@@ -33,6 +33,11 @@ STATUS_RECENT = query("status_recent")
 FAILED_BY_TYPE = query("failed_by_type")
 WAITING_BY_TYPE = query("waiting_by_type")
 RUN_STATE = query("run_state")
+STATUS_WAITING = query("status_waiting")
+DEPENDENCIES = query("dependencies")
+DEPENDENCY_JOBS = query("dependency_jobs")
+#: The dependents of a job its page lists (the newest).
+DEPENDENTS_SHOWN = 100
 # A worker's heartbeat says what its jobs are doing while it is fresh: within the worker's
 # own stale period, or this for a row that names none.
 DEFAULT_STALE_AFTER = timedelta(seconds=30)
@@ -72,6 +77,23 @@ class InspectionMethods:
         if row is None or not row["held"] or not row["live"]:
             return None
         return "started" if row["started"] else "waiting"
+
+    async def dependencies(self, job_id: int) -> dict[str, list[dict[str, Any]]]:
+        """The jobs job ``job_id`` depends on (``"dependencies"``) and the newest 100
+        that depend on it (``"dependents"``): each ``{"id", "job_type", "status"}``."""
+        rows = await self._db.fetch(DEPENDENCIES, job_id, DEPENDENTS_SHOWN)
+        found: dict[str, list[dict[str, Any]]] = {"dependencies": [], "dependents": []}
+        for row in rows:
+            found[row["relation"]].append(
+                {"id": row["id"], "job_type": row["job_type"], "status": row["status"]}
+            )
+        return found
+
+    async def dependency_jobs(self, job_id: int) -> list[Job]:
+        """The jobs job ``job_id`` depends on, in id order, with their results (what a
+        handler's ``ctx.dependencies()`` returns)."""
+        rows = await self._db.fetch(DEPENDENCY_JOBS, job_id)
+        return [Job.from_record(row) for row in rows]
 
     async def list_jobs(
         self,
@@ -282,7 +304,13 @@ async def count_statuses(
     each status ``{"count", "exact"}``: exact under the cap, else the planner's
     estimate (``count`` None before the first ANALYZE) and ``at_least`` the cap."""
     active = await conn.fetch(STATUS_ACTIVE, count_cap, timeout=db.statement_timeout)
-    totals = dict.fromkeys((JobStatus.READY.value, JobStatus.RUNNING.value), 0)
+    totals = {
+        JobStatus.WAITING.value: await conn.fetchval(
+            STATUS_WAITING, count_cap, timeout=db.statement_timeout
+        ),
+        JobStatus.READY.value: 0,
+        JobStatus.RUNNING.value: 0,
+    }
     for row in active:
         totals[row["status"]] += row["n"]
     for finished in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):

@@ -5,7 +5,7 @@ The job's own columns are defined once, by ``pqrun.models.Job`` (``JOB_COLUMNS``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -19,7 +19,7 @@ from pqrun.limits import (
     check_timeout_seconds,
     encode_payload,
 )
-from pqrun.models import Job, JobStatus
+from pqrun.models import Earlier, Job, JobStatus
 
 
 class NewJobRow(NamedTuple):
@@ -35,6 +35,10 @@ class NewJobRow(NamedTuple):
     max_attempts: int
     timeout_seconds: int | None
     concurrency_key: str | None
+    # The ids it waits for, as an array literal ("{12,13}"; in enqueue_many, -n names
+    # the n-th row of the same statement); None: none.
+    depends_on: str | None = None
+    on_dependency_failure: str | None = None  # None: cancel (the default)
 
 
 #: The parameters of the named query ``enqueue``, by name (for DB-API drivers).
@@ -50,12 +54,17 @@ def new_job_row(
     max_attempts: int = 5,
     timeout_seconds: int | timedelta | None = None,
     concurrency_key: str | None = None,
+    depends_on: Iterable[int | Earlier] | None = None,
+    on_dependency_failure: str = "cancel",
     *,
     encoding: JSONEncoding = DEFAULT_ENCODING,
+    earlier_rows: Sequence[int] | None = None,
 ) -> NewJobRow:
     """Check enqueue's arguments and turn them into the columns the enqueue binds.
 
-    ``encoding`` is the store's: how the payload becomes JSON text.
+    ``encoding`` is the store's: how the payload becomes JSON text. ``earlier_rows``
+    (enqueue_many): for each earlier item, the row of the statement that carries it,
+    which an ``Earlier(i)`` in ``depends_on`` stands for; None where none may be named.
     """
     if not isinstance(job_type, str) or not job_type:
         raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
@@ -93,7 +102,64 @@ def new_job_row(
         max_attempts,
         timeout_seconds,
         concurrency_key,
+        dependencies_literal(depends_on, dedupe_key, earlier_rows),
+        dependency_failure(on_dependency_failure),
     )
+
+
+#: The most jobs one job may depend on.
+MAX_DEPENDENCIES = 1000
+
+
+def dependencies_literal(
+    depends_on: Iterable[int | Earlier] | None,
+    dedupe_key: str | None,
+    earlier_rows: Sequence[int] | None,
+) -> str | None:
+    """``depends_on`` checked, as the array literal the statements bind (None: none)."""
+    if depends_on is None:
+        return None
+    if isinstance(depends_on, (str, bytes, int)) or not isinstance(depends_on, Iterable):
+        raise TypeError(
+            f"depends_on must be a list of job ids, got {type(depends_on).__name__} {depends_on!r}"
+        )
+    found: list[int] = []
+    for item in depends_on:
+        if isinstance(item, Earlier):
+            if earlier_rows is None:
+                raise TypeError("Earlier(...) names an item of the same enqueue_many call")
+            if not isinstance(item.index, int) or not 0 <= item.index < len(earlier_rows):
+                raise ValueError(
+                    f"depends_on {item!r}: an item may depend only on the items before it "
+                    f"(0 to {len(earlier_rows) - 1})"
+                    if earlier_rows
+                    else f"depends_on {item!r}: the first item has no earlier item"
+                )
+            found.append(-(earlier_rows[item.index] + 1))  # the statement's row, from 1
+        elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
+            check_int("depends_on", item, 1)
+            found.append(item)
+        else:
+            raise TypeError(f"depends_on holds job ids (positive ints), got {item!r}")
+    if not found:
+        return None
+    if len(found) > MAX_DEPENDENCIES:
+        raise ValueError(f"depends_on names {len(found)} jobs; at most {MAX_DEPENDENCIES}")
+    if dedupe_key is not None:
+        raise ValueError(
+            "a job cannot have both a dedupe_key and depends_on: a WAITING job holds no "
+            "dedupe key; give it one or the other"
+        )
+    return "{" + ",".join(str(n) for n in found) + "}"
+
+
+def dependency_failure(on_dependency_failure: str) -> str | None:
+    """``on_dependency_failure`` checked: None for the default ("cancel")."""
+    if on_dependency_failure not in ("cancel", "run"):
+        raise ValueError(
+            f"on_dependency_failure must be 'cancel' or 'run', got {on_dependency_failure!r}"
+        )
+    return None if on_dependency_failure == "cancel" else on_dependency_failure
 
 
 def storable(text: str) -> str:

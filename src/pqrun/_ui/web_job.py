@@ -16,6 +16,7 @@ from pqrun._ui.web_html import (
     age_text,
     badge_html,
     h,
+    job_link,
     ms_text,
     refuse,
     table_html,
@@ -40,7 +41,12 @@ class JobPage(DashboardPage):
     """``/jobs/{id}``, its live fragment, and its retry, cancel and run-now POSTs."""
 
     def job_fragment(
-        self, request: Request, job: Job, history: list[AttemptError], run_state: str | None
+        self,
+        request: Request,
+        job: Job,
+        history: list[AttemptError],
+        run_state: str | None,
+        related: dict[str, list[dict[str, Any]]],
     ) -> str:
         base = self.base(request)
         actions = ""
@@ -75,11 +81,15 @@ class JobPage(DashboardPage):
         listing = "".join(f"<dt>{h(name)}</dt><dd>{value}</dd>" for name, value in facts)
         earlier = " (of an earlier attempt)" if job.status is JobStatus.DONE else ""
         error = (
-            f'<h2>Last error{earlier}</h2><pre class="err" id="last-error">'
-            f"{h(job.last_error)}</pre>"
-            if job.last_error
-            else ""
-        ) + attempts_html(history)
+            (
+                f'<h2>Last error{earlier}</h2><pre class="err" id="last-error">'
+                f"{h(job.last_error)}</pre>"
+                if job.last_error
+                else ""
+            )
+            + attempts_html(history)
+            + related_html(base, related)
+        )
         return (
             f'<p id="actions">{actions}</p><dl id="facts" data-status="{h(job.status.value)}">'
             f"{listing}</dl>"
@@ -104,7 +114,11 @@ class JobPage(DashboardPage):
             return refuse(404, "No such job.")
         live = f"{self.base(request)}/_/jobs/{job.id}"
         fragment = self.job_fragment(
-            request, job, await self.store.error_history(job.id), await self.store.run_state(job)
+            request,
+            job,
+            await self.store.error_history(job.id),
+            await self.store.run_state(job),
+            await self.store.dependencies(job.id),
         )
         return self.page(
             request,
@@ -118,7 +132,8 @@ class JobPage(DashboardPage):
             return refuse(404, "No such job.")
         history = await self.store.error_history(job.id)
         run_state = await self.store.run_state(job)
-        return self.fragment(request, self.job_fragment(request, job, history, run_state))
+        related = await self.store.dependencies(job.id)
+        return self.fragment(request, self.job_fragment(request, job, history, run_state, related))
 
     async def route_retry(self, request: Request) -> Response:
         refused = await self.check_action(request)
@@ -166,6 +181,26 @@ def attempts_html(history: list[AttemptError]) -> str:
     )
     table = table_html(("#attempt", "when", "worker", "outcome", "error"), rows, "")
     return f'<h2>Errors by attempt</h2><div class="scroll" id="attempts">{table}</div>'
+
+
+def related_html(base: str, related: dict[str, list[dict[str, Any]]]) -> str:
+    """The jobs this one depends on, and the newest that depend on it ("" for none)."""
+    parts = []
+    for key, title in (
+        ("dependencies", "Depends on"),
+        ("dependents", "Jobs that depend on it (the newest 100)"),
+    ):
+        jobs = related.get(key) or []
+        if not jobs:
+            continue
+        rows = (
+            f"<tr><td>{job_link(base, j['id'])}</td><td>{type_link(base, j['job_type'])}</td>"
+            f"<td>{badge_html(j['status'])}</td></tr>"
+            for j in jobs
+        )
+        table = table_html(("id", "type", "status"), rows, "")
+        parts.append(f'<h2>{h(title)}</h2><div class="scroll" id="{key}">{table}</div>')
+    return "".join(parts)
 
 
 def json_text(value: Any) -> str:

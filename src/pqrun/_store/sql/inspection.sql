@@ -73,6 +73,38 @@ SELECT count(*) FROM (
     SELECT 1 FROM jobs WHERE status = $1 AND finished_at IS NOT NULL LIMIT $2
 ) AS finished
 
+-- name: status_waiting
+-- How many jobs are WAITING for their dependencies, counting at most $1 (the jobs_waiting
+-- index).
+-- Guard: a read of at most $1 index entries; moves nothing.
+SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'WAITING' LIMIT $1) AS waiting
+
+-- name: dependencies
+-- The jobs job $1 depends on, and those that depend on it (at most $2 of those, the
+-- newest), each with its id, type and status: for a job's page. Through the primary key
+-- and the jobs_dependents index.
+-- Guard: a read; moves nothing.
+(SELECT 'dependencies' AS relation, p.id, p.job_type, p.status
+ FROM jobs AS c JOIN jobs AS p ON p.id = ANY(c.depends_on)
+ WHERE c.id = $1)
+UNION ALL
+(SELECT 'dependents', d.id, d.job_type, d.status
+ FROM jobs AS d
+ WHERE d.depends_on @> ARRAY[$1::bigint] AND d.depends_on IS NOT NULL
+ ORDER BY d.id DESC LIMIT $2)
+
+-- name: dependency_jobs
+-- The jobs job $1 depends on, whole (a handler's ctx.dependencies()): one statement.
+-- Guard: a read; moves nothing.
+SELECT p.id, p.job_type, p.payload::text AS payload, p.status, p.priority, p.attempts,
+       p.max_attempts, p.run_after, p.timeout_seconds, p.locked_at, p.locked_by, p.lease_id,
+       p.heartbeat_at, p.dedupe_key, p.last_error, p.finished_at, p.duration_ms,
+       p.result::text AS result, p.created_at, p.updated_at, p.concurrency_key,
+       p.trace_context
+FROM jobs AS c JOIN jobs AS p ON p.id = ANY(c.depends_on)
+WHERE c.id = $1
+ORDER BY p.id
+
 -- name: status_estimates
 -- Rows per status as the planner estimates them: the table's row estimate times the
 -- share of each status in its statistics (kept by ANALYZE and autovacuum). No rows

@@ -1,33 +1,33 @@
 -- name: mark_awaited
 -- Flag a job whose finish someone waits for (store.wait()): from then on, the trigger
 -- jobs_notify_finished announces its move to DONE, FAILED or CANCELLED on the channel.
--- Guard: READY or RUNNING and not awaited yet; moves no job between states.
+-- Guard: WAITING, READY or RUNNING and not awaited yet; moves no job between states.
 -- While this holds the row, a worker's claim (FOR UPDATE SKIP LOCKED) passes the job
 -- over: called right after the enqueue, as wait() usually is, it meets the claim of the
 -- worker the enqueue woke. So a READY job that is due is announced again ($2: the
 -- channel), and that worker looks once more instead of sleeping until its next poll.
 WITH marked AS (
     UPDATE jobs SET awaited = true
-    WHERE id = $1 AND status IN ('READY', 'RUNNING') AND NOT awaited
+    WHERE id = $1 AND status IN ('WAITING', 'READY', 'RUNNING') AND NOT awaited
     RETURNING status, run_after
 )
 SELECT count(pg_notify($2, '')) FROM marked WHERE status = 'READY' AND run_after <= now()
 
 -- name: cancel
--- READY or RUNNING -> CANCELLED. The worker running a RUNNING job is told on the
+-- WAITING, READY or RUNNING -> CANCELLED. The worker running a RUNNING job is told on the
 -- channel ('cancel:<id>') and cancels its handler; whatever that run answers finds the
 -- job CANCELLED and changes nothing.
--- Guard: READY or RUNNING, locked FOR UPDATE, and still READY or RUNNING in the UPDATE.
+-- Guard: WAITING, READY or RUNNING, locked FOR UPDATE, and still so in the UPDATE.
 WITH target AS (
     SELECT id, status AS was FROM jobs
-    WHERE id = $1 AND status IN ('READY', 'RUNNING')
+    WHERE id = $1 AND status IN ('WAITING', 'READY', 'RUNNING')
     FOR UPDATE
 ),
 cancelled AS (
     UPDATE jobs AS j
     SET status = 'CANCELLED', finished_at = now(), updated_at = now()
     FROM target
-    WHERE j.id = target.id AND j.status IN ('READY', 'RUNNING')
+    WHERE j.id = target.id AND j.status IN ('WAITING', 'READY', 'RUNNING')
     RETURNING j.id, target.was
 ),
 told AS (SELECT pg_notify($2, 'cancel:' || id) FROM cancelled WHERE was = 'RUNNING')
@@ -65,11 +65,11 @@ ORDER BY id
 LIMIT $3
 
 -- name: active_ids
--- READY or RUNNING jobs of type $1 with an id above $2, oldest first: `pqrun jobs cancel
+-- WAITING, READY or RUNNING jobs of type $1 with an id above $2, oldest first: `pqrun jobs cancel
 -- --type` walks them in pages.
 -- Guard: a read; cancel checks each job again.
 SELECT id FROM jobs
-WHERE status IN ('READY', 'RUNNING') AND job_type = $1 AND id > $2
+WHERE status IN ('WAITING', 'READY', 'RUNNING') AND job_type = $1 AND id > $2
 ORDER BY id
 LIMIT $3
 
@@ -114,13 +114,13 @@ woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))
 SELECT moved.id FROM moved LEFT JOIN woken ON true
 
 -- name: cancel_many
--- READY or RUNNING -> CANCELLED for each of the ids $1 (the dashboard's bulk cancel),
+-- WAITING, READY or RUNNING -> CANCELLED for each of the ids $1 (the dashboard's bulk cancel),
 -- as cancel does for one job: the worker of each RUNNING one is told ('cancel:<id>').
 -- Rows are locked in id order, so two bulk cancels never deadlock.
--- Guard: READY or RUNNING, locked FOR UPDATE, and still READY or RUNNING in the UPDATE.
+-- Guard: WAITING, READY or RUNNING, locked FOR UPDATE, and still so in the UPDATE.
 WITH target AS (
     SELECT id, status AS was FROM jobs
-    WHERE id = ANY($1::bigint[]) AND status IN ('READY', 'RUNNING')
+    WHERE id = ANY($1::bigint[]) AND status IN ('WAITING', 'READY', 'RUNNING')
     ORDER BY id
     FOR UPDATE
 ),
@@ -129,7 +129,7 @@ cancelled AS (
     SET status = 'CANCELLED', finished_at = now(), updated_at = now()
     FROM target
     WHERE j.id = ANY($1::bigint[]) AND j.id = target.id
-      AND j.status IN ('READY', 'RUNNING')
+      AND j.status IN ('WAITING', 'READY', 'RUNNING')
     RETURNING j.id, target.was
 ),
 told AS (SELECT pg_notify($2, 'cancel:' || id) FROM cancelled WHERE was = 'RUNNING')

@@ -16,7 +16,7 @@ from django.db import migrations, models
 from pqrun.contrib.django._sql import apply_schema
 from pqrun.contrib.django.conf import pqrun_settings, table_name
 
-DDL_SHA256 = "8dd3cb9f52faae11313caaf28985df1ca9ded96ae73dddec863bdfe45a52789d"
+DDL_SHA256 = "6fd2b4dda59f28cc6a671a6cfd87692ad69408dce961099724aab1fcea88fe4b"
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
@@ -57,6 +57,7 @@ class Migration(migrations.Migration):
                     "status",
                     models.TextField(
                         choices=[
+                            ("WAITING", "WAITING"),
                             ("READY", "READY"),
                             ("RUNNING", "RUNNING"),
                             ("DONE", "DONE"),
