@@ -93,8 +93,9 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS on_dependency_failure text
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS has_dependents boolean NOT NULL DEFAULT false;
 
 -- WAITING (workflows) joined the statuses after the first release: a table created
--- before it has the constraint without it, replaced here (added NOT VALID, then
--- validated while reads and writes go on).
+-- before it has the constraint without it, replaced here by the wider one, NOT VALID:
+-- every row already there passed the narrower check, and validating would read the
+-- whole table while this script's lock keeps everyone out. New rows are checked.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_constraint
@@ -104,7 +105,6 @@ BEGIN
         ALTER TABLE jobs DROP CONSTRAINT jobs_status_check;
         ALTER TABLE jobs ADD CONSTRAINT jobs_status_check CHECK (
             status IN ('WAITING', 'READY', 'RUNNING', 'DONE', 'FAILED', 'CANCELLED')) NOT VALID;
-        ALTER TABLE jobs VALIDATE CONSTRAINT jobs_status_check;
     END IF;
 END
 $$;
@@ -187,7 +187,8 @@ CREATE INDEX IF NOT EXISTS jobs_finished
 -- Workflows: the jobs that depend on a job, found when it ends (GIN over the depends_on
 -- arrays, of those jobs only that have some: no entry for any other job), and the
 -- WAITING jobs, for counting and listing them. Both partial: a job without dependencies
--- adds nothing to either.
+-- adds nothing to either. On a big existing table, build them first with CREATE INDEX
+-- CONCURRENTLY (same text): this script holds the table while it builds them.
 CREATE INDEX IF NOT EXISTS jobs_dependents
     ON jobs USING gin (depends_on)
     WHERE depends_on IS NOT NULL;
@@ -211,6 +212,7 @@ DECLARE
     unfinished bigint;
     failed_id bigint;
     failed_status text;
+    due_locked boolean;
 BEGIN
     IF NEW.depends_on IS NULL OR cardinality(NEW.depends_on) = 0 THEN
         NEW.depends_on := NULL;
@@ -231,19 +233,32 @@ BEGIN
     SELECT array_agg(DISTINCT d ORDER BY d) INTO wanted FROM unnest(NEW.depends_on) AS d;
     EXECUTE format(
         'SELECT array_agg(id), count(*) FILTER (WHERE status NOT IN (''DONE'', ''FAILED'', ''CANCELLED'')),
-                min(id) FILTER (WHERE status IN (''FAILED'', ''CANCELLED''))
-         FROM (SELECT id, status FROM %I.jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS p',
+                min(id) FILTER (WHERE status IN (''FAILED'', ''CANCELLED'')),
+                bool_or(status = ''READY'' AND run_after <= now())
+         FROM (SELECT id, status, run_after FROM %I.jobs WHERE id = ANY($1)
+               ORDER BY id FOR UPDATE) AS p',
         TG_TABLE_SCHEMA)
-        INTO found, unfinished, failed_id
+        INTO found, unfinished, failed_id, due_locked
         USING wanted;
+    IF due_locked THEN
+        -- A worker's claim (FOR UPDATE SKIP LOCKED) passes over a job this holds locked,
+        -- and may then sleep until its next poll: wake the workers again once this
+        -- commits (a notification is delivered at commit, when the lock goes).
+        PERFORM pg_notify(
+            CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                 THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+            '');
+    END IF;
     IF COALESCE(cardinality(found), 0) < cardinality(wanted) THEN
         RAISE EXCEPTION 'job % depends on jobs that do not exist (or were pruned): %', NEW.id,
             (SELECT array_agg(d) FROM unnest(wanted) AS d WHERE NOT d = ANY(COALESCE(found, '{}')))
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    EXECUTE format(
-        'UPDATE %I.jobs SET has_dependents = true WHERE id = ANY($1) AND NOT has_dependents',
-        TG_TABLE_SCHEMA) USING wanted;
+    -- Written even where it is set already: a session that ends one of them under
+    -- REPEATABLE READ then fails on this concurrent update (and tries again) instead of
+    -- missing this dependent, which its snapshot does not show.
+    EXECUTE format('UPDATE %I.jobs SET has_dependents = true WHERE id = ANY($1)',
+                   TG_TABLE_SCHEMA) USING wanted;
     IF failed_id IS NOT NULL AND COALESCE(NEW.on_dependency_failure, 'cancel') = 'cancel' THEN
         EXECUTE format('SELECT status FROM %I.jobs WHERE id = $1', TG_TABLE_SCHEMA)
             INTO failed_status USING failed_id;
@@ -275,6 +290,9 @@ DECLARE
     last_id bigint;
     first_type text;
     last_type text;
+    first_due timestamptz;
+    due_text text;
+    hints_sent integer;
 BEGIN
     EXECUTE format(
         'SELECT array_agg(id) FROM (SELECT id FROM %I.jobs
@@ -307,23 +325,33 @@ BEGIN
                      AND (p.status NOT IN (''DONE'', ''FAILED'', ''CANCELLED'')
                           OR (p.status <> ''DONE''
                               AND COALESCE(d.on_dependency_failure, ''cancel'') = ''cancel'')))
-             RETURNING d.id, d.job_type)
+             RETURNING d.id, d.job_type, d.run_after)
          SELECT count(*), min(id), max(id), min(job_type COLLATE "C"),
-                max(job_type COLLATE "C")
+                max(job_type COLLATE "C"), min(run_after)
          FROM ready',
         TG_TABLE_SCHEMA)
-        INTO released, first_id, last_id, first_type, last_type USING waiting;
+        INTO released, first_id, last_id, first_type, last_type, first_due USING waiting;
     IF released > 0 THEN
-        -- As for inserted jobs (pqrun_notify_inserted_jobs): a hint of one type names it,
-        -- so that only the workers whose turn it is claim; else every worker wakes.
-        PERFORM pg_notify(
-            CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
-                 THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
-            CASE WHEN first_type = last_type AND octet_length(first_type) <= 1000
-                 THEN 'jobs:' || released || ':' || first_id || ':' || last_id || '::'
-                      || first_type
-                 ELSE '' END
-        );
+        -- As for inserted jobs (pqrun_notify_inserted_jobs): a hint of one type names it
+        -- and when the first is due, so that only the workers whose turn it is claim;
+        -- else (several types, or past 16 hints in this transaction) every worker wakes.
+        hints_sent := CASE WHEN current_setting('pqrun.hints_sent', true) ~ '^[0-9]{1,6}$'
+                           THEN current_setting('pqrun.hints_sent', true)::integer ELSE 0 END;
+        due_text := CASE WHEN first_due <= now() THEN ''
+                         ELSE extract(epoch FROM first_due)::text END;
+        IF first_type = last_type AND octet_length(first_type) <= 1000 AND hints_sent < 16 THEN
+            PERFORM set_config('pqrun.hints_sent', (hints_sent + 1)::text, true);
+            PERFORM pg_notify(
+                CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                     THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+                'jobs:' || released || ':' || first_id || ':' || last_id || ':' || due_text
+                    || ':' || first_type);
+        ELSE
+            PERFORM pg_notify(
+                CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                     THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+                due_text);
+        END IF;
     END IF;
     RETURN NULL;
 END

@@ -4,6 +4,7 @@ and from plain SQL; a failed dependency cancels its dependents (or lets them run
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 import pqrun
+import pqrun.sync
 from pqrun import Earlier, IdlePollPolicy, JobContext, JobStatus, PgJobStore, Worker
 
 from .helpers import QUICK, picked, status_of, wait_until
@@ -241,3 +243,73 @@ async def test_status_and_the_job_page_show_waiting_jobs_and_their_dependencies(
 
 async def _is(store: PgJobStore, job_id: int, status: str) -> bool:
     return await status_of(store, job_id) == status
+
+
+async def test_chains_run_one_after_another_each_woken_by_its_notifications(
+    store: PgJobStore,
+) -> None:
+    # A dependent's enqueue locks its dependency: a worker's claim that meets that lock
+    # passes the job over, and must be woken again once the lock goes (polls are a
+    # minute apart here). Each chain is enqueued once the one before it is done.
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    slow_polls = IdlePollPolicy(base_seconds=60, max_seconds=60)
+    worker = Worker(store, {"a": noop, "b": noop}, idle_policy=slow_polls, enable_reaper=False)
+    await worker.start()
+    try:
+        for _ in range(150):
+            a = await store.enqueue("a")
+            b = await store.enqueue("b", depends_on=[a])
+            await wait_until(lambda b=b: _is(store, b, "DONE"), within=20)  # type: ignore[misc]
+    finally:
+        await worker.stop()
+
+
+async def test_a_dependent_due_later_is_claimed_when_due_not_at_the_next_poll(
+    store: PgJobStore,
+) -> None:
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    slow_polls = IdlePollPolicy(base_seconds=60, max_seconds=60)
+    worker = Worker(store, {"a": noop, "b": noop}, idle_policy=slow_polls, enable_reaper=False)
+    await worker.start()
+    try:
+        parent = await store.enqueue("a")
+        later = await store.enqueue("b", depends_on=[parent], run_after=timedelta(seconds=2))
+        await wait_until(lambda: _is(store, later, "DONE"), within=30)
+    finally:
+        await worker.stop()
+
+
+async def test_an_earlier_item_with_a_dedupe_key_cannot_be_named(
+    store: PgJobStore, dsn: str
+) -> None:
+    await store.enqueue("a", dedupe_key="k")
+    items = [{"job_type": "a", "dedupe_key": "k"}, {"job_type": "b", "depends_on": [Earlier(0)]}]
+    with pytest.raises(ValueError, match="that item has a dedupe_key"):
+        await store.enqueue_many(items)
+    with pytest.raises(ValueError, match="that item has a dedupe_key"):
+        pqrun.sync.enqueue_many(dsn, items)
+
+
+async def test_ending_a_dependency_under_repeatable_read_cannot_miss_a_new_dependent(
+    store: PgJobStore, dsn: str
+) -> None:
+    parent = await store.enqueue("a")
+    first = await store.enqueue("b", depends_on=[parent])  # parent has_dependents already
+    ender = await asyncpg.connect(dsn)
+    try:
+        transaction = ender.transaction(isolation="repeatable_read")
+        await transaction.start()
+        await ender.fetchval("SELECT count(*) FROM jobs")  # its snapshot, from here on
+        second = await store.enqueue("b", depends_on=[parent])
+        with pytest.raises(asyncpg.SerializationError):
+            await finish(ender, parent)  # would not see `second`: refused instead
+        await transaction.rollback()
+    finally:
+        await ender.close()
+    async with store.connection() as conn:
+        await finish(conn, parent)
+    assert await statuses(store, first, second) == ["READY", "READY"]

@@ -224,11 +224,13 @@ def enqueue_many(
         store = background.store(target, schema, json_encoder)
         return background.run(store.enqueue_many(jobs))
     encoding = _encoding(json_encoder)
-    rows = []
+    rows: list[NewJobRow] = []
+    nameable: list[int | None] = []  # as store.enqueue_many: not an item with a dedupe_key
     for number, item in enumerate(jobs):
         try:
             # Earlier(i) stands for -(i + 1) until item i has its id (one INSERT each).
-            rows.append(new_job_row(**item, encoding=encoding, earlier_rows=range(number)))
+            rows.append(new_job_row(**item, encoding=encoding, earlier_rows=nameable))
+            nameable.append(None if rows[-1].dedupe_key is not None else number)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"enqueue_many item {number}: {exc}") from exc
     connection = _checked(target)

@@ -58,7 +58,7 @@ def new_job_row(
     on_dependency_failure: str = "cancel",
     *,
     encoding: JSONEncoding = DEFAULT_ENCODING,
-    earlier_rows: Sequence[int] | None = None,
+    earlier_rows: Sequence[int | None] | None = None,
 ) -> NewJobRow:
     """Check enqueue's arguments and turn them into the columns the enqueue binds.
 
@@ -114,7 +114,7 @@ MAX_DEPENDENCIES = 1000
 def dependencies_literal(
     depends_on: Iterable[int | Earlier] | None,
     dedupe_key: str | None,
-    earlier_rows: Sequence[int] | None,
+    earlier_rows: Sequence[int | None] | None,
 ) -> str | None:
     """``depends_on`` checked, as the array literal the statements bind (None: none)."""
     if depends_on is None:
@@ -135,7 +135,13 @@ def dependencies_literal(
                     if earlier_rows
                     else f"depends_on {item!r}: the first item has no earlier item"
                 )
-            found.append(-(earlier_rows[item.index] + 1))  # the statement's row, from 1
+            row = earlier_rows[item.index]
+            if row is None:
+                raise ValueError(
+                    f"depends_on {item!r}: that item has a dedupe_key, so its job may be "
+                    "one enqueued before this call; enqueue it first and name its id"
+                )
+            found.append(-(row + 1))  # the statement's row, counted from 1
         elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
             check_int("depends_on", item, 1)
             found.append(item)

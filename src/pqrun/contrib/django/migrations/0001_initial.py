@@ -16,7 +16,7 @@ from django.db import migrations, models
 from pqrun.contrib.django._sql import apply_schema
 from pqrun.contrib.django.conf import pqrun_settings, table_name
 
-DDL_SHA256 = "6fd2b4dda59f28cc6a671a6cfd87692ad69408dce961099724aab1fcea88fe4b"
+DDL_SHA256 = "c72996b838fff44654aa725a7394695116a4cee4ff20b43deea06df5c652fe19"
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
