@@ -16,7 +16,7 @@ from django.db import migrations, models
 from pqrun.contrib.django._sql import apply_schema
 from pqrun.contrib.django.conf import pqrun_settings, table_name
 
-DDL_SHA256 = "8dd3cb9f52faae11313caaf28985df1ca9ded96ae73dddec863bdfe45a52789d"
+DDL_SHA256 = "74947da440895ea32e6e8485857c27ee5354c8331a93c8d621af59cd81f36faa"
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
