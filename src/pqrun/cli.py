@@ -233,7 +233,7 @@ def build_parser(prog: str = "pqrun") -> argparse.ArgumentParser:
     board.add_argument(
         "--allow-actions",
         action="store_true",
-        help="allow retry and cancel from the dashboard (it has no login: keep it private)",
+        help="allow retry, cancel and pause from the dashboard (it has no login: keep it private)",
     )
     board.set_defaults(run=cmd_dashboard)
 
