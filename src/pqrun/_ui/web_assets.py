@@ -13,7 +13,7 @@ th{background:#eef0f4;font-weight:600}td.num,th.num{text-align:right}
 .s-ready{background:#e3efff;color:#1e56b0}.s-running{background:#fff4d6;color:#8a5a00}
 .s-done{background:#def5e5;color:#1c6b3a}.s-failed{background:#fde2e1;color:#a52a22}
 .s-cancelled{background:#ececec;color:#555}.s-paused{background:#efe2fb;color:#6a2c99}
-#pause input[name=reason]{width:22em;max-width:100%}
+#pause{margin-bottom:14px}#pause input[name=reason]{width:22em;max-width:100%}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border:1px solid #dde1e8;
 padding:10px 14px;min-width:120px}.card b{display:block;font-size:20px}
 pre{background:#fff;border:1px solid #dde1e8;padding:10px;overflow:auto;max-height:420px}
