@@ -597,6 +597,18 @@ CREATE TABLE IF NOT EXISTS job_type_minutes (
 -- oldest rows, by minute.
 CREATE INDEX IF NOT EXISTS job_type_minutes_by_minute ON job_type_minutes (minute);
 
+-- Job types paused by an operator (store.pause(), `pqrun pause`, the dashboard): while a
+-- type has a row here, no claim takes its READY jobs, whichever worker, version or
+-- configuration makes it (the claims check this table in the same statement). Jobs of
+-- the type that are RUNNING finish; new ones are enqueued as usual and wait. Resuming
+-- deletes the row and wakes the workers. A row survives restarts of every worker.
+CREATE TABLE IF NOT EXISTS job_type_pauses (
+    job_type  text        PRIMARY KEY CHECK (job_type <> ''),
+    paused_at timestamptz NOT NULL DEFAULT now(),
+    -- Why, in the operator's words (shown by `pqrun status` and the dashboard).
+    reason    text
+);
+
 -- Back to the level the session had before this script.
 DO $$
 BEGIN

@@ -14,6 +14,9 @@ GRANT SELECT, INSERT, UPDATE ON TABLE job_rate_limits, job_schedules TO :"role";
 -- Workers count their runs per job type and minute (the dashboard's job type pages), and
 -- delete those counts after two days.
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE job_type_minutes TO :"role";
+-- Claims read the paused job types; pausing and resuming (pqrun pause|resume, the
+-- dashboard) insert and delete them.
+GRANT SELECT, INSERT, DELETE ON TABLE job_type_pauses TO :"role";
 -- enqueue_many draws ids from the table's identity sequence itself.
 SELECT format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence('jobs', 'id'), :'role')
 \gexec

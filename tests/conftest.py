@@ -77,8 +77,8 @@ async def reset_jobs(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
-            "TRUNCATE jobs, job_workers, job_rate_limits, job_schedules, job_type_minutes "
-            "RESTART IDENTITY"
+            "TRUNCATE jobs, job_workers, job_rate_limits, job_schedules, job_type_minutes, "
+            "job_type_pauses RESTART IDENTITY"
         )
     finally:
         await conn.close()

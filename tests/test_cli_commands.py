@@ -79,8 +79,8 @@ async def test_status_counts_by_status_and_type_with_rates_and_workers(
     }  # fmt: skip
     assert all(v["exact"] for v in status["counts"].values())
     assert status["by_type"] == [
-        {"job_type": "email", "ready": 2, "due": 1, "running": 0, "waiting": 0},
-        {"job_type": "resize", "ready": 1, "due": 1, "running": 1, "waiting": 0},
+        {"job_type": "email", "ready": 2, "due": 1, "running": 0, "waiting": 0, "paused": False},
+        {"job_type": "resize", "ready": 1, "due": 1, "running": 1, "waiting": 0, "paused": False},
     ]
     assert 50 < status["oldest_due_seconds"] < 3600
     assert status["throughput"]["DONE"]["last_minute"]["count"] == 1

@@ -305,3 +305,45 @@ async def test_a_job_types_page_draws_its_charts_in_light_and_dark_and_on_a_phon
     assert fills["light"] != fills["dark"]
     if os.environ.get("PQRUN_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(tmp_path / "type-desktop.png", ROOT / "docs" / "dashboard-type.png")
+
+
+async def test_a_job_type_is_paused_with_a_reason_and_resumed_in_the_browser(
+    store: PgJobStore, dashboard_url: str, page: Any, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    await store.enqueue("send_email")
+    await page.goto(f"{dashboard_url}/types/send_email")
+    await page.locator('#pause input[name="reason"]').fill("incident 42: relay down")
+    await page.locator('button[data-action="pause"]').click()
+    await expect(page.locator("#notice")).to_contain_text("paused", timeout=WAIT_MS)
+    await expect(page.locator("#paused-state")).to_contain_text("incident 42: relay down")
+    assert [(p["job_type"], p["reason"]) for p in await store.paused_types()] == [
+        ("send_email", "incident 42: relay down")
+    ]
+    # The overview's Queues table marks the type, with the reason as the tooltip.
+    await page.goto(f"{dashboard_url}/")
+    badge = page.locator("#queues .s-paused")
+    await expect(badge).to_have_attribute("title", "paused: incident 42: relay down")
+    # On a phone the form and the state fit the width.
+    context = await page.context.browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{dashboard_url}/types/send_email")
+        await expect(phone.locator("#paused-state")).to_be_visible(timeout=WAIT_MS)
+        widths = await phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+    finally:
+        await context.close()
+    await page.goto(f"{dashboard_url}/types/send_email")
+    await page.screenshot(path=str(tmp_path / "type-paused.png"), full_page=True)
+    await page.locator('button[data-action="resume"]').click()
+    await expect(page.locator("#notice")).to_contain_text("resumed", timeout=WAIT_MS)
+    await expect(page.locator('button[data-action="pause"]')).to_be_visible()
+    assert await store.paused_types() == []
+    assert problems == []

@@ -240,6 +240,11 @@ async def test_least_privilege_role_can_do_everything(
             assert await app_store.retry(cancelled)
             await app_store.pickup("w")
             assert await app_store.reap_stale(timedelta(0)) == [(cancelled, JobStatus.READY)]
+            # Claims read the paused types; an operator pauses and resumes one.
+            assert await app_store.pause("t", reason="incident")
+            assert await app_store.pickup("w") is None
+            assert [p["job_type"] for p in await app_store.paused_types()] == ["t"]
+            assert await app_store.resume("t")
             assert len(await app_store.list_jobs()) == 5
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -131,6 +131,7 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
         INSERT INTO jobs (job_type, status, locked_by, locked_at, attempts)
         SELECT 't', 'RUNNING', 'w', now(), 1 FROM generate_series(1, 50);
         ANALYZE jobs;
+        INSERT INTO job_type_pauses (job_type) VALUES ('done_kind'), ('other');
         """
     )
     plans = []
@@ -149,7 +150,9 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
     for nodes in plans[:2]:
         kinds = [n["Node Type"] for n in nodes]
         assert "Sort" not in kinds
-        assert "Seq Scan" not in kinds
+        # (The paused types, a handful of rows, are read once into a hashed subplan.)
+        scanned = {n.get("Relation Name") for n in nodes if n["Node Type"] == "Seq Scan"}
+        assert scanned <= {"job_type_pauses"}
         assert any(n.get("Index Name") == "jobs_ready_pickup" for n in nodes)
         scan = next(n for n in nodes if n.get("Index Name") == "jobs_ready_pickup")
         # A top-N walk of the index, not a pass over the 30,000 rows that are not due.

@@ -23,7 +23,7 @@ async def statuses(store: PgJobStore, *ids: int) -> list[str]:
     return [await status_of(store, job_id) for job_id in ids]
 
 
-async def finish(conn: asyncpg.Connection, job_id: int, status: str = "DONE") -> None:
+async def finish(conn: Any, job_id: int, status: str = "DONE") -> None:
     await conn.execute(
         "UPDATE jobs SET status = $2, finished_at = now() WHERE id = $1", job_id, status
     )
@@ -287,7 +287,10 @@ async def test_an_earlier_item_with_a_dedupe_key_cannot_be_named(
     store: PgJobStore, dsn: str
 ) -> None:
     await store.enqueue("a", dedupe_key="k")
-    items = [{"job_type": "a", "dedupe_key": "k"}, {"job_type": "b", "depends_on": [Earlier(0)]}]
+    items: list[dict[str, Any]] = [
+        {"job_type": "a", "dedupe_key": "k"},
+        {"job_type": "b", "depends_on": [Earlier(0)]},
+    ]
     with pytest.raises(ValueError, match="that item has a dedupe_key"):
         await store.enqueue_many(items)
     with pytest.raises(ValueError, match="that item has a dedupe_key"):

@@ -51,7 +51,10 @@ from ._ui.queue_commands import (
     cmd_jobs_list,
     cmd_jobs_retry,
     cmd_jobs_show,
+    cmd_pause,
+    cmd_paused,
     cmd_prune,
+    cmd_resume,
     cmd_schedules,
     cmd_status,
     cmd_workers,
@@ -189,6 +192,27 @@ def build_parser(prog: str = "pqrun") -> argparse.ArgumentParser:
     cancel.add_argument("--type", help="every READY or RUNNING job of this type")
     cancel.set_defaults(run=cmd_jobs_cancel)
 
+    pause = commands.add_parser(
+        "pause",
+        parents=[db],
+        help="stop every worker claiming a job type's jobs, until resumed (running ones finish)",
+    )
+    pause.add_argument("job_type", help="the job type to pause")
+    pause.add_argument(
+        "--reason", help="why, for whoever looks (shown by status, paused and the dashboard)"
+    )
+    pause.set_defaults(run=cmd_pause)
+    resume = commands.add_parser(
+        "resume", parents=[db], help="let the workers claim a paused job type's jobs again"
+    )
+    resume.add_argument("job_type", help="the paused job type")
+    resume.set_defaults(run=cmd_resume)
+    paused = commands.add_parser(
+        "paused", parents=[db], help="the paused job types: since when, and why"
+    )
+    paused.add_argument("--json", action="store_true", help="machine-readable output")
+    paused.set_defaults(run=cmd_paused)
+
     workers = commands.add_parser("workers", parents=[db], help="the registered workers")
     workers.add_argument("--json", action="store_true", help="machine-readable output")
     workers.set_defaults(run=cmd_workers)
@@ -209,7 +233,7 @@ def build_parser(prog: str = "pqrun") -> argparse.ArgumentParser:
     board.add_argument(
         "--allow-actions",
         action="store_true",
-        help="allow retry and cancel from the dashboard (it has no login: keep it private)",
+        help="allow retry, cancel and pause from the dashboard (it has no login: keep it private)",
     )
     board.set_defaults(run=cmd_dashboard)
 

@@ -123,6 +123,12 @@ class _QueueCollector(Collector):
             f"Registered workers with a heartbeat in the last {ALIVE_WITHIN.seconds} s",
             labels=["queue"],
         )
+        paused = GaugeMetricFamily(
+            "pqrun_job_type_paused",
+            "1 while the job type is paused: no worker claims its jobs (job_type "
+            '"__other__": how many types beyond the label bound are paused)',
+            labels=["queue", "job_type"],
+        )
         age = GaugeMetricFamily(
             "pqrun_queue_stats_age_seconds",
             "Seconds since the queue gauges were read from the database",
@@ -145,19 +151,31 @@ class _QueueCollector(Collector):
                 due.add_metric(labels, n_due)
                 running.add_metric(labels, n_running)
                 oldest.add_metric(labels, age_due)
+            paused_per_label: dict[str, int] = {}
+            for job_type in snapshot.paused:
+                label = self._metrics.job_type_label(job_type)
+                paused_per_label[label] = paused_per_label.get(label, 0) + 1
+            for label, count in paused_per_label.items():
+                paused.add_metric([queue, label], count)
             workers.add_metric([queue], snapshot.workers_alive)
             age.add_metric([queue], now - snapshot.taken_at)
-        yield from (ready, due, running, oldest, workers, age)
+        yield from (ready, due, running, oldest, workers, paused, age)
 
 
 class _Snapshot:
-    __slots__ = ("stats", "taken_at", "took", "workers_alive")
+    __slots__ = ("paused", "stats", "taken_at", "took", "workers_alive")
 
     def __init__(
-        self, stats: list[dict[str, Any]], workers_alive: int, taken_at: float, took: float
+        self,
+        stats: list[dict[str, Any]],
+        workers_alive: int,
+        taken_at: float,
+        took: float,
+        paused: list[str],
     ) -> None:
         self.stats = stats
         self.workers_alive = workers_alive
+        self.paused = paused
         self.taken_at = taken_at
         self.took = took
 
@@ -340,6 +358,7 @@ class PrometheusMetrics(JobObserver):
                     async with asyncio.timeout(READ_TIMEOUT):
                         stats = await store.queue_stats()
                         alive = await store.workers_alive(ALIVE_WITHIN)
+                        paused = [p["job_type"] for p in await store.paused_types()]
                 except Exception as exc:
                     if not self._refresh_failing:
                         logger.warning(
@@ -354,7 +373,7 @@ class PrometheusMetrics(JobObserver):
                     logger.info("pqrun metrics: the queue gauges are read again")
                 self._refresh_failing = False
                 done = time.monotonic()
-                self.snapshots[name] = _Snapshot(stats, alive, done, done - started)
+                self.snapshots[name] = _Snapshot(stats, alive, done, done - started, paused)
 
     async def exposition(self) -> bytes:
         """The registry in Prometheus's text format, with fresh queue gauges."""

@@ -28,6 +28,7 @@ from ._store.interventions import InterventionMethods
 from ._store.maintenance import MaintenanceMethods, Pruned, VacuumStats
 from ._store.moves import PER_KEY_WINDOW, WorkerMoves
 from ._store.own_connections import can_have_sessions, dedicated_connection, listen
+from ._store.pauses import PauseMethods
 from ._store.reaping import ReapingMethods
 from ._store.registry import RegistryMethods
 from ._store.schedules import ScheduleMethods
@@ -50,6 +51,7 @@ class PgJobStore(
     BrowsingMethods,
     TypeMinuteMethods,
     WorkflowMethods,
+    PauseMethods,
 ):
     """The jobs table, reached through an asyncpg connection pool.
 

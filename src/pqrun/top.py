@@ -73,7 +73,16 @@ def render(
             f"         {printable(entry['job_type']):<28}{entry['ready']:>10,}"
             f"{entry['due']:>10,}"
             f"{entry['running']:>10,}{entry.get('waiting', 0):>10,}"
+            f"{'  PAUSED' if entry.get('paused') else ''}"
         )
+    paused = status.get("paused", [])
+    if paused:
+        lines += ["", f"PAUSED   {len(paused)} job types: no worker claims their jobs"]
+        for pause in paused:
+            reason = f"   {printable(pause['reason'])}" if pause.get("reason") else ""
+            lines.append(
+                f"  {printable(pause['job_type']):<30} since {pause['paused_at'][:19]}{reason}"
+            )
 
     workers = status["workers"]
     lines += ["", f"WORKERS  {len(workers)} alive"]

@@ -3,7 +3,7 @@
 Mount it in your app (``pip install 'pqrun[web]'``)::
 
     app.mount("/jobs", pqrun.dashboard(store))                      # read-only
-    app.mount("/jobs", pqrun.dashboard(store, allow_actions=True))  # retry, cancel
+    app.mount("/jobs", pqrun.dashboard(store, allow_actions=True))  # retry, cancel, pause
 
 or run it alone: ``pqrun dashboard --port 8080``. It has no login of its own: mount it
 behind your app's authentication. With ``allow_actions=True`` every action is a POST
@@ -56,7 +56,8 @@ def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "p
 
     Read-only unless ``allow_actions=True``, which adds retry, cancel and run now, of
     one job or of many (ticked in the list, or all matching its filter, after a
-    confirmation), each a POST guarded by a CSRF token. It has no login: mount it
+    confirmation), and pausing and resuming a job type, each a POST guarded by a CSRF
+    token. It has no login: mount it
     behind your app's authentication. The store's pool opens on the first request.
     """
     if not isinstance(store, PgJobStore):
@@ -77,6 +78,9 @@ def dashboard(store: PgJobStore, *, allow_actions: bool = False, title: str = "p
         Route("/jobs/{job_id}/cancel", job.route_cancel, methods=["POST"]),
         Route("/jobs/{job_id}/run-now", job.route_run_now, methods=["POST"]),
         Route("/types/{job_type:path}", job_type.route_type),
+        # A POST only: the GET above takes ".../pause" as part of a job type's name.
+        Route("/types/{job_type:path}/pause", job_type.route_pause, methods=["POST"]),
+        Route("/types/{job_type:path}/resume", job_type.route_resume, methods=["POST"]),
         Route("/_/overview", overview.route_overview_fragment),
         Route("/_/jobs", jobs.route_jobs_fragment),
         Route("/_/recent", overview.route_recent_fragment),

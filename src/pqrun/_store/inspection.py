@@ -15,6 +15,7 @@ import asyncpg
 from pqrun.limits import check_int
 from pqrun.models import AttemptError, Job, JobStatus
 
+from .pauses import PAUSED_TYPES, PAUSED_TYPES_LIMIT
 from .queries import query
 from .registry import LIST_WORKERS
 from .rows import status_filter
@@ -129,9 +130,11 @@ class InspectionMethods:
     ) -> dict[str, Any]:
         """A summary of the queue for ``pqrun status`` (JSON-ready), without a table scan.
 
-        ``counts`` per status, ``by_type`` for READY/RUNNING jobs, ``oldest_due_seconds``
-        (how long the longest-waiting due job has waited), ``throughput`` of DONE and
-        FAILED jobs over the last minute and hour, and ``workers``. Each count says
+        ``counts`` per status, ``by_type`` for READY/RUNNING jobs (each ``paused`` or
+        not), ``oldest_due_seconds`` (how long the longest-waiting due job has waited),
+        ``throughput`` of DONE and FAILED jobs over the last minute and hour,
+        ``workers``, and ``paused``: the paused job types (``job_type``, ``paused_at``,
+        ``reason``), with jobs or without. Each count says
         whether it is ``exact``: a status with more than ``count_cap`` jobs gets the
         planner's estimate (None before the table's first ANALYZE), and a window with
         more than ``rate_cap`` finished jobs says ``at_least`` that many (count None),
@@ -154,11 +157,22 @@ class InspectionMethods:
                     throughput.setdefault(status.value, {})[name] = rate(row, window, rate_cap)
             workers = await conn.fetch(LIST_WORKERS, timeout=self._db.statement_timeout)
             waiting = await waiting_by_type(self._db, conn)
-        by_type: dict[str, dict[str, int]] = {}
+            paused = await conn.fetch(
+                PAUSED_TYPES, PAUSED_TYPES_LIMIT, timeout=self._db.statement_timeout
+            )
+        paused_types = {row["job_type"] for row in paused}
+        by_type: dict[str, dict[str, Any]] = {}
         oldest_due: datetime | None = None
         for row in active:
             entry = by_type.setdefault(
-                row["job_type"], {"ready": 0, "due": 0, "running": 0, "waiting": 0}
+                row["job_type"],
+                {
+                    "ready": 0,
+                    "due": 0,
+                    "running": 0,
+                    "waiting": 0,
+                    "paused": row["job_type"] in paused_types,
+                },
             )
             if row["status"] == JobStatus.READY:
                 entry["ready"] += row["n"]
@@ -188,6 +202,7 @@ class InspectionMethods:
                 }
                 for w in workers
             ],
+            "paused": [{**dict(row), "paused_at": row["paused_at"].isoformat()} for row in paused],
         }
 
     async def queue_stats(self, count_cap: int = STATUS_COUNT_CAP) -> list[dict[str, Any]]:

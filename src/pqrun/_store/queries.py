@@ -23,13 +23,9 @@ POSITIONAL = re.compile(r"\$(?P<number>\d+)")
 HEADER_LIKE = re.compile(r"^--\s*name\s*:", re.MULTILINE | re.IGNORECASE)
 # pqrun's tables, as statements name them: bare (FROM jobs, UPDATE job_workers ...), and
 # as a quoted name handed to a function (to_regclass('jobs')).
-TABLE_NAME = re.compile(
-    r"(?<![\w.\"'])(jobs|job_workers|job_schedules|job_rate_limits|job_type_minutes)(?![\w\"'])"
-)
-TABLE_LITERAL = re.compile(
-    r"(to_regclass|pg_get_serial_sequence)\("
-    r"'(jobs|job_workers|job_schedules|job_rate_limits|job_type_minutes)'"
-)
+TABLES = "jobs|job_workers|job_schedules|job_rate_limits|job_type_minutes|job_type_pauses"
+TABLE_NAME = re.compile(rf"(?<![\w.\"'])({TABLES})(?![\w\"'])")
+TABLE_LITERAL = re.compile(rf"(to_regclass|pg_get_serial_sequence)\('({TABLES})'")
 
 
 def parse(file_name: str, text: str) -> dict[str, str]:

@@ -30,7 +30,13 @@ EXPECTED_INDEXES = (
     "jobs_finished",
 )
 EXPECTED_TRIGGERS = ("jobs_notify_inserted", "jobs_notify_finished")
-EXPECTED_TABLES = ("job_workers", "job_rate_limits", "job_schedules", "job_type_minutes")
+EXPECTED_TABLES = (
+    "job_workers",
+    "job_rate_limits",
+    "job_schedules",
+    "job_type_minutes",
+    "job_type_pauses",
+)
 EXPECTED_WORKER_COLUMNS = (
     "held_jobs",
     "held_leases",

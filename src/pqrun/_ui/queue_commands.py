@@ -1,5 +1,5 @@
 """The commands that look at and act on the queue's jobs: ``status``, ``workers``,
-``schedules``, ``jobs list|show|retry|cancel`` and ``prune``."""
+``schedules``, ``jobs list|show|retry|cancel``, ``prune`` and ``pause|resume|paused``."""
 
 from __future__ import annotations
 
@@ -48,13 +48,18 @@ def format_status(status: Mapping[str, Any]) -> str:
     if status["by_type"]:
         lines.append(f"  {'job_type':<24} {'ready':>9} {'due':>9} {'running':>9} {'waiting':>9}")
         for entry in status["by_type"]:
+            mark = "  PAUSED" if entry.get("paused") else ""
             lines.append(
                 f"  {printable(entry['job_type']):<24} {entry['ready']:>9,} {entry['due']:>9,} "
-                f"{entry['running']:>9,} {entry.get('waiting', 0):>9,}"
+                f"{entry['running']:>9,} {entry.get('waiting', 0):>9,}{mark}"
             )
         lines.append("  (waiting: RUNNING, claimed into a worker's buffer, handler not started)")
     else:
         lines.append("  (none)")
+    paused = status.get("paused", [])
+    if paused:
+        lines += ["", f"paused job types: {len(paused)} (no worker claims their jobs)"]
+        lines += [f"  {paused_line(entry)}" for entry in paused]
     lines += ["", f"  {'finished':<24} {'DONE':>12} {'FAILED':>12}"]
     for window, label in (("last_minute", "last minute"), ("last_hour", "last hour")):
         done = status["throughput"]["DONE"][window]
@@ -243,4 +248,53 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if pruned.busy:
         print("stopped early: another process is pruning this queue right now", file=sys.stderr)
         return 1
+    return 0
+
+
+def paused_line(entry: Mapping[str, Any]) -> str:
+    """One paused job type: its name, since when, and why."""
+    since = entry["paused_at"]
+    since_text = since if isinstance(since, str) else since.isoformat()
+    reason = f": {printable(entry['reason'])}" if entry.get("reason") else ""
+    return f"{printable(entry['job_type'])}  since {since_text[:19]}{reason}"
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    try:
+        paused = with_store(args, lambda store: store.pause(args.job_type, reason=args.reason))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    name = printable(args.job_type)
+    if paused:
+        print(
+            f"job type {name} paused: no worker claims its READY jobs until "
+            f"`pqrun resume {name}` (running ones finish)"
+        )
+    else:
+        print(f"job type {name} was paused already (`pqrun paused` says since when and why)")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    try:
+        resumed = with_store(args, lambda store: store.resume(args.job_type))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    name = printable(args.job_type)
+    if not resumed:
+        raise CommandError(f"job type {name} is not paused (`pqrun paused` lists those that are)")
+    print(f"job type {name} resumed: the workers are woken to claim its jobs")
+    return 0
+
+
+def cmd_paused(args: argparse.Namespace) -> int:
+    paused = with_store(args, lambda store: store.paused_types())
+    if args.json:
+        print(to_json(paused))
+        return 0
+    if not paused:
+        print("no job type is paused")
+        return 0
+    for entry in paused:
+        print(paused_line(entry))
     return 0

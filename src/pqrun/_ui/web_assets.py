@@ -12,7 +12,8 @@ th{background:#eef0f4;font-weight:600}td.num,th.num{text-align:right}
 .muted{color:#7a8291}.badge{padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600}
 .s-ready{background:#e3efff;color:#1e56b0}.s-running{background:#fff4d6;color:#8a5a00}
 .s-done{background:#def5e5;color:#1c6b3a}.s-failed{background:#fde2e1;color:#a52a22}
-.s-cancelled{background:#ececec;color:#555}
+.s-cancelled{background:#ececec;color:#555}.s-paused{background:#efe2fb;color:#6a2c99}
+#pause{margin-bottom:14px}#pause input[name=reason]{width:22em;max-width:100%}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;border:1px solid #dde1e8;
 padding:10px 14px;min-width:120px}.card b{display:block;font-size:20px}
 pre{background:#fff;border:1px solid #dde1e8;padding:10px;overflow:auto;max-height:420px}
@@ -40,7 +41,7 @@ a{color:#8fb8ff}header a{color:#cfd8e8}.err{color:#ff9b94}
 input,select,button{background:#232935;color:#e3e7ee;border:1px solid #3a4250}
 .s-ready{background:#1c3357;color:#a9c9ff}.s-running{background:#46380f;color:#ffd97a}
 .s-done{background:#173d26;color:#93e0ad}.s-failed{background:#4d1d1b;color:#ffaaa4}
-.s-cancelled{background:#33363b;color:#c4c7cc}
+.s-cancelled{background:#33363b;color:#c4c7cc}.s-paused{background:#3a2352;color:#dcb8ff}
 .chart{background:#1b1f27;border-color:#2c323d}.ch-t{fill:#e3e7ee}.ch-l{fill:#98a1b0}
 .ch-a{stroke:#4a5160}.ch-g{stroke:#2c323d}.ch-done{fill:#5cc683}.ch-failed{fill:#ff7b72}
 .ch-depth{fill:#6ea8ff}summary{color:#98a1b0}}

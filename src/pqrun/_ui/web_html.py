@@ -54,6 +54,16 @@ def badge_html(status: str) -> str:
     return f'<span class="badge s-{h(status.lower())}">{h(status)}</span>'
 
 
+def paused_badge(pause: dict[str, Any] | None) -> str:
+    """The badge that follows a paused job type's name, its reason as the tooltip; ""
+    for a type that is not paused (``pause`` None)."""
+    if pause is None:
+        return ""
+    reason = pause.get("reason")
+    why = f"paused: {reason}" if reason else "paused: no worker claims its jobs"
+    return f' <span class="badge s-paused" title="{h(why)}">paused</span>'
+
+
 def table_html(headers: Sequence[str], rows: Iterable[str], empty: str) -> str:
     body = "".join(rows)
     if not body:

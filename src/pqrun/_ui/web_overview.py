@@ -13,7 +13,15 @@ from starlette.responses import Response
 
 from pqrun._store.inspection import STATUS_COUNT_CAP
 from pqrun._ui.formatting import count_text
-from pqrun._ui.web_html import STATUSES, age_text, badge_html, h, table_html, type_link
+from pqrun._ui.web_html import (
+    STATUSES,
+    age_text,
+    badge_html,
+    h,
+    paused_badge,
+    table_html,
+    type_link,
+)
 from pqrun._ui.web_jobs import JobsListPage
 from pqrun._ui.web_page import DashboardPage
 from pqrun._ui.web_schedules import schedules_table
@@ -63,7 +71,9 @@ class OverviewPage(DashboardPage):
         finished = await self.store.finished_per_second()
         workers = await self.store.list_workers()
         schedules = await self.store.list_schedules()
-        # Types whose jobs failed in the last hour, active or not (all failed: a row too).
+        paused = {p["job_type"]: p for p in await self.store.paused_types()}
+        # Types whose jobs failed in the last hour, active or not (all failed: a row too),
+        # and paused types, with jobs or without.
         for queue in queues:
             queue["failed"] = failed.pop(queue["job_type"], 0)
         queues += [
@@ -71,6 +81,14 @@ class OverviewPage(DashboardPage):
              "oldest_due_seconds": None, "failed": n}
             for t, n in failed.items()
         ]  # fmt: skip
+        listed = {queue["job_type"] for queue in queues}
+        queues += [
+            {"job_type": t, "ready": 0, "due": 0, "running": 0, "waiting": 0,
+             "oldest_due_seconds": None, "failed": 0}
+            for t in paused if t not in listed
+        ]  # fmt: skip
+        for queue in queues:
+            queue["paused"] = paused.get(queue["job_type"])
         queues.sort(key=lambda queue: queue["job_type"])
         data = {
             "queues": queues,
@@ -124,7 +142,7 @@ class OverviewPage(DashboardPage):
             "of the last ANALYZE; ≥ before the first one).</p>"
         )
         queue_rows = [
-            f"<tr><td>{type_link(base, q['job_type'])}</td>"
+            f"<tr><td>{type_link(base, q['job_type'])}{paused_badge(q['paused'])}</td>"
             f'<td class="num">{q["ready"]:,}</td><td class="num">{q["due"]:,}</td>'
             f'<td class="num">{q["running"]:,}</td><td class="num">{q["waiting"]:,}</td>'
             f'<td class="num">{failed_link(base, q)}</td>'
@@ -142,7 +160,7 @@ class OverviewPage(DashboardPage):
                 "oldest due waits",
             ],
             queue_rows,
-            "No READY or RUNNING jobs, and no failures in the last hour.",
+            "No READY or RUNNING jobs, no failures in the last hour, no paused job type.",
         )
         workers = workers_table(data["workers"])
         schedules = schedules_table(base, data["schedules"])

@@ -24,7 +24,7 @@ TOKEN_SLOT = "\x00csrf\x00"
 READ_ONLY = (
     "Actions are disabled: this dashboard is read-only. Mount it with "
     "pqrun.dashboard(store, allow_actions=True) (or pqrun dashboard "
-    "--allow-actions) to retry and cancel jobs from it."
+    "--allow-actions) to retry and cancel jobs, and pause job types, from it."
 )
 
 NOTICES = {
@@ -35,6 +35,13 @@ NOTICES = {
     "conflict": "Not retried: another active job holds the same dedupe_key.",
     "ran-now": "The job is due now.",
     "not-ran-now": "Not made due now: only a READY job due later can be run now.",
+    "paused": (
+        "The job type is paused: no worker claims its READY jobs until it is resumed. "
+        "Jobs already running finish."
+    ),
+    "not-paused": "Not paused again: the job type was paused already (see since when, and why).",
+    "resumed": "The job type is resumed: the workers are woken to claim its jobs.",
+    "not-resumed": "Not resumed: the job type was not paused.",
     "bad-id": "That is not a job id: a job's id is a whole number (see the list below).",
 }
 

@@ -1,7 +1,8 @@
 """The dashboard's page of one job type: its jobs now (READY, scheduled, RUNNING), what
 the workers ran of it in the last hour and day (done, failed, retried, failure rate, run
 time p50/p95), and charts of its throughput, failures and READY jobs, per minute over
-the hour and per 15 minutes over the day.
+the hour and per 15 minutes over the day. Whether the type is paused (since when, why),
+with Pause and Resume buttons when actions are allowed.
 
 All but the jobs now comes from the rollup the workers write (``job_type_minutes``, a
 row per type per minute): one read of at most two rows per minute of the day, whatever
@@ -15,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,8 +24,8 @@ from starlette.responses import Response
 from pqrun._store.inspection import STATUS_COUNT_CAP
 from pqrun._store.type_minutes import RUN_MS_BOUNDS, TypeSlots
 from pqrun._ui.web_charts import Bar, bar_chart
-from pqrun._ui.web_html import age_text, h, path_segment, refuse, table_html
-from pqrun._ui.web_page import DashboardPage
+from pqrun._ui.web_html import age_text, h, path_segment, refuse, table_html, when_html
+from pqrun._ui.web_page import CSRF_FIELD, TOKEN_SLOT, DashboardPage
 from pqrun.store import PgJobStore
 
 #: How often the page refreshes its numbers and charts (milliseconds): the rollup
@@ -37,6 +38,9 @@ ACTIVE_COST_FACTOR = 10.0
 SPANS = ((timedelta(minutes=1), 60), (timedelta(minutes=15), 96))
 # A job type is never empty (the jobs table refuses it); '' is the whole queue's row.
 NO_TYPE = "No job type: the page of a job type is /types/<job type>."
+#: A pause's reason is read from this much of the form at most (1,000 characters,
+#: each up to 4 bytes of UTF-8 written as %XX).
+PAUSE_FORM_BYTES = 16_384
 
 
 def bound_text(ms: int) -> str:
@@ -148,6 +152,34 @@ class TypePage(DashboardPage):
             "50 ms. Failure rate: failed / (done + failed). Times are UTC.</p>"
         )
 
+    async def pause_html(self, request: Request, job_type: str) -> str:
+        """Whether the type is paused (since when, why), and the button that changes
+        it. Outside the live part, so that a reason being typed is not swept away."""
+        paused = await self.store.paused_types()
+        pause = next((p for p in paused if p["job_type"] == job_type), None)
+        path = f"/types/{path_segment(job_type)}"
+        if pause is not None:
+            reason = f": {h(pause['reason'])}" if pause["reason"] else ""
+            return (
+                '<div id="pause"><p id="paused-state"><span class="badge s-paused">paused'
+                f"</span> since {when_html(pause['paused_at'], absolute=True)}"
+                f'{reason}</p><p class="muted">No worker claims its READY jobs until it is '
+                "resumed; jobs already running finish.</p>"
+                f"{self.action_button(request, f'{path}/resume', 'Resume')}</div>"
+            )
+        if not self.allow_actions:
+            return ""
+        return (
+            f'<div id="pause"><form class="inline" method="post" '
+            f'action="{h(self.base(request) + path)}/pause">'
+            f'<input type="hidden" name="{CSRF_FIELD}" value="{TOKEN_SLOT}">'
+            '<input name="reason" maxlength="1000" placeholder="reason (optional)" '
+            'aria-label="reason for the pause"> '
+            '<button type="submit" data-action="pause">Pause</button></form> '
+            '<span class="muted">stops every worker claiming this type\'s jobs, until '
+            "resumed</span></div>"
+        )
+
     async def route_type(self, request: Request) -> Response:
         job_type = request.path_params["job_type"]
         if not job_type:
@@ -158,9 +190,36 @@ class TypePage(DashboardPage):
             request,
             f"Job type {job_type}",
             f'<h2>Job type <span id="job-type">{h(job_type)}</span></h2>'
+            f"{await self.pause_html(request, job_type)}"
             f'<div id="type" data-live="{h(live)}" data-every="{TYPE_REFRESH_MS}">'
             f"{content}</div>",
         )
+
+    async def route_pause(self, request: Request) -> Response:
+        refused = await self.check_action(request)
+        if refused is not None:
+            return refused
+        job_type = request.path_params["job_type"]
+        if not job_type:
+            return refuse(404, NO_TYPE)
+        body = (await request.body())[:PAUSE_FORM_BYTES].decode("utf-8", "replace")
+        reason = parse_qs(body).get("reason", [""])[0].strip() or None
+        try:
+            paused = await self.store.pause(job_type, reason=reason)
+        except ValueError as exc:
+            return refuse(400, f"Not paused: {exc}")
+        notice = "paused" if paused else "not-paused"
+        return self.after_action(request, f"/types/{path_segment(job_type)}", notice)
+
+    async def route_resume(self, request: Request) -> Response:
+        refused = await self.check_action(request)
+        if refused is not None:
+            return refused
+        job_type = request.path_params["job_type"]
+        if not job_type:
+            return refuse(404, NO_TYPE)
+        notice = "resumed" if await self.store.resume(job_type) else "not-resumed"
+        return self.after_action(request, f"/types/{path_segment(job_type)}", notice)
 
     async def route_type_fragment(self, request: Request) -> Response:
         job_type = request.path_params["job_type"]
