@@ -4,6 +4,8 @@ and from plain SQL; a failed dependency cancels its dependents (or lets them run
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -251,24 +253,26 @@ async def test_chains_run_one_after_another_each_woken_by_its_notifications(
     # A dependent's enqueue locks its dependency: a worker's claim that meets that lock
     # passes the job over, and must be woken again once the lock goes (polls are a
     # minute apart here). Each chain is enqueued once the one before it is done.
-    async def noop(ctx: JobContext) -> None:
-        return None
-
-    slow_polls = IdlePollPolicy(base_seconds=60, max_seconds=60)
-    worker = Worker(store, {"a": noop, "b": noop}, idle_policy=slow_polls, enable_reaper=False)
-    await worker.start()
-    try:
+    async with polling_a_minute_apart(store):
         for _ in range(150):
             a = await store.enqueue("a")
             b = await store.enqueue("b", depends_on=[a])
             await wait_until(lambda b=b: _is(store, b, "DONE"), within=20)  # type: ignore[misc]
-    finally:
-        await worker.stop()
 
 
 async def test_a_dependent_due_later_is_claimed_when_due_not_at_the_next_poll(
     store: PgJobStore,
 ) -> None:
+    async with polling_a_minute_apart(store):
+        parent = await store.enqueue("a")
+        later = await store.enqueue("b", depends_on=[parent], run_after=timedelta(seconds=2))
+        await wait_until(lambda: _is(store, later, "DONE"), within=30)
+
+
+@contextlib.asynccontextmanager
+async def polling_a_minute_apart(store: PgJobStore) -> AsyncIterator[Worker]:
+    """A worker of jobs "a" and "b" that only notifications wake in time."""
+
     async def noop(ctx: JobContext) -> None:
         return None
 
@@ -276,9 +280,7 @@ async def test_a_dependent_due_later_is_claimed_when_due_not_at_the_next_poll(
     worker = Worker(store, {"a": noop, "b": noop}, idle_policy=slow_polls, enable_reaper=False)
     await worker.start()
     try:
-        parent = await store.enqueue("a")
-        later = await store.enqueue("b", depends_on=[parent], run_after=timedelta(seconds=2))
-        await wait_until(lambda: _is(store, later, "DONE"), within=30)
+        yield worker
     finally:
         await worker.stop()
 

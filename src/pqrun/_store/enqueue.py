@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .connections import Connection, StoreConnections
 
 logger = logging.getLogger("pqrun")
+T = TypeVar("T")
 
 ENQUEUE = query("enqueue")
 ENQUEUE_MANY = query("enqueue_many")
@@ -222,19 +223,18 @@ async def enqueue_row(
     db: StoreConnections, row: NewJobRow, trace_context: str | None, conn: Connection | None
 ) -> int:
     """Insert one job (or find the active one holding its dedupe_key); its id."""
-    for tries_left in reversed(range(DEADLOCK_TRIES)):
-        try:
-            async with db.acquire(conn) as c:
-                for _ in dedupe_attempts(row.dedupe_key):
-                    job_id: int | None = await c.fetchval(
-                        ENQUEUE, *row, trace_context, timeout=db.statement_timeout
-                    )
-                    if job_id is not None:
-                        return job_id
-        except asyncpg.DeadlockDetectedError:
-            if not may_try_again(db, row.depends_on, conn, tries_left):
-                raise
-    raise AssertionError("dedupe_attempts() raises once the tries ran out")
+
+    async def insert() -> int:
+        async with db.acquire(conn) as c:
+            for _ in dedupe_attempts(row.dedupe_key):
+                job_id: int | None = await c.fetchval(
+                    ENQUEUE, *row, trace_context, timeout=db.statement_timeout
+                )
+                if job_id is not None:
+                    return job_id
+        raise AssertionError("dedupe_attempts() raises once the tries ran out")
+
+    return await deadlock_tries(db, row.depends_on, conn, insert)
 
 
 #: A statement that inserts dependents is run again this many times in all when the
@@ -242,14 +242,23 @@ async def enqueue_row(
 DEADLOCK_TRIES = 3
 
 
-def may_try_again(
-    db: StoreConnections, depends_on: str | None, conn: Connection | None, tries_left: int
-) -> bool:
-    """Whether a deadlocked insert of dependents may run again: it locks the jobs it
-    depends on, as a batch of outcomes ending them does, in another order (rare, and
-    only with depends_on). Not inside the caller's transaction, which the deadlock
-    ended: that is the caller's to run again."""
-    return depends_on is not None and tries_left > 0 and conn is None and db.joined() is None
+async def deadlock_tries(
+    db: StoreConnections,
+    depends_on: str | None,
+    conn: Connection | None,
+    insert: Callable[[], Awaitable[T]],
+) -> T:
+    """``insert()``, run again if a deadlock ends it: an insert of dependents locks the
+    jobs they depend on, as a batch of outcomes ending them does, in another order
+    (rare, and only with depends_on). Not inside the caller's transaction, which the
+    deadlock ended: that is the caller's to run again."""
+    for tries_left in reversed(range(DEADLOCK_TRIES)):
+        try:
+            return await insert()
+        except asyncpg.DeadlockDetectedError:
+            if depends_on is None or not tries_left or conn is not None or db.joined():
+                raise
+    raise AssertionError("the last try raises")
 
 
 async def enqueue_rows(
@@ -261,13 +270,9 @@ async def enqueue_rows(
 ) -> list[int]:
     """Insert many jobs in one statement; the id for each item (``source``: its row)."""
     dependents = next((row.depends_on for row in rows if row.depends_on), None)
-    for tries_left in reversed(range(DEADLOCK_TRIES)):
-        try:
-            return await insert_rows(db, rows, source, trace_context, conn)
-        except asyncpg.DeadlockDetectedError:
-            if not may_try_again(db, dependents, conn, tries_left):
-                raise
-    raise AssertionError("the last try raises")
+    return await deadlock_tries(
+        db, dependents, conn, lambda: insert_rows(db, rows, source, trace_context, conn)
+    )
 
 
 async def insert_rows(

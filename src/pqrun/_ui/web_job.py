@@ -5,6 +5,7 @@ now when actions are allowed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -149,23 +150,22 @@ class JobPage(DashboardPage):
         return self.after_action(request, f"/jobs/{job.id}", notice)
 
     async def route_cancel(self, request: Request) -> Response:
-        refused = await self.check_action(request)
-        if refused is not None:
-            return refused
-        job = await self.get_job(request)
-        if job is None:
-            return refuse(404, "No such job.")
-        notice = "cancelled" if await self.store.cancel(job.id) else "not-cancelled"
-        return self.after_action(request, f"/jobs/{job.id}", notice)
+        return await self.move(request, self.store.cancel, "cancelled")
 
     async def route_run_now(self, request: Request) -> Response:
+        return await self.move(request, self.store.run_now, "ran-now")
+
+    async def move(
+        self, request: Request, make: Callable[[int], Awaitable[bool]], done: str
+    ) -> Response:
+        """A POST that makes one move of the job: its notice says whether it moved."""
         refused = await self.check_action(request)
         if refused is not None:
             return refused
         job = await self.get_job(request)
         if job is None:
             return refuse(404, "No such job.")
-        notice = "ran-now" if await self.store.run_now(job.id) else "not-ran-now"
+        notice = done if await make(job.id) else f"not-{done}"
         return self.after_action(request, f"/jobs/{job.id}", notice)
 
 
