@@ -212,7 +212,12 @@ DECLARE
     unfinished bigint;
     failed_id bigint;
     failed_status text;
-    due_locked boolean;
+    due_locked bigint;
+    due_first bigint;
+    due_last bigint;
+    due_type text;
+    due_type_last text;
+    hints_sent integer;
 BEGIN
     IF NEW.depends_on IS NULL OR cardinality(NEW.depends_on) = 0 THEN
         NEW.depends_on := NULL;
@@ -234,20 +239,35 @@ BEGIN
     EXECUTE format(
         'SELECT array_agg(id), count(*) FILTER (WHERE status NOT IN (''DONE'', ''FAILED'', ''CANCELLED'')),
                 min(id) FILTER (WHERE status IN (''FAILED'', ''CANCELLED'')),
-                bool_or(status = ''READY'' AND run_after <= now())
-         FROM (SELECT id, status, run_after FROM %I.jobs WHERE id = ANY($1)
+                count(*) FILTER (WHERE status = ''READY'' AND run_after <= now()),
+                min(id) FILTER (WHERE status = ''READY'' AND run_after <= now()),
+                max(id) FILTER (WHERE status = ''READY'' AND run_after <= now()),
+                min(job_type COLLATE "C") FILTER (WHERE status = ''READY'' AND run_after <= now()),
+                max(job_type COLLATE "C") FILTER (WHERE status = ''READY'' AND run_after <= now())
+         FROM (SELECT id, status, run_after, job_type FROM %I.jobs WHERE id = ANY($1)
                ORDER BY id FOR UPDATE) AS p',
         TG_TABLE_SCHEMA)
-        INTO found, unfinished, failed_id, due_locked
+        INTO found, unfinished, failed_id, due_locked, due_first, due_last, due_type, due_type_last
         USING wanted;
-    IF due_locked THEN
+    IF due_locked > 0 THEN
         -- A worker's claim (FOR UPDATE SKIP LOCKED) passes over a job this holds locked,
-        -- and may then sleep until its next poll: wake the workers again once this
-        -- commits (a notification is delivered at commit, when the lock goes).
-        PERFORM pg_notify(
-            CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
-                 THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
-            '');
+        -- and may then sleep until its next poll: tell the workers of those jobs again,
+        -- delivered when this commits and the lock goes (one type: a hint naming it, as
+        -- for inserted jobs; else, or past 16 hints in the transaction, every worker).
+        hints_sent := CASE WHEN current_setting('pqrun.hints_sent', true) ~ '^[0-9]{1,6}$'
+                           THEN current_setting('pqrun.hints_sent', true)::integer ELSE 0 END;
+        IF due_type = due_type_last AND octet_length(due_type) <= 1000 AND hints_sent < 16 THEN
+            PERFORM set_config('pqrun.hints_sent', (hints_sent + 1)::text, true);
+            PERFORM pg_notify(
+                CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                     THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+                'jobs:' || due_locked || ':' || due_first || ':' || due_last || '::' || due_type);
+        ELSE
+            PERFORM pg_notify(
+                CASE WHEN octet_length('pqrun:' || TG_TABLE_SCHEMA) <= 63
+                     THEN 'pqrun:' || TG_TABLE_SCHEMA ELSE 'pqrun:' || md5(TG_TABLE_SCHEMA) END,
+                '');
+        END IF;
     END IF;
     IF COALESCE(cardinality(found), 0) < cardinality(wanted) THEN
         RAISE EXCEPTION 'job % depends on jobs that do not exist (or were pruned): %', NEW.id,

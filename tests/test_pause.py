@@ -238,11 +238,16 @@ async def test_pqrun_pause_resume_paused_and_status(
     paused = await pqrun("pause", "mail", "--reason", "relay down", "--dsn", dsn)
     assert paused.returncode == 0, paused.stderr
     assert "job type mail paused" in paused.stdout
+    assert "(2 now)" in paused.stdout
+    assert "check the name" not in paused.stderr
     again = await pqrun("pause", "mail", "--dsn", dsn)
     assert again.returncode == 0, again.stderr
     assert "paused already" in again.stdout
-    # A type with no jobs can be paused ahead of them.
-    assert (await pqrun("pause", "reports", "--dsn", dsn)).returncode == 0
+    # A type with no jobs can be paused ahead of them (with a word on the name: a typo
+    # mid-incident would pause nothing).
+    ahead = await pqrun("pause", "reports", "--dsn", dsn)
+    assert ahead.returncode == 0
+    assert "no READY or RUNNING job of type reports" in ahead.stderr
 
     listing = await pqrun("paused", "--dsn", dsn)
     assert listing.returncode == 0, listing.stderr

@@ -269,7 +269,11 @@ async def enqueue_rows(
     conn: Connection | None,
 ) -> list[int]:
     """Insert many jobs in one statement; the id for each item (``source``: its row)."""
-    dependents = next((row.depends_on for row in rows if row.depends_on), None)
+    # Run again only a batch whose first statement is its only one: with dedupe keys a
+    # second statement may follow one that committed, and running all again would insert
+    # those rows twice.
+    keyed = any(row.dedupe_key is not None for row in rows)
+    dependents = None if keyed else next((row.depends_on for row in rows if row.depends_on), None)
     return await deadlock_tries(
         db, dependents, conn, lambda: insert_rows(db, rows, source, trace_context, conn)
     )

@@ -260,16 +260,30 @@ def paused_line(entry: Mapping[str, Any]) -> str:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
+    async def pause(store: PgJobStore) -> tuple[bool, dict[str, Any] | None, list[Any]]:
+        paused = await store.pause(args.job_type, reason=args.reason)
+        # What is known of the type: its active jobs (capped counts), its workers.
+        active = [q for q in await store.queue_stats() if q["job_type"] == args.job_type]
+        workers = [w for w in await store.list_workers() if args.job_type in w["job_types"]]
+        return paused, active[0] if active else None, workers
+
     try:
-        paused = with_store(args, lambda store: store.pause(args.job_type, reason=args.reason))
+        paused, active, workers = with_store(args, pause)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     name = printable(args.job_type)
     if paused:
+        ready = 0 if active is None else active["ready"]
         print(
-            f"job type {name} paused: no worker claims its READY jobs until "
+            f"job type {name} paused: no worker claims its READY jobs ({ready:,} now) until "
             f"`pqrun resume {name}` (running ones finish)"
         )
+        if active is None and not workers:
+            print(
+                f"pqrun: note: no READY or RUNNING job of type {name}, and no live worker "
+                "takes it: check the name (`pqrun status` lists the types)",
+                file=sys.stderr,
+            )
     else:
         print(f"job type {name} was paused already (`pqrun paused` says since when and why)")
     return 0

@@ -161,6 +161,8 @@ rate AS (
                  AND EXISTS (SELECT 1 FROM jobs
                              WHERE status = 'READY' AND run_after <= now() AND job_type = $2
                                AND id NOT IN (SELECT id FROM claimed))
+                 -- (a paused type's due jobs are no work to wait for)
+                 AND NOT EXISTS (SELECT 1 FROM job_type_pauses AS p WHERE p.job_type = $2)
                 THEN extract(epoch FROM COALESCE(recent.oldest, statement_timestamp())
                                         + $7::interval - statement_timestamp())::float8
            END AS room_in_seconds

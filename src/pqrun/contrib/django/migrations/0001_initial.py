@@ -16,7 +16,7 @@ from django.db import migrations, models
 from pqrun.contrib.django._sql import apply_schema
 from pqrun.contrib.django.conf import pqrun_settings, table_name
 
-DDL_SHA256 = "4b050f6310de0df78ac98de59001d558a620b5ea2f82250c12d5f6e4c1632837"
+DDL_SHA256 = "686a45a7f51872142e0323699884f9a5557f9ecd0547ead289bb569e7aa23a27"
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
