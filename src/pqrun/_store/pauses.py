@@ -4,8 +4,9 @@ dashboard's job type page).
 A paused type's row in ``job_type_pauses`` is the pause itself. Every claim statement
 passes over the READY jobs of a type that has one, in the same statement, so no worker
 of this release, whatever its configuration, claims them while it is there (workers of
-earlier releases do not read the table); jobs already claimed finish. The pause outlives every worker's restart, and resuming deletes the row and
-wakes the workers. docs/operations.md has the how-to.
+earlier releases do not read the table); jobs already claimed finish. The pause
+outlives every worker's restart, and resuming deletes the row and wakes the workers.
+docs/operations.md has the how-to.
 """
 
 from __future__ import annotations
