@@ -318,3 +318,35 @@ async def test_ending_a_dependency_under_repeatable_read_cannot_miss_a_new_depen
     async with store.connection() as conn:
         await finish(conn, parent)
     assert await statuses(store, first, second) == ["READY", "READY"]
+
+
+async def test_a_deadlocked_enqueue_of_dependents_runs_again_only_when_that_is_safe(
+    store: PgJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pqrun._store import enqueue as enqueue_module
+
+    tries = 0
+
+    async def deadlocked(*args: Any) -> list[int]:
+        nonlocal tries
+        tries += 1
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    parent = await store.enqueue("p")
+    monkeypatch.setattr(enqueue_module, "insert_rows", deadlocked)
+    with pytest.raises(asyncpg.DeadlockDetectedError):
+        await store.enqueue_many([{"job_type": "a", "depends_on": [parent]}])
+    assert tries == enqueue_module.DEADLOCK_TRIES  # one statement: run again
+    # With a dedupe key a second statement may follow a committed first one: not again.
+    tries = 0
+    with pytest.raises(asyncpg.DeadlockDetectedError):
+        await store.enqueue_many(
+            [{"job_type": "a", "depends_on": [parent]}, {"job_type": "b", "dedupe_key": "k"}]
+        )
+    assert tries == 1
+    # Inside the caller's transaction, which the deadlock ended: the caller's to run.
+    tries = 0
+    with pytest.raises(asyncpg.DeadlockDetectedError):
+        async with store.transaction():
+            await store.enqueue_many([{"job_type": "a", "depends_on": [parent]}])
+    assert tries == 1
