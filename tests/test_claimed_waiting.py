@@ -44,7 +44,7 @@ async def test_status_top_the_dashboard_and_a_jobs_page_tell_waiting_from_runnin
     assert (resize["running"], resize["waiting"]) == (2, 1)
     status = await store.queue_status()
     assert status["by_type"] == [
-        {"job_type": "resize", "ready": 0, "due": 0, "running": 2, "waiting": 1}
+        {"job_type": "resize", "ready": 0, "due": 0, "running": 2, "waiting": 1, "paused": False}
     ]
     assert [w["busy"] for w in status["workers"]] == [1]
     started, waiting = (await store.get_job(101)), (await store.get_job(102))

@@ -259,6 +259,7 @@ async def test_a_worker_without_delete_rights_says_so_once_and_goes_on(
         await conn.execute(
             f"GRANT USAGE ON SCHEMA public TO {role};"
             f"GRANT SELECT, INSERT, UPDATE ON jobs TO {role};"
+            f"GRANT SELECT ON job_type_pauses TO {role};"
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
             f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
         )
