@@ -350,3 +350,28 @@ async def test_a_deadlocked_enqueue_of_dependents_runs_again_only_when_that_is_s
         async with store.transaction():
             await store.enqueue_many([{"job_type": "a", "depends_on": [parent]}])
     assert tries == 1
+
+
+async def test_pqrun_sync_enqueues_a_workflow_in_the_callers_transaction(
+    store: PgJobStore, dsn: str, conn: asyncpg.Connection
+) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn) as connection:
+        first, second, joined = pqrun.sync.enqueue_many(
+            connection,
+            [
+                {"job_type": "part"},
+                {"job_type": "part"},
+                {"job_type": "join", "depends_on": [Earlier(0), Earlier(1)]},
+            ],
+        )
+        then = pqrun.sync.enqueue(connection, "notify", depends_on=[joined])
+    found = await conn.fetch(
+        "SELECT id, status, depends_on FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id",
+        [joined, then],
+    )
+    assert [(r["status"], r["depends_on"]) for r in found] == [
+        ("WAITING", [first, second]),
+        ("WAITING", [joined]),
+    ]

@@ -239,7 +239,7 @@ def enqueue_many(
         ids: list[int] = []
         for row in rows:
             if row.depends_on is not None and "-" in row.depends_on:
-                row = row._replace(depends_on=with_earlier_ids(row.depends_on, ids))
+                row = row._replace(depends_on=_with_earlier_ids(row.depends_on, ids))
             ids.append(_enqueue_dbapi(connection, row, schema, trace))
         return ids
 
@@ -251,7 +251,7 @@ def enqueue_many(
     return insert_all(None)
 
 
-def with_earlier_ids(literal: str, ids: list[int]) -> str:
+def _with_earlier_ids(literal: str, ids: list[int]) -> str:
     """A depends_on literal whose -n entries (the n-th item, from 1) are ids now."""
     numbers = [int(n) for n in literal.strip("{}").split(",")]
     return "{" + ",".join(str(ids[-n - 1] if n < 0 else n) for n in numbers) + "}"
