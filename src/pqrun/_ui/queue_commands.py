@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .command_support import CommandError, job_dict, to_json, with_store
@@ -90,15 +90,23 @@ def worker_line(worker: Mapping[str, Any]) -> str:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     status = with_store(args, lambda store: store.queue_status(count_cap=1, rate_cap=1))
-    workers = status["workers"]
+    return print_listing(args, status["workers"], "no workers registered", worker_line)
+
+
+def print_listing(
+    args: argparse.Namespace,
+    items: list[Any],
+    empty: str,
+    line: Callable[[Any], str],
+) -> int:
+    """A listing command's output: ``--json``, else a line per item, or ``empty``."""
     if args.json:
-        print(to_json(workers))
-        return 0
-    if not workers:
-        print("no workers registered")
-        return 0
-    for worker in workers:
-        print(worker_line(worker))
+        print(to_json(items))
+    elif not items:
+        print(empty)
+    else:
+        for item in items:
+            print(line(item))
     return 0
 
 
@@ -303,12 +311,4 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_paused(args: argparse.Namespace) -> int:
     paused = with_store(args, lambda store: store.paused_types())
-    if args.json:
-        print(to_json(paused))
-        return 0
-    if not paused:
-        print("no job type is paused")
-        return 0
-    for entry in paused:
-        print(paused_line(entry))
-    return 0
+    return print_listing(args, paused, "no job type is paused", paused_line)

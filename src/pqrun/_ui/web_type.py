@@ -195,13 +195,18 @@ class TypePage(DashboardPage):
             f"{content}</div>",
         )
 
-    async def route_pause(self, request: Request) -> Response:
+    async def acted_on(self, request: Request) -> str | Response:
+        """The job type a pause or resume POST names, or the answer refusing it."""
         refused = await self.check_action(request)
         if refused is not None:
             return refused
-        job_type = request.path_params["job_type"]
-        if not job_type:
-            return refuse(404, NO_TYPE)
+        job_type: str = request.path_params["job_type"]
+        return job_type or refuse(404, NO_TYPE)
+
+    async def route_pause(self, request: Request) -> Response:
+        job_type = await self.acted_on(request)
+        if isinstance(job_type, Response):
+            return job_type
         body = (await request.body())[:PAUSE_FORM_BYTES].decode("utf-8", "replace")
         reason = parse_qs(body).get("reason", [""])[0].strip() or None
         try:
@@ -212,12 +217,9 @@ class TypePage(DashboardPage):
         return self.after_action(request, f"/types/{path_segment(job_type)}", notice)
 
     async def route_resume(self, request: Request) -> Response:
-        refused = await self.check_action(request)
-        if refused is not None:
-            return refused
-        job_type = request.path_params["job_type"]
-        if not job_type:
-            return refuse(404, NO_TYPE)
+        job_type = await self.acted_on(request)
+        if isinstance(job_type, Response):
+            return job_type
         notice = "resumed" if await self.store.resume(job_type) else "not-resumed"
         return self.after_action(request, f"/types/{path_segment(job_type)}", notice)
 
