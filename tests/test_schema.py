@@ -164,6 +164,31 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
     assert any(n.get("Index Name") == "jobs_running" for n in reaper)
 
 
+async def test_a_big_claim_among_many_due_jobs_reaches_its_rows_by_the_primary_key(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    # A drain's claim: 500 of 20,000 due jobs. Written as a CTE joined back to jobs, the
+    # planner hashed every READY row from a sequential scan of the table to find the 500
+    # (twice the time of the claim, and growing with the backlog).
+    await conn.execute(
+        """
+        INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 20000);
+        ANALYZE jobs;
+        """
+    )
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + PICKUP, "w", ["t"], 500)
+    finally:
+        await tx.rollback()
+    nodes = _nodes(json.loads(raw)[0]["Plan"])
+    scanned = {n.get("Relation Name") for n in nodes if n["Node Type"] == "Seq Scan"}
+    assert scanned <= {"job_type_pauses"}
+    assert "Hash Join" not in [n["Node Type"] for n in nodes]
+    assert nodes[0]["Actual Rows"] == 500
+
+
 @pytest.mark.slow
 def test_wheel_ships_ddl_and_type_marker(tmp_path: Path) -> None:
     import zipfile
