@@ -135,8 +135,8 @@ claimed AS (
         locked_at = statement_timestamp(),
         locked_by = $1,
         updated_at = statement_timestamp()
-    FROM chosen
-    WHERE j.id = chosen.id AND j.status = 'READY'
+    -- The chosen ids by the primary key, as in pickup (a join may hash every READY row).
+    WHERE j.id = ANY(ARRAY(SELECT id FROM chosen)) AND j.status = 'READY'
     RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
               j.max_attempts,
               -- Readable times whatever the row holds, as in pickup.
