@@ -24,15 +24,21 @@ from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
 from pqrun._store.queries import STATEMENTS, dbapi_query, parse, qualified, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
 from pqrun._store.schema_objects import EXPECTED_COLUMNS
-from pqrun.models import JOB_COLUMNS, Job, JobStatus
+from pqrun.models import CLAIM_COLUMNS, CLAIM_SETS, JOB_COLUMNS, Job, JobStatus, job_from_claim
 from pqrun.testing import make_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "pqrun"
 STATE_MACHINE = ROOT / "docs" / "state-machine.md"
 
-# The queries that return whole jobs, and what each returns besides the job's columns.
-JOB_QUERIES = {"pickup": (), "pickup_limited": ("room_in_seconds",), "get_job": (), "list_jobs": ()}
+# The queries that return whole jobs, the columns they return (a claim leaves out what it
+# sets to known values), and what each returns besides.
+JOB_QUERIES = {
+    "pickup": (CLAIM_COLUMNS, ()),
+    "pickup_limited": (CLAIM_COLUMNS, ("room_in_seconds",)),
+    "get_job": (JOB_COLUMNS, ()),
+    "list_jobs": (JOB_COLUMNS, ()),
+}
 
 
 def normalised(sql: str) -> str:
@@ -163,10 +169,10 @@ def test_the_job_columns_are_defined_once() -> None:
 
 async def test_every_job_query_returns_the_job_columns(store: PgJobStore) -> None:
     async with store.connection() as conn:
-        for name, extra in JOB_QUERIES.items():
+        for name, (job_columns, extra) in JOB_QUERIES.items():
             prepared = await conn.prepare(query(name))
             columns = tuple(attribute.name for attribute in prepared.get_attributes())
-            assert columns == (*JOB_COLUMNS, *extra), name
+            assert columns == (*job_columns, *extra), name
 
 
 async def test_a_dbapi_enqueue_stores_its_trace_context_as_store_enqueue_does(
@@ -199,6 +205,18 @@ def test_a_job_subclass_builds_itself_from_a_row() -> None:
     assert type(job) is MyJob
     assert job.payload == {"a": 1}
     assert job.status is JobStatus.READY
+
+
+async def test_a_claimed_job_is_the_row_as_its_claim_left_it(store: PgJobStore) -> None:
+    # The claim sends back only CLAIM_COLUMNS; the Job built from them must be the row
+    # exactly as get_job() reads it after the claim.
+    assert set(CLAIM_COLUMNS) | set(CLAIM_SETS) == set(JOB_COLUMNS)
+    job_id = await store.enqueue("t", {"a": [1, 2]}, dedupe_key="k", concurrency_key="c")
+    claimed = await store.pickup_batch("w-1", ["t"], 10)
+    assert claimed == [await store.get_job(job_id)]
+    assert claimed[0].status is JobStatus.RUNNING
+    assert claimed[0].locked_by == "w-1"
+    assert type(job_from_claim(dict.fromkeys(CLAIM_COLUMNS) | {"payload": "{}"}, "w")) is Job
 
 
 async def test_every_statement_qualified_for_a_schema_needs_no_search_path(

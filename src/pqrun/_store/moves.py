@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pqrun.models import Job, JobStatus
+from pqrun.models import Job, JobStatus, job_from_claim
 
 from .queries import query
 from .rows import expected_claim, storable
@@ -75,7 +75,7 @@ class WorkerMoves:
                 limit,
                 timeout=self._db.statement_timeout,
             )
-            jobs = Claimed(await readable(self._db, conn, rows))
+            jobs = Claimed(await readable(self._db, conn, rows, worker_id))
         jobs.rows = len(rows)
         # RETURNING does not keep the order of the CTE.
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
@@ -115,7 +115,9 @@ class WorkerMoves:
                     timeout=self._db.statement_timeout,
                 )
             # After the commit: a row that cannot be read is failed in a move of its own.
-            jobs = await readable(self._db, conn, [row for row in rows if row["id"] is not None])
+            jobs = await readable(
+                self._db, conn, [row for row in rows if row["id"] is not None], worker_id
+            )
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs, rows[0]["room_in_seconds"] if rows else None
 
@@ -280,8 +282,11 @@ class Claimed(list[Job]):
     rows = 0
 
 
-async def readable(db: StoreConnections, conn: Connection, rows: Sequence[Any]) -> list[Job]:
-    """The claimed rows as Jobs, read one by one; a row that cannot be read fails alone.
+async def readable(
+    db: StoreConnections, conn: Connection, rows: Sequence[Any], worker_id: str
+) -> list[Job]:
+    """The rows ``worker_id`` claimed (pqrun.models.CLAIM_COLUMNS) as Jobs, read one by
+    one; a row that cannot be read fails alone.
 
     The claim has committed: nothing here may raise, or the readable jobs would be
     stranded RUNNING with nobody to run them.
@@ -289,13 +294,15 @@ async def readable(db: StoreConnections, conn: Connection, rows: Sequence[Any]) 
     jobs: list[Job] = []
     for row in rows:
         try:
-            jobs.append(Job.from_record(row))
+            jobs.append(job_from_claim(row, worker_id))
         except Exception as exc:  # json too deep, a number Python refuses, ...
-            await fail_unreadable(db, conn, row, exc)
+            await fail_unreadable(db, conn, row, worker_id, exc)
     return jobs
 
 
-async def fail_unreadable(db: StoreConnections, conn: Connection, row: Any, exc: Exception) -> None:
+async def fail_unreadable(
+    db: StoreConnections, conn: Connection, row: Any, worker_id: str, exc: Exception
+) -> None:
     """RUNNING (this claim) -> FAILED for a claimed row that cannot be read as a Job."""
     reason = storable(f"its payload could not be read: {type(exc).__name__}: {str(exc)[:300]}")
     logger.error(
@@ -309,7 +316,7 @@ async def fail_unreadable(db: StoreConnections, conn: Connection, row: Any, exc:
         await conn.fetchval(
             MARK_ERROR,
             row["id"],
-            row["locked_by"],
+            worker_id,
             row["attempts"],
             row["lease_id"],
             reason,

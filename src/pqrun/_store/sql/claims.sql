@@ -35,19 +35,20 @@ WHERE j.id = ANY(ARRAY(
         LIMIT $3
         FOR UPDATE SKIP LOCKED))
   AND j.status = 'READY'
-RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
+-- The columns this UPDATE sets to what the worker knows (status, locked_by, and the
+-- times equal to locked_at) are not sent back: pqrun.models.CLAIM_COLUMNS.
+RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts,
           -- Times a row may hold from SQL (even -infinity, or year 10000 on an old schema)
           -- come back within what a Python datetime can hold: one odd row must not make
           -- the whole batch unreadable after its claim committed.
           least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
               AS run_after,
-          j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,
-          j.dedupe_key, j.last_error, NULL::timestamptz AS finished_at, j.duration_ms,
-          NULL::text AS result,
+          j.timeout_seconds, j.locked_at, j.lease_id, j.dedupe_key, j.last_error,
+          j.duration_ms,
           least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
               AS created_at,
-          j.updated_at, j.concurrency_key, j.trace_context
+          j.concurrency_key, j.trace_context
 
 -- name: limit_lock
 -- Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
@@ -137,17 +138,17 @@ claimed AS (
         updated_at = statement_timestamp()
     -- The chosen ids by the primary key, as in pickup (a join may hash every READY row).
     WHERE j.id = ANY(ARRAY(SELECT id FROM chosen)) AND j.status = 'READY'
-    RETURNING j.id, j.job_type, j.payload::text AS payload, j.status, j.priority, j.attempts,
+    -- The claim's columns (pqrun.models.CLAIM_COLUMNS), readable whatever the row holds,
+    -- as in pickup.
+    RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
               j.max_attempts,
-              -- Readable times whatever the row holds, as in pickup.
               least(greatest(j.run_after, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
                   AS run_after,
-              j.timeout_seconds, j.locked_at, j.locked_by, j.lease_id, j.heartbeat_at,
-              j.dedupe_key, j.last_error, NULL::timestamptz AS finished_at, j.duration_ms,
-              NULL::text AS result,
+              j.timeout_seconds, j.locked_at, j.lease_id, j.dedupe_key, j.last_error,
+              j.duration_ms,
               least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
                   AS created_at,
-              j.updated_at, j.concurrency_key, j.trace_context
+              j.concurrency_key, j.trace_context
 ),
 recorded AS (
     INSERT INTO job_rate_limits AS r (job_type, starts)
