@@ -404,6 +404,46 @@ async def test_worker_runs_jobs_and_stops_gracefully_on_sigterm(
         assert "from-factory" in stderr
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_worker_runs_on_the_event_loop_it_is_given(
+    store: PgJobStore, dsn: str, tmp_path: Path, loop: str
+) -> None:
+    (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
+    first = await store.enqueue("greet", {"name": "loop"})
+    process = start_worker(tmp_path, "myjobs:handlers", "--dsn", dsn, PQRUN_LOOP=loop)
+    try:
+
+        async def done() -> bool:
+            job = await store.get_job(first)
+            return job is not None and job.status == "DONE"
+
+        await wait_until(done, within=60)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+    assert process.returncode == 0, stderr
+    assert f"the worker runs on the {loop} event loop" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_the_event_loop_option_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pqrun._ui import event_loop
+    from pqrun._ui.command_support import CommandError
+
+    assert event_loop.chosen_loop("auto") == "uvloop"  # installed with the dev group
+    assert event_loop.chosen_loop("asyncio") == "asyncio"
+    with pytest.raises(CommandError, match="PQRUN_LOOP='fast': use auto, asyncio, uvloop"):
+        event_loop.chosen_loop("fast")
+    # A machine without uvloop (it cannot be uninstalled for one test).
+    monkeypatch.setattr(event_loop.importlib.util, "find_spec", lambda name: None)
+    assert event_loop.chosen_loop("auto") == "asyncio"
+    with pytest.raises(CommandError, match=r"pip install 'pqrun\[uvloop\]'"):
+        event_loop.chosen_loop("uvloop")
+
+
 async def test_worker_with_job_types_runs_only_those(
     store: PgJobStore, dsn: str, tmp_path: Path
 ) -> None:

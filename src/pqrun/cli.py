@@ -34,6 +34,7 @@ from ._ui.command_support import (
     seconds,
 )
 from ._ui.completion import SHELLS, script
+from ._ui.event_loop import add_loop_option
 from ._ui.formatting import printable
 from ._ui.log_format import FORMATS
 from ._ui.process_commands import (
@@ -121,6 +122,7 @@ def build_parser(prog: str = "pqrun") -> argparse.ArgumentParser:
         type=port_number,
         help="serve Prometheus metrics on this port (needs pqrun[metrics])",
     )
+    add_loop_option(worker)
     worker.set_defaults(run=cmd_worker)
 
     status = commands.add_parser(
@@ -283,6 +285,7 @@ def build_parser(prog: str = "pqrun") -> argparse.ArgumentParser:
         add_help=False,
         help="measure drain, continuous, latency, bulk enqueue and big-table claims",
     )
+    add_loop_option(bench)
     bench.set_defaults(run=cmd_bench)
 
     completion = commands.add_parser(

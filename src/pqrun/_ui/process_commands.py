@@ -17,6 +17,7 @@ from pqrun.schema import ddl_sql
 from pqrun.store import PgJobStore
 
 from .command_support import CommandError, open_store, with_store
+from .event_loop import chosen_loop, run_on
 from .log_format import FORMATS, configure_logging
 
 
@@ -157,7 +158,9 @@ def run_worker(args: argparse.Namespace, target: Any) -> int:
         finally:
             await worker.store.close()
 
-    asyncio.run(run())
+    loop = chosen_loop(args.loop)
+    logging.getLogger("pqrun").info("pqrun: the worker runs on the %s event loop", loop)
+    run_on(loop, run())
     return 0
 
 
@@ -197,5 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pqrun._bench import run as run_bench
 
-    asyncio.run(run_bench(args))
+    loop = chosen_loop(args.loop)
+    print(f"event loop: {loop}", flush=True)
+    run_on(loop, run_bench(args))
     return 0

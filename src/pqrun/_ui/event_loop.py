@@ -1,0 +1,72 @@
+"""The event loop a command runs on: asyncio's own, or uvloop when it is installed.
+
+uvloop (``pip install 'pqrun[uvloop]'``) is a faster drop-in for asyncio's loop, by the
+authors of asyncpg. On one worker process it cut the CPU per job of I/O-bound handlers by
+about a quarter and brought their throughput closer to what the concurrency allows; for
+handlers that never wait it neither helped nor hurt (docs/benchmarks.md). A worker
+mounted in a web app runs on the server's loop instead (uvicorn picks uvloop itself when
+it is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from .command_support import CommandError
+
+#: --loop: "auto" is uvloop when it is installed, else asyncio.
+LOOPS = ("auto", "asyncio", "uvloop")
+
+T = TypeVar("T")
+
+
+def default_loop() -> str:
+    """$PQRUN_LOOP, else auto."""
+    return os.environ.get("PQRUN_LOOP") or "auto"
+
+
+def add_loop_option(parser: argparse.ArgumentParser) -> None:
+    """--loop, for the commands that run a worker."""
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=default_loop(),
+        help="the event loop: uvloop when installed (auto), or asyncio's own "
+        "(default: $PQRUN_LOOP, else auto)",
+    )
+
+
+def chosen_loop(name: str) -> str:
+    """asyncio or uvloop: what ``name`` (one of LOOPS) means on this machine."""
+    if name not in LOOPS:
+        raise CommandError(f"PQRUN_LOOP={name!r}: use {', '.join(LOOPS)}")
+    installed = importlib.util.find_spec("uvloop") is not None
+    if name == "uvloop" and not installed:
+        raise CommandError(
+            "--loop uvloop: uvloop is not installed; pip install 'pqrun[uvloop]', or use "
+            "--loop asyncio"
+        )
+    if name == "auto":
+        return "uvloop" if installed else "asyncio"
+    return name
+
+
+def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to its end on the loop ``name`` (one of LOOPS) stands for."""
+    try:
+        loop = chosen_loop(name)
+    except CommandError:
+        main.close()  # never awaited: no warning about it
+        raise
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
