@@ -438,7 +438,7 @@ def test_the_event_loop_option_names_the_fix(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(CommandError, match="PQRUN_LOOP='fast': use auto, asyncio, uvloop"):
         event_loop.chosen_loop("fast")
     # A machine without uvloop (it cannot be uninstalled for one test).
-    monkeypatch.setattr(event_loop.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     assert event_loop.chosen_loop("auto") == "asyncio"
     with pytest.raises(CommandError, match=r"pip install 'pqrun\[uvloop\]'"):
         event_loop.chosen_loop("uvloop")
