@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import cast
 
+import asyncpg
 import pytest
 
 from pqrun import JobContext, PgJobStore, Worker
@@ -125,6 +127,24 @@ async def test_closing_the_writer_wakes_an_answer_waiting_for_room_and_names_it(
         "job 2" in r.getMessage() and "answered after the worker shut down" in r.getMessage()
         for r in caplog.records
     )
+
+
+async def test_slots_wait_for_room_when_the_writer_is_full_and_every_outcome_is_written(
+    store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slots hand outcomes on without a wait while the writer has room, and wait for it
+    # (submit) when it has none: nothing is lost either way.
+    monkeypatch.setattr("pqrun._worker.outcome_writer.MAX_PENDING", 2)
+
+    async def quick(ctx: JobContext) -> int:
+        return int(ctx.job.id)
+
+    await store.enqueue_many([{"job_type": "quick"}] * 200)
+    processed = await Worker(store, {"quick": quick}, concurrency=8, **QUICK_POLICIES).drain()
+    assert processed == 200
+    rows = await conn.fetch("SELECT id, status, result FROM jobs")
+    assert {r["status"] for r in rows} == {"DONE"}
+    assert all(json.loads(r["result"]) == r["id"] for r in rows)
 
 
 async def test_handlers_that_never_wait_still_let_other_tasks_run(store: PgJobStore) -> None:

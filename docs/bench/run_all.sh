@@ -41,7 +41,17 @@ for round in 1 2 3; do
     # client and server CPU microseconds per job).
     bash "$shared/peer_graphile/run.sh" drain "$server/bench_graphile" --jobs 20000 \
         --concurrency 24 --pool 25 --local-queue 500 --batch-delay 0 | tail -1
-    python -m pqrun bench --dsn "$server/bench_pqrun" --mode drain | grep -E "jobs_per_s|cpu|rss"
+    # On each event loop (--loop uvloop needs pip install 'pqrun[uvloop]').
+    for loop in asyncio uvloop; do
+        python -m pqrun bench --loop $loop --dsn "$server/bench_pqrun" --mode drain \
+            | grep -E "event loop|jobs_per_s|cpu"
+    done
+done
+
+echo "== I/O-bound drain: handlers sleep 10 ms, concurrency 50 (ceiling 5,000 jobs/s)"
+for loop in asyncio uvloop asyncio uvloop; do
+    python -m pqrun bench --loop $loop --dsn "$server/bench_pqrun" --mode drain --sleep-ms 10 \
+        --concurrency 50 | grep -E "event loop|jobs_per_s|of_ceiling"
 done
 
 echo "== continuous, 60 s"

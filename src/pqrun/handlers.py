@@ -55,6 +55,25 @@ class JobContext:
         return await self.store.dependency_jobs(self.job.id)
 
 
+_new_object = object.__new__
+# The slots' descriptors (looked up by name: mypy sees dataclass fields, not slots).
+_set_job, _set_store, _set_worker_id, _set_payload = (
+    getattr(JobContext, name).__set__ for name in ("job", "store", "worker_id", "payload")
+)
+
+
+def context_for(job: Job, store: PgJobStore, worker_id: str) -> JobContext:
+    """``JobContext(job=job, store=store, worker_id=worker_id)``, as a worker makes one per
+    run: set through the slots, without the frozen ``__init__``'s keyword parsing and
+    ``object.__setattr__`` calls (a third of the cost)."""
+    ctx = _new_object(JobContext)
+    _set_job(ctx, job)
+    _set_store(ctx, store)
+    _set_worker_id(ctx, worker_id)
+    _set_payload(ctx, job.payload)
+    return ctx
+
+
 @dataclass(frozen=True, slots=True)
 class Handler:
     """A handler function with its per-job-type settings.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pqrun import tracing
 from pqrun._json_encoding import JSONEncoding
 from pqrun.errors import Fail, Retry, Snooze
-from pqrun.handlers import Handler, JobContext, describe_exception
+from pqrun.handlers import Handler, JobContext, context_for, describe_exception
 from pqrun.limits import INT32_MAX
 from pqrun.models import Job
 from pqrun.observers import tell
@@ -102,7 +102,8 @@ class Executor:
             job, claimed_at = claimed
             if not registry.holds(job):
                 continue  # found no longer ours (cancelled, taken back) while being taken
-            if await self._waited_too_long(job, claimed_at):
+            if self._waited_too_long(job, claimed_at):
+                await self._release([job], "waited too long in the worker's buffer; put back")
                 continue
             handler = self._settings.handlers[job.job_type]
             turn_at_start = turns.mark()
@@ -147,7 +148,8 @@ class Executor:
                 registry.drop(job)
                 continue
             try:
-                await self._writer.submit(outcome)
+                if not self._writer.submit_nowait(outcome):
+                    await self._writer.submit(outcome)
             except BaseException:
                 end_span(span, None, "the worker failed to hand on the outcome")
                 raise
@@ -219,13 +221,11 @@ class Executor:
             await registry.job_ready.wait()
         return None
 
-    async def _waited_too_long(self, job: Job, claimed_at: float) -> bool:
-        """Give back a job that waited in the buffer half its deadline or stale period."""
+    def _waited_too_long(self, job: Job, claimed_at: float) -> bool:
+        """True for a job that waited in the buffer half its deadline or stale period: it
+        goes back. (A plain function: a coroutine per job cost more than the test.)"""
         limit = job.timeout_seconds or self._settings.default_stale_after.total_seconds()
-        if time.monotonic() - claimed_at < limit / 2:
-            return False
-        await self._release([job], "waited too long in the worker's buffer; put back")
-        return True
+        return time.monotonic() - claimed_at >= limit / 2
 
     async def _run_handler(self, run: Run, handler: Handler, span: Any) -> Outcome | None:
         """Run the job's handler (in the slot's task, run.task); None when store.cancel()
@@ -234,7 +234,7 @@ class Executor:
         # Handlers get the worker's store as it is: a double given to the worker stands in
         # for the PgJobStore in them too.
         store = cast("PgJobStore", self._store)
-        ctx = JobContext(job=job, store=store, worker_id=self._settings.worker_id)
+        ctx = context_for(job, store, self._settings.worker_id)
         started = time.monotonic()
         outcome = Outcome(job=job, duration_ms=0, span=span)
         # No deadline, no timer: most jobs have none.
