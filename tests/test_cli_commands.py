@@ -408,6 +408,8 @@ async def test_worker_runs_jobs_and_stops_gracefully_on_sigterm(
 async def test_worker_runs_on_the_event_loop_it_is_given(
     store: PgJobStore, dsn: str, tmp_path: Path, loop: str
 ) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
     first = await store.enqueue("greet", {"name": "loop"})
     process = start_worker(tmp_path, "myjobs:handlers", "--dsn", dsn, PQRUN_LOOP=loop)
@@ -433,7 +435,8 @@ def test_the_event_loop_option_names_the_fix(monkeypatch: pytest.MonkeyPatch) ->
     from pqrun._ui import event_loop
     from pqrun._ui.command_support import CommandError
 
-    assert event_loop.chosen_loop("auto") == "uvloop"  # installed with the dev group
+    pytest.importorskip("uvloop")
+    assert event_loop.chosen_loop("auto") == "uvloop"
     assert event_loop.chosen_loop("asyncio") == "asyncio"
     with pytest.raises(CommandError, match="PQRUN_LOOP='fast': use auto, asyncio, uvloop"):
         event_loop.chosen_loop("fast")
@@ -441,6 +444,28 @@ def test_the_event_loop_option_names_the_fix(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     assert event_loop.chosen_loop("auto") == "asyncio"
     with pytest.raises(CommandError, match=r"pip install 'pqrun\[uvloop\]'"):
+        event_loop.chosen_loop("uvloop")
+
+
+def test_auto_runs_on_asyncio_when_uvloop_is_installed_but_cannot_be_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pqrun._ui import event_loop
+    from pqrun._ui.command_support import CommandError
+
+    # Found on the path, but its import fails (built for another Python, say).
+    (tmp_path / "uvloop").mkdir()
+    (tmp_path / "uvloop" / "__init__.py").write_text(
+        'raise ImportError("loop.cpython-311-x86_64-linux-gnu.so: undefined symbol")\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "uvloop", raising=False)
+
+    async def main() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert event_loop.run_on("auto", main()).startswith("asyncio")
+    with pytest.raises(CommandError, match=r"installed but cannot be imported.*undefined symbol"):
         event_loop.chosen_loop("uvloop")
 
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -41,18 +42,31 @@ def add_loop_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _uvloop_problem() -> str | None:
+    """Why uvloop cannot run here (None: it can)."""
+    if importlib.util.find_spec("uvloop") is None:
+        if sys.platform == "win32":
+            return "uvloop does not run on Windows"
+        return "uvloop is not installed; pip install 'pqrun[uvloop]'"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:  # installed for another Python, a broken install
+        return f"uvloop is installed but cannot be imported ({exc})"
+    return None
+
+
 def chosen_loop(name: str) -> str:
-    """asyncio or uvloop: what ``name`` (one of LOOPS) means on this machine."""
+    """asyncio or uvloop: what ``name`` (one of LOOPS) means on this machine. auto takes
+    asyncio where uvloop cannot run; asking for uvloop there is an error."""
     if name not in LOOPS:
         raise CommandError(f"PQRUN_LOOP={name!r}: use {', '.join(LOOPS)}")
-    installed = importlib.util.find_spec("uvloop") is not None
-    if name == "uvloop" and not installed:
-        raise CommandError(
-            "--loop uvloop: uvloop is not installed; pip install 'pqrun[uvloop]', or use "
-            "--loop asyncio"
-        )
+    if name == "asyncio":
+        return name
+    problem = _uvloop_problem()
     if name == "auto":
-        return "uvloop" if installed else "asyncio"
+        return "asyncio" if problem else "uvloop"
+    if problem:
+        raise CommandError(f"--loop uvloop: {problem}; or use --loop asyncio")
     return name
 
 
