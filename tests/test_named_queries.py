@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import pqrun.sync
-from pqrun import PgJobStore
+from pqrun import Handler, PgJobStore
 from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
 from pqrun._store.queries import STATEMENTS, dbapi_query, parse, qualified, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
@@ -217,6 +217,35 @@ async def test_a_claimed_job_is_the_row_as_its_claim_left_it(store: PgJobStore) 
     assert claimed[0].status is JobStatus.RUNNING
     assert claimed[0].locked_by == "w-1"
     assert type(job_from_claim(dict.fromkeys(CLAIM_COLUMNS) | {"payload": "{}"}, "w")) is Job
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
+async def test_a_claimed_job_is_the_row_under_an_applications_updated_at_trigger(
+    store: PgJobStore, conn: asyncpg.Connection, limited: bool
+) -> None:
+    # Many applications put a BEFORE UPDATE trigger that sets updated_at on every table.
+    await conn.execute(
+        """
+        CREATE FUNCTION app_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.updated_at := clock_timestamp(); RETURN NEW; END $$;
+        CREATE TRIGGER app_touch BEFORE UPDATE ON jobs
+            FOR EACH ROW EXECUTE FUNCTION app_touch();
+        """
+    )
+    try:
+        job_id = await store.enqueue("t", {"a": 1})
+        if limited:
+
+            async def run(ctx: object) -> None: ...
+
+            claimed, _ = await store.pickup_limited(
+                "w-1", "t", Handler(run, concurrency_limit=5), 10
+            )
+        else:
+            claimed = await store.pickup_batch("w-1", ["t"], 10)
+        assert claimed == [await store.get_job(job_id)]
+    finally:
+        await conn.execute("DROP TRIGGER app_touch ON jobs; DROP FUNCTION app_touch()")
 
 
 async def test_every_statement_qualified_for_a_schema_needs_no_search_path(

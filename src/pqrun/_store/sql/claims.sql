@@ -39,8 +39,8 @@ WHERE j.id = ANY(ARRAY(
   -- test: "C" is deterministic): matched, the planner may walk that whole index for the
   -- ids, as it did after a vacuum found the queue empty (177 ms for 500 of 20,000).
   AND j.status = 'READY' COLLATE "C"
--- The columns this UPDATE sets to what the worker knows (status, locked_by, and the
--- times equal to locked_at) are not sent back: pqrun.models.CLAIM_COLUMNS.
+-- The columns this UPDATE sets to what the worker knows (status, locked_by, heartbeat_at
+-- equal to locked_at) are not sent back: pqrun.models.CLAIM_COLUMNS.
 RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
           j.max_attempts,
           -- Times a row may hold from SQL (even -infinity, or year 10000 on an old schema)
@@ -52,7 +52,7 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
           j.duration_ms,
           least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
               AS created_at,
-          j.concurrency_key, j.trace_context
+          j.updated_at, j.concurrency_key, j.trace_context
 
 -- name: limit_lock
 -- Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
@@ -153,7 +153,7 @@ claimed AS (
               j.duration_ms,
               least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
                   AS created_at,
-              j.concurrency_key, j.trace_context
+              j.updated_at, j.concurrency_key, j.trace_context
 ),
 recorded AS (
     INSERT INTO job_rate_limits AS r (job_type, starts)
