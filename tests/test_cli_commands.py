@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -362,6 +362,32 @@ def start_worker(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str
     )
 
 
+async def stop_once_finished(
+    store: PgJobStore,
+    process: subprocess.Popen[str],
+    job_ids: list[int],
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> str:
+    """Wait for the jobs to be DONE or FAILED (and ``before_stop``), then SIGTERM the
+    worker; its stderr."""
+    try:
+
+        async def finished() -> bool:
+            jobs = [await store.get_job(job_id) for job_id in job_ids]
+            return all(job is not None and job.status in ("DONE", "FAILED") for job in jobs)
+
+        await wait_until(finished, within=60)
+        if before_stop is not None:
+            await before_stop()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+    return stderr
+
+
 @pytest.mark.parametrize("target", ["myjobs:handlers", "myjobs:make_worker"])
 async def test_worker_runs_jobs_and_stops_gracefully_on_sigterm(
     store: PgJobStore, dsn: str, tmp_path: Path, target: str
@@ -369,13 +395,10 @@ async def test_worker_runs_jobs_and_stops_gracefully_on_sigterm(
     (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
     first = await store.enqueue("greet", {"name": "ops"})
     process = start_worker(tmp_path, target, "--dsn", dsn)
-    try:
+    slow = 0
 
-        async def done() -> bool:
-            job = await store.get_job(first)
-            return job is not None and job.status == "DONE"
-
-        await wait_until(done, within=60)
+    async def start_a_slow_job() -> None:
+        nonlocal slow
         assert (await store.get_job(first)).result == "hello ops"  # type: ignore[union-attr]
         if target.endswith("handlers"):
             # A running job finishes within the grace period after SIGTERM. RUNNING is
@@ -388,12 +411,8 @@ async def test_worker_runs_jobs_and_stops_gracefully_on_sigterm(
                 return (tmp_path / "slow.started").exists()
 
             await wait_until(started, within=60)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+
+    stderr = await stop_once_finished(store, process, [first], start_a_slow_job)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert "stopped" in stderr
@@ -413,20 +432,9 @@ async def test_worker_runs_on_the_event_loop_it_is_given(
     (tmp_path / "myjobs.py").write_text(textwrap.dedent(HANDLERS_MODULE))
     first = await store.enqueue("greet", {"name": "loop"})
     process = start_worker(tmp_path, "myjobs:handlers", "--dsn", dsn, PQRUN_LOOP=loop)
-    try:
-
-        async def done() -> bool:
-            job = await store.get_job(first)
-            return job is not None and job.status == "DONE"
-
-        await wait_until(done, within=60)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+    stderr = await stop_once_finished(store, process, [first])
     assert process.returncode == 0, stderr
+    assert (await store.get_job(first)).status == "DONE"  # type: ignore[union-attr]
     assert f"the worker runs on the {loop} event loop" in stderr
     assert "Traceback" not in stderr
 
@@ -478,20 +486,9 @@ async def test_worker_with_job_types_runs_only_those(
     process = start_worker(
         tmp_path, "myjobs:handlers", "--job-types", "greet", "--concurrency", "2", PQRUN_DSN=dsn
     )
-    try:
-
-        async def greeted() -> bool:
-            job = await store.get_job(greet)
-            return job is not None and job.status == "DONE"
-
-        await wait_until(greeted, within=60)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(process.communicate, timeout=60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+    await stop_once_finished(store, process, [greet])
     assert process.returncode == 0
+    assert (await store.get_job(greet)).status == "DONE"  # type: ignore[union-attr]
     assert (await store.get_job(slow)).status == "READY"  # type: ignore[union-attr]
 
 
@@ -639,19 +636,7 @@ async def test_worker_logs_one_json_object_per_line_with_the_jobs_fields(
     process = start_worker(
         tmp_path, "myjobs:handlers", "--dsn", dsn, "--log-level", "debug", PQRUN_LOG_FORMAT="json"
     )
-    try:
-
-        async def both_finished() -> bool:
-            jobs = [await store.get_job(bad), await store.get_job(good)]
-            return all(job is not None and job.status in ("DONE", "FAILED") for job in jobs)
-
-        await wait_until(both_finished, within=60)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+    stderr = await stop_once_finished(store, process, [bad, good])
     assert process.returncode == 0, stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
