@@ -132,8 +132,7 @@ async def test_closing_the_writer_wakes_an_answer_waiting_for_room_and_names_it(
 async def test_slots_wait_for_room_when_the_writer_is_full_and_every_outcome_is_written(
     store: PgJobStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Slots hand outcomes on without a wait while the writer has room, and wait for it
-    # (submit) when it has none: nothing is lost either way.
+    # Slots wait for the writer's room when it has none: nothing is lost.
     monkeypatch.setattr("pqrun._worker.outcome_writer.MAX_PENDING", 2)
 
     async def quick(ctx: JobContext) -> int:

@@ -146,10 +146,10 @@ _DECODERS: dict[str, str] = {
 
 
 #: What a claim sets on every job it takes, and so does not send back: the claim's
-#: RETURNING leaves these columns out (decoding them was a sixth of a claimed row's
-#: cost), and ``job_from_claim`` fills them in. heartbeat_at is set to the same time as
-#: locked_at by the same UPDATE. (updated_at is sent back: an application's own trigger
-#: may set it, as many do on every table.)
+#: RETURNING leaves these columns out (decoding them took about a third of asyncpg's
+#: time per claimed row), and ``job_from_claim`` fills them in. heartbeat_at is set to
+#: the same time as locked_at by the same UPDATE. (updated_at is sent back: an
+#: application's own trigger may set it, as many do on every table.)
 CLAIM_SETS: dict[str, str] = {
     "status": "_RUNNING",
     "locked_by": "worker_id",

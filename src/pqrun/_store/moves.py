@@ -77,7 +77,7 @@ class WorkerMoves:
             )
             jobs = Claimed(await readable(self._db, conn, rows, worker_id))
         jobs.rows = len(rows)
-        # RETURNING does not keep the order of the CTE.
+        # RETURNING does not keep the order the ids were chosen in.
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs
 

@@ -148,8 +148,7 @@ class Executor:
                 registry.drop(job)
                 continue
             try:
-                if not self._writer.submit_nowait(outcome):
-                    await self._writer.submit(outcome)
+                await self._writer.submit(outcome)
             except BaseException:
                 end_span(span, None, "the worker failed to hand on the outcome")
                 raise

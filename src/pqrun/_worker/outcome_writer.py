@@ -157,17 +157,6 @@ class OutcomeWriter:
             )
             end_span(outcome.span, None, "the worker shut down before its outcome was written")
             return
-        self._queue(outcome)
-
-    def submit_nowait(self, outcome: Outcome) -> bool:
-        """Queue an outcome for writing if that needs no wait; False (nothing queued):
-        call ``submit``. (A plain function: most outcomes need no wait.)"""
-        if self._closed or not self._room.is_set():
-            return False
-        self._queue(outcome)
-        return True
-
-    def _queue(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._idle.clear()
         self._wake.set()
