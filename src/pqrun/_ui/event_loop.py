@@ -73,14 +73,14 @@ def chosen_loop(name: str) -> str:
 def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` to its end on the loop ``name`` (one of LOOPS) stands for."""
     try:
-        loop = chosen_loop(name)
-    except CommandError:
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+        if chosen_loop(name) == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        runner = asyncio.Runner(loop_factory=factory)
+    except BaseException:
         main.close()  # never awaited: no warning about it
         raise
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with runner:
         return runner.run(main)

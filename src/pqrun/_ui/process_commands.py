@@ -99,6 +99,8 @@ def run_worker(args: argparse.Namespace, target: Any) -> int:
     dict, a Worker, or a function store -> Worker."""
     from pqrun.worker import Worker
 
+    loop = chosen_loop(args.loop)  # a wrong --loop or PQRUN_LOOP says so before anything
+
     job_types = (
         None if args.job_types is None else [t.strip() for t in args.job_types.split(",") if t]
     )
@@ -158,7 +160,6 @@ def run_worker(args: argparse.Namespace, target: Any) -> int:
         finally:
             await worker.store.close()
 
-    loop = chosen_loop(args.loop)
     logging.getLogger("pqrun").info("pqrun: the worker runs on the %s event loop", loop)
     run_on(loop, run())
     return 0
