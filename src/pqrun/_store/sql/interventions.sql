@@ -144,7 +144,8 @@ SELECT id FROM cancelled WHERE (SELECT count(*) FROM told) >= 0
 WITH moved AS (
     UPDATE jobs
     SET run_after = now(), updated_at = now()
-    WHERE id = ANY($1::bigint[]) AND status = 'READY' AND run_after > now()
+    -- Not through the whole of jobs_ready_pickup, as in claims.sql's pickup.
+    WHERE id = ANY($1::bigint[]) AND status = 'READY' COLLATE "C" AND run_after > now()
     RETURNING id
 ),
 woken AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM moved))

@@ -37,7 +37,10 @@ owned AS (
     FROM jobs AS j
     JOIN unnest($6::bigint[], $7::bigint[]) AS mine(id, lease_id) ON j.id = mine.id
     WHERE j.id = ANY($6::bigint[])
-      AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
+      -- Tests of the joined pair only, as in outcomes.sql's mark_done_batch.
+      AND j.status = CASE WHEN mine.id IS NOT NULL THEN 'RUNNING' END
+      AND j.locked_by = CASE WHEN mine.id IS NOT NULL THEN $1 END
+      AND j.lease_id = mine.lease_id
 )
 SELECT EXISTS (SELECT 1 FROM registered) AS registered, owned.id, owned.lease_id
 FROM (SELECT 1) AS one LEFT JOIN owned ON true
@@ -55,7 +58,10 @@ SELECT j.id, j.lease_id
 FROM jobs AS j
 JOIN unnest($2::bigint[], $3::bigint[]) AS mine(id, lease_id) ON j.id = mine.id
 WHERE j.id = ANY($2::bigint[])
-  AND j.status = 'RUNNING' AND j.locked_by = $1 AND j.lease_id = mine.lease_id
+  -- Tests of the joined pair only, as in outcomes.sql's mark_done_batch.
+  AND j.status = CASE WHEN mine.id IS NOT NULL THEN 'RUNNING' END
+  AND j.locked_by = CASE WHEN mine.id IS NOT NULL THEN $1 END
+  AND j.lease_id = mine.lease_id
 
 -- name: forget_dead_workers
 -- Workers whose heartbeat is older than $1 (and than their own stale period) are gone,
