@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from pqrun import NotPermitted, PgJobStore, Worker
+from pqrun._store.moves import PICKUP
 from pqrun._worker import vacuumer
 
 from .helpers import QUICK, wait_until
@@ -296,3 +298,46 @@ async def test_a_vacuum_holds_no_pooled_connection_and_runs_in_a_transaction_blo
         await small.close()
     async with store.transaction():
         assert await store.vacuum()  # its statistics are not the transaction's snapshot
+
+
+async def _claim_plan_sorts(conn: asyncpg.Connection) -> bool:
+    """Whether a claim of 500 't' jobs sorts the READY jobs (else it walks the index)."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + PICKUP, "w", ["t"], 500)
+    finally:
+        await tx.rollback()
+    return '"Sort"' in raw
+
+
+async def test_a_worker_gathers_statistics_for_a_queue_that_has_none(
+    dsn: str,
+    conn: asyncpg.Connection,
+    schemas: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A new queue (autovacuum off, or not round yet) has no statistics: the planner then
+    # takes READY jobs for rare, and every claim among a backlog of them sorted them all
+    # (97 ms for 500 of 200,000) instead of walking the pickup index (5 ms).
+    monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
+    schema = schemas()
+    store = PgJobStore(dsn, schema=schema)
+    await store.setup()
+    await conn.execute(f'SET search_path TO "{schema}"')
+    await conn.execute("INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 50000)")
+    assert not (await store.vacuum_stats()).has_statistics
+    assert await _claim_plan_sorts(conn)
+    # A worker for other types: the backlog stays READY.
+    worker = Worker(store=store, handlers={"other": lambda ctx: None}, **QUICK)
+    await worker.start()
+    try:
+
+        async def analyzed() -> bool:
+            return (await store.vacuum_stats()).has_statistics
+
+        await wait_until(analyzed, within=60)
+    finally:
+        await worker.stop()
+        await store.close()
+    assert not await _claim_plan_sorts(conn)

@@ -30,6 +30,7 @@ PRUNE_FINISHED = query("prune_finished")
 VACUUM_STATE = query("vacuum_state")
 VACUUM_JOBS = query("vacuum_jobs")
 LOCK_WAITERS = query("lock_waiters")
+ANALYZE_JOBS = query("analyze_jobs")
 # Seconds between looks, while a vacuum runs, for someone waiting for the table's lock.
 LOCK_WATCH_INTERVAL = 0.2
 # What VACUUM says, as a WARNING, when it did not vacuum: the table was locked
@@ -52,6 +53,10 @@ class VacuumStats:
     seconds_since_vacuum: float | None
     #: Whether a vacuum of the table (anyone's, autovacuum's too) runs now.
     vacuuming: bool
+    #: Whether the planner has statistics on the table (from an ANALYZE that found rows).
+    has_statistics: bool = True
+    #: Rows in the table, as the statistics count them.
+    live_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,31 @@ class MaintenanceMethods:
             vacuums=int(state["vacuums"]),
             seconds_since_vacuum=state["seconds_since_vacuum"],
             vacuuming=bool(state["vacuuming"]),
+            has_statistics=bool(state["has_statistics"]),
+            live_rows=int(state["live_rows"]),
         )
+
+    async def analyze(self) -> None:
+        """Gather the planner's statistics on the jobs table (``ANALYZE``), unless a
+        vacuum or another ANALYZE holds it now (then it does nothing).
+
+        Workers call it when the table has none (a new queue with autovacuum off or not
+        yet round): without them the planner takes READY jobs for rare, and each claim
+        among thousands of them sorts them all. Raises NotPermitted when this role may
+        not (the same roles as for ``vacuum()``).
+        """
+        state = await self._vacuum_state()
+        if not state["may_vacuum"]:
+            raise NotPermitted(
+                f"this role may not analyze the jobs table in {self._db.where()}: only its "
+                "owner or the database's owner may (or, on PostgreSQL 17+, a role with "
+                "MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or run "
+                "ANALYZE as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
+            )
+        # Not in the caller's transaction: statistics gathered there would be rolled
+        # back with it.
+        async with self._db.acquire(join=False) as conn:
+            await conn.execute(self._db.sql(ANALYZE_JOBS), timeout=self._db.statement_timeout)
 
     async def vacuum(self, *, min_seconds_between: float = 0.0) -> bool:
         """Vacuum the jobs table and its indexes, unless the last vacuum run by hand

@@ -19,6 +19,12 @@ vacuum run by hand (by any worker): the table is vacuumed about a tenth of the t
 most, however big it is and however many workers share it. A vacuum already running (autovacuum's,
 another worker's) makes the others skip their turn, and a vacuum gives way at once to
 DDL or TRUNCATE waiting for the table (store.vacuum).
+
+It also gathers the planner's statistics when the table has none and holds rows (a new
+queue, with autovacuum off or before its first round): without them the planner takes
+READY jobs for rare, and a claim among a backlog of them sorts them all (97 ms for 500 of
+200,000) instead of walking the pickup index (5 ms). Statistics gathered once are enough:
+stale ones still lead to the index walk.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ VACUUM_CHECK_INTERVAL = 1.0
 # until this worker has vacuumed once, VACUUM_FIRST_GAP seconds.
 VACUUM_GAP_FACTOR = 9.0
 VACUUM_FIRST_GAP = 5.0
+# Seconds between two ANALYZEs of a table that still has no statistics (another worker's,
+# a vacuum, held it; or it had no rows to sample by then).
+ANALYZE_RETRY_AFTER = 5.0
 # Seconds to wait after a failed look or vacuum (an outage is the fetcher's to back off
 # from and to report; this loop only waits its turn).
 VACUUM_RETRY_AFTER = 10.0
@@ -60,6 +69,7 @@ class Vacuumer:
         self._vacuums: int | None = None  # vacuums by hand seen so far
         self._changes_then = 0  # the table's changes when the last of them ended
         self._refused: str | None = None  # the last refusal logged (once each)
+        self._analyzed_at: float | None = None  # monotonic time of this worker's last ANALYZE
 
     async def run(self) -> None:
         await self._life.repeat(
@@ -89,6 +99,14 @@ class Vacuumer:
 
     async def _look_and_vacuum(self) -> float:
         stats = await self._store.vacuum_stats()
+        if not stats.has_statistics and stats.live_rows > 0:
+            now = time.monotonic()
+            if self._analyzed_at is None or now - self._analyzed_at >= ANALYZE_RETRY_AFTER:
+                self._analyzed_at = now
+                await self._store.analyze()
+                logger.debug(
+                    "worker %s gathered the jobs table's statistics", self._settings.worker_id
+                )
         if self._vacuums is None:
             # Started now: count the dead rows already there as changes since a vacuum.
             self._changes_then = stats.changes - stats.dead_rows
