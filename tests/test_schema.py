@@ -236,6 +236,7 @@ def _by_claim_arguments(name: str, ids: list[int], leases: list[int]) -> tuple[A
         "mark_error": (ids[0], "w", 1, leases[0], "boom", False, second, 1),
         "snooze": (ids[0], "w", 1, leases[0], second, 1),
         "run_now": (ids, "pqrun:test"),  # READY jobs by id: none here, but the same plan
+        "reap_stale": (60 * second, None, 20 * second, None),  # 'w' has no heartbeat row
     }[name]
 
 
@@ -250,6 +251,7 @@ def _by_claim_arguments(name: str, ids: list[int], leases: list[int]) -> tuple[A
         "mark_error",
         "snooze",
         "run_now",
+        "reap_stale",
     ],
 )
 async def test_moves_by_claim_find_their_rows_by_the_primary_key_after_a_quiet_spell(
@@ -272,7 +274,7 @@ async def test_moves_by_claim_find_their_rows_by_the_primary_key_after_a_quiet_s
     await conn.execute("INSERT INTO jobs (job_type) SELECT 't' FROM generate_series(1, 1500)")
     claimed = await conn.fetch(
         "UPDATE jobs SET status = 'RUNNING', locked_by = 'w', attempts = 1, "
-        "lease_id = txid_current(), locked_at = now() "
+        "lease_id = txid_current(), locked_at = now() - interval '1 hour' "
         "WHERE id IN (SELECT id FROM jobs WHERE status = 'READY' ORDER BY id LIMIT 500) "
         "RETURNING id, lease_id"
     )
@@ -291,13 +293,17 @@ async def test_moves_by_claim_find_their_rows_by_the_primary_key_after_a_quiet_s
         )
     finally:
         await tx.rollback()
-    nodes = _nodes(json.loads(raw)[0]["Plan"])
+    plan = json.loads(raw)[0]["Plan"]
+    nodes = _nodes(plan)
+    # (The reaper finds stale claims through jobs_running on purpose; its UPDATE must not.)
     scans = [n for n in nodes if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]]
+    if name == "reap_stale":
+        scans = _update_scans(plan)
     assert {n.get("Index Name") for n in scans} == {"jobs_pkey"}
     rescanned = [n for n in nodes if n["Node Type"] == "Function Scan" and n["Actual Loops"] > 1]
     assert not rescanned, "each claim is read once, not once per row"
-    found = sum(n["Actual Rows"] for n in scans)
-    batches = ("mark_done_batch", "release", "heartbeat", "still_owned")
+    found = sum(n["Actual Rows"] * n["Actual Loops"] for n in scans)
+    batches = ("mark_done_batch", "release", "heartbeat", "still_owned", "reap_stale")
     assert found == (500 if name in batches else 0 if name == "run_now" else 1)
 
 

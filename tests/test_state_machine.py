@@ -110,6 +110,12 @@ async def test_late_ack_after_cancel_never_resurrects(store: PgJobStore, other: 
     assert await other.cancel(job_id)
     assert await store.mark_error(job, "handler raised after cancel") is None
     assert not await store.mark_done(job, {"late": True})
+    # Cancel keeps the claim's owner, attempt and lease: only the status test stops a
+    # completion in a batch (as with any job another worker's batch completes).
+    other_id = await store.enqueue("t")
+    other_job = await picked(store, "worker-a")
+    moved = await store.mark_done_batch([(job, '{"late": true}', 1), (other_job, "null", 1)])
+    assert moved == {(other_id, other_job.lease_id)}
     assert await store.release([job], "shutdown") == []
     assert await other.reap_stale(timedelta(0)) == []
     assert await store.pickup("worker-a") is None

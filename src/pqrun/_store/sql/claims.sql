@@ -191,8 +191,10 @@ SELECT pg_notify($1, '')
 -- statement inserted) left a job behind: one of that type, in that id range, still
 -- READY and due. Asked a moment after a notification by a worker whose turn it was,
 -- when some workers were not woken; if one was left, every worker is woken. LATERAL and
--- LIMIT 1 per hint keep it a short scan of the primary key from the first id, however
--- big the table (the planner cannot see the ranges' sizes through unnest). A job of a
+-- LIMIT 1 per hint stop each look at the first job found (the planner cannot see the
+-- ranges' sizes through unnest): by the primary key from the first id, or, when the
+-- statistics show few READY jobs, through the pickup index, the smaller read when most
+-- of the range was claimed already (not forced either way). A job of a
 -- paused type is not left behind: no claim would take it, so waking every worker for it
 -- would only make each of them claim nothing.
 -- Guard: a read without locks; moves nothing.

@@ -33,12 +33,13 @@ FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[], $5::text[],
      AS d(id, locked_by, attempts, lease_id, result, duration_ms)
 WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
   AND j.id = d.id
-  -- Every guard is a test of the joined pair (the CASE is 'RUNNING': d.id is never NULL),
-  -- none of jobs alone. A test of jobs alone makes the planner count the rows it finds
-  -- by the statistics, which after a quiet spell show almost no RUNNING job: it took the
-  -- 500 rows for one, joined them by a nested loop that read all of d for each (160 ms,
-  -- not 8), or found them through jobs_running, stepping over the dead entry of every
-  -- claim since the last vacuum (150-260 ms a batch under autovacuum).
+  -- Every guard is a test of the joined pair (the CASE is 'RUNNING': d.id is never NULL
+  -- on a joined row), none of jobs alone. A test of jobs alone makes the planner count
+  -- the rows it finds by the statistics, which after a quiet spell show almost no
+  -- RUNNING job: it took the 500 rows for one, joined them by a nested loop that read all
+  -- of d for each (160 ms, not 8), or found them through jobs_running, stepping over the
+  -- dead entry of every claim since the last vacuum (150-260 ms a batch under
+  -- autovacuum).
   AND j.status = CASE WHEN d.id IS NOT NULL THEN 'RUNNING' END
   AND j.locked_by = d.locked_by AND j.attempts = d.attempts AND j.lease_id = d.lease_id
 RETURNING j.id, j.lease_id

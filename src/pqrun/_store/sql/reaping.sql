@@ -110,7 +110,9 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'FAILED' ELSE 'READY' E
     updated_at = now()
 FROM stale
 WHERE j.id = stale.id
-  AND j.status = 'RUNNING' AND j.locked_by IS NOT DISTINCT FROM stale.locked_by
+  -- COLLATE "C": by the primary key, not through jobs_running (its dead entries), as in
+  -- outcomes.sql's mark_done (stale found its rows through that index already).
+  AND j.status = 'RUNNING' COLLATE "C" AND j.locked_by IS NOT DISTINCT FROM stale.locked_by
   AND j.attempts = stale.attempts AND j.lease_id IS NOT DISTINCT FROM stale.lease_id
 RETURNING j.id, j.status, stale.locked_by, j.attempts, j.job_type
 
