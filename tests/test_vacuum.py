@@ -341,3 +341,20 @@ async def test_a_worker_gathers_statistics_for_a_queue_that_has_none(
         await worker.stop()
         await store.close()
     assert not await _claim_plan_sorts(conn)
+
+
+@pytest.mark.parametrize("vacuum_enabled", [True, False])
+async def test_drain_gathers_statistics_first_on_a_queue_that_has_none(
+    dsn: str, schemas: Callable[[], str], monkeypatch: pytest.MonkeyPatch, vacuum_enabled: bool
+) -> None:
+    # drain() runs no vacuumer: it looks once, before its first claim.
+    monkeypatch.setenv("WORKER_VACUUM_ENABLED", str(vacuum_enabled).lower())
+    store = PgJobStore(dsn, schema=schemas())
+    await store.setup()
+    try:
+        await store.enqueue_many([{"job_type": "t"}] * 3000)
+        assert not (await store.vacuum_stats()).has_statistics
+        assert await Worker(store=store, handlers={"t": lambda ctx: None}).drain() == 3000
+        assert (await store.vacuum_stats()).has_statistics is vacuum_enabled
+    finally:
+        await store.close()

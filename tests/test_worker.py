@@ -677,6 +677,6 @@ async def test_a_worker_takes_any_store_with_what_it_uses(store: PgJobStore) -> 
         async def pickup_batch(self) -> None: ...
 
     with pytest.raises(
-        TypeError, match=r"HalfAStore lacks add_type_minutes, cancel, channel, close"
+        TypeError, match=r"HalfAStore lacks add_type_minutes, analyze, cancel, channel, close"
     ):
         Worker(HalfAStore(), {"job": job})  # type: ignore[arg-type]

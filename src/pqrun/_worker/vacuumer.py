@@ -143,3 +143,16 @@ class Vacuumer:
         self._refused = None
         logger.debug("worker %s vacuumed the jobs table in %.2f s", self._settings.worker_id, took)
         return VACUUM_CHECK_INTERVAL
+
+
+async def gather_missing_statistics(settings: WorkerSettings, store: WorkerStore) -> None:
+    """For drain(), which runs no vacuumer: gather the jobs table's statistics first if it
+    has none, so that its claims walk the pickup index. An empty table costs an ANALYZE
+    that finds nothing (a millisecond); a role that may not analyze is left as it is."""
+    if not settings.enable_vacuum:
+        return
+    try:
+        if not (await store.vacuum_stats()).has_statistics:
+            await store.analyze()
+    except (NotPermitted, asyncpg.PostgresError) as exc:
+        logger.debug("drain() runs without the jobs table's statistics: %s", exc)
