@@ -117,13 +117,21 @@ async def bench_schema(dsn: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
         await admin.close()
 
 
-async def _fill(dsn: str, settings: dict[str, str], jobs: int, job_type: str = "noop") -> None:
+async def _fill(
+    dsn: str,
+    settings: dict[str, str],
+    jobs: int,
+    job_type: str = "noop",
+    *,
+    analyze: bool = True,
+) -> None:
     conn = await asyncpg.connect(dsn, server_settings=settings)
     try:
         await conn.execute(
             "INSERT INTO jobs (job_type) SELECT $1 FROM generate_series(1, $2)", job_type, jobs
         )
-        await conn.execute("VACUUM ANALYZE jobs")
+        if analyze:
+            await conn.execute("VACUUM ANALYZE jobs")
     finally:
         await conn.close()
 
@@ -134,15 +142,18 @@ async def bench_drain(
     concurrency: int | None,
     metrics: bool = False,
     sleep_ms: float = 0.0,
+    new_queue: bool = False,
 ) -> dict[str, Any]:
     """Drain ``jobs`` queued no-op jobs with one worker at its default settings.
 
     ``metrics``: count them in Prometheus metrics too (a registry of its own).
+    ``new_queue``: leave the filled table without statistics, as a new queue's first
+    backlog is (else it is vacuumed and analyzed first).
     ``sleep_ms``: each handler awaits ``asyncio.sleep`` that long (an I/O-bound job); the
     ceiling is then concurrency / sleep jobs per second.
     """
     async with bench_schema(dsn) as (_, settings):
-        await _fill(dsn, settings, jobs)
+        await _fill(dsn, settings, jobs, analyze=not new_queue)
         done = 0
         progress = Progress("drain", jobs)
 
@@ -430,7 +441,7 @@ async def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> d
         for mode in modes:
             if mode == "drain":
                 result = await bench_drain(
-                    dsn, args.jobs, args.concurrency, args.metrics, args.sleep_ms
+                    dsn, args.jobs, args.concurrency, args.metrics, args.sleep_ms, args.new_queue
                 )
             elif mode == "continuous":
                 result = await bench_continuous(dsn, args.seconds, args.batch, args.concurrency)
@@ -461,6 +472,11 @@ def parser(prog: str = "pqrun bench") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sleep-ms", type=float, default=0.0, help="drain: each handler sleeps this long"
+    )
+    p.add_argument(
+        "--new-queue",
+        action="store_true",
+        help="drain: the queued jobs' table is not analyzed first (a new queue's backlog)",
     )
     p.add_argument("--seconds", type=float, default=30.0, help="continuous: run time")
     p.add_argument("--batch", type=int, default=100, help="continuous: jobs per enqueue")
