@@ -32,7 +32,6 @@ from ._worker.parts import WorkerParts
 from ._worker.settings import WorkerSettings, default_worker_id, encodable_schedules
 from ._worker.shutdown import abandon, drain_unwritten, finish_drain, shut_down
 from ._worker.store_protocol import WorkerStore, check_store
-from ._worker.vacuumer import gather_missing_statistics
 from .errors import DatabaseUnavailable, UnknownJobType
 from .handlers import Handler, Handlers, as_handlers
 from .policies import BackoffPolicy, IdlePollPolicy, LoopErrorPolicy
@@ -399,9 +398,7 @@ class Worker:
         await self.store.start()
         self._reset()
         parts = self._parts
-        await gather_missing_statistics(parts.settings, parts.store)
-        parts.start_slots()
-        parts.start_heartbeats()
+        await parts.start_drain()
         finished = False
         try:
             # False when a slot failed and stopped the worker: that is an error too.

@@ -17,7 +17,7 @@ from .connections import Connection
 from .own_connections import can_have_sessions, dedicated_connection, session_connection
 from .queries import query
 from .schema_objects import SCHEMA_OBJECTS, missing_objects
-from .session_settings import per_transaction, quote_ident
+from .session_settings import SET_LOCAL, per_transaction, quote_ident
 
 if TYPE_CHECKING:
     from .connections import StoreConnections
@@ -31,6 +31,7 @@ VACUUM_STATE = query("vacuum_state")
 VACUUM_JOBS = query("vacuum_jobs")
 LOCK_WAITERS = query("lock_waiters")
 ANALYZE_JOBS = query("analyze_jobs")
+JOBS_STATISTICS = query("jobs_statistics")
 # Seconds between looks, while a vacuum runs, for someone waiting for the table's lock.
 LOCK_WATCH_INTERVAL = 0.2
 # What VACUUM says, as a WARNING, when it did not vacuum: the table was locked
@@ -53,10 +54,6 @@ class VacuumStats:
     seconds_since_vacuum: float | None
     #: Whether a vacuum of the table (anyone's, autovacuum's too) runs now.
     vacuuming: bool
-    #: Whether the planner has statistics on the table (from an ANALYZE that found rows).
-    has_statistics: bool = True
-    #: Rows in the table, as the statistics count them.
-    live_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +120,21 @@ class MaintenanceMethods:
             vacuums=int(state["vacuums"]),
             seconds_since_vacuum=state["seconds_since_vacuum"],
             vacuuming=bool(state["vacuuming"]),
-            has_statistics=bool(state["has_statistics"]),
-            live_rows=int(state["live_rows"]),
         )
 
-    async def analyze(self) -> None:
-        """Gather the planner's statistics on the jobs table (``ANALYZE``), unless a
-        vacuum or another ANALYZE holds it now (then it does nothing).
+    async def analyze(self, *, if_missing: bool = False) -> bool:
+        """Gather the planner's statistics on the jobs table (``ANALYZE``, skipped while a
+        vacuum or another ANALYZE holds it); return whether the table has them now.
 
-        Workers call it when the table has none (a new queue with autovacuum off or not
-        yet round): without them the planner takes READY jobs for rare, and each claim
-        among thousands of them sorts them all. Raises NotPermitted when this role may
-        not (the same roles as for ``vacuum()``).
+        ``if_missing``: only if it has none and holds rows, as workers and ``drain()`` do:
+        without them the planner takes READY jobs for rare, and each claim among a
+        backlog of them sorts them all. Raises NotPermitted when this role may not (the
+        same roles as for ``vacuum()``).
         """
+        if if_missing:
+            known = await self._statistics()
+            if known["has_statistics"] or not known["has_rows"]:
+                return bool(known["has_statistics"])
         state = await self._vacuum_state()
         if not state["may_vacuum"]:
             raise NotPermitted(
@@ -144,10 +143,17 @@ class MaintenanceMethods:
                 "MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or run "
                 "ANALYZE as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
             )
-        # Not in the caller's transaction: statistics gathered there would be rolled
-        # back with it.
+        # Not in the caller's transaction (its statistics would go with a rollback), and
+        # without a timeout on either side, as for vacuum(): a sample read from a big,
+        # cold table may take a while, and one cut short every time would never land.
+        async with self._db.acquire(join=False) as conn, conn.transaction():
+            await conn.fetchval(SET_LOCAL, ["statement_timeout"], ["0"])
+            await conn.execute(self._db.sql(ANALYZE_JOBS))
+        return bool((await self._statistics())["has_statistics"])
+
+    async def _statistics(self) -> Any:
         async with self._db.acquire(join=False) as conn:
-            await conn.execute(self._db.sql(ANALYZE_JOBS), timeout=self._db.statement_timeout)
+            return await conn.fetchrow(JOBS_STATISTICS, timeout=self._db.statement_timeout)
 
     async def vacuum(self, *, min_seconds_between: float = 0.0) -> bool:
         """Vacuum the jobs table and its indexes, unless the last vacuum run by hand

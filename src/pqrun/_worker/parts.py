@@ -37,7 +37,7 @@ from .scheduler import Scheduler
 from .settings import WorkerSettings
 from .store_protocol import WorkerStore
 from .type_stats import TypeStats
-from .vacuumer import Vacuumer
+from .vacuumer import Vacuumer, gather_missing_statistics
 from .wake_turns import WakeRoster
 
 
@@ -128,6 +128,13 @@ class WorkerParts:
 
     def start_heartbeats(self) -> None:
         self.liveness.start(self.life.spawn)
+
+    async def start_drain(self) -> None:
+        """drain()'s start: the table's statistics first if it has none (a drain runs no
+        vacuumer to gather them), then the slots and the heartbeats."""
+        await gather_missing_statistics(self.settings, self.store)
+        self.start_slots()
+        self.start_heartbeats()
 
     def start_loops(self) -> None:
         """The fetcher, the counts per type, and the reaper, pruner, vacuumer, listener and

@@ -23,8 +23,8 @@ DDL or TRUNCATE waiting for the table (store.vacuum).
 It also gathers the planner's statistics when the table has none and holds rows (a new
 queue, with autovacuum off or before its first round): without them the planner takes
 READY jobs for rare, and a claim among a backlog of them sorts them all (97 ms for 500 of
-200,000) instead of walking the pickup index (5 ms). Statistics gathered once are enough:
-stale ones still lead to the index walk.
+200,000) instead of walking the pickup index (5 ms). Statistics gathered once are enough
+(stale ones still lead to the index walk): once they are there, a worker stops looking.
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ VACUUM_CHECK_INTERVAL = 1.0
 # until this worker has vacuumed once, VACUUM_FIRST_GAP seconds.
 VACUUM_GAP_FACTOR = 9.0
 VACUUM_FIRST_GAP = 5.0
-# Seconds between two ANALYZEs of a table that still has no statistics (another worker's,
-# a vacuum, held it; or it had no rows to sample by then).
+# Seconds between two looks for the statistics of a table that has none yet (empty, or
+# held by a vacuum or another ANALYZE when this one came, or a column set to gather
+# none): twice as long each time, up to the cap.
 ANALYZE_RETRY_AFTER = 5.0
+ANALYZE_RETRY_MAX = 30.0
 # Seconds to wait after a failed look or vacuum (an outage is the fetcher's to back off
 # from and to report; this loop only waits its turn).
 VACUUM_RETRY_AFTER = 10.0
@@ -69,7 +71,9 @@ class Vacuumer:
         self._vacuums: int | None = None  # vacuums by hand seen so far
         self._changes_then = 0  # the table's changes when the last of them ended
         self._refused: str | None = None  # the last refusal logged (once each)
-        self._analyzed_at: float | None = None  # monotonic time of this worker's last ANALYZE
+        self._has_statistics = False  # once they are there, a worker no longer looks
+        self._statistics_look_at = 0.0  # monotonic time of the next look for them
+        self._statistics_gap = ANALYZE_RETRY_AFTER
 
     async def run(self) -> None:
         await self._life.repeat(
@@ -97,16 +101,29 @@ class Vacuumer:
                 )
             return VACUUM_RETRY_AFTER
 
+    async def _gather_statistics(self) -> None:
+        """ANALYZE a table that holds rows but has no statistics. Its own failures are
+        not the vacuum's: they are logged (debug) and the vacuum's turn comes all the
+        same; a role that may not gives up on it, and is told so if it may not vacuum."""
+        if self._has_statistics or time.monotonic() < self._statistics_look_at:
+            return
+        try:
+            self._has_statistics = await self._store.analyze(if_missing=True)
+        except NotPermitted as exc:
+            self._has_statistics = True  # not for this role: the vacuum's warning says so
+            logger.debug("worker %s does not analyze: %s", self._settings.worker_id, exc)
+        except Exception as exc:
+            logger.debug(
+                "worker %s could not analyze the jobs table: %s: %s",
+                self._settings.worker_id, type(exc).__name__, exc,
+            )  # fmt: skip
+        if not self._has_statistics:
+            self._statistics_look_at = time.monotonic() + self._statistics_gap
+            self._statistics_gap = min(self._statistics_gap * 2, ANALYZE_RETRY_MAX)
+
     async def _look_and_vacuum(self) -> float:
+        await self._gather_statistics()
         stats = await self._store.vacuum_stats()
-        if not stats.has_statistics and stats.live_rows > 0:
-            now = time.monotonic()
-            if self._analyzed_at is None or now - self._analyzed_at >= ANALYZE_RETRY_AFTER:
-                self._analyzed_at = now
-                await self._store.analyze()
-                logger.debug(
-                    "worker %s gathered the jobs table's statistics", self._settings.worker_id
-                )
         if self._vacuums is None:
             # Started now: count the dead rows already there as changes since a vacuum.
             self._changes_then = stats.changes - stats.dead_rows
@@ -152,7 +169,6 @@ async def gather_missing_statistics(settings: WorkerSettings, store: WorkerStore
     if not settings.enable_vacuum:
         return
     try:
-        if not (await store.vacuum_stats()).has_statistics:
-            await store.analyze()
-    except (NotPermitted, asyncpg.PostgresError) as exc:
+        await store.analyze(if_missing=True)
+    except Exception as exc:  # best effort: a real outage is the first claim's to report
         logger.debug("drain() runs without the jobs table's statistics: %s", exc)

@@ -86,10 +86,6 @@ SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)
 -- may_vacuum: whether this role may: the owner of the table or of the database (or a
 --   member of that role; superusers are members of every role) and, from PostgreSQL 17,
 --   a role with the MAINTAIN privilege on it.
--- has_statistics: whether the planner has statistics on jobs.status, which only ANALYZE
---   gathers (from rows there at the time). Without them it takes READY jobs for rare, and
---   a claim among thousands of them sorts them all instead of walking the pickup index.
--- live_rows: the rows the statistics count in the table now.
 -- Guard: a read of the statistics and catalogs; moves nothing.
 SELECT COALESCE(s.n_dead_tup, 0) AS dead_rows,
        COALESCE(s.n_tup_upd + s.n_tup_del, 0) AS changes,
@@ -101,15 +97,29 @@ SELECT COALESCE(s.n_dead_tup, 0) AS dead_rows,
        OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()),
                       'USAGE')
        OR (current_setting('server_version_num')::integer >= 170000
-           AND has_table_privilege(c.oid, 'MAINTAIN')) AS may_vacuum,
-       EXISTS (SELECT 1 FROM pg_stats AS st
-               WHERE st.schemaname = n.nspname AND st.tablename = c.relname
-                 AND st.attname = 'status') AS has_statistics,
-       COALESCE(s.n_live_tup, 0) AS live_rows
+           AND has_table_privilege(c.oid, 'MAINTAIN')) AS may_vacuum
 FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
 WHERE c.oid = to_regclass('jobs')
+
+-- name: jobs_statistics
+-- has_statistics: whether the planner has statistics on jobs.status, which only ANALYZE
+--   gathers (from the rows there at the time). Without them it takes READY jobs for rare,
+--   and a claim among thousands of them sorts them all instead of walking the pickup
+--   index. (pg_stats is matched by name, which costs more the more tables are named jobs:
+--   workers ask only until the answer is yes.)
+-- has_rows: whether the table holds a row, read from the table itself (the statistics
+--   views may have been reset).
+-- Guard: a read of the catalogs and of one row at most, without locks; moves nothing.
+-- pg_stats is only read for a table that holds rows (AND stops at the first false).
+SELECT r.has_rows,
+       r.has_rows AND EXISTS (
+           SELECT 1
+           FROM pg_class AS c
+           JOIN pg_namespace AS n ON n.oid = c.relnamespace
+           JOIN pg_stats AS st ON st.schemaname = n.nspname AND st.tablename = c.relname
+           WHERE c.oid = to_regclass('jobs') AND st.attname = 'status') AS has_statistics
+FROM (SELECT EXISTS (SELECT 1 FROM jobs) AS has_rows) AS r
 
 -- name: vacuum_jobs
 -- Removes the dead row versions of jobs and their index entries. INDEX_CLEANUP ON: on a
@@ -127,8 +137,11 @@ VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) jobs
 -- name: analyze_jobs
 -- Gathers the planner's statistics on jobs (a sample of at most 30,000 rows at the
 -- default statistics target: quick whatever the table's size). SKIP_LOCKED: while a
--- vacuum or another ANALYZE holds the table, this does nothing (a WARNING, 55P03).
--- Guard: moves no job; reads a sample of rows without locking them.
+-- vacuum or another ANALYZE holds the table, this does nothing (a WARNING, 55P03). Run
+-- with statement_timeout 0 (SET LOCAL), as the vacuum is: a timeout set for the role or
+-- database must not cut every one short on a big, cold table.
+-- Guard: moves no job; reads a sample of rows without locking them. DDL on jobs waits
+-- for it while it runs (less than a second on a warm table; once per table).
 ANALYZE (SKIP_LOCKED) jobs
 
 -- name: lock_waiters
