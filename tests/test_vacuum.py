@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,6 +26,15 @@ VACUUMS = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'jobs'::re
 
 def busy_worker(store: PgJobStore) -> Worker:
     return Worker(store=store, handlers={"t": lambda ctx: None}, concurrency=4, **QUICK)
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
 
 
 async def wait_for_a_vacuum(conn: asyncpg.Connection, before: int) -> None:
@@ -50,9 +60,7 @@ async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
     monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 400)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
     before = await conn.fetchval(VACUUMS) or 0
-    worker = busy_worker(store)
-    await worker.start()
-    try:
+    async with running(busy_worker(store)) as worker:
         await run_jobs(store, conn, worker, 1000)  # 2,000 dead row versions
 
         await wait_for_a_vacuum(conn, before)
@@ -61,8 +69,6 @@ async def test_a_worker_vacuums_the_table_once_dead_rows_pile_up(
             return (await store.vacuum_stats()).dead_rows < 400
 
         await wait_until(few_dead_left, within=60)
-    finally:
-        await worker.stop()
 
 
 async def test_the_off_switch_leaves_vacuuming_to_autovacuum(
@@ -405,12 +411,8 @@ async def test_a_failing_analyze_keeps_neither_the_vacuum_nor_a_drain_from_their
         assert await busy_worker(store).drain() == 200
         await conn.execute("DELETE FROM jobs")
         before = await conn.fetchval(VACUUMS) or 0
-        worker = busy_worker(store)
-        await worker.start()
-        try:
+        async with running(busy_worker(store)) as worker:
             await run_jobs(store, conn, worker, 1000)
             await wait_for_a_vacuum(conn, before)
-        finally:
-            await worker.stop()
     finally:
         await store.close()
