@@ -377,6 +377,7 @@ async def test_drain_gathers_statistics_first_on_a_queue_that_has_none(
     await store.setup()
     await conn.execute(f'ALTER TABLE "{schema}".jobs SET (autovacuum_enabled = off)')
     try:
+        assert await store.analyze(if_missing=True) is None  # empty: nothing to tell
         await store.enqueue_many([{"job_type": "t"}] * 3000)
         assert not await _has_statistics(conn, schema)
         assert await Worker(store=store, handlers={"t": lambda ctx: None}).drain() == 3000

@@ -32,6 +32,8 @@ VACUUM_JOBS = query("vacuum_jobs")
 LOCK_WAITERS = query("lock_waiters")
 ANALYZE_JOBS = query("analyze_jobs")
 JOBS_STATISTICS = query("jobs_statistics")
+# The longest an ANALYZE of the jobs table may run (seconds): a sample of 30,000 rows.
+ANALYZE_SECONDS = 60
 # Seconds between looks, while a vacuum runs, for someone waiting for the table's lock.
 LOCK_WATCH_INTERVAL = 0.2
 # What VACUUM says, as a WARNING, when it did not vacuum: the table was locked
@@ -122,9 +124,11 @@ class MaintenanceMethods:
             vacuuming=bool(state["vacuuming"]),
         )
 
-    async def analyze(self, *, if_missing: bool = False) -> bool:
+    async def analyze(self, *, if_missing: bool = False) -> bool | None:
         """Gather the planner's statistics on the jobs table (``ANALYZE``, skipped while a
-        vacuum or another ANALYZE holds it); return whether the table has them now.
+        vacuum or another ANALYZE holds it). Returns whether the table has statistics
+        now, or None while it holds no rows (nothing to gather them from, nothing to plan
+        a claim among).
 
         ``if_missing``: only if it has none and holds rows, as workers and ``drain()`` do:
         without them the planner takes READY jobs for rare, and each claim among a
@@ -134,7 +138,7 @@ class MaintenanceMethods:
         if if_missing:
             known = await self._statistics()
             if known["has_statistics"] or not known["has_rows"]:
-                return bool(known["has_statistics"])
+                return _has_statistics(known)
         state = await self._vacuum_state()
         if not state["may_vacuum"]:
             raise NotPermitted(
@@ -143,13 +147,14 @@ class MaintenanceMethods:
                 "MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or run "
                 "ANALYZE as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
             )
-        # Not in the caller's transaction (its statistics would go with a rollback), and
-        # without a timeout on either side, as for vacuum(): a sample read from a big,
-        # cold table may take a while, and one cut short every time would never land.
+        # Not in the caller's transaction (its statistics would go with a rollback), with
+        # a timeout of its own on both sides rather than the store's or the role's: a
+        # sample read from a big, cold table may take a while, and one cut short every
+        # time would never land; but DDL on jobs waits for it, so not for ever.
         async with self._db.acquire(join=False) as conn, conn.transaction():
-            await conn.fetchval(SET_LOCAL, ["statement_timeout"], ["0"])
-            await conn.execute(self._db.sql(ANALYZE_JOBS))
-        return bool((await self._statistics())["has_statistics"])
+            await conn.fetchval(SET_LOCAL, ["statement_timeout"], [f"{ANALYZE_SECONDS * 1000:.0f}"])
+            await conn.execute(self._db.sql(ANALYZE_JOBS), timeout=ANALYZE_SECONDS + 5)
+        return _has_statistics(await self._statistics())
 
     async def _statistics(self) -> Any:
         async with self._db.acquire(join=False) as conn:
@@ -299,3 +304,8 @@ async def _close(conn: Connection) -> None:
         await conn.close(timeout=5)
     except Exception:
         conn.terminate()
+
+
+def _has_statistics(known: Any) -> bool | None:
+    """jobs_statistics' answer: None for a table without rows, else whether it has them."""
+    return bool(known["has_statistics"]) if known["has_rows"] else None

@@ -52,11 +52,12 @@ VACUUM_CHECK_INTERVAL = 1.0
 # until this worker has vacuumed once, VACUUM_FIRST_GAP seconds.
 VACUUM_GAP_FACTOR = 9.0
 VACUUM_FIRST_GAP = 5.0
-# Seconds between two looks for the statistics of a table that has none yet (empty, or
-# held by a vacuum or another ANALYZE when this one came, or a column set to gather
-# none): twice as long each time, up to the cap.
+# Seconds between two looks for the statistics of a table that has none yet. While it
+# is empty, always this; after an ANALYZE that left none (a vacuum or another ANALYZE
+# held the table, it failed, or the column is set to gather none), twice as long each
+# time, up to the cap.
 ANALYZE_RETRY_AFTER = 5.0
-ANALYZE_RETRY_MAX = 30.0
+ANALYZE_RETRY_MAX = 300.0
 # Seconds to wait after a failed look or vacuum (an outage is the fetcher's to back off
 # from and to report; this loop only waits its turn).
 VACUUM_RETRY_AFTER = 10.0
@@ -103,21 +104,31 @@ class Vacuumer:
 
     async def _gather_statistics(self) -> None:
         """ANALYZE a table that holds rows but has no statistics. Its own failures are
-        not the vacuum's: they are logged (debug) and the vacuum's turn comes all the
-        same; a role that may not gives up on it, and is told so if it may not vacuum."""
+        not the vacuum's: they are logged and the vacuum's turn comes all the same. A role
+        that may not is told once, and leaves it to autovacuum."""
         if self._has_statistics or time.monotonic() < self._statistics_look_at:
             return
+        has: bool | None = False
         try:
-            self._has_statistics = await self._store.analyze(if_missing=True)
+            has = await self._store.analyze(if_missing=True)
         except NotPermitted as exc:
-            self._has_statistics = True  # not for this role: the vacuum's warning says so
-            logger.debug("worker %s does not analyze: %s", self._settings.worker_id, exc)
+            self._has_statistics = True  # not for this role: never again in this run
+            logger.info(
+                "worker %s does not gather the jobs table's statistics (autovacuum "
+                "does, where it runs): %s",
+                self._settings.worker_id, exc,
+            )  # fmt: skip
+            return
         except Exception as exc:
             logger.debug(
                 "worker %s could not analyze the jobs table: %s: %s",
                 self._settings.worker_id, type(exc).__name__, exc,
             )  # fmt: skip
-        if not self._has_statistics:
+        if has:
+            self._has_statistics = True
+        elif has is None:  # empty: look again soon, a backlog may come any time
+            self._statistics_look_at = time.monotonic() + ANALYZE_RETRY_AFTER
+        else:
             self._statistics_look_at = time.monotonic() + self._statistics_gap
             self._statistics_gap = min(self._statistics_gap * 2, ANALYZE_RETRY_MAX)
 

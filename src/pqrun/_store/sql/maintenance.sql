@@ -111,7 +111,9 @@ WHERE c.oid = to_regclass('jobs')
 -- has_rows: whether the table holds a row, read from the table itself (the statistics
 --   views may have been reset).
 -- Guard: a read of the catalogs and of one row at most, without locks; moves nothing.
--- pg_stats is only read for a table that holds rows (AND stops at the first false).
+-- pg_stats is only read for a table that holds rows (AND stops at the first false);
+-- MATERIALIZED, so that the table is looked at once.
+WITH r AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM jobs) AS has_rows)
 SELECT r.has_rows,
        r.has_rows AND EXISTS (
            SELECT 1
@@ -119,7 +121,7 @@ SELECT r.has_rows,
            JOIN pg_namespace AS n ON n.oid = c.relnamespace
            JOIN pg_stats AS st ON st.schemaname = n.nspname AND st.tablename = c.relname
            WHERE c.oid = to_regclass('jobs') AND st.attname = 'status') AS has_statistics
-FROM (SELECT EXISTS (SELECT 1 FROM jobs) AS has_rows) AS r
+FROM r
 
 -- name: vacuum_jobs
 -- Removes the dead row versions of jobs and their index entries. INDEX_CLEANUP ON: on a
@@ -138,10 +140,11 @@ VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) jobs
 -- Gathers the planner's statistics on jobs (a sample of at most 30,000 rows at the
 -- default statistics target: quick whatever the table's size). SKIP_LOCKED: while a
 -- vacuum or another ANALYZE holds the table, this does nothing (a WARNING, 55P03). Run
--- with statement_timeout 0 (SET LOCAL), as the vacuum is: a timeout set for the role or
--- database must not cut every one short on a big, cold table.
+-- with a statement_timeout of its own (SET LOCAL, 60 s): a shorter one set for the role
+-- or database must not cut every one short on a big, cold table.
 -- Guard: moves no job; reads a sample of rows without locking them. DDL on jobs waits
--- for it while it runs (less than a second on a warm table; once per table).
+-- for it while it runs (less than a second on a warm table; once per table; 60 s at
+-- most).
 ANALYZE (SKIP_LOCKED) jobs
 
 -- name: lock_waiters
