@@ -175,8 +175,8 @@ class Vacuumer:
 
 async def gather_missing_statistics(settings: WorkerSettings, store: WorkerStore) -> None:
     """For drain(), which runs no vacuumer: gather the jobs table's statistics first if it
-    has none, so that its claims walk the pickup index. An empty table costs an ANALYZE
-    that finds nothing (a millisecond); a role that may not analyze is left as it is."""
+    holds rows but has none, so that its claims walk the pickup index. Otherwise it costs
+    one look; a failure, or a role that may not analyze, leaves the table as it is."""
     if not settings.enable_vacuum:
         return
     try:
