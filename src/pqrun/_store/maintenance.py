@@ -139,14 +139,7 @@ class MaintenanceMethods:
             known = await self._statistics()
             if known["has_statistics"] or not known["has_rows"]:
                 return _has_statistics(known)
-        state = await self._vacuum_state()
-        if not state["may_vacuum"]:
-            raise NotPermitted(
-                f"this role may not analyze the jobs table in {self._db.where()}: only its "
-                "owner or the database's owner may (or, on PostgreSQL 17+, a role with "
-                "MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or run "
-                "ANALYZE as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
-            )
+        self._refuse_unless_permitted(await self._vacuum_state(), "analyze", "run ANALYZE")
         # Not in the caller's transaction (its statistics would go with a rollback), with
         # a timeout of its own on both sides rather than the store's or the role's: a
         # sample read from a big, cold table may take a while, and one cut short every
@@ -155,6 +148,17 @@ class MaintenanceMethods:
             await conn.fetchval(SET_LOCAL, ["statement_timeout"], [f"{ANALYZE_SECONDS * 1000:.0f}"])
             await conn.execute(self._db.sql(ANALYZE_JOBS), timeout=ANALYZE_SECONDS + 5)
         return _has_statistics(await self._statistics())
+
+    def _refuse_unless_permitted(self, state: Any, verb: str, fix: str) -> None:
+        """NotPermitted, naming the roles that may, unless vacuum_state says this one may
+        ``verb`` the jobs table (the same roles for VACUUM and ANALYZE)."""
+        if not state["may_vacuum"]:
+            raise NotPermitted(
+                f"this role may not {verb} the jobs table in {self._db.where()}: only its "
+                "owner or the database's owner may (or, on PostgreSQL 17+, a role with "
+                f"MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or {fix} "
+                "as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
+            )
 
     async def _statistics(self) -> Any:
         async with self._db.acquire(join=False) as conn:
@@ -179,13 +183,7 @@ class MaintenanceMethods:
                 "(docs/operations.md); WORKER_VACUUM_ENABLED=false stops workers trying"
             )
         state = await self._vacuum_state()
-        if not state["may_vacuum"]:
-            raise NotPermitted(
-                f"this role may not vacuum the jobs table in {self._db.where()}: only its "
-                "owner or the database's owner may (or, on PostgreSQL 17+, a role with "
-                "MAINTAIN on it). Leave it to autovacuum (docs/operations.md), or vacuum "
-                "as the owner; WORKER_VACUUM_ENABLED=false stops workers trying"
-            )
+        self._refuse_unless_permitted(state, "vacuum", "vacuum")
         since = state["seconds_since_vacuum"]
         if state["vacuuming"] or (since is not None and since < min_seconds_between):
             return False
