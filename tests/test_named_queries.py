@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -216,7 +217,8 @@ async def test_a_claimed_job_is_the_row_as_its_claim_left_it(store: PgJobStore) 
     assert claimed == [await store.get_job(job_id)]
     assert claimed[0].status is JobStatus.RUNNING
     assert claimed[0].locked_by == "w-1"
-    assert type(job_from_claim(dict.fromkeys(CLAIM_COLUMNS) | {"payload": "{}"}, "w")) is Job
+    row = dict.fromkeys(CLAIM_COLUMNS) | {"payload": "{}", "locked_at": 0}
+    assert type(job_from_claim(row, "w")) is Job
 
 
 @pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
@@ -244,6 +246,85 @@ async def test_a_claimed_job_is_the_row_under_an_applications_updated_at_trigger
         else:
             claimed = await store.pickup_batch("w-1", ["t"], 10)
         assert claimed == [await store.get_job(job_id)]
+    finally:
+        await conn.execute("DROP TRIGGER app_touch ON jobs; DROP FUNCTION app_touch()")
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
+async def test_a_claimed_jobs_times_are_the_rows_to_the_microsecond(
+    store: PgJobStore, conn: asyncpg.Connection, limited: bool
+) -> None:
+    # The claim sends its times as microseconds since 1970 (CLAIM_TIMES), and the worker
+    # builds each distinct time once: every Job must still hold its own row's times,
+    # whatever the session's time zone, and two jobs must never share a time they don't.
+    moments = [
+        "0001-01-02 00:00:00.000001+00",
+        "1969-12-31 23:59:59.999999+00",
+        "2026-02-03 04:05:06.789012+05:45",
+        "2026-02-03 04:05:06.789013+05:45",
+        "9999-12-29 23:59:59.999999+00",
+    ]
+    await conn.execute("SET TimeZone TO 'Asia/Kathmandu'")
+    try:
+        ids = [
+            await conn.fetchval(
+                "INSERT INTO jobs (job_type, run_after, created_at, updated_at) "
+                "VALUES ('t', $1::text::timestamptz, $2::text::timestamptz, "
+                "$1::text::timestamptz) RETURNING id",
+                moments[0] if at.startswith("9999") else at,
+                at,
+            )
+            for at in moments
+        ]
+    finally:
+        await conn.execute("RESET TimeZone")
+
+    async def run(ctx: object) -> None: ...
+
+    for _ in range(2):  # the second claim builds its times from those the first left
+        if limited:
+            claimed, _ = await store.pickup_limited(
+                "w-1", "t", Handler(run, concurrency_limit=10), 10
+            )
+        else:
+            claimed = await store.pickup_batch("w-1", ["t"], 10)
+        rows = {job.id: await store.get_job(job.id) for job in claimed}
+        assert sorted(rows) == ids
+        for job in claimed:
+            row = rows[job.id]
+            assert row is not None
+            # updated_at is the claim's own time, as get_job reads it after the claim.
+            assert job == row, (job, row)
+            assert job.heartbeat_at == row.heartbeat_at == row.locked_at
+            assert job.run_after.tzinfo is not None
+            assert job.created_at.tzinfo is not None
+        assert {job.created_at for job in claimed} == {datetime.fromisoformat(at) for at in moments}
+        released = await store.release(claimed, None)
+        assert len(released) == len(ids)
+
+
+async def test_a_claim_reads_times_no_datetime_can_hold(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    # An application's trigger may set the claim's times to anything: the claim must
+    # neither fail (it would stall every claim) nor leave its jobs unreadable.
+    await conn.execute(
+        """
+        CREATE FUNCTION app_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.updated_at := 'infinity'; NEW.locked_at := '-infinity'; RETURN NEW; END $$;
+        CREATE TRIGGER app_touch BEFORE UPDATE ON jobs
+            FOR EACH ROW EXECUTE FUNCTION app_touch();
+        """
+    )
+    try:
+        job_id = await store.enqueue("t")
+        (job,) = await store.pickup_batch("w-1", ["t"], 10)
+        assert job.id == job_id
+        assert job.locked_at == datetime(1, 1, 2, tzinfo=UTC)
+        row = await store.get_job(job_id)
+        assert row is not None
+        assert job.updated_at == row.updated_at
+        assert await store.mark_done(job)
     finally:
         await conn.execute("DROP TRIGGER app_touch ON jobs; DROP FUNCTION app_touch()")
 
