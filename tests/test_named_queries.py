@@ -250,6 +250,9 @@ async def test_a_claimed_job_is_the_row_under_an_applications_updated_at_trigger
         await conn.execute("DROP TRIGGER app_touch ON jobs; DROP FUNCTION app_touch()")
 
 
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)  # the earliest time a claim sends back
+
+
 @pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
 async def test_a_claimed_jobs_times_are_the_rows_to_the_microsecond(
     store: PgJobStore, conn: asyncpg.Connection, limited: bool
@@ -303,30 +306,95 @@ async def test_a_claimed_jobs_times_are_the_rows_to_the_microsecond(
         assert len(released) == len(ids)
 
 
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)  # the latest time a claim sends back
+
+
+@pytest.mark.parametrize(
+    ("sets", "locked_at", "updated_at"),
+    [
+        ("NEW.updated_at := 'infinity'; NEW.locked_at := '-infinity';", EARLIEST, LATEST),
+        ("NEW.updated_at := '20000-01-01';", "the claim's", LATEST),
+        ("NEW.updated_at := 'infinity'; NEW.locked_at := 'infinity';", LATEST, LATEST),
+        ("NEW.locked_at := NULL;", None, "the row's"),
+    ],
+    ids=["apart", "updated_at_past_datetime", "both_infinity", "no_locked_at"],
+)
+@pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
 async def test_a_claim_reads_times_no_datetime_can_hold(
-    store: PgJobStore, conn: asyncpg.Connection
+    store: PgJobStore,
+    conn: asyncpg.Connection,
+    sets: str,
+    locked_at: object,
+    updated_at: object,
+    limited: bool,
 ) -> None:
     # An application's trigger may set the claim's times to anything: the claim must
-    # neither fail (it would stall every claim) nor leave its jobs unreadable.
+    # neither fail (a failed pickup_limited would stall its type at every claim) nor
+    # leave its jobs unreadable after it committed (pickup: stranded RUNNING).
     await conn.execute(
-        """
+        f"""
         CREATE FUNCTION app_touch() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN NEW.updated_at := 'infinity'; NEW.locked_at := '-infinity'; RETURN NEW; END $$;
+        BEGIN {sets} RETURN NEW; END $$;
         CREATE TRIGGER app_touch BEFORE UPDATE ON jobs
-            FOR EACH ROW EXECUTE FUNCTION app_touch();
+            FOR EACH ROW WHEN (NEW.status = 'RUNNING') EXECUTE FUNCTION app_touch();
         """
     )
+
+    async def run(ctx: object) -> None: ...
+
     try:
-        job_id = await store.enqueue("t")
-        (job,) = await store.pickup_batch("w-1", ["t"], 10)
-        assert job.id == job_id
-        assert job.locked_at == datetime(1, 1, 2, tzinfo=UTC)
-        row = await store.get_job(job_id)
-        assert row is not None
-        assert job.updated_at == row.updated_at
-        assert await store.mark_done(job)
+        first, second = await store.enqueue_many([{"job_type": "t"}, {"job_type": "t"}])
+        if limited:
+            claimed, _ = await store.pickup_limited(
+                "w-1", "t", Handler(run, concurrency_limit=5), 10
+            )
+        else:
+            claimed = await store.pickup_batch("w-1", ["t"], 10)
+        assert sorted(job.id for job in claimed) == [first, second]
+        for job in claimed:
+            if locked_at == "the claim's":
+                assert job.locked_at == job.heartbeat_at
+                assert job.locked_at is not None
+                assert job.locked_at.year > 2000
+            else:
+                assert job.locked_at == locked_at
+            if updated_at == "the row's":
+                row = await store.get_job(job.id)
+                assert row is not None
+                assert job.updated_at == row.updated_at
+            else:
+                assert job.updated_at == updated_at
+            assert await store.mark_done(job)
     finally:
         await conn.execute("DROP TRIGGER app_touch ON jobs; DROP FUNCTION app_touch()")
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
+async def test_a_claimed_job_is_the_row_on_a_pool_with_a_timestamptz_codec_of_its_own(
+    dsn: str, store: PgJobStore, limited: bool
+) -> None:
+    # A caller's pool may decode timestamptz its own way (here: as text): the claim's
+    # times must come as that pool decodes them, like the row's other times.
+    async def as_text(conn: asyncpg.Connection) -> None:
+        await conn.set_type_codec(
+            "timestamptz", schema="pg_catalog", encoder=str, decoder=str, format="text"
+        )
+
+    async def run(ctx: object) -> None: ...
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=as_text)
+    try:
+        own = PgJobStore(pool=pool)
+        job_id = await own.enqueue("t", {"a": 1})
+        if limited:
+            claimed, _ = await own.pickup_limited("w-1", "t", Handler(run, concurrency_limit=5), 10)
+        else:
+            claimed = await own.pickup_batch("w-1", ["t"], 10)
+        assert claimed == [await own.get_job(job_id)]
+        assert isinstance(claimed[0].locked_at, str)
+        assert await own.mark_done(claimed[0])
+    finally:
+        await pool.close()
 
 
 async def test_every_statement_qualified_for_a_schema_needs_no_search_path(

@@ -152,8 +152,10 @@ _claim_times: dict[int, datetime] = {}
 _CLAIM_TIMES_KEPT = 64
 
 
-def _claim_time(micros: int) -> datetime:
+def _claim_time(micros: int | None) -> datetime | None:
     """The claim's time (locked_at), sent as microseconds since 1970 (UTC)."""
+    if micros is None:
+        return None  # (an application's trigger emptied locked_at)
     at = _claim_times.get(micros)
     if at is None:
         if len(_claim_times) >= _CLAIM_TIMES_KEPT:
@@ -182,7 +184,8 @@ CLAIM_SETS: dict[str, str] = {
 #: trigger set it to something else).
 CLAIM_TIMES: dict[str, str] = {
     "locked_at": "_claim_time(row['locked_at'])",
-    "updated_at": "row['updated_at'] or _claim_time(row['locked_at'])",
+    "updated_at": "_claim_time(row['locked_at']) if row['updated_at'] is None "
+    "else row['updated_at']",
 }
 
 #: The columns a claim (pickup, pickup_limited) returns, in order.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pqrun.models import Job, JobStatus, job_from_claim
@@ -27,6 +28,7 @@ logger = logging.getLogger("pqrun")
 PICKUP = query("pickup")
 LIMIT_LOCK = query("limit_lock")
 PICKUP_LIMITED = query("pickup_limited")
+CLAIM_TIMES = query("claim_times")
 WAKE_WORKERS = query("wake_workers")
 JOBS_LEFT_BEHIND = query("jobs_left_behind")
 MARK_DONE = query("mark_done")
@@ -297,7 +299,40 @@ async def readable(
             jobs.append(job_from_claim(row, worker_id))
         except Exception as exc:  # json too deep, a number Python refuses, ...
             await fail_unreadable(db, conn, row, worker_id, exc)
+    if jobs and not _default_timestamptz(rows[0]["created_at"]):
+        jobs = await _with_times_as_decoded_here(db, conn, jobs)
     return jobs
+
+
+def _default_timestamptz(value: Any) -> bool:
+    """True for a timestamptz as asyncpg decodes it by default (an aware UTC datetime)."""
+    return type(value) is datetime and value.tzinfo is UTC
+
+
+async def _with_times_as_decoded_here(
+    db: StoreConnections, conn: Connection, jobs: list[Job]
+) -> list[Job]:
+    """``jobs`` with the claim's times as ``conn`` decodes a timestamptz: a caller's pool
+    may set a codec of its own, and the claim sent them as microseconds (CLAIM_TIMES).
+    Never raises: the claim has committed (read otherwise, the times stay UTC datetimes)."""
+    try:
+        rows = await conn.fetch(CLAIM_TIMES, [job.id for job in jobs], timeout=db.statement_timeout)
+    except Exception as exc:
+        logger.warning("could not read the times of claimed jobs with the pool's codec: %s", exc)
+        return jobs
+    times = {row["id"]: row for row in rows}
+    decoded = []
+    for job in jobs:
+        row = times.get(job.id)
+        if row is not None:
+            job = replace(
+                job,
+                locked_at=row["locked_at"],
+                heartbeat_at=row["heartbeat_at"],
+                updated_at=row["updated_at"],
+            )
+        decoded.append(job)
+    return decoded
 
 
 async def fail_unreadable(

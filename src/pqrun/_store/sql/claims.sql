@@ -50,17 +50,34 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
               AS run_after,
           j.timeout_seconds,
           -- The claim's time, which its jobs share, as microseconds since 1970, and
-          -- updated_at only where it is not the claim's time (an application's trigger
-          -- may set it): asyncpg decodes a timestamptz at twenty times a bigint's cost
-          -- (pqrun.models.CLAIM_TIMES). Within what a datetime holds, as above. (extract
-          -- is exact from PostgreSQL 14; on 12 and 13, a float8 exact to the microsecond
-          -- until the year 2112.)
-          (extract(epoch FROM least(greatest(j.locked_at, '0001-01-02 00:00+00'),
-                                    '9999-12-30 00:00+00')) * 1000000)::bigint AS locked_at,
+          -- updated_at only where it is not that time (an application's trigger may set
+          -- either): asyncpg decodes a timestamptz at twenty times a bigint's cost
+          -- (pqrun.models.CLAIM_TIMES). Both within what a datetime holds, as above, and
+          -- compared so; a NULL stays NULL (greatest() would pass over it). (extract is
+          -- exact from PostgreSQL 14; on 12 and 13 a float8, exact to the microsecond
+          -- from 1834 to 2106, as the claim's own time is.)
+          (extract(epoch FROM CASE WHEN j.locked_at IS NOT NULL
+                                   THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
+                                              '9999-12-30 00:00+00') END)
+           * 1000000)::bigint AS locked_at,
           j.lease_id, j.dedupe_key, j.last_error, j.duration_ms,
           least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
               AS created_at,
-          NULLIF(j.updated_at, j.locked_at) AS updated_at, j.concurrency_key, j.trace_context
+          NULLIF(least(greatest(j.updated_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00'),
+                 CASE WHEN j.locked_at IS NOT NULL
+                      THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
+                                 '9999-12-30 00:00+00') END) AS updated_at,
+          j.concurrency_key, j.trace_context
+
+-- name: claim_times
+-- The times of jobs just claimed, as this connection decodes a timestamptz: read only on
+-- a caller's pool whose connections decode it otherwise than asyncpg does by default
+-- (a codec of their own), where the microseconds the claim sent would make a Job whose
+-- times are not all of one kind.
+-- Guard: a read without locks; moves nothing.
+SELECT id, locked_at, heartbeat_at, updated_at
+FROM jobs
+WHERE id = ANY($1::bigint[])
 
 -- name: limit_lock
 -- Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
@@ -160,14 +177,19 @@ claimed AS (
               j.timeout_seconds,
               -- The claim's time as microseconds, updated_at where it differs, as in
               -- pickup.
-              (extract(epoch FROM least(greatest(j.locked_at, '0001-01-02 00:00+00'),
-                                        '9999-12-30 00:00+00')) * 1000000)::bigint
-                  AS locked_at,
+              (extract(epoch FROM CASE WHEN j.locked_at IS NOT NULL
+                                       THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
+                                                  '9999-12-30 00:00+00') END)
+               * 1000000)::bigint AS locked_at,
               j.lease_id, j.dedupe_key, j.last_error, j.duration_ms,
               least(greatest(j.created_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
                   AS created_at,
-              NULLIF(j.updated_at, j.locked_at) AS updated_at, j.concurrency_key,
-              j.trace_context
+              NULLIF(least(greatest(j.updated_at, '0001-01-02 00:00+00'),
+                           '9999-12-30 00:00+00'),
+                     CASE WHEN j.locked_at IS NOT NULL
+                          THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
+                                     '9999-12-30 00:00+00') END) AS updated_at,
+              j.concurrency_key, j.trace_context
 ),
 recorded AS (
     INSERT INTO job_rate_limits AS r (job_type, starts)
