@@ -28,7 +28,7 @@ logger = logging.getLogger("pqrun")
 PICKUP = query("pickup")
 LIMIT_LOCK = query("limit_lock")
 PICKUP_LIMITED = query("pickup_limited")
-CLAIM_TIMES = query("claim_times")
+REREAD_CLAIM_TIMES = query("reread_claim_times")
 WAKE_WORKERS = query("wake_workers")
 JOBS_LEFT_BEHIND = query("jobs_left_behind")
 MARK_DONE = query("mark_done")
@@ -316,9 +316,14 @@ async def _with_times_as_decoded_here(
     may set a codec of its own, and the claim sent them as microseconds (CLAIM_TIMES).
     Never raises: the claim has committed (read otherwise, the times stay UTC datetimes)."""
     try:
-        rows = await conn.fetch(CLAIM_TIMES, [job.id for job in jobs], timeout=db.statement_timeout)
+        ids = [job.id for job in jobs]
+        rows = await conn.fetch(REREAD_CLAIM_TIMES, ids, timeout=db.statement_timeout)
     except Exception as exc:
-        logger.warning("could not read the times of claimed jobs with the pool's codec: %s", exc)
+        logger.warning(
+            "could not read the times of %d claimed jobs again with the pool's own codec (%s: "
+            "%s); their times stay UTC datetimes",
+            len(jobs), type(exc).__name__, exc,
+        )  # fmt: skip
         return jobs
     times = {row["id"]: row for row in rows}
     decoded = []

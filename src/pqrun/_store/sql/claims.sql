@@ -69,7 +69,7 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
                                  '9999-12-30 00:00+00') END) AS updated_at,
           j.concurrency_key, j.trace_context
 
--- name: claim_times
+-- name: reread_claim_times
 -- The times of jobs just claimed, as this connection decodes a timestamptz: read only on
 -- a caller's pool whose connections decode it otherwise than asyncpg does by default
 -- (a codec of their own), where the microseconds the claim sent would make a Job whose
