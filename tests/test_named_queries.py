@@ -25,7 +25,15 @@ from pqrun._store.enqueue import ENQUEUE, ENQUEUE_DBAPI
 from pqrun._store.queries import STATEMENTS, dbapi_query, parse, qualified, query
 from pqrun._store.rows import ENQUEUE_PARAMETERS
 from pqrun._store.schema_objects import EXPECTED_COLUMNS
-from pqrun.models import CLAIM_COLUMNS, CLAIM_SETS, JOB_COLUMNS, Job, JobStatus, job_from_claim
+from pqrun.models import (
+    CLAIM_COLUMNS,
+    CLAIM_DECODED_TIMES,
+    CLAIM_SETS,
+    JOB_COLUMNS,
+    Job,
+    JobStatus,
+    job_from_claim,
+)
 from pqrun.testing import make_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +43,8 @@ STATE_MACHINE = ROOT / "docs" / "state-machine.md"
 # The queries that return whole jobs, the columns they return (a claim leaves out what it
 # sets to known values), and what each returns besides.
 JOB_QUERIES = {
-    "pickup": (CLAIM_COLUMNS, ()),
-    "pickup_limited": (CLAIM_COLUMNS, ("room_in_seconds",)),
+    "pickup": (CLAIM_COLUMNS, CLAIM_DECODED_TIMES),
+    "pickup_limited": (CLAIM_COLUMNS, (*CLAIM_DECODED_TIMES, "room_in_seconds")),
     "get_job": (JOB_COLUMNS, ()),
     "list_jobs": (JOB_COLUMNS, ()),
 }
@@ -217,7 +225,7 @@ async def test_a_claimed_job_is_the_row_as_its_claim_left_it(store: PgJobStore) 
     assert claimed == [await store.get_job(job_id)]
     assert claimed[0].status is JobStatus.RUNNING
     assert claimed[0].locked_by == "w-1"
-    row = dict.fromkeys(CLAIM_COLUMNS) | {"payload": "{}", "locked_at": 0}
+    row = dict.fromkeys((*CLAIM_COLUMNS, *CLAIM_DECODED_TIMES)) | {"payload": "{}", "locked_at": 0}
     assert type(job_from_claim(row, "w")) is Job
 
 
@@ -370,14 +378,16 @@ async def test_a_claim_reads_times_no_datetime_can_hold(
 
 
 @pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
-async def test_a_claimed_job_is_the_row_on_a_pool_with_a_timestamptz_codec_of_its_own(
-    dsn: str, store: PgJobStore, limited: bool
+@pytest.mark.parametrize("codec", ["timestamptz", "int8"])
+async def test_a_claimed_job_is_the_row_on_a_pool_with_codecs_of_its_own(
+    dsn: str, store: PgJobStore, limited: bool, codec: str
 ) -> None:
-    # A caller's pool may decode timestamptz its own way (here: as text): the claim's
-    # times must come as that pool decodes them, like the row's other times.
+    # A caller's pool may decode timestamptz, or bigint, its own way (here: as text): the
+    # claim's times must come as that pool decodes them, like the row's other times, on
+    # the first claim (when the store does not know yet) and on the next ones.
     async def as_text(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
-            "timestamptz", schema="pg_catalog", encoder=str, decoder=str, format="text"
+            codec, schema="pg_catalog", encoder=str, decoder=str, format="text"
         )
 
     async def run(ctx: object) -> None: ...
@@ -385,14 +395,17 @@ async def test_a_claimed_job_is_the_row_on_a_pool_with_a_timestamptz_codec_of_it
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=as_text)
     try:
         own = PgJobStore(pool=pool)
-        job_id = await own.enqueue("t", {"a": 1})
-        if limited:
-            claimed, _ = await own.pickup_limited("w-1", "t", Handler(run, concurrency_limit=5), 10)
-        else:
-            claimed = await own.pickup_batch("w-1", ["t"], 10)
-        assert claimed == [await own.get_job(job_id)]
-        assert isinstance(claimed[0].locked_at, str)
-        assert await own.mark_done(claimed[0])
+        await own.enqueue_many([{"job_type": "t"}, {"job_type": "t"}])
+        for _ in range(2):
+            if limited:
+                claimed, _ = await own.pickup_limited(
+                    "w-1", "t", Handler(run, concurrency_limit=5), 1
+                )
+            else:
+                claimed = await own.pickup_batch("w-1", ["t"], 1)
+            assert claimed == [await own.get_job(int(claimed[0].id))]
+            assert isinstance(claimed[0].locked_at, str if codec == "timestamptz" else datetime)
+            assert await own.mark_done(claimed[0])
     finally:
         await pool.close()
 

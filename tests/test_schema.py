@@ -137,8 +137,8 @@ async def test_pickup_and_reaper_use_their_partial_indexes_on_a_big_table(
     )
     plans = []
     for sql, args in (
-        (PICKUP, ("w", ["t", "later"], 10)),
-        (PICKUP, ("w", None, 10)),
+        (PICKUP, ("w", ["t", "later"], 10, False)),
+        (PICKUP, ("w", None, 10, False)),
         (REAP_STALE, (timedelta(minutes=20), timedelta(seconds=15), timedelta(seconds=10), None)),
     ):
         tx = conn.transaction()
@@ -203,9 +203,9 @@ async def test_a_big_claim_among_many_due_jobs_reaches_its_rows_by_the_primary_k
         await conn.execute("ANALYZE jobs")
     if limited:
         sql = PICKUP_LIMITED
-        args: tuple[Any, ...] = ("w", "t", 500, None, None, None, timedelta(seconds=1), 200)
+        args: tuple[Any, ...] = ("w", "t", 500, None, None, None, timedelta(seconds=1), 200, False)
     else:
-        sql, args = PICKUP, ("w", ["t"], 500)
+        sql, args = PICKUP, ("w", ["t"], 500, False)
     tx = conn.transaction()
     await tx.start()
     try:

@@ -322,7 +322,7 @@ async def _claim_plan_sorts(conn: asyncpg.Connection) -> bool:
     tx = conn.transaction()
     await tx.start()
     try:
-        raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + PICKUP, "w", ["t"], 500)
+        raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + PICKUP, "w", ["t"], 500, False)
     finally:
         await tx.rollback()
     return '"Sort"' in raw

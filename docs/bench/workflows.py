@@ -34,7 +34,7 @@ async def claim_times(store: pqrun.PgJobStore) -> list[float]:
             transaction = conn.transaction()
             await transaction.start()
             began = time.perf_counter()
-            rows = await conn.fetch(PICKUP, "bench", None, 100)
+            rows = await conn.fetch(PICKUP, "bench", None, 100, False)
             times.append((time.perf_counter() - began) * 1000)
             await transaction.rollback()
             assert len(rows) == 100

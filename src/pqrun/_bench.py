@@ -376,13 +376,13 @@ async def _claim_cost(dsn: str, settings: dict[str, str], claims: int) -> tuple[
             tx = conn.transaction()
             await tx.start()
             began = time.perf_counter()
-            await conn.fetch(PICKUP, "bench", ["noop"], 100)
+            await conn.fetch(PICKUP, "bench", ["noop"], 100, False)
             timings.append((time.perf_counter() - began) * 1000)
             await tx.rollback()
         tx = conn.transaction()
         await tx.start()
         plan = await conn.fetch(
-            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + PICKUP, "bench", ["noop"], 100
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + PICKUP, "bench", ["noop"], 100, False
         )
         await tx.rollback()
         return statistics.median(timings), "\n".join(row[0] for row in plan)

@@ -160,7 +160,8 @@ def _claim_time(micros: int | None) -> datetime | None:
     if at is None:
         if len(_claim_times) >= _CLAIM_TIMES_KEPT:
             _claim_times.clear()
-        at = _claim_times[micros] = _EPOCH + timedelta(microseconds=micros)
+        # (int(): a caller's pool may decode a bigint as something else, a str say.)
+        at = _claim_times[micros] = _EPOCH + timedelta(microseconds=int(micros))
     return at
 
 
@@ -187,6 +188,18 @@ CLAIM_TIMES: dict[str, str] = {
     "updated_at": "_claim_time(row['locked_at']) if row['updated_at'] is None "
     "else row['updated_at']",
 }
+
+#: The same for ``job_from_claim_in_codec``, on a connection that decodes a timestamptz
+#: otherwise than asyncpg does by default (a caller's pool with a codec of its own): the
+#: claim also sends both times as that connection decodes them (CLAIM_DECODED_TIMES).
+CLAIM_TIMES_IN_CODEC: dict[str, str] = {
+    "locked_at": "row['locked_at_decoded']",
+    "updated_at": "row['updated_at_decoded']",
+}
+
+#: What a claim sends besides CLAIM_COLUMNS, at the end: the claim's times as the
+#: connection decodes a timestamptz, where that is not asyncpg's default (else NULL).
+CLAIM_DECODED_TIMES: tuple[str, ...] = ("locked_at_decoded", "updated_at_decoded")
 
 #: The columns a claim (pickup, pickup_limited) returns, in order.
 CLAIM_COLUMNS: tuple[str, ...] = tuple(c for c in JOB_COLUMNS if c not in CLAIM_SETS)
@@ -249,6 +262,14 @@ _job_from_record: Callable[[type[Job], Mapping[str, Any]], Job] = _compile_build
 #: ``job_from_claim(row, worker_id)``: the Job a claim's row (CLAIM_COLUMNS) stands for.
 job_from_claim: Callable[[Mapping[str, Any], str], Job] = _compile_builder(
     "job_from_claim", "row, worker_id", CLAIM_SETS, CLAIM_TIMES
+)
+
+#: The same, with the claim's times as the connection decoded them (CLAIM_DECODED_TIMES).
+job_from_claim_in_codec: Callable[[Mapping[str, Any], str], Job] = _compile_builder(
+    "job_from_claim_in_codec",
+    "row, worker_id",
+    CLAIM_SETS | {"heartbeat_at": "row['locked_at_decoded']"},
+    CLAIM_TIMES_IN_CODEC,
 )
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pqrun.models import Job, JobStatus, job_from_claim
+from pqrun.models import Job, JobStatus, job_from_claim, job_from_claim_in_codec
 
 from .queries import query
 from .rows import expected_claim, storable
@@ -28,7 +27,6 @@ logger = logging.getLogger("pqrun")
 PICKUP = query("pickup")
 LIMIT_LOCK = query("limit_lock")
 PICKUP_LIMITED = query("pickup_limited")
-REREAD_CLAIM_TIMES = query("reread_claim_times")
 WAKE_WORKERS = query("wake_workers")
 JOBS_LEFT_BEHIND = query("jobs_left_behind")
 MARK_DONE = query("mark_done")
@@ -64,6 +62,16 @@ class WorkerMoves:
 
     _db: StoreConnections
     _encoding: JSONEncoding
+    #: Whether the store's connections decode a timestamptz otherwise than asyncpg does
+    #: by default (a caller's pool with a codec of its own); None until a claim shows.
+    #: Until then, and then only if so, claims also send their times in that codec.
+    _claim_times_by_codec: bool | None = None
+
+    def _learn_codec(self, rows: Sequence[Any]) -> bool:
+        """Whether the claim's times are to be read as the connection decoded them."""
+        if rows and self._claim_times_by_codec is None:
+            self._claim_times_by_codec = not _default_timestamptz(rows[0]["created_at"])
+        return self._claim_times_by_codec is True
 
     async def pickup_batch(
         self, worker_id: str, job_types: Sequence[str] | None, limit: int
@@ -75,9 +83,11 @@ class WorkerMoves:
                 worker_id,
                 None if job_types is None else list(job_types),
                 limit,
+                self._claim_times_by_codec is not False,
                 timeout=self._db.statement_timeout,
             )
-            jobs = Claimed(await readable(self._db, conn, rows, worker_id))
+            in_codec = self._learn_codec(rows)
+            jobs = Claimed(await readable(self._db, conn, rows, worker_id, in_codec=in_codec))
         jobs.rows = len(rows)
         # RETURNING does not keep the order the ids were chosen in.
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
@@ -114,12 +124,13 @@ class WorkerMoves:
                     handler.rate_limit,
                     period,
                     PER_KEY_WINDOW,
+                    self._claim_times_by_codec is not False,
                     timeout=self._db.statement_timeout,
                 )
             # After the commit: a row that cannot be read is failed in a move of its own.
-            jobs = await readable(
-                self._db, conn, [row for row in rows if row["id"] is not None], worker_id
-            )
+            claimed = [row for row in rows if row["id"] is not None]
+            in_codec = self._learn_codec(claimed)
+            jobs = await readable(self._db, conn, claimed, worker_id, in_codec=in_codec)
         jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs, rows[0]["room_in_seconds"] if rows else None
 
@@ -285,7 +296,12 @@ class Claimed(list[Job]):
 
 
 async def readable(
-    db: StoreConnections, conn: Connection, rows: Sequence[Any], worker_id: str
+    db: StoreConnections,
+    conn: Connection,
+    rows: Sequence[Any],
+    worker_id: str,
+    *,
+    in_codec: bool = False,
 ) -> list[Job]:
     """The rows ``worker_id`` claimed (pqrun.models.CLAIM_COLUMNS) as Jobs, read one by
     one; a row that cannot be read fails alone.
@@ -294,50 +310,18 @@ async def readable(
     stranded RUNNING with nobody to run them.
     """
     jobs: list[Job] = []
+    build = job_from_claim_in_codec if in_codec else job_from_claim
     for row in rows:
         try:
-            jobs.append(job_from_claim(row, worker_id))
+            jobs.append(build(row, worker_id))
         except Exception as exc:  # json too deep, a number Python refuses, ...
             await fail_unreadable(db, conn, row, worker_id, exc)
-    if jobs and not _default_timestamptz(rows[0]["created_at"]):
-        jobs = await _with_times_as_decoded_here(db, conn, jobs)
     return jobs
 
 
 def _default_timestamptz(value: Any) -> bool:
     """True for a timestamptz as asyncpg decodes it by default (an aware UTC datetime)."""
     return type(value) is datetime and value.tzinfo is UTC
-
-
-async def _with_times_as_decoded_here(
-    db: StoreConnections, conn: Connection, jobs: list[Job]
-) -> list[Job]:
-    """``jobs`` with the claim's times as ``conn`` decodes a timestamptz: a caller's pool
-    may set a codec of its own, and the claim sent them as microseconds (CLAIM_TIMES).
-    Never raises: the claim has committed (read otherwise, the times stay UTC datetimes)."""
-    try:
-        ids = [job.id for job in jobs]
-        rows = await conn.fetch(REREAD_CLAIM_TIMES, ids, timeout=db.statement_timeout)
-    except Exception as exc:
-        logger.warning(
-            "could not read the times of %d claimed jobs again with the pool's own codec (%s: "
-            "%s); their times stay UTC datetimes",
-            len(jobs), type(exc).__name__, exc,
-        )  # fmt: skip
-        return jobs
-    times = {row["id"]: row for row in rows}
-    decoded = []
-    for job in jobs:
-        row = times.get(job.id)
-        if row is not None:
-            job = replace(
-                job,
-                locked_at=row["locked_at"],
-                heartbeat_at=row["heartbeat_at"],
-                updated_at=row["updated_at"],
-            )
-        decoded.append(job)
-    return decoded
 
 
 async def fail_unreadable(

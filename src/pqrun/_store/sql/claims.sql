@@ -67,17 +67,17 @@ RETURNING j.id, j.job_type, j.payload::text AS payload, j.priority, j.attempts,
                  CASE WHEN j.locked_at IS NOT NULL
                       THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
                                  '9999-12-30 00:00+00') END) AS updated_at,
-          j.concurrency_key, j.trace_context
-
--- name: reread_claim_times
--- The times of jobs just claimed, as this connection decodes a timestamptz: read only on
--- a caller's pool whose connections decode it otherwise than asyncpg does by default
--- (a codec of their own), where the microseconds the claim sent would make a Job whose
--- times are not all of one kind.
--- Guard: a read without locks; moves nothing.
-SELECT id, locked_at, heartbeat_at, updated_at
-FROM jobs
-WHERE id = ANY($1::bigint[])
+          j.concurrency_key, j.trace_context,
+          -- The same two times as timestamptz, for a connection that decodes one otherwise
+          -- than asyncpg does by default (a caller's pool with a codec of its own: its
+          -- Job holds times of that kind), asked for ($4) until the store knows; NULL
+          -- otherwise, which costs nothing to decode. Within what a datetime holds too.
+          CASE WHEN $4::boolean AND j.locked_at IS NOT NULL
+               THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+          END AS locked_at_decoded,
+          CASE WHEN $4::boolean
+               THEN least(greatest(j.updated_at, '0001-01-02 00:00+00'), '9999-12-30 00:00+00')
+          END AS updated_at_decoded
 
 -- name: limit_lock
 -- Claims of a job type whose handler has limits (docs/flow-control.md) go one worker at a
@@ -189,7 +189,16 @@ claimed AS (
                      CASE WHEN j.locked_at IS NOT NULL
                           THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
                                      '9999-12-30 00:00+00') END) AS updated_at,
-              j.concurrency_key, j.trace_context
+              j.concurrency_key, j.trace_context,
+              -- The two times as timestamptz, asked for ($9) as in pickup.
+              CASE WHEN $9::boolean AND j.locked_at IS NOT NULL
+                   THEN least(greatest(j.locked_at, '0001-01-02 00:00+00'),
+                              '9999-12-30 00:00+00')
+              END AS locked_at_decoded,
+              CASE WHEN $9::boolean
+                   THEN least(greatest(j.updated_at, '0001-01-02 00:00+00'),
+                              '9999-12-30 00:00+00')
+              END AS updated_at_decoded
 ),
 recorded AS (
     INSERT INTO job_rate_limits AS r (job_type, starts)
