@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -377,35 +378,78 @@ async def test_a_claim_reads_times_no_datetime_can_hold(
         await conn.execute("DROP TRIGGER app_touch ON jobs; DROP FUNCTION app_touch()")
 
 
+@dataclass(frozen=True)
+class BigId:
+    """A bigint as an application's codec may decode it: no int(), no ordering."""
+
+    text: str
+
+
 @pytest.mark.parametrize("limited", [False, True], ids=["pickup", "pickup_limited"])
-@pytest.mark.parametrize("codec", ["timestamptz", "int8"])
+@pytest.mark.parametrize("codec", ["timestamptz", "int8", "int8_object", "every_other"])
 async def test_a_claimed_job_is_the_row_on_a_pool_with_codecs_of_its_own(
     dsn: str, store: PgJobStore, limited: bool, codec: str
 ) -> None:
-    # A caller's pool may decode timestamptz, or bigint, its own way (here: as text): the
-    # claim's times must come as that pool decodes them, like the row's other times, on
-    # the first claim (when the store does not know yet) and on the next ones.
-    async def as_text(conn: asyncpg.Connection) -> None:
+    # A caller's pool may decode timestamptz, or bigint, its own way (as text, as a class
+    # of its own; "every_other": only some of its connections): claims must never fail
+    # for it, and the claim's times must come as the pool decodes them, like the row's
+    # other times, on the first claim (when the store does not know yet) and after.
+    opened = 0
+
+    async def init(conn: asyncpg.Connection) -> None:
+        nonlocal opened
+        opened += 1
+        if codec == "every_other" and opened % 2:
+            return
         await conn.set_type_codec(
-            codec, schema="pg_catalog", encoder=str, decoder=str, format="text"
+            "int8" if codec.startswith("int8") else "timestamptz",
+            schema="pg_catalog",
+            encoder=lambda value: value.text if isinstance(value, BigId) else str(value),
+            decoder=BigId if codec == "int8_object" else str,
+            format="text",
         )
 
     async def run(ctx: object) -> None: ...
 
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=as_text)
+    def row_id(job: Job) -> int:
+        return int(job.id.text if isinstance(job.id, BigId) else job.id)
+
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2, init=init)
     try:
         own = PgJobStore(pool=pool)
-        await own.enqueue_many([{"job_type": "t"}, {"job_type": "t"}])
-        for _ in range(2):
+        await own.enqueue_many([{"job_type": "t"} for _ in range(6)])
+        claims = 0
+        while claims < 6:
+            # Each claim on a connection of its own, so that both kinds are seen.
+            async with pool.acquire(), pool.acquire():
+                pass
             if limited:
                 claimed, _ = await own.pickup_limited(
-                    "w-1", "t", Handler(run, concurrency_limit=5), 1
+                    "w-1", "t", Handler(run, concurrency_limit=10), 2
                 )
             else:
-                claimed = await own.pickup_batch("w-1", ["t"], 1)
-            assert claimed == [await own.get_job(int(claimed[0].id))]
-            assert isinstance(claimed[0].locked_at, str if codec == "timestamptz" else datetime)
-            assert await own.mark_done(claimed[0])
+                claimed = await own.pickup_batch("w-1", ["t"], 2)
+            assert claimed
+            claims += len(claimed)
+            for job in claimed:
+                assert await own.mark_done(job)
+                row = await own.get_job(row_id(job))
+                assert row is not None
+                assert row.status is JobStatus.DONE
+        rows = await own.list_jobs(status="DONE", limit=10)
+        assert len(rows) == 6
+        if codec != "every_other":
+            # Where every connection decodes the same way, each claimed Job is the row.
+            await own.enqueue("t")
+            if limited:
+                claimed, _ = await own.pickup_limited(
+                    "w-1", "t", Handler(run, concurrency_limit=10), 2
+                )
+            else:
+                claimed = await own.pickup_batch("w-1", ["t"], 2)
+            assert claimed == [await own.get_job(row_id(claimed[0]))]
+            expected = str if codec == "timestamptz" else datetime
+            assert isinstance(claimed[0].locked_at, expected)
     finally:
         await pool.close()
 

@@ -160,8 +160,14 @@ def _claim_time(micros: int | None) -> datetime | None:
     if at is None:
         if len(_claim_times) >= _CLAIM_TIMES_KEPT:
             _claim_times.clear()
-        # (int(): a caller's pool may decode a bigint as something else, a str say.)
-        at = _claim_times[micros] = _EPOCH + timedelta(microseconds=int(micros))
+        try:
+            # (int(): a caller's pool may decode a bigint as something else, a str say.)
+            at = _EPOCH + timedelta(microseconds=int(micros))
+        except (TypeError, ValueError, OverflowError):
+            # A bigint as something int() does not take: the claim asks for its times
+            # as timestamptz from now on (PgJobStore's pickup); this one stays unknown.
+            return None
+        _claim_times[micros] = at
     return at
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,11 +68,23 @@ class WorkerMoves:
     #: Until then, and then only if so, claims also send their times in that codec.
     _claim_times_by_codec: bool | None = None
 
-    def _learn_codec(self, rows: Sequence[Any]) -> bool:
-        """Whether the claim's times are to be read as the connection decoded them."""
-        if rows and self._claim_times_by_codec is None:
-            self._claim_times_by_codec = not _default_timestamptz(rows[0]["created_at"])
-        return self._claim_times_by_codec is True
+    def _learn_codec(self, rows: Sequence[Any], asked: bool) -> bool:
+        """Whether this claim's Jobs take the times the connection decoded (*_decoded):
+        when it decodes a timestamptz or a bigint otherwise than asyncpg does by default,
+        and the claim asked for them (``asked``). Looked at on every claim: once a
+        connection of the pool shows a codec of its own, every later claim asks."""
+        if not rows:
+            return False
+        row = rows[0]
+        by_codec = not _default_timestamptz(row["created_at"]) or type(row["locked_at"]) not in (
+            int,
+            type(None),
+        )
+        if by_codec:
+            self._claim_times_by_codec = True
+        elif self._claim_times_by_codec is None:
+            self._claim_times_by_codec = False
+        return by_codec and asked
 
     async def pickup_batch(
         self, worker_id: str, job_types: Sequence[str] | None, limit: int
@@ -83,14 +96,14 @@ class WorkerMoves:
                 worker_id,
                 None if job_types is None else list(job_types),
                 limit,
-                self._claim_times_by_codec is not False,
+                asked := self._claim_times_by_codec is not False,
                 timeout=self._db.statement_timeout,
             )
-            in_codec = self._learn_codec(rows)
+            in_codec = self._learn_codec(rows, asked)
             jobs = Claimed(await readable(self._db, conn, rows, worker_id, in_codec=in_codec))
         jobs.rows = len(rows)
         # RETURNING does not keep the order the ids were chosen in.
-        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        in_pickup_order(jobs)
         return jobs
 
     async def pickup_limited(
@@ -124,14 +137,14 @@ class WorkerMoves:
                     handler.rate_limit,
                     period,
                     PER_KEY_WINDOW,
-                    self._claim_times_by_codec is not False,
+                    asked := self._claim_times_by_codec is not False,
                     timeout=self._db.statement_timeout,
                 )
             # After the commit: a row that cannot be read is failed in a move of its own.
             claimed = [row for row in rows if row["id"] is not None]
-            in_codec = self._learn_codec(claimed)
+            in_codec = self._learn_codec(claimed, asked)
             jobs = await readable(self._db, conn, claimed, worker_id, in_codec=in_codec)
-        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        in_pickup_order(jobs)
         return jobs, rows[0]["room_in_seconds"] if rows else None
 
     async def wake_workers(self) -> None:
@@ -317,6 +330,14 @@ async def readable(
         except Exception as exc:  # json too deep, a number Python refuses, ...
             await fail_unreadable(db, conn, row, worker_id, exc)
     return jobs
+
+
+def in_pickup_order(jobs: list[Job]) -> None:
+    """Sort claimed jobs as the claim chose them (RETURNING does not keep that order);
+    left as they came where a caller's codecs make ids or times that do not compare: the
+    claim has committed, nothing here may raise."""
+    with suppress(TypeError):
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
 
 
 def _default_timestamptz(value: Any) -> bool:
