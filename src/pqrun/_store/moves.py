@@ -63,9 +63,10 @@ class WorkerMoves:
 
     _db: StoreConnections
     _encoding: JSONEncoding
-    #: Whether the store's connections decode a timestamptz otherwise than asyncpg does
-    #: by default (a caller's pool with a codec of its own); None until a claim shows.
-    #: Until then, and then only if so, claims also send their times in that codec.
+    #: Whether the store's connections decode a timestamptz or a bigint otherwise than
+    #: asyncpg does by default (a caller's pool with codecs of its own); None until a
+    #: claim shows. Until then, and then only if so, claims also send their times as
+    #: timestamptz, for that codec to decode.
     _claim_times_by_codec: bool | None = None
 
     def _learn_codec(self, rows: Sequence[Any], asked: bool) -> bool:
@@ -76,10 +77,11 @@ class WorkerMoves:
         if not rows:
             return False
         row = rows[0]
-        by_codec = not _default_timestamptz(row["created_at"]) or type(row["locked_at"]) not in (
-            int,
-            type(None),
+        locked_at = row["locked_at"]  # microseconds, as a bigint
+        as_by_default = _default_timestamptz(row["created_at"]) and (
+            locked_at is None or type(locked_at) is int
         )
+        by_codec = not as_by_default
         if by_codec:
             self._claim_times_by_codec = True
         elif self._claim_times_by_codec is None:
