@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -419,16 +420,20 @@ async def test_a_claimed_job_is_the_row_on_a_pool_with_codecs_of_its_own(
         own = PgJobStore(pool=pool)
         await own.enqueue_many([{"job_type": "t"} for _ in range(6)])
         claims = 0
+        turn = 0
         while claims < 6:
-            # Each claim on a connection of its own, so that both kinds are seen.
-            async with pool.acquire(), pool.acquire():
-                pass
-            if limited:
-                claimed, _ = await own.pickup_limited(
-                    "w-1", "t", Handler(run, concurrency_limit=10), 2
-                )
-            else:
-                claimed = await own.pickup_batch("w-1", ["t"], 2)
+            # Every other claim runs while the connection the pool would hand out is held,
+            # so that it takes the other one: both kinds are seen.
+            turn += 1
+            async with AsyncExitStack() as stack:
+                if turn % 2:
+                    await stack.enter_async_context(pool.acquire())
+                if limited:
+                    claimed, _ = await own.pickup_limited(
+                        "w-1", "t", Handler(run, concurrency_limit=10), 2
+                    )
+                else:
+                    claimed = await own.pickup_batch("w-1", ["t"], 2)
             assert claimed
             claims += len(claimed)
             for job in claimed:

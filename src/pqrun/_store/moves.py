@@ -92,13 +92,14 @@ class WorkerMoves:
         self, worker_id: str, job_types: Sequence[str] | None, limit: int
     ) -> list[Job]:
         """Claim up to ``limit`` due READY jobs of ``job_types`` (None: any type)."""
+        asked = self._claim_times_by_codec is not False
         async with self._db.acquire() as conn:
             rows = await conn.fetch(
                 PICKUP,
                 worker_id,
                 None if job_types is None else list(job_types),
                 limit,
-                asked := self._claim_times_by_codec is not False,
+                asked,
                 timeout=self._db.statement_timeout,
             )
             in_codec = self._learn_codec(rows, asked)
@@ -120,6 +121,7 @@ class WorkerMoves:
         """
         period = handler.rate_period
         assert isinstance(period, timedelta)
+        asked = self._claim_times_by_codec is not False
         async with self._db.acquire() as conn:
             async with conn.transaction():
                 locked = await conn.fetchval(
@@ -139,7 +141,7 @@ class WorkerMoves:
                     handler.rate_limit,
                     period,
                     PER_KEY_WINDOW,
-                    asked := self._claim_times_by_codec is not False,
+                    asked,
                     timeout=self._db.statement_timeout,
                 )
             # After the commit: a row that cannot be read is failed in a move of its own.
