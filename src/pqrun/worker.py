@@ -85,7 +85,8 @@ class Worker:
     Upkeep (docs/operations.md): one worker at a time deletes DONE jobs older than
     ``keep_done`` (1 day) and FAILED/CANCELLED ones older than ``keep_failed`` (7 days),
     and workers vacuum the jobs table once dead rows pile up (``enable_pruning=False``,
-    ``enable_vacuum=False`` to leave either to others).
+    ``enable_vacuum=False`` to leave either to others). ``keep_done=0`` deletes a job as
+    it completes, unless a ``store.wait()`` or dependent jobs read it.
 
     Use it as ``FastAPI(lifespan=worker.lifespan)``, or ``await worker.run()`` in a worker
     process (stops on SIGTERM/SIGINT or ``worker.stop()``), or ``await worker.drain()`` to

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from pqrun._store.driver_errors import CONNECTION_ERRORS, ClientDataError
-from pqrun.models import JobStatus
+from pqrun.models import Job, JobStatus
 
 from .loops import ErrorStreak
 from .outcome import Outcome, end_span
@@ -113,8 +113,14 @@ class OutcomeWriter:
         store: WorkerStore,
         errors: ErrorStreak,
         on_written: Callable[[Outcome, JobStatus | None], None],
+        *,
+        forget_done: bool = False,
     ) -> None:
         self._store = store
+        # keep_done=0: completions delete the jobs nobody reads after they end, until the
+        # database says this role may not (then they are kept DONE, for the pruner).
+        self._forget_done = forget_done
+        self._said_kept = False  # a refused delete is said once, then at debug level
         self._errors = errors
         self._on_written = on_written
         self._pending: list[Outcome] = []
@@ -262,8 +268,8 @@ class OutcomeWriter:
         done = [o for o in batch if not o.written and o.result_json is not None]
         if len(done) > 1:
             try:
-                moved = await self._store.mark_done_batch(
-                    [(o.job, o.result_json or "", o.duration_ms) for o in done], conn=conn
+                moved = await self._mark_done(
+                    conn, [(o.job, o.result_json or "", o.duration_ms) for o in done]
                 )
             except Exception as exc:
                 if not is_refusal(exc) and not _try_again_later(exc):
@@ -313,8 +319,8 @@ class OutcomeWriter:
 
     async def _write_done(self, conn: Any, outcome: Outcome) -> None:
         try:
-            moved = await self._store.mark_done_batch(
-                [(outcome.job, outcome.result_json or "", outcome.duration_ms)], conn=conn
+            moved = await self._mark_done(
+                conn, [(outcome.job, outcome.result_json or "", outcome.duration_ms)]
             )
         except Exception as exc:
             self._raise_unless_refused(exc, outcome)
@@ -325,6 +331,37 @@ class OutcomeWriter:
             outcome.terminal = True
         else:
             self._written(outcome, JobStatus.DONE if moved else None)
+
+    async def _mark_done(
+        self, conn: Any, done: list[tuple[Job, str, int]]
+    ) -> set[tuple[int, int | None]]:
+        if self._forget_done:
+            try:
+                return await self._store.mark_done_batch(done, conn=conn, forget=True)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                # Not the jobs' fault: they are kept DONE instead, from now on.
+                self._forget_done = False
+                logger.error(
+                    "keep_done=0, but this role may not delete jobs (%s): finished jobs "
+                    "are kept DONE instead, and the pruner cannot delete them either. "
+                    "GRANT DELETE ON jobs to this role, or set keep_done above 0",
+                    _refusal(exc),
+                )
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                # The database refused the delete (a trigger of yours, a foreign key to
+                # these jobs): a job that ran is not failed for that, it is kept DONE.
+                level = logging.WARNING if not self._said_kept else logging.DEBUG
+                self._said_kept = True
+                logger.log(
+                    level,
+                    "keep_done=0: %d finished jobs could not be deleted (%s); they are "
+                    "kept DONE, for the pruner",
+                    len(done),
+                    _refusal(exc),
+                )
+        return await self._store.mark_done_batch(done, conn=conn)
 
     def _raise_unless_refused(self, exc: Exception, outcome: Outcome) -> None:
         """Re-raise ``exc`` unless the database refused this one write for its data.

@@ -62,7 +62,12 @@ class WorkerParts:
         self.registry = registry = RunRegistry()
         # Outcomes whose write committed with a status (not found moot).
         self.processed = 0
-        self.writer = OutcomeWriter(store, life.streak("writer"), on_written=self._written)
+        self.writer = OutcomeWriter(
+            store,
+            life.streak("writer"),
+            on_written=self._written,
+            forget_done=settings.forgets_done,
+        )
         self.type_stats = TypeStats(store, life)
         self.fetcher = fetcher = Fetcher(settings, store, registry, self.writer, life)
         self.liveness = Liveness(

@@ -82,6 +82,12 @@ class WorkerSettings:
     schedules: tuple[Schedule, ...]
 
     @property
+    def forgets_done(self) -> bool:
+        """keep_done=0 (and pruning on): a completion deletes its job instead of keeping
+        it DONE, unless a waiter or dependent jobs read it (docs/operations.md)."""
+        return self.enable_pruning and self.keep_done <= timedelta(0)
+
+    @property
     def job_types(self) -> list[str]:
         return sorted(self.handlers)
 

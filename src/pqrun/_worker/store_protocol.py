@@ -58,7 +58,11 @@ class WorkerStore(Protocol):
         self, worker_id: str, job_type: str, handler: ClaimLimits, limit: int
     ) -> tuple[list[Job], float | None]: ...
     async def mark_done_batch(
-        self, done: Sequence[tuple[Job, str, int]], *, conn: Connection | None = None
+        self,
+        done: Sequence[tuple[Job, str, int]],
+        *,
+        conn: Connection | None = None,
+        forget: bool = False,
     ) -> set[tuple[int, int | None]]: ...
     async def mark_error(
         self,

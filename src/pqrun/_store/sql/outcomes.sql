@@ -44,6 +44,29 @@ WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the p
   AND j.locked_by = d.locked_by AND j.attempts = d.attempts AND j.lease_id = d.lease_id
 RETURNING j.id, j.lease_id
 
+-- name: forget_done_batch
+-- RUNNING -> gone: the completion of a worker that keeps no DONE jobs (keep_done=0,
+-- docs/operations.md): the row is deleted instead of written DONE, which leaves one
+-- dead row version and adds no index entry. Only a job nobody reads after it ends: not
+-- one store.wait() waits for (awaited), not one other jobs depend on (has_dependents,
+-- which the dependents' trigger sets under the row's lock). Those, and the rows this
+-- statement passes over for that reason, are written DONE by mark_done_batch after it.
+-- Returns the ids deleted. If a waiter or a dependent marks a row while this waits for
+-- its lock, the row is re-read (READ COMMITTED) and kept.
+-- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id),
+-- not awaited, no dependents.
+DELETE FROM jobs AS j
+USING unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
+      AS d(id, locked_by, attempts, lease_id)
+WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
+  AND j.id = d.id
+  -- Tests of the joined pair only, as in mark_done_batch (the CASE is 'RUNNING'), so the
+  -- planner never counts the rows by the RUNNING statistics.
+  AND j.status = CASE WHEN d.id IS NOT NULL THEN 'RUNNING' END
+  AND j.locked_by = d.locked_by AND j.attempts = d.attempts AND j.lease_id = d.lease_id
+  AND NOT j.awaited AND NOT j.has_dependents
+RETURNING j.id, j.lease_id
+
 -- name: mark_error
 -- RUNNING (this claim) -> READY after a delay, or FAILED when the handler said so ($6)
 -- or this was the last allowed attempt. A job back in READY has no owner.
