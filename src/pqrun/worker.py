@@ -66,6 +66,7 @@ _FROZEN_SETTINGS = frozenset(
         "prune_interval",
         "keep_done",
         "keep_failed",
+        "delete_done",
         "enable_vacuum",
         "backoff",
         "idle_policy",
@@ -82,11 +83,10 @@ class Worker:
     Arguments left as None come from the environment (``WORKER_CONCURRENCY`` and the
     other ``WORKER_*`` variables of docs/configuration.md), else from its defaults.
 
-    Upkeep (docs/operations.md): one worker at a time deletes DONE jobs older than
-    ``keep_done`` (1 day) and FAILED/CANCELLED ones older than ``keep_failed`` (7 days),
-    and workers vacuum the jobs table once dead rows pile up (``enable_pruning=False``,
-    ``enable_vacuum=False`` to leave either to others). ``keep_done=0`` deletes a job as
-    it completes, unless a ``store.wait()`` or dependent jobs read it.
+    Upkeep (docs/operations.md): one worker at a time deletes DONE jobs older than ``keep_done``
+    (1 day; ``delete_done=True``: as they complete) and FAILED/CANCELLED ones older than
+    ``keep_failed`` (7 days), and workers vacuum the jobs table once dead rows pile up
+    (``enable_pruning=False``, ``enable_vacuum=False`` to leave either to others).
 
     Use it as ``FastAPI(lifespan=worker.lifespan)``, or ``await worker.run()`` in a worker
     process (stops on SIGTERM/SIGINT or ``worker.stop()``), or ``await worker.drain()`` to
@@ -118,6 +118,7 @@ class Worker:
         prune_every_seconds: float | timedelta | None = None,
         keep_done: timedelta | float | None = None,
         keep_failed: timedelta | float | None = None,
+        delete_done: bool | None = None,
         enable_vacuum: bool | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
@@ -145,6 +146,7 @@ class Worker:
             prune_every_seconds=prune_every_seconds,
             keep_done=keep_done,
             keep_failed=keep_failed,
+            delete_done=delete_done,
             enable_vacuum=enable_vacuum,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
@@ -166,10 +168,9 @@ class Worker:
         self.heartbeat_interval = settings.heartbeat_interval
         self.shutdown_grace = settings.shutdown_grace
         self.shutdown_timeout = settings.shutdown_timeout
-        self.enable_pruning = settings.enable_pruning
-        self.prune_interval = settings.prune_interval
-        self.keep_done = settings.keep_done
-        self.keep_failed = settings.keep_failed
+        self.enable_pruning, self.prune_interval = settings.enable_pruning, settings.prune_interval
+        self.keep_done, self.keep_failed = settings.keep_done, settings.keep_failed
+        self.delete_done = settings.delete_done
         self.enable_vacuum = settings.enable_vacuum
         self.backoff = settings.backoff
         self.idle_policy = settings.idle_policy

@@ -32,7 +32,7 @@ WAKE_WORKERS = query("wake_workers")
 JOBS_LEFT_BEHIND = query("jobs_left_behind")
 MARK_DONE = query("mark_done")
 MARK_DONE_BATCH = query("mark_done_batch")
-FORGET_DONE_BATCH = query("forget_done_batch")
+DELETE_DONE_BATCH = query("delete_done_batch")
 MARK_ERROR = query("mark_error")
 SNOOZE = query("snooze")
 RELEASE = query("release")
@@ -203,41 +203,42 @@ class WorkerMoves:
         )
         return status == "UPDATE 1"
 
+    async def delete_done_batch(
+        self, done: Sequence[Job], *, conn: Connection | None = None
+    ) -> set[tuple[int, int | None]]:
+        """RUNNING -> deleted, in place of DONE, for a worker with ``delete_done=True``.
+
+        Each row is guarded by its own claim, and a job that a ``store.wait()`` waits
+        for or that other jobs depend on is left RUNNING for ``mark_done_batch``.
+        Returns the (id, lease_id) of the claims whose job was deleted.
+        """
+        if not done:
+            return set()
+        done = sorted(done, key=lambda job: job.id)  # the one lock order, as below
+        rows = await self._db.fetch(
+            DELETE_DONE_BATCH,
+            [job.id for job in done],
+            [job.locked_by for job in done],
+            [job.attempts for job in done],
+            [job.lease_id for job in done],
+            conn=conn,
+        )
+        return {(row["id"], row["lease_id"]) for row in rows}
+
     async def mark_done_batch(
-        self,
-        done: Sequence[tuple[Job, str, int]],
-        *,
-        conn: Connection | None = None,
-        forget: bool = False,
+        self, done: Sequence[tuple[Job, str, int]], *, conn: Connection | None = None
     ) -> set[tuple[int, int | None]]:
         """RUNNING -> DONE for many jobs in one statement: (job, result JSON text, duration_ms).
 
         Each row is guarded by its own claim. Returns the (id, lease_id) of the claims
         that moved their job; a claim missing from the set no longer owned its job, which
-        was left as it was. With ``forget`` (a worker with ``keep_done=0``), the jobs
-        nobody waits for and nothing depends on are deleted instead of kept DONE.
+        was left as it was.
         """
         if not done:
             return set()
         # One lock order (by id) for every multi-row statement of a worker, so that two
         # of them never wait for each other.
         done = sorted(done, key=lambda item: item[0].id)
-        forgotten: set[tuple[int, int | None]] = set()
-        if forget:
-            rows = await self._db.fetch(
-                FORGET_DONE_BATCH,
-                [job.id for job, _, _ in done],
-                [job.locked_by for job, _, _ in done],
-                [job.attempts for job, _, _ in done],
-                [job.lease_id for job, _, _ in done],
-                conn=conn,
-            )
-            forgotten = {(row["id"], row["lease_id"]) for row in rows}
-            # The rest: kept for a waiter or dependents, or no longer this claim's (then
-            # the guarded UPDATE below changes nothing either).
-            done = [item for item in done if (item[0].id, item[0].lease_id) not in forgotten]
-            if not done:
-                return forgotten
         rows = await self._db.fetch(
             MARK_DONE_BATCH,
             [job.id for job, _, _ in done],
@@ -248,7 +249,7 @@ class WorkerMoves:
             [duration for _, _, duration in done],
             conn=conn,
         )
-        return forgotten | {(row["id"], row["lease_id"]) for row in rows}
+        return {(row["id"], row["lease_id"]) for row in rows}
 
     async def mark_error(
         self,

@@ -170,7 +170,8 @@ class WaitMethods:
                 if row is None:
                     raise JobNotFound(
                         f"no job with id {job_id}: it was never enqueued here (check the "
-                        "store's database and schema) or it was pruned"
+                        "store's database and schema), or it was pruned, or it ended on a "
+                        "worker with delete_done=True before this wait began"
                     )
                 job = Job.from_record(row)
                 if job.status.is_finished:

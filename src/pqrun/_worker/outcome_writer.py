@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from pqrun._store.driver_errors import CONNECTION_ERRORS, ClientDataError
-from pqrun.models import Job, JobStatus
+from pqrun.models import JobStatus
 
 from .loops import ErrorStreak
 from .outcome import Outcome, end_span
@@ -114,12 +114,12 @@ class OutcomeWriter:
         errors: ErrorStreak,
         on_written: Callable[[Outcome, JobStatus | None], None],
         *,
-        forget_done: bool = False,
+        delete_done: bool = False,
     ) -> None:
         self._store = store
-        # keep_done=0: completions delete the jobs nobody reads after they end, until the
-        # database says this role may not (then they are kept DONE, for the pruner).
-        self._forget_done = forget_done
+        # delete_done=True: completions delete the jobs nobody reads after they end, until
+        # the database says this role may not (then they are written DONE, as by default).
+        self._delete_done = delete_done
         self._said_kept = False  # a refused delete is said once, then at debug level
         self._errors = errors
         self._on_written = on_written
@@ -266,10 +266,16 @@ class OutcomeWriter:
         cannot be reached."""
         conn = await self._connection()
         done = [o for o in batch if not o.written and o.result_json is not None]
+        if self._delete_done:
+            # Not one put aside (its row was locked): that one waits its turn below.
+            fresh = [o for o in done if o.tries_aside == 0]
+            if fresh:
+                await self._delete_finished(conn, fresh)
+                done = [o for o in done if not o.written]
         if len(done) > 1:
             try:
-                moved = await self._mark_done(
-                    conn, [(o.job, o.result_json or "", o.duration_ms) for o in done]
+                moved = await self._store.mark_done_batch(
+                    [(o.job, o.result_json or "", o.duration_ms) for o in done], conn=conn
                 )
             except Exception as exc:
                 if not is_refusal(exc) and not _try_again_later(exc):
@@ -319,8 +325,8 @@ class OutcomeWriter:
 
     async def _write_done(self, conn: Any, outcome: Outcome) -> None:
         try:
-            moved = await self._mark_done(
-                conn, [(outcome.job, outcome.result_json or "", outcome.duration_ms)]
+            moved = await self._store.mark_done_batch(
+                [(outcome.job, outcome.result_json or "", outcome.duration_ms)], conn=conn
             )
         except Exception as exc:
             self._raise_unless_refused(exc, outcome)
@@ -332,36 +338,41 @@ class OutcomeWriter:
         else:
             self._written(outcome, JobStatus.DONE if moved else None)
 
-    async def _mark_done(
-        self, conn: Any, done: list[tuple[Job, str, int]]
-    ) -> set[tuple[int, int | None]]:
-        if self._forget_done:
-            try:
-                return await self._store.mark_done_batch(done, conn=conn, forget=True)
-            except asyncpg.InsufficientPrivilegeError as exc:
-                # Not the jobs' fault: they are kept DONE instead, from now on.
-                self._forget_done = False
-                logger.error(
-                    "keep_done=0, but this role may not delete jobs (%s): finished jobs "
-                    "are kept DONE instead, and the pruner cannot delete them either. "
-                    "GRANT DELETE ON jobs to this role, or set keep_done above 0",
-                    _refusal(exc),
-                )
-            except Exception as exc:
-                if not is_refusal(exc):
-                    raise
-                # The database refused the delete (a trigger of yours, a foreign key to
-                # these jobs): a job that ran is not failed for that, it is kept DONE.
-                level = logging.WARNING if not self._said_kept else logging.DEBUG
-                self._said_kept = True
-                logger.log(
-                    level,
-                    "keep_done=0: %d finished jobs could not be deleted (%s); they are "
-                    "kept DONE, for the pruner",
-                    len(done),
-                    _refusal(exc),
-                )
-        return await self._store.mark_done_batch(done, conn=conn)
+    async def _delete_finished(self, conn: Any, done: list[Outcome]) -> None:
+        """delete_done=True: delete the jobs of ``done`` nobody reads after they end, and
+        count each as written DONE at once; the rest are written DONE after, as usual."""
+        try:
+            deleted = await self._store.delete_done_batch([o.job for o in done], conn=conn)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # Not the jobs' fault: they are written DONE instead, from now on.
+            self._delete_done = False
+            logger.error(
+                "delete_done=True, but this role may not delete jobs (%s): finished jobs "
+                "are kept DONE instead (and the pruner cannot delete them either). GRANT "
+                "DELETE ON jobs to this role, or leave delete_done off",
+                _refusal(exc),
+            )
+            return
+        except Exception as exc:
+            if _try_again_later(exc):
+                return  # a row locked: written DONE now, or put aside, as usual
+            if not is_refusal(exc):
+                raise  # the connection: dropped, and the batch written again
+            # Refused (a trigger of yours, a foreign key to these jobs): a job that ran
+            # is not failed for that; it is written DONE, and pruned as usual.
+            level = logging.DEBUG if self._said_kept else logging.WARNING
+            self._said_kept = True
+            logger.log(
+                level,
+                "delete_done: %d finished jobs could not be deleted (%s); they are kept "
+                "DONE, for the pruner",
+                len(done),
+                _refusal(exc),
+            )
+            return
+        for outcome in done:
+            if (outcome.job.id, outcome.job.lease_id) in deleted:
+                self._written(outcome, JobStatus.DONE)
 
     def _raise_unless_refused(self, exc: Exception, outcome: Outcome) -> None:
         """Re-raise ``exc`` unless the database refused this one write for its data.

@@ -66,7 +66,7 @@ class WorkerParts:
             store,
             life.streak("writer"),
             on_written=self._written,
-            forget_done=settings.forgets_done,
+            delete_done=settings.delete_done,
         )
         self.type_stats = TypeStats(store, life)
         self.fetcher = fetcher = Fetcher(settings, store, registry, self.writer, life)

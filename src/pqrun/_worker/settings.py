@@ -75,17 +75,14 @@ class WorkerSettings:
     prune_interval: timedelta
     keep_done: timedelta
     keep_failed: timedelta
+    #: A completion deletes its job instead of writing it DONE, unless a store.wait()
+    #: or dependent jobs read it (docs/operations.md#retention).
+    delete_done: bool
     enable_vacuum: bool
     backoff: BackoffPolicy
     idle_policy: IdlePollPolicy
     loop_error_policy: LoopErrorPolicy
     schedules: tuple[Schedule, ...]
-
-    @property
-    def forgets_done(self) -> bool:
-        """keep_done=0 (and pruning on): a completion deletes its job instead of keeping
-        it DONE, unless a waiter or dependent jobs read it (docs/operations.md)."""
-        return self.enable_pruning and self.keep_done <= timedelta(0)
 
     @property
     def job_types(self) -> list[str]:
@@ -124,6 +121,7 @@ class WorkerSettings:
         prune_every_seconds: float | timedelta | None,
         keep_done: timedelta | float | None,
         keep_failed: timedelta | float | None,
+        delete_done: bool | None,
         enable_vacuum: bool | None,
         metrics_port: int | None,
         metrics_host: str,
@@ -202,6 +200,7 @@ class WorkerSettings:
             prune_interval=prune_interval,
             keep_done=kept_done,
             keep_failed=kept_failed,
+            delete_done=env_bool("WORKER_DELETE_DONE", delete_done, False),
             enable_vacuum=env_bool("WORKER_VACUUM_ENABLED", enable_vacuum, True),
             backoff=backoff if backoff is not None else BackoffPolicy(),
             idle_policy=idle_policy if idle_policy is not None else IdlePollPolicy(),

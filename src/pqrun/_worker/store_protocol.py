@@ -57,12 +57,11 @@ class WorkerStore(Protocol):
     async def pickup_limited(
         self, worker_id: str, job_type: str, handler: ClaimLimits, limit: int
     ) -> tuple[list[Job], float | None]: ...
+    async def delete_done_batch(
+        self, done: Sequence[Job], *, conn: Connection | None = None
+    ) -> set[tuple[int, int | None]]: ...
     async def mark_done_batch(
-        self,
-        done: Sequence[tuple[Job, str, int]],
-        *,
-        conn: Connection | None = None,
-        forget: bool = False,
+        self, done: Sequence[tuple[Job, str, int]], *, conn: Connection | None = None
     ) -> set[tuple[int, int | None]]: ...
     async def mark_error(
         self,

@@ -44,15 +44,15 @@ WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the p
   AND j.locked_by = d.locked_by AND j.attempts = d.attempts AND j.lease_id = d.lease_id
 RETURNING j.id, j.lease_id
 
--- name: forget_done_batch
--- RUNNING -> gone: the completion of a worker that keeps no DONE jobs (keep_done=0,
--- docs/operations.md): the row is deleted instead of written DONE, which leaves one
--- dead row version and adds no index entry. Only a job nobody reads after it ends: not
--- one store.wait() waits for (awaited), not one other jobs depend on (has_dependents,
--- which the dependents' trigger sets under the row's lock). Those, and the rows this
--- statement passes over for that reason, are written DONE by mark_done_batch after it.
--- Returns the ids deleted. If a waiter or a dependent marks a row while this waits for
--- its lock, the row is re-read (READ COMMITTED) and kept.
+-- name: delete_done_batch
+-- RUNNING -> deleted: the completion of a worker with delete_done=True
+-- (docs/operations.md#retention), in place of mark_done_batch: the row is deleted instead
+-- of written DONE, which leaves one dead row version and adds no index entry. Only a job
+-- nobody reads after it ends: not one a store.wait() waits for (awaited), not one other
+-- jobs depend on (has_dependents, which their insert sets under the row's lock). The
+-- rows it passes over go through mark_done_batch after it. A waiter or dependent that
+-- marks a row while this waits for its lock makes it read the row again (READ
+-- COMMITTED) and pass over it. Returns the ids deleted.
 -- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id),
 -- not awaited, no dependents.
 DELETE FROM jobs AS j

@@ -1,18 +1,18 @@
-"""keep_done=0: a completion deletes its job instead of keeping it DONE, except a job
-that someone reads after it ends (a store.wait(), dependent jobs)."""
+"""delete_done=True: a completion deletes its job instead of writing it DONE, except a
+job that someone reads after it ends (a store.wait(), dependent jobs)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from pqrun import JobContext, JobStatus, PgJobStore, Worker
+from pqrun import Job, JobContext, JobStatus, PgJobStore, Worker
+from pqrun.observers import JobObserver
 
 from .helpers import QUICK, counts, wait_until
 
@@ -48,12 +48,12 @@ async def written_done_ids(conn: asyncpg.Connection) -> set[int]:
     return {row["id"] for row in await conn.fetch("SELECT id FROM written_done")}
 
 
-@pytest.mark.parametrize("keep_done", [0, None])
-async def test_keep_done_zero_deletes_each_job_as_it_completes(
+@pytest.mark.parametrize("delete_done", [True, None])
+async def test_delete_done_deletes_each_job_as_it_completes(
     store: PgJobStore,
     conn: asyncpg.Connection,
     written_done: None,
-    keep_done: float | None,
+    delete_done: bool | None,
 ) -> None:
     ran: list[int] = []
 
@@ -66,15 +66,13 @@ async def test_keep_done_zero_deletes_each_job_as_it_completes(
         store=store,
         handlers={"t": handler},
         concurrency=8,
-        keep_done=keep_done,
-        # The pruner has its first pass at the start and none during the test: what goes
-        # goes at its completion.
-        prune_every_seconds=3600,
+        delete_done=delete_done,
+        # Nothing is old enough for the pruner: what goes, goes at its completion.
         **QUICK,
     )
     await worker.start()
     try:
-        expected = {} if keep_done == 0 else {"DONE": len(ids)}
+        expected = {} if delete_done else {"DONE": len(ids)}
 
         async def all_written() -> bool:
             return sorted(ran) == ids and await counts(conn) == expected
@@ -82,7 +80,7 @@ async def test_keep_done_zero_deletes_each_job_as_it_completes(
         await wait_until(all_written)
     finally:
         await worker.stop()
-    if keep_done == 0:
+    if delete_done:
         assert await counts(conn) == {}
         assert await written_done_ids(conn) == set()
     else:
@@ -93,14 +91,14 @@ async def test_keep_done_zero_deletes_each_job_as_it_completes(
         assert job.result == {"n": ids[0]}
 
 
-async def test_keep_done_zero_keeps_failures_and_retries_as_before(
+async def test_delete_done_keeps_failures_as_before(
     store: PgJobStore, conn: asyncpg.Connection
 ) -> None:
     async def handler(ctx: JobContext) -> None:
         raise RuntimeError(f"broken {ctx.payload['i']}")
 
     failing = await store.enqueue("t", {"i": 1}, max_attempts=1)
-    worker = Worker(store=store, handlers={"t": handler}, keep_done=0, **QUICK)
+    worker = Worker(store=store, handlers={"t": handler}, delete_done=True, **QUICK)
     await worker.start()
     try:
 
@@ -128,7 +126,7 @@ async def test_a_job_someone_waits_for_is_kept_done_with_its_result(
         return 42
 
     waited_for = await store.enqueue("t")
-    worker = Worker(store=store, handlers={"t": handler}, keep_done=0, **QUICK)
+    worker = Worker(store=store, handlers={"t": handler}, delete_done=True, **QUICK)
     await worker.start()
     try:
         await asyncio.wait_for(started.wait(), 30)
@@ -170,7 +168,7 @@ async def test_jobs_others_depend_on_are_kept_and_release_them(
     first = await store.enqueue("charge")
     second = await store.enqueue("ship", depends_on=[first])
     worker = Worker(
-        store=store, handlers={"charge": handler, "ship": handler}, keep_done=0, **QUICK
+        store=store, handlers={"charge": handler, "ship": handler}, delete_done=True, **QUICK
     )
     await worker.start()
     try:
@@ -187,8 +185,17 @@ async def test_jobs_others_depend_on_are_kept_and_release_them(
     assert kept.result == "charge"
 
 
-async def test_a_waiter_that_marks_the_row_while_the_delete_waits_for_it_keeps_the_job(
-    store: PgJobStore, conn: asyncpg.Connection
+async def lock_waiters(conn: asyncpg.Connection) -> int:
+    waiting: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting
+
+
+@pytest.mark.parametrize("reader", ["waiter", "dependent"])
+async def test_a_reader_that_marks_the_row_while_the_delete_waits_for_it_keeps_the_job(
+    store: PgJobStore, conn: asyncpg.Connection, reader: str
 ) -> None:
     job_id = await store.enqueue("t")
     [job] = await store.pickup_batch("w", ["t"], 1)
@@ -196,30 +203,104 @@ async def test_a_waiter_that_marks_the_row_while_the_delete_waits_for_it_keeps_t
     try:
         marking = holder.transaction()
         await marking.start()
-        await holder.execute("UPDATE jobs SET awaited = true WHERE id = $1", job_id)
-        completing = asyncio.ensure_future(store.mark_done_batch([(job, '"kept"', 5)], forget=True))
+        if reader == "waiter":
+            await holder.execute("UPDATE jobs SET awaited = true WHERE id = $1", job_id)
+        else:  # its trigger locks the job and marks it has_dependents
+            dependent = await holder.fetchval(
+                "INSERT INTO jobs (job_type, depends_on) VALUES ('next', ARRAY[$1::bigint])"
+                " RETURNING id",
+                job_id,
+            )
+        deleting = asyncio.ensure_future(store.delete_done_batch([job]))
 
         async def blocked() -> bool:
-            return bool(
-                await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
+            return await lock_waiters(conn) > 0
 
         await wait_until(blocked)
         await marking.commit()
-        moved = await asyncio.wait_for(completing, 30)
+        deleted = await asyncio.wait_for(deleting, 30)
     finally:
         await holder.close()
-    assert moved == {(job_id, job.lease_id)}
+    assert deleted == set()
+    # Left RUNNING for the plain completion, which the worker's writer makes next.
+    assert await store.mark_done_batch([(job, '"kept"', 5)]) == {(job_id, job.lease_id)}
     kept = await store.get_job(job_id)
     assert kept is not None
     assert kept.status is JobStatus.DONE
     assert kept.result == "kept"
+    if reader == "dependent":
+        released = await store.get_job(dependent)
+        assert released is not None
+        assert released.status is JobStatus.READY
 
 
-async def test_forgetting_never_deletes_a_job_its_claim_no_longer_owns(
+class Ends(JobObserver):
+    """What the worker reported for each job."""
+
+    def __init__(self) -> None:
+        self.ends: dict[int, str] = {}
+
+    def finished(self, job: Job, outcome: str, duration_seconds: float) -> None:
+        self.ends[job.id] = outcome
+
+
+async def test_jobs_deleted_beside_one_whose_row_is_locked_are_reported_done(
+    store: PgJobStore, conn: asyncpg.Connection
+) -> None:
+    ends = Ends()
+    store.observe(ends)
+    plain = await store.enqueue("t")
+    depended_on = await store.enqueue("t")
+    await store.enqueue("later", depends_on=[depended_on])
+    started: set[int] = set()
+    go_on = asyncio.Event()
+
+    async def handler(ctx: JobContext) -> str:
+        started.add(ctx.job.id)
+        await go_on.wait()
+        return "ok"
+
+    worker = Worker(store=store, handlers={"t": handler}, concurrency=2, delete_done=True, **QUICK)
+    holder = await asyncpg.connect(store.dsn)
+    await worker.start()
+    try:
+
+        async def both_started() -> bool:
+            return started == {plain, depended_on}
+
+        await wait_until(both_started)
+        # Another dependent, in a transaction that holds the row past the writer's
+        # lock_timeout: its completion waits; the deleted job's must not.
+        locking = holder.transaction()
+        await locking.start()
+        await holder.execute(
+            "INSERT INTO jobs (job_type, depends_on) VALUES ('later', ARRAY[$1::bigint])",
+            depended_on,
+        )
+        go_on.set()
+
+        async def plain_reported() -> bool:
+            return plain in ends.ends
+
+        await wait_until(plain_reported)
+        await locking.commit()
+
+        async def both_reported() -> bool:
+            return depended_on in ends.ends
+
+        await wait_until(both_reported)
+    finally:
+        go_on.set()
+        await holder.close()
+        await worker.stop()
+    assert ends.ends == {plain: "done", depended_on: "done"}
+    assert await store.get_job(plain) is None
+    kept = await store.get_job(depended_on)
+    assert kept is not None
+    assert kept.status is JobStatus.DONE
+
+
+async def test_delete_done_never_deletes_a_job_its_claim_no_longer_owns(
     store: PgJobStore, conn: asyncpg.Connection
 ) -> None:
     cancelled = await store.enqueue("t")
@@ -234,9 +315,7 @@ async def test_forgetting_never_deletes_a_job_its_claim_no_longer_owns(
         "WHERE id = $1",
         picked_again,
     )
-    moved = await store.mark_done_batch(
-        [(jobs[i], "null", 1) for i in (cancelled, picked_again, owned)], forget=True
-    )
+    moved = await store.delete_done_batch([jobs[i] for i in (cancelled, picked_again, owned)])
     assert moved == {(owned, jobs[owned].lease_id)}
     assert await store.get_job(owned) is None
     states = {
@@ -246,7 +325,7 @@ async def test_forgetting_never_deletes_a_job_its_claim_no_longer_owns(
     assert states == {cancelled: ("CANCELLED", "w"), picked_again: ("RUNNING", "w2")}
 
 
-async def test_keep_done_zero_without_delete_rights_keeps_jobs_done_and_says_so_once(
+async def test_delete_done_without_delete_rights_keeps_jobs_done_and_says_so_once(
     dsn: str, store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     role = f"pqrun_nodelete_{secrets.token_hex(3)}"
@@ -268,8 +347,7 @@ async def test_keep_done_zero_without_delete_rights_keeps_jobs_done_and_says_so_
         worker = Worker(
             store=limited,
             handlers={"t": lambda ctx: "ok"},
-            keep_done=0,
-            prune_every_seconds=3600,
+            delete_done=True,
             **QUICK,
         )
         await worker.start()
@@ -309,8 +387,7 @@ async def test_a_delete_the_database_refuses_keeps_the_jobs_done_not_failed(
             store=store,
             handlers={"held": lambda ctx: "ran", "t": lambda ctx: "ran"},
             concurrency=4,
-            keep_done=0,
-            prune_every_seconds=3600,
+            delete_done=True,
             **QUICK,
         )
         await worker.start()
@@ -344,15 +421,19 @@ async def test_a_delete_the_database_refuses_keeps_the_jobs_done_not_failed(
         )
 
 
-def test_only_keep_done_zero_with_pruning_on_forgets() -> None:
+def test_delete_done_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     store = PgJobStore("postgresql://x/db")
 
-    def forgets(**kwargs: object) -> bool:
+    def deletes(**kwargs: object) -> bool:
         worker = Worker(store=store, handlers={"t": lambda ctx: None}, **kwargs)  # type: ignore[arg-type]
-        return worker.settings.forgets_done
+        return worker.delete_done
 
-    assert not forgets()
-    assert not forgets(keep_done=timedelta(seconds=1))
-    assert forgets(keep_done=0)
-    assert forgets(keep_done=timedelta(0))
-    assert not forgets(keep_done=0, enable_pruning=False)
+    assert not deletes()
+    assert not deletes(keep_done=0)
+    assert deletes(delete_done=True)
+    monkeypatch.setenv("WORKER_DELETE_DONE", "true")
+    assert deletes()
+    assert not deletes(delete_done=False)
+    monkeypatch.setenv("WORKER_DELETE_DONE", "maybe")
+    with pytest.raises(ValueError, match="WORKER_DELETE_DONE"):
+        deletes()
