@@ -46,6 +46,10 @@ for round in 1 2 3; do
         python -m pqrun bench --loop $loop --dsn "$server/bench_pqrun" --mode drain \
             | grep -E "event loop|jobs_per_s|cpu"
     done
+    # Finished jobs deleted as they complete instead of kept DONE (an opt-in).
+    echo "delete_done:"
+    WORKER_DELETE_DONE=true python -m pqrun bench --loop uvloop --dsn "$server/bench_pqrun" \
+        --mode drain | grep -E "jobs_per_s|cpu"
 done
 
 echo "== I/O-bound drain: handlers sleep 10 ms, concurrency 50 (ceiling 5,000 jobs/s)"
