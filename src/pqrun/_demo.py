@@ -95,6 +95,7 @@ async def _enqueue_and_run(store: PgJobStore, say: Callable[[str], None]) -> Non
         concurrency=4,
         idle_policy=IdlePollPolicy(base_seconds=0.05, max_seconds=0.5),
         worker_id="demo-worker",
+        delete_done=False,  # the demo lists its finished jobs
     )
     ran = await worker.drain()
     say(f"the worker recorded {ran} outcomes (one retry and one chained job included)\n")

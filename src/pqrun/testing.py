@@ -164,8 +164,11 @@ async def drain(store: PgJobStore, handlers: Handlers, **worker_options: Any) ->
     """Run every due job of ``handlers``' types on ``store`` with a Worker, until none is
     left (jobs they enqueue too); return the number of outcomes recorded.
 
-    ``worker_options`` go to ``Worker`` (``backoff=``, ``concurrency=``, ...).
+    ``worker_options`` go to ``Worker`` (``backoff=``, ``concurrency=``, ...). Finished
+    jobs are kept for the test to read, whatever ``WORKER_DELETE_DONE`` says, unless
+    ``delete_done=True`` is given.
     """
+    worker_options.setdefault("delete_done", False)
     return await Worker(store, handlers, **worker_options).drain()
 
 

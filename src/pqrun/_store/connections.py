@@ -103,6 +103,7 @@ class StoreConnections:
         self.min_size = min_size
         self.max_size = max_size
         self.connections_wanted = 0
+        self.opening = LoopLock()
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         #: What a first use starts the store with: PgJobStore.start, so that a subclass's
@@ -225,43 +226,42 @@ class StoreConnections:
         self.schema_checked = True
 
     async def open_pool(self) -> asyncpg.Pool[Any]:
-        """The pool of the running event loop, opened if need be (no schema check)."""
+        """The pool of the running event loop, opened if need be (no schema check), by one
+        task at a time: many first uses at once open one pool, not one each."""
         loop = asyncio.get_running_loop()
-        if self.pool is not None and self.pool_loop is loop:
-            return self.pool
-        if self.given_pool is not None:
-            await open_given_pool(
-                self.given_pool, loop, self.cannot_connect, self.cause, self.connections_wanted
+        async with self.opening.lock():
+            if self.pool is not None and self.pool_loop is loop:
+                return self.pool
+            if self.given_pool is not None:
+                await open_given_pool(
+                    self.given_pool, loop, self.cannot_connect, self.cause, self.connections_wanted
+                )
+                self.pool, self.pool_loop = self.given_pool, loop
+                self.schema_checked = False
+                return self.given_pool
+            if self.pool is not None:
+                # Opened under another event loop (an earlier asyncio.run()): unusable here.
+                with contextlib.suppress(RuntimeError):  # that loop may be closed already
+                    self.pool.terminate()
+                self.pool = None
+            max_size = self.max_size or max(10, self.connections_wanted + 2)
+            quiet_pool_floor_warnings()
+            # Built first, then awaited: a ValueError from the pool's own arguments is the
+            # caller's to see as is; one while connecting is about the DSN.
+            opening = asyncpg.create_pool(
+                self.dsn,
+                min_size=min(self.min_size, max_size),
+                max_size=max_size,
+                timeout=self.connect_timeout,
+                **self.pool_kwargs,
             )
-            self.pool, self.pool_loop = self.given_pool, loop
+            try:
+                pool = await opening
+            except CONNECT_ERRORS as exc:
+                raise self.cannot_connect(exc) from self.cause(exc)
+            self.pool, self.pool_loop = pool, loop
             self.schema_checked = False
-            return self.given_pool
-        if self.pool is not None:
-            # Opened under another event loop (an earlier asyncio.run()): unusable here.
-            with contextlib.suppress(RuntimeError):  # that loop may be closed already
-                self.pool.terminate()
-            self.pool = None
-        max_size = self.max_size or max(10, self.connections_wanted + 2)
-        quiet_pool_floor_warnings()
-        # Built first, then awaited: a ValueError from the pool's own arguments is the
-        # caller's to see as is; one while connecting is about the DSN.
-        opening = asyncpg.create_pool(
-            self.dsn,
-            min_size=min(self.min_size, max_size),
-            max_size=max_size,
-            timeout=self.connect_timeout,
-            **self.pool_kwargs,
-        )
-        try:
-            pool = await opening
-        except CONNECT_ERRORS as exc:
-            raise self.cannot_connect(exc) from self.cause(exc)
-        if self.pool is not None and self.pool_loop is loop:
-            await pool.close()  # another task opened one while this one connected
-            return self.pool
-        self.pool, self.pool_loop = pool, loop
-        self.schema_checked = False
-        return pool
+            return pool
 
     async def close(self, within: float = 10.0) -> None:
         """Close the pool, waiting up to ``within`` s for connections in use to come back.
@@ -461,6 +461,21 @@ class StoreConnections:
         """The status of ``sql`` ("UPDATE 1", ...)."""
         async with self.acquire(conn) as c:
             return await c.execute(sql, *args, timeout=self.statement_timeout)
+
+
+class LoopLock:
+    """An asyncio.Lock of the running event loop: a store may be used under one loop,
+    then another (each asyncio.run() of a script), and a lock belongs to one."""
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

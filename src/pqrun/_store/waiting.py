@@ -160,12 +160,16 @@ class WaitMethods:
                     f"the store was closed while waiting for job {job_id}; it goes on "
                     "regardless: wait for it again on an open store, or look with get_job()"
                 )
+            # Marked before the LISTEN opens, which may take a while: from the mark on,
+            # the job's end is written (never deleted, delete_done) and announced; one
+            # that comes before the LISTEN is ready is read below.
+            async with self._db.acquire(join=False) as conn:
+                await conn.fetchval(
+                    MARK_AWAITED, job_id, self._db.channel, timeout=self._db.statement_timeout
+                )
             woken = await self._waiters.watch(job_id)
             try:
                 async with self._db.acquire(join=False) as conn:
-                    await conn.fetchval(
-                        MARK_AWAITED, job_id, self._db.channel, timeout=self._db.statement_timeout
-                    )
                     row = await conn.fetchrow(GET_JOB, job_id, timeout=self._db.statement_timeout)
                 if row is None:
                     raise JobNotFound(

@@ -342,37 +342,60 @@ class OutcomeWriter:
         """delete_done=True: delete the jobs of ``done`` nobody reads after they end, and
         count each as written DONE at once; the rest are written DONE after, as usual."""
         try:
-            deleted = await self._store.delete_done_batch([o.job for o in done], conn=conn)
-        except asyncpg.InsufficientPrivilegeError as exc:
+            self._deleted(
+                done, await self._store.delete_done_batch([o.job for o in done], conn=conn)
+            )
+        except Exception as exc:
+            if not self._delete_refused(exc, done) or len(done) == 1:
+                return
+            # One job's delete refused: the others are deleted one by one, so that only
+            # that one is kept DONE.
+            for outcome in done:
+                if not self._delete_done:
+                    return
+                try:
+                    self._deleted(
+                        [outcome], await self._store.delete_done_batch([outcome.job], conn=conn)
+                    )
+                except Exception as one:
+                    self._delete_refused(one, [outcome])
+
+    def _deleted(self, done: list[Outcome], deleted: set[tuple[int, int | None]]) -> None:
+        for outcome in done:
+            if (outcome.job.id, outcome.job.lease_id) in deleted:
+                self._written(outcome, JobStatus.DONE)
+
+    def _delete_refused(self, exc: Exception, done: list[Outcome]) -> bool:
+        """Whether the database refused to delete ``done`` for what they hold (they are
+        then written DONE, as by default). Raises ``exc`` when it is the connection."""
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             # Not the jobs' fault: they are written DONE instead, from now on.
             self._delete_done = False
             logger.error(
-                "delete_done=True, but this role may not delete jobs (%s): finished jobs "
-                "are kept DONE instead (and the pruner cannot delete them either). GRANT "
-                "DELETE ON jobs to this role, or leave delete_done off",
+                "delete_done=True, but deleting finished jobs was refused for lack of "
+                "privilege (%s): they are kept DONE from now on (and the pruner cannot "
+                "delete them either). GRANT DELETE ON jobs to this role, or leave "
+                "delete_done off",
                 _refusal(exc),
             )
-            return
-        except Exception as exc:
-            if _try_again_later(exc):
-                return  # a row locked: written DONE now, or put aside, as usual
-            if not is_refusal(exc):
-                raise  # the connection: dropped, and the batch written again
-            # Refused (a trigger of yours, a foreign key to these jobs): a job that ran
-            # is not failed for that; it is written DONE, and pruned as usual.
+            return False
+        if _try_again_later(exc):
+            return False  # written DONE now, or put aside, as usual
+        if not is_refusal(exc):
+            raise exc  # the connection: dropped, and the batch written again
+        if len(done) == 1:
+            # Refused (a trigger of yours, a foreign key to the job): a job that ran is
+            # not failed for that; it is written DONE, and pruned after keep_done.
             level = logging.DEBUG if self._said_kept else logging.WARNING
             self._said_kept = True
             logger.log(
                 level,
-                "delete_done: %d finished jobs could not be deleted (%s); they are kept "
-                "DONE, for the pruner",
-                len(done),
+                "job %s: delete_done could not delete it (%s); it is kept DONE, for the pruner",
+                done[0].job.id,
                 _refusal(exc),
+                extra={"job_id": done[0].job.id, "job_type": done[0].job.job_type},
             )
-            return
-        for outcome in done:
-            if (outcome.job.id, outcome.job.lease_id) in deleted:
-                self._written(outcome, JobStatus.DONE)
+        return True
 
     def _raise_unless_refused(self, exc: Exception, outcome: Outcome) -> None:
         """Re-raise ``exc`` unless the database refused this one write for its data.

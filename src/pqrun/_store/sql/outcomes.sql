@@ -50,21 +50,30 @@ RETURNING j.id, j.lease_id
 -- of written DONE, which leaves one dead row version and adds no index entry. Only a job
 -- nobody reads after it ends: not one a store.wait() waits for (awaited), not one other
 -- jobs depend on (has_dependents, which their insert sets under the row's lock). The
--- rows it passes over go through mark_done_batch after it. A waiter or dependent that
--- marks a row while this waits for its lock makes it read the row again (READ
--- COMMITTED) and pass over it. Returns the ids deleted.
+-- rows it passes over go through mark_done_batch after it. SKIP LOCKED: a row another
+-- session holds (a dependent's insert, a foreign key's KEY SHARE lock) is passed over
+-- at once, not waited for; READ COMMITTED re-reads a row changed since the statement
+-- began before it locks it, so a waiter or dependent that marked it keeps it.
 -- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id),
--- not awaited, no dependents.
+-- not awaited, no dependents, locked FOR UPDATE SKIP LOCKED; the DELETE takes only the
+-- rows so locked, which nobody can change before it.
+WITH mine AS (
+    SELECT j.id
+    FROM jobs AS j
+    JOIN unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
+         AS d(id, locked_by, attempts, lease_id) ON j.id = d.id
+    WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
+      -- Tests of the joined pair only, as in mark_done_batch (the CASE is 'RUNNING'), so
+      -- the planner never counts the rows by the RUNNING statistics.
+      AND j.status = CASE WHEN d.id IS NOT NULL THEN 'RUNNING' END
+      AND j.locked_by = d.locked_by AND j.attempts = d.attempts AND j.lease_id = d.lease_id
+      AND NOT j.awaited AND NOT j.has_dependents
+    ORDER BY j.id  -- the one lock order of a worker's multi-row statements
+    FOR UPDATE OF j SKIP LOCKED
+)
 DELETE FROM jobs AS j
-USING unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
-      AS d(id, locked_by, attempts, lease_id)
-WHERE j.id = ANY($1::bigint[])  -- lets the planner reach the rows through the primary key
-  AND j.id = d.id
-  -- Tests of the joined pair only, as in mark_done_batch (the CASE is 'RUNNING'), so the
-  -- planner never counts the rows by the RUNNING statistics.
-  AND j.status = CASE WHEN d.id IS NOT NULL THEN 'RUNNING' END
-  AND j.locked_by = d.locked_by AND j.attempts = d.attempts AND j.lease_id = d.lease_id
-  AND NOT j.awaited AND NOT j.has_dependents
+USING mine
+WHERE j.id = mine.id
 RETURNING j.id, j.lease_id
 
 -- name: mark_error
