@@ -56,9 +56,10 @@ RETURNING j.id, j.lease_id
 -- began before it locks it, so a waiter or dependent that marked it keeps it.
 -- Guard: per row: RUNNING and owned by that row's claim (locked_by, attempts, lease_id),
 -- not awaited, no dependents, locked FOR UPDATE SKIP LOCKED; the DELETE takes only the
--- rows so locked, which nobody can change before it.
+-- row versions so locked (by ctid, which nobody can change while the lock holds; one the
+-- statement's snapshot does not show is passed over, and written DONE after).
 WITH mine AS (
-    SELECT j.id
+    SELECT j.ctid AS row_at
     FROM jobs AS j
     JOIN unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
          AS d(id, locked_by, attempts, lease_id) ON j.id = d.id
@@ -71,9 +72,9 @@ WITH mine AS (
     ORDER BY j.id  -- the one lock order of a worker's multi-row statements
     FOR UPDATE OF j SKIP LOCKED
 )
+-- The row versions locked, by ctid: no index lookup again.
 DELETE FROM jobs AS j
-USING mine
-WHERE j.id = mine.id
+WHERE j.ctid = ANY(ARRAY(SELECT row_at FROM mine))
 RETURNING j.id, j.lease_id
 
 -- name: mark_error
