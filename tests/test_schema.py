@@ -307,8 +307,8 @@ async def test_moves_by_claim_find_their_rows_by_the_primary_key_after_a_quiet_s
     rescanned = [n for n in nodes if n["Node Type"] == "Function Scan" and n["Actual Loops"] > 1]
     assert not rescanned, "each claim is read once, not once per row"
     found = sum(n["Actual Rows"] * n["Actual Loops"] for n in scans)
-    batches = ("mark_done_batch", "delete_done_batch", "release", "heartbeat", "still_owned")
-    batches += ("reap_stale",)
+    batches = {"mark_done_batch", "delete_done_batch", "release", "heartbeat", "still_owned"}
+    batches.add("reap_stale")
     assert found == (500 if name in batches else 0 if name == "run_now" else 1)
 
 
