@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -82,3 +85,32 @@ async def finished_and_created(
     finally:
         await conn.close()
     return finished, created
+
+
+@asynccontextmanager
+async def store_of_role(
+    conn: asyncpg.Connection, dsn: str, name: str, jobs_rights: str
+) -> AsyncIterator[PgJobStore]:
+    """A store that connects as a new role (``name`` and a random suffix) with
+    ``jobs_rights`` on jobs (e.g. "SELECT, INSERT, UPDATE") and what a worker needs on the
+    rest; the role is dropped on the way out."""
+    role = f"{name}_{secrets.token_hex(3)}"
+    password = secrets.token_hex(8)
+    await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        await conn.execute(
+            f"GRANT USAGE ON SCHEMA public TO {role};"
+            f"GRANT {jobs_rights} ON jobs TO {role};"
+            f"GRANT SELECT ON job_type_pauses TO {role};"
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
+            f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
+        )
+        parts = urlsplit(dsn)
+        netloc = f"{role}:{password}@{parts.hostname}:{parts.port}"
+        limited = PgJobStore(urlunsplit(parts._replace(netloc=netloc)))
+        try:
+            yield limited
+        finally:
+            await limited.close()
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -4,10 +4,8 @@ job that someone reads after it ends (a store.wait(), dependent jobs)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from pqrun import Job, JobContext, JobStatus, PgJobStore, Worker, testing
 from pqrun.observers import JobObserver
 
-from .helpers import QUICK, counts, wait_until
+from .helpers import QUICK, counts, store_of_role, wait_until
 
 # Records every row version written DONE, so a test can tell a job deleted at its
 # completion from one written DONE and pruned after.
@@ -392,28 +390,9 @@ async def test_delete_done_never_deletes_a_job_its_claim_no_longer_owns(
 async def test_delete_done_without_delete_rights_keeps_jobs_done_and_says_so_once(
     dsn: str, store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    role = f"pqrun_nodelete_{secrets.token_hex(3)}"
-    password = secrets.token_hex(8)
-    await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-    try:
-        await conn.execute(
-            f"GRANT USAGE ON SCHEMA public TO {role};"
-            f"GRANT SELECT, INSERT, UPDATE ON jobs TO {role};"
-            f"GRANT SELECT ON job_type_pauses TO {role};"
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
-            f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
-        )
-        parts = urlsplit(dsn)
-        limited = PgJobStore(
-            urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
-        )
+    async with store_of_role(conn, dsn, "pqrun_nodelete", "SELECT, INSERT, UPDATE") as limited:
         ids = [await store.enqueue("t") for _ in range(20)]
-        worker = Worker(
-            store=limited,
-            handlers={"t": lambda ctx: "ok"},
-            delete_done=True,
-            **QUICK,
-        )
+        worker = Worker(store=limited, handlers={"t": lambda ctx: "ok"}, delete_done=True, **QUICK)
         await worker.start()
         try:
 
@@ -423,11 +402,8 @@ async def test_delete_done_without_delete_rights_keeps_jobs_done_and_says_so_onc
             await wait_until(all_done)
         finally:
             await worker.stop()
-            await limited.close()
-        assert caplog.text.count("refused for lack of privilege") == 1
-        assert "GRANT DELETE ON jobs" in caplog.text
-    finally:
-        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert caplog.text.count("refused for lack of privilege") == 1
+    assert "GRANT DELETE ON jobs" in caplog.text
 
 
 async def test_a_delete_the_database_refuses_keeps_the_jobs_done_not_failed(

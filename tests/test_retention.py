@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -21,7 +19,7 @@ from pqrun._store.inspection import (
 )
 from pqrun._store.maintenance import PRUNE_FINISHED
 
-from .helpers import QUICK, wait_until
+from .helpers import QUICK, store_of_role, wait_until
 
 AGED = """
 INSERT INTO jobs (job_type, status, finished_at)
@@ -252,22 +250,8 @@ async def test_status_queries_read_indexes_not_the_table(
 async def test_a_worker_without_delete_rights_says_so_once_and_goes_on(
     dsn: str, store: PgJobStore, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    role = f"pqrun_nodelete_{secrets.token_hex(3)}"
-    password = secrets.token_hex(8)
-    await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-    try:
-        await conn.execute(
-            f"GRANT USAGE ON SCHEMA public TO {role};"
-            f"GRANT SELECT, INSERT, UPDATE ON jobs TO {role};"
-            f"GRANT SELECT ON job_type_pauses TO {role};"
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
-            f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
-        )
+    async with store_of_role(conn, dsn, "pqrun_nodelete", "SELECT, INSERT, UPDATE") as limited:
         await aged(conn, "DONE", timedelta(days=3), 2)
-        parts = urlsplit(dsn)
-        limited = PgJobStore(
-            urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
-        )
         worker = Worker(
             store=limited, handlers={"t": lambda ctx: "ok"}, prune_every_seconds=0.05, **QUICK
         )
@@ -287,9 +271,6 @@ async def test_a_worker_without_delete_rights_says_so_once_and_goes_on(
             await wait_until(ran)  # the worker goes on running jobs
         finally:
             await worker.stop()
-            await limited.close()
-        assert caplog.text.count("cannot delete old jobs") == 1
-        assert "GRANT DELETE ON jobs" in caplog.text
-        assert await by_status(conn) == {"DONE": 3}
-    finally:
-        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert caplog.text.count("cannot delete old jobs") == 1
+    assert "GRANT DELETE ON jobs" in caplog.text
+    assert await by_status(conn) == {"DONE": 3}

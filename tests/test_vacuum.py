@@ -7,10 +7,8 @@ since the last vacuum, and a queue on a server without autovacuum slows down to 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -19,7 +17,7 @@ from pqrun import NotPermitted, PgJobStore, Worker
 from pqrun._store.moves import PICKUP
 from pqrun._worker import vacuumer
 
-from .helpers import QUICK, wait_until
+from .helpers import QUICK, store_of_role, wait_until
 
 VACUUMS = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'jobs'::regclass"
 
@@ -121,21 +119,8 @@ async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
 ) -> None:  # fmt: skip
     monkeypatch.setattr(vacuumer, "VACUUM_AFTER_CHANGES", 1)
     monkeypatch.setattr(vacuumer, "VACUUM_CHECK_INTERVAL", 0.05)
-    role = f"pqrun_novacuum_{secrets.token_hex(3)}"
-    password = secrets.token_hex(8)
-    await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-    try:
-        await conn.execute(
-            f"GRANT USAGE ON SCHEMA public TO {role};"
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON jobs TO {role};"
-            f"GRANT SELECT ON job_type_pauses TO {role};"
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON job_workers TO {role};"
-            f"GRANT USAGE ON SEQUENCE jobs_id_seq TO {role}"
-        )
-        parts = urlsplit(dsn)
-        limited = PgJobStore(
-            urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
-        )
+    rights = "SELECT, INSERT, UPDATE, DELETE"
+    async with store_of_role(conn, dsn, "pqrun_novacuum", rights) as limited:
         with pytest.raises(NotPermitted, match="may not vacuum the jobs table"):
             await limited.vacuum()
         worker = Worker(store=limited, handlers={"t": lambda ctx: "ok"}, **QUICK)
@@ -157,11 +142,8 @@ async def test_a_worker_that_may_not_vacuum_says_so_once_and_goes_on(
             await wait_until(lambda: _count_done(conn, 2))
         finally:
             await worker.stop()
-            await limited.close()
-        assert caplog.text.count("does not vacuum") == 1
-        assert "WORKER_VACUUM_ENABLED=false" in caplog.text
-    finally:
-        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert caplog.text.count("does not vacuum") == 1
+    assert "WORKER_VACUUM_ENABLED=false" in caplog.text
 
 
 async def _count_done(conn: asyncpg.Connection, n: int) -> bool:
