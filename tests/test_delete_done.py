@@ -4,7 +4,7 @@ job that someone reads after it ends (a store.wait(), dependent jobs)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -113,16 +113,25 @@ async def test_delete_done_keeps_failures_as_before(
     assert "broken 1" in (job.last_error or "")
 
 
-async def test_a_job_someone_waits_for_is_kept_done_with_its_result(
-    store: PgJobStore, conn: asyncpg.Connection, written_done: None
-) -> None:
+def held_back(
+    result: int,
+) -> tuple[Callable[[JobContext], Awaitable[int]], asyncio.Event, asyncio.Event]:
+    """A handler that says it started, then returns ``result`` once let go."""
     started = asyncio.Event()
     go_on = asyncio.Event()
 
     async def handler(ctx: JobContext) -> int:
         started.set()
         await go_on.wait()
-        return 42
+        return result
+
+    return handler, started, go_on
+
+
+async def test_a_job_someone_waits_for_is_kept_done_with_its_result(
+    store: PgJobStore, conn: asyncpg.Connection, written_done: None
+) -> None:
+    handler, started, go_on = held_back(42)
 
     waited_for = await store.enqueue("t")
     worker = Worker(store=store, handlers={"t": handler}, delete_done=True, **QUICK)
@@ -158,13 +167,7 @@ async def test_a_job_someone_waits_for_is_kept_done_with_its_result(
 async def test_a_wait_that_begins_while_the_job_runs_gets_it_though_its_listen_is_slow(
     dsn: str, store: PgJobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started = asyncio.Event()
-    go_on = asyncio.Event()
-
-    async def handler(ctx: JobContext) -> int:
-        started.set()
-        await go_on.wait()
-        return 7
+    handler, started, go_on = held_back(7)
 
     job_id = await store.enqueue("t")
     waiting_store = PgJobStore(dsn)
