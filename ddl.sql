@@ -145,15 +145,7 @@ $$;
 -- it moves; until they are vacuumed, each pickup steps over them and slows down. Vacuum
 -- this table after every few thousand changes, not after 20% of it, and at full speed.
 -- docs/operations.md explains these and the server-wide autovacuum_naptime to pair them.
--- Jobs are inserted into pages filled to 40 % (fillfactor), so that the row version a
--- claim writes, a little wider than the queued one, fits on the job's own page for every
--- job of the page, and the DONE version after it once the queued ones are pruned. Into a
--- full page each move wrote its version to another page, with an extra lock record, the
--- whole payload again in the write-ahead log, and every worker's writes meeting at the
--- table's end (docs/benchmarks.md: less WAL per job, faster drains). A backlog of queued
--- jobs takes 2.5 times the pages; rows already stored stay where they are.
 ALTER TABLE jobs SET (
-    fillfactor = 40,
     autovacuum_vacuum_scale_factor = 0,
     autovacuum_vacuum_threshold = 5000,
     autovacuum_vacuum_insert_scale_factor = 0,

@@ -316,51 +316,6 @@ async def test_moves_by_claim_find_their_rows_by_the_primary_key_after_a_quiet_s
     assert found == (500 if name in batches else 0 if name == "run_now" else 1)
 
 
-async def test_a_claim_and_its_completion_write_the_job_on_its_own_page(
-    dsn: str, conn: asyncpg.Connection, schemas: Callable[[], str]
-) -> None:
-    # Jobs are inserted into pages filled to 40 % (fillfactor), so that the row version
-    # a claim writes, and after it the DONE one, fit on the page the job is on: no lock
-    # record and no second page per move, and the write-ahead log holds only the columns
-    # that changed, not the payload again. Into full pages, each went to another page.
-    schema = schemas()
-    await PgJobStore(dsn, schema=schema).setup()
-    await conn.execute(f'SET search_path TO "{schema}"')
-    await conn.execute(
-        "INSERT INTO jobs (job_type, payload) "
-        "SELECT 't', jsonb_build_object('order', n, 'note', repeat('x', 200)) "
-        "FROM generate_series(1, 300) AS n"
-    )
-    page_of = "SELECT id, (ctid::text::point)[0]::bigint AS page FROM jobs WHERE status = $1"
-
-    async def pages(status: str) -> dict[int, int]:
-        return {row["id"]: row["page"] for row in await conn.fetch(page_of, status)}
-
-    queued = await pages("READY")
-    assert len(set(queued.values())) > 4  # the jobs fill several pages
-    claimed = await conn.fetch(query("pickup"), "w", None, 300, False)
-    assert len(claimed) == 300
-    assert await pages("RUNNING") == queued
-    ids = sorted(row["id"] for row in claimed)
-    leases = {row["id"]: row["lease_id"] for row in claimed}
-    attempts = {row["id"]: row["attempts"] for row in claimed}
-    done = await conn.fetch(
-        query("mark_done_batch"),
-        ids,
-        ["w"] * len(ids),
-        [attempts[i] for i in ids],
-        [leases[i] for i in ids],
-        ["null"] * len(ids),
-        [1] * len(ids),
-    )
-    assert len(done) == 300
-    # The DONE version fits once the page's READY versions are pruned, which a session
-    # holding an older snapshot can put off: most jobs, not every one, are asserted.
-    finished = await pages("DONE")
-    stayed = sum(1 for job_id, page in finished.items() if queued[job_id] == page)
-    assert stayed >= 240, f"{stayed} of 300 DONE versions on the job's page"
-
-
 @pytest.mark.slow
 def test_wheel_ships_ddl_and_type_marker(tmp_path: Path) -> None:
     import zipfile
