@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -326,3 +326,21 @@ async def test_many_first_uses_at_once_open_one_pool(dsn: str, conn: asyncpg.Con
         await lazy.close()
     assert found == [None] * 150
     assert opened <= 4
+
+
+async def test_many_first_uses_at_once_of_a_store_without_its_schema_each_say_so(
+    dsn: str, schemas: Callable[[], str]
+) -> None:
+    # The first failed start closed the pool under the other first uses, which then
+    # said "the connection was closed in the middle of operation" (or failed an
+    # assertion) instead of what is wrong and how to fix it.
+    lazy = PgJobStore(dsn, schema=schemas(), max_size=4)
+    try:
+        found = await asyncio.gather(
+            *(lazy.get_job(n) for n in range(1, 41)), return_exceptions=True
+        )
+    finally:
+        await lazy.close()
+    wrong = [repr(error) for error in found if not isinstance(error, SchemaMissing)]
+    assert not wrong, wrong[:3]
+    assert all("pqrun setup" in str(error) or "ddl.sql" in str(error) for error in found)

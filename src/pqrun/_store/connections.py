@@ -104,6 +104,7 @@ class StoreConnections:
         self.max_size = max_size
         self.connections_wanted = 0
         self.opening = LoopLock()
+        self.starting = LoopLock()
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         #: What a first use starts the store with: PgJobStore.start, so that a subclass's
@@ -182,9 +183,19 @@ class StoreConnections:
         self.connections_wanted += count
 
     async def start(self) -> None:
-        """Open the pool and check that the schema is there. Calling it again does nothing."""
+        """Open the pool and check that the schema is there. Calling it again does nothing.
+
+        One task at a time: a start that fails closes the pool, which must not happen
+        under another first use's check (that one would say the connection closed, not
+        what is wrong); the next one tries again, and says it too.
+        """
         if self.started and self.schema_checked:
             return
+        async with self.starting.lock():
+            if not (self.started and self.schema_checked):
+                await self._start()
+
+    async def _start(self) -> None:
         pool = await self.open_pool()
         try:
             # With min_size=0 the pool opened without a connection: this is the first.
