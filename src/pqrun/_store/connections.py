@@ -105,6 +105,10 @@ class StoreConnections:
         self.connections_wanted = 0
         self.opening = LoopLock()
         self.starting = LoopLock()
+        #: False where the pool's transactions are REPEATABLE READ or SERIALIZABLE by
+        #: default (a server's, database's or role's setting, or server_settings): claims
+        #: then ask for READ COMMITTED (moves.py), which their guards are written for.
+        self.read_committed = True
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         #: What a first use starts the store with: PgJobStore.start, so that a subclass's
@@ -234,6 +238,7 @@ class StoreConnections:
         self.channel = schema
         assert identity is not None  # a SELECT without FROM has its one row
         self.identity = (identity["server"], identity["database"], identity["jobs_oid"])
+        self.read_committed = identity["default_isolation"] == "read committed"
         self.schema_checked = True
 
     async def open_pool(self) -> asyncpg.Pool[Any]:

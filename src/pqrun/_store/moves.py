@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,14 +95,15 @@ class WorkerMoves:
         """Claim up to ``limit`` due READY jobs of ``job_types`` (None: any type)."""
         asked = self._claim_times_by_codec is not False
         async with self._db.acquire() as conn:
-            rows = await conn.fetch(
-                PICKUP,
-                worker_id,
-                None if job_types is None else list(job_types),
-                limit,
-                asked,
-                timeout=self._db.statement_timeout,
-            )
+            async with self._read_committed(conn, alone=True):
+                rows = await conn.fetch(
+                    PICKUP,
+                    worker_id,
+                    None if job_types is None else list(job_types),
+                    limit,
+                    asked,
+                    timeout=self._db.statement_timeout,
+                )
             in_codec = self._learn_codec(rows, asked)
             jobs = Claimed(await readable(self._db, conn, rows, worker_id, in_codec=in_codec))
         jobs.rows = len(rows)
@@ -124,7 +125,7 @@ class WorkerMoves:
         assert isinstance(period, timedelta)
         asked = self._claim_times_by_codec is not False
         async with self._db.acquire() as conn:
-            async with conn.transaction():
+            async with self._read_committed(conn, alone=False):
                 locked = await conn.fetchval(
                     LIMIT_LOCK,
                     f"{self._db.channel}:limits:{job_type}",
@@ -151,6 +152,21 @@ class WorkerMoves:
             jobs = await readable(self._db, conn, claimed, worker_id, in_codec=in_codec)
         in_pickup_order(jobs)
         return jobs, rows[0]["room_in_seconds"] if rows else None
+
+    def _read_committed(self, conn: Connection, *, alone: bool) -> AbstractAsyncContextManager[Any]:
+        """The transaction of a claim: READ COMMITTED, which its guards are written for.
+
+        Where transactions are REPEATABLE READ or SERIALIZABLE by default, a row another
+        worker claimed after the claim's snapshot failed the whole claim ("could not
+        serialize access"), where READ COMMITTED reads the row again and passes it over;
+        and a limited claim counted running jobs in a snapshot taken before its lock.
+        Such a claim is a READ COMMITTED transaction of its own. ``alone``: a single
+        statement, which needs no transaction block where the default is READ COMMITTED.
+        (Inside a transaction of the caller's, whatever isolation that one has.)
+        """
+        if conn.is_in_transaction() or self._db.read_committed:
+            return nullcontext() if alone else conn.transaction()
+        return conn.transaction(isolation="read_committed")
 
     async def wake_workers(self) -> None:
         """Wake the idle workers of this queue, as an insert would."""

@@ -44,12 +44,14 @@ WHERE c.oid = to_regclass('jobs')
 -- The server, database and jobs table a connection reaches: a store's own connections
 -- (to direct_dsn, or opened as a caller's pool opens its) must reach the same as its
 -- pool. The system identifier tells two servers built alike apart (NULL where the role
--- may not read it: then database and table alone).
+-- may not read it: then database and table alone). Also the isolation its transactions
+-- have by default: the claims need READ COMMITTED, and ask for it where it is not.
 -- Guard: a read of the catalogs; moves nothing.
 SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
             THEN (SELECT system_identifier FROM pg_control_system())::text END AS server,
        current_database() AS database,
-       to_regclass('jobs')::oid::bigint AS jobs_oid
+       to_regclass('jobs')::oid::bigint AS jobs_oid,
+       current_setting('default_transaction_isolation') AS default_isolation
 
 -- name: jobs_schema
 -- The schema holding the jobs table (NULL: not in the search_path). Notifications go to
