@@ -36,9 +36,9 @@ from .driver_errors import (
 from .given_pool import open_given_pool, secrets_of, where_to_connect
 from .pool_floor import quiet_pool_floor_warnings
 from .queries import Qualified, qualified_statements
-from .schema_objects import IDENTITY, JOBS_SCHEMA, SCHEMA_OBJECTS, missing_objects
 from .secrets import cause_without_secrets, error_text, redact_dsn
 from .session_settings import check_schema_name, per_transaction, quote_ident
+from .startup import LoopLock, StartAttempts, start_once
 
 logger = logging.getLogger("pqrun")
 
@@ -104,7 +104,7 @@ class StoreConnections:
         self.max_size = max_size
         self.connections_wanted = 0
         self.opening = LoopLock()
-        self.starting = LoopLock()
+        self.starting = StartAttempts()
         #: False where the pool's transactions are REPEATABLE READ or SERIALIZABLE by
         #: default (a server's, database's or role's setting, or server_settings): claims
         #: then ask for READ COMMITTED (moves.py), which their guards are written for.
@@ -188,58 +188,10 @@ class StoreConnections:
 
     async def start(self) -> None:
         """Open the pool and check that the schema is there. Calling it again does nothing.
-
-        One task at a time: a start that fails closes the pool, which must not happen
-        under another first use's check (that one would say the connection closed, not
-        what is wrong); the next one tries again, and says it too.
-        """
-        if self.started and self.schema_checked:
-            return
-        async with self.starting.lock():
-            if not (self.started and self.schema_checked):
-                await self._start()
-
-    async def _start(self) -> None:
-        pool = await self.open_pool()
-        try:
-            # With min_size=0 the pool opened without a connection: this is the first.
-            async with pool.acquire(timeout=self.statement_timeout) as conn:
-                schema = await conn.fetchval(self.sql(JOBS_SCHEMA), timeout=self.statement_timeout)
-                objects = await conn.fetchrow(
-                    self.sql(SCHEMA_OBJECTS), timeout=self.statement_timeout
-                )
-                identity = await conn.fetchrow(self.sql(IDENTITY), timeout=self.statement_timeout)
-        except CONNECT_ERRORS as exc:
-            await self.close()
-            raise self.cannot_connect(exc) from self.cause(exc)
-        except BaseException:
-            await self.close()
-            raise
-        if schema is None or objects is None:
-            await self.close()
-            raise SchemaMissing(f"the table 'jobs' is not in {self.where()}; {self.setup_hint()}")
-        missing = missing_objects(objects)
-        # Without these, pqrun's statements fail; without an index or a trigger, they
-        # are slower or wake workers later, and `pqrun check` says so.
-        fatal = [thing for thing in missing if thing.startswith(("column", "table"))]
-        if fatal:
-            await self.close()
-            raise SchemaMissing(
-                f"the schema in {self.where()} is older than this version of pqrun: it "
-                f"lacks {', '.join(fatal)}; apply ddl.sql again (safe to repeat): "
-                f"{self.setup_hint().removeprefix('apply the schema first: ')}"
-            )
-        if missing:
-            logger.warning(
-                "the schema in %s lacks %s; apply ddl.sql again (pqrun setup)",
-                self.where(),
-                ", ".join(missing),
-            )
-        self.channel = schema
-        assert identity is not None  # a SELECT without FROM has its one row
-        self.identity = (identity["server"], identity["database"], identity["jobs_oid"])
-        self.read_committed = identity["default_isolation"] == "read committed"
-        self.schema_checked = True
+        One start at a time; those waiting for a start that fails fail with it
+        (startup.py)."""
+        if not (self.started and self.schema_checked):
+            await start_once(self)
 
     async def open_pool(self) -> asyncpg.Pool[Any]:
         """The pool of the running event loop, opened if need be (no schema check), by one
@@ -325,7 +277,9 @@ class StoreConnections:
     @asynccontextmanager
     async def pooled(self) -> AsyncIterator[Connection]:
         """A pooled connection; only getting it is translated into pqrun's errors."""
-        if not self.started:
+        if not (self.started and self.schema_checked):
+            # (Not the pool alone: it opens before the schema check, whose failure closes
+            # it under whoever took a connection from it meanwhile.)
             await self.lazy_start()
         # The pool this connection came from: close() may drop the store's meanwhile.
         pool = self.pool
@@ -477,21 +431,6 @@ class StoreConnections:
         """The status of ``sql`` ("UPDATE 1", ...)."""
         async with self.acquire(conn) as c:
             return await c.execute(sql, *args, timeout=self.statement_timeout)
-
-
-class LoopLock:
-    """An asyncio.Lock of the running event loop: a store may be used under one loop,
-    then another (each asyncio.run() of a script), and a lock belongs to one."""
-
-    def __init__(self) -> None:
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            self._lock, self._loop = asyncio.Lock(), loop
-        return self._lock
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
