@@ -370,3 +370,5 @@ async def test_many_first_uses_at_once_of_a_store_without_its_schema_each_say_so
     # Those that waited for a start that failed fail with it, not each after a start of
     # its own (against a server that answers nothing, one statement timeout each).
     assert attempts < 40
+    # Each its own error object: one raised by all would hold every caller's frames.
+    assert len({id(error) for error in found}) == len(found)

@@ -17,7 +17,7 @@ from .connections import Connection
 from .own_connections import can_have_sessions, dedicated_connection, session_connection
 from .queries import query
 from .schema_objects import SCHEMA_OBJECTS, missing_objects
-from .session_settings import SET_LOCAL, per_transaction, quote_ident
+from .session_settings import SET_LOCAL, own_transaction, per_transaction, quote_ident
 
 if TYPE_CHECKING:
     from .connections import StoreConnections
@@ -144,7 +144,7 @@ class MaintenanceMethods:
         # a timeout of its own on both sides rather than the store's or the role's: a
         # sample read from a big, cold table may take a while, and one cut short every
         # time would never land; but DDL on jobs waits for it, so not for ever.
-        async with self._db.acquire(join=False) as conn, conn.transaction():
+        async with self._db.acquire(join=False) as conn, own_transaction(conn):
             await conn.fetchval(SET_LOCAL, ["statement_timeout"], [f"{ANALYZE_SECONDS * 1000:.0f}"])
             await conn.execute(self._db.sql(ANALYZE_JOBS), timeout=ANALYZE_SECONDS + 5)
         return _has_statistics(await self._statistics())
@@ -281,7 +281,7 @@ class MaintenanceMethods:
                 if max_batches is not None and batches >= max_batches:
                     return pruned(more=True)
                 batches += 1
-                async with self._db.acquire() as conn, conn.transaction():
+                async with self._db.acquire() as conn, own_transaction(conn):
                     if not await conn.fetchval(
                         PRUNE_LOCK, self._db.channel, timeout=self._db.statement_timeout
                     ):

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncpg
 
 from pqrun.models import Job, JobStatus, job_from_claim, job_from_claim_in_codec
 
 from .queries import query
 from .rows import expected_claim, storable
+from .session_settings import own_transaction
 
 if TYPE_CHECKING:
     from pqrun._json_encoding import JSONEncoding
@@ -94,16 +97,27 @@ class WorkerMoves:
     ) -> list[Job]:
         """Claim up to ``limit`` due READY jobs of ``job_types`` (None: any type)."""
         asked = self._claim_times_by_codec is not False
+        arguments = (worker_id, None if job_types is None else list(job_types), limit, asked)
+        timeout = self._db.statement_timeout
         async with self._db.acquire() as conn:
-            async with self._read_committed(conn, alone=True):
-                rows = await conn.fetch(
-                    PICKUP,
-                    worker_id,
-                    None if job_types is None else list(job_types),
-                    limit,
-                    asked,
-                    timeout=self._db.statement_timeout,
-                )
+            if self._db.read_committed or conn.is_in_transaction():
+                try:
+                    rows = await conn.fetch(PICKUP, *arguments, timeout=timeout)
+                except asyncpg.SerializationError:
+                    if conn.is_in_transaction():
+                        raise  # the caller's transaction: its isolation is the caller's
+                    # The default isolation is stricter than the store learned when it
+                    # started (changed since, or on this connection only). The claim
+                    # claimed nothing: claim again as below, from now on.
+                    self._db.read_committed = False
+                    async with own_transaction(conn):
+                        rows = await conn.fetch(PICKUP, *arguments, timeout=timeout)
+            else:
+                # Transactions are REPEATABLE READ or SERIALIZABLE by default here, under
+                # which a row another worker claimed after this claim's snapshot fails it
+                # whole: a READ COMMITTED transaction of its own (two round trips more).
+                async with own_transaction(conn):
+                    rows = await conn.fetch(PICKUP, *arguments, timeout=timeout)
             in_codec = self._learn_codec(rows, asked)
             jobs = Claimed(await readable(self._db, conn, rows, worker_id, in_codec=in_codec))
         jobs.rows = len(rows)
@@ -125,7 +139,9 @@ class WorkerMoves:
         assert isinstance(period, timedelta)
         asked = self._claim_times_by_codec is not False
         async with self._db.acquire() as conn:
-            async with self._read_committed(conn, alone=False):
+            # READ COMMITTED whatever the default: the claim after the lock counts from a
+            # snapshot taken after it (docs/flow-control.md).
+            async with own_transaction(conn):
                 locked = await conn.fetchval(
                     LIMIT_LOCK,
                     f"{self._db.channel}:limits:{job_type}",
@@ -152,21 +168,6 @@ class WorkerMoves:
             jobs = await readable(self._db, conn, claimed, worker_id, in_codec=in_codec)
         in_pickup_order(jobs)
         return jobs, rows[0]["room_in_seconds"] if rows else None
-
-    def _read_committed(self, conn: Connection, *, alone: bool) -> AbstractAsyncContextManager[Any]:
-        """The transaction of a claim: READ COMMITTED, which its guards are written for.
-
-        Where transactions are REPEATABLE READ or SERIALIZABLE by default, a row another
-        worker claimed after the claim's snapshot failed the whole claim ("could not
-        serialize access"), where READ COMMITTED reads the row again and passes it over;
-        and a limited claim counted running jobs in a snapshot taken before its lock.
-        Such a claim is a READ COMMITTED transaction of its own. ``alone``: a single
-        statement, which needs no transaction block where the default is READ COMMITTED.
-        (Inside a transaction of the caller's, whatever isolation that one has.)
-        """
-        if conn.is_in_transaction() or self._db.read_committed:
-            return nullcontext() if alone else conn.transaction()
-        return conn.transaction(isolation="read_committed")
 
     async def wake_workers(self) -> None:
         """Wake the idle workers of this queue, as an insert would."""

@@ -16,6 +16,7 @@ from pqrun.models import JobStatus
 
 from .queries import query
 from .registry import heartbeat_gap
+from .session_settings import own_transaction
 
 if TYPE_CHECKING:
     from .connections import Connection, StoreConnections
@@ -57,7 +58,7 @@ class ReapingMethods:
         reaper acts at a time: while another holds the queue's reaper lock this returns
         [] at once. Returns (id, new status) for each job taken back.
         """
-        async with self._db.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, own_transaction(conn):
             if not await conn.fetchval(
                 REAPER_LOCK, self._db.channel, timeout=self._db.statement_timeout
             ):

@@ -16,6 +16,7 @@ from pqrun.observers import tell_each
 
 from .enqueue import EnqueueMethods
 from .queries import query
+from .session_settings import own_transaction
 
 if TYPE_CHECKING:
     from pqrun.schedules import Schedule
@@ -39,7 +40,7 @@ class ScheduleMethods(EnqueueMethods):
 
     async def declare_schedules(self, schedules: Sequence[Schedule]) -> None:
         """Store these schedules' definitions (a worker does this when it starts)."""
-        async with self._db.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, own_transaction(conn):
             now: datetime = await conn.fetchval(DATABASE_NOW, timeout=self._db.statement_timeout)
             for schedule in schedules:
                 await conn.execute(
@@ -71,7 +72,7 @@ class ScheduleMethods(EnqueueMethods):
         enqueued: list[int] = []
         ticks: list[tuple[str, str]] = []  # (schedule, result), told after the commit
         async with self._db.acquire() as conn:
-            async with conn.transaction():
+            async with own_transaction(conn):
                 due = await conn.fetch(DUE_SCHEDULES, names, timeout=self._db.statement_timeout)
                 for row in due:
                     schedule = by_name[row["name"]]

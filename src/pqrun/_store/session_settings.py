@@ -3,7 +3,8 @@
 A store with ``schema=`` runs its statements schema-qualified (queries.qualified), so
 nothing needs to touch a connection's search_path for them. Through a transaction
 pooler nothing can be set at connect: ``per_transaction`` runs a statement in a
-transaction of its own with settings local to it.
+transaction of its own with settings local to it. pqrun's own transactions are READ
+COMMITTED whatever the session's default (``own_transaction``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import TYPE_CHECKING
 from .queries import query
 
 if TYPE_CHECKING:
+    from asyncpg.transaction import Transaction
+
     from .connections import Connection
+
+#: What pqrun's own connections (outside the pool) are opened with: their statements'
+#: guards are written for READ COMMITTED (see own_transaction).
+READ_COMMITTED = {"default_transaction_isolation": "read committed"}
 
 SET_LOCAL = query("set_local")
 
@@ -42,6 +49,18 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def own_transaction(conn: Connection) -> Transaction:
+    """A transaction of pqrun's own statements: READ COMMITTED, which their guards are
+    written for, whatever the session's default. A server, database or role may make
+    transactions REPEATABLE READ or SERIALIZABLE by default, under which a row another
+    worker changed after the transaction's snapshot fails the statement ("could not
+    serialize access") where READ COMMITTED reads it again. Inside a transaction of the
+    caller's, a savepoint of that one (whatever its isolation)."""
+    if conn.is_in_transaction():
+        return conn.transaction()
+    return conn.transaction(isolation="read_committed")
+
+
 @asynccontextmanager
 async def per_transaction(
     conn: Connection, settings: Mapping[str, str], statement_timeout: float
@@ -54,7 +73,7 @@ async def per_transaction(
         await conn.fetchval(SET_LOCAL, list(settings), list(settings.values()))
         yield
         return
-    async with conn.transaction():
+    async with own_transaction(conn):
         await conn.fetchval(
             SET_LOCAL, list(settings), list(settings.values()), timeout=statement_timeout
         )

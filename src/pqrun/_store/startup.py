@@ -11,6 +11,7 @@ for each one before it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from typing import TYPE_CHECKING
 
@@ -58,14 +59,28 @@ async def start_once(db: StoreConnections) -> None:
         if db.started and db.schema_checked:
             return
         if attempts.ended != ended_before and attempts.error is not None:
-            raise attempts.error
+            raise _fresh(attempts.error)
         try:
             await _open_and_check(db)
         except Exception as exc:
-            attempts.ended, attempts.error = attempts.ended + 1, exc
+            attempts.ended, attempts.error = attempts.ended + 1, _fresh(exc)
             raise
         # (Cancelled: it did not end; those waiting try for themselves.)
         attempts.ended, attempts.error = attempts.ended + 1, None
+
+
+def _fresh(error: Exception) -> Exception:
+    """A copy of ``error`` without its traceback, for one more caller to raise: raised
+    by each, one object would gather every caller's frames (and keep them alive)."""
+    try:
+        copied = copy.copy(error)
+    except Exception:  # an exception that cannot be rebuilt from its arguments
+        return error
+    if type(copied) is not type(error) or str(copied) != str(error):
+        return error
+    copied.__traceback__ = None
+    copied.__cause__, copied.__suppress_context__ = error.__cause__, True
+    return copied
 
 
 async def _open_and_check(db: StoreConnections) -> None:

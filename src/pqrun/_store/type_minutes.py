@@ -19,6 +19,7 @@ from pqrun.limits import check_int
 from .inspection import STATUS_COUNT_CAP
 from .queries import query
 from .schedules import DATABASE_NOW
+from .session_settings import own_transaction
 
 if TYPE_CHECKING:
     from .connections import StoreConnections
@@ -114,17 +115,21 @@ class TypeMinuteMethods:
                     "and the longer runs)"
                 )
             buckets.extend(row.run_ms_buckets)
-        await self._db.execute(
-            ADD_TYPE_MINUTES,
-            [row.job_type for row in ordered],
-            [row.age_seconds for row in ordered],
-            [row.done for row in ordered],
-            [row.failed for row in ordered],
-            [row.retried for row in ordered],
-            [row.run_ms_sum for row in ordered],
-            buckets,
-            RUN_MS_BUCKETS,
-        )
+        # A transaction of its own (a few a minute): READ COMMITTED, or two workers adding
+        # to one minute's row fail one of them under a stricter default isolation.
+        async with self._db.acquire() as conn, own_transaction(conn):
+            await conn.execute(
+                ADD_TYPE_MINUTES,
+                [row.job_type for row in ordered],
+                [row.age_seconds for row in ordered],
+                [row.done for row in ordered],
+                [row.failed for row in ordered],
+                [row.retried for row in ordered],
+                [row.run_ms_sum for row in ordered],
+                buckets,
+                RUN_MS_BUCKETS,
+                timeout=self._db.statement_timeout,
+            )
 
     async def sample_ready_depth(self, count_cap: int = STATUS_COUNT_CAP) -> float:
         """Sample this minute's READY jobs per type into the rollup, unless another worker
@@ -134,7 +139,7 @@ class TypeMinuteMethods:
         next minute, by the database's clock.
         """
         timeout = self._db.statement_timeout
-        async with self._db.acquire(join=False) as conn, conn.transaction():
+        async with self._db.acquire(join=False) as conn, own_transaction(conn):
             claim = await conn.fetchrow(CLAIM_DEPTH_MINUTE, timeout=timeout)
             assert claim is not None
             if claim["minute"] is not None:
