@@ -29,7 +29,6 @@ from .driver_errors import CONNECT_ERRORS
 from .given_pool import POOL_ONLY
 from .schema_objects import IDENTITY
 from .secrets import cause_without_secrets, error_text, redact_dsn
-from .session_settings import READ_COMMITTED
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -100,9 +99,7 @@ async def dedicated_connection(
     """
     await db.lazy_start()
     if not db.pooler:
-        # pqrun's statements alone run on it: READ COMMITTED, whatever the default.
-        own = {**(server_settings or {}), **READ_COMMITTED}
-        return await _connect(db, purpose, db.dsn, db.pool_kwargs, own)
+        return await _connect(db, purpose, db.dsn, db.pool_kwargs, server_settings)
     if session and db.direct_dsn is not None:
         # Past the pooler: through it, a worker's heartbeats would wait for server
         # connections that its handlers' transactions hold, and the reaper would take
@@ -142,8 +139,7 @@ async def session_connection(
     kwargs = {k: v for k, v in db.pool_kwargs.items() if k not in given}
     kwargs["server_settings"] = {**db.own_settings, **_settings_of(db)}
     kwargs.pop("statement_cache_size", None)
-    own = {**(server_settings or {}), **READ_COMMITTED}
-    return await _connect(db, purpose, db.direct_dsn, kwargs, own)
+    return await _connect(db, purpose, db.direct_dsn, kwargs, server_settings)
 
 
 async def listen(

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from .connections import Connection
 
-#: What pqrun's own connections (outside the pool) are opened with: their statements'
-#: guards are written for READ COMMITTED (see own_transaction).
+#: What the worker's own connections (outcome writer, heartbeats) are opened with:
+#: their statements' guards are written for READ COMMITTED (see own_transaction).
 READ_COMMITTED = {"default_transaction_isolation": "read committed"}
 
 SET_LOCAL = query("set_local")

@@ -79,6 +79,8 @@ def _fresh(error: Exception) -> Exception:
     if type(copied) is not type(error) or str(copied) != str(error):
         return error
     copied.__traceback__ = None
+    if hasattr(error, "__notes__"):
+        copied.__notes__ = list(error.__notes__)
     copied.__cause__, copied.__suppress_context__ = error.__cause__, True
     return copied
 
@@ -120,5 +122,6 @@ async def _open_and_check(db: StoreConnections) -> None:
     db.channel = schema
     assert identity is not None  # a SELECT without FROM has its one row
     db.identity = (identity["server"], identity["database"], identity["jobs_oid"])
-    db.read_committed = identity["default_isolation"] == "read committed"
+    # (PostgreSQL runs READ UNCOMMITTED as READ COMMITTED.)
+    db.read_committed = identity["default_isolation"] in ("read committed", "read uncommitted")
     db.schema_checked = True

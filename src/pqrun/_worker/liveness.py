@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
+from pqrun._store.session_settings import READ_COMMITTED
 from pqrun.errors import WorkerIdInUse
 from pqrun.models import Job
 
@@ -135,7 +136,7 @@ class Liveness:
             # Past a transaction pooler when there is a way (direct_dsn): through it,
             # handlers' transactions holding its server connections would hold heartbeats up.
             self._conn = await self._store.dedicated_connection(
-                "the heartbeat connection", session=True
+                "the heartbeat connection", READ_COMMITTED, session=True
             )
         return self._conn
 

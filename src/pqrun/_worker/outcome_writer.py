@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from pqrun._store.driver_errors import CONNECTION_ERRORS, ClientDataError
+from pqrun._store.session_settings import READ_COMMITTED
 from pqrun.models import JobStatus
 
 from .loops import ErrorStreak
@@ -214,9 +215,15 @@ class OutcomeWriter:
             # Shorter than the statement_timeout, so that a locked row says so (55P03,
             # waited for) rather than time the statement out (57014, given up on).
             lock_ms = max(min(LOCK_TIMEOUT_MS, server_ms // 2), 1)
+            # READ COMMITTED whatever the default: under a stricter one, a completion
+            # racing a cancel or the reaper fails to serialize, and is put aside.
             self._conn = await self._store.dedicated_connection(
                 "the outcome writer's connection",
-                {"lock_timeout": f"{lock_ms}ms", "statement_timeout": f"{server_ms}ms"},
+                {
+                    "lock_timeout": f"{lock_ms}ms",
+                    "statement_timeout": f"{server_ms}ms",
+                    **READ_COMMITTED,
+                },
             )
         return self._conn
 
