@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -75,3 +76,48 @@ async def test_racing_workers_claim_without_errors_under_a_stricter_default_isol
     assert (
         await conn.fetchval("SELECT sum(done) FROM job_type_minutes WHERE job_type = 't'") == JOBS
     )
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+@pytest.mark.parametrize("known", [True, False], ids=["learned", "changed-after-start"])
+@pytest.mark.parametrize("move", ["cancel", "cancel_many", "run_now"])
+async def test_a_move_of_yours_that_waits_for_a_workers_move_is_made_under_a_stricter_default(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection, isolation: str, known: bool, move: str
+) -> None:
+    # cancel() (or run_now()) waiting for the row lock of a worker's claim of the same job
+    # raised "could not serialize access due to concurrent update" once the claim
+    # committed, where READ COMMITTED reads the row again and makes the move its guard
+    # allows (a RUNNING job is cancelled; a job claimed meanwhile is not made due).
+    strict = PgJobStore(dsn, server_settings={"default_transaction_isolation": isolation})
+    try:
+        await strict.start()
+        if not known:
+            strict._db.read_committed = True  # as learned before the default changed
+        job_id = await strict.enqueue(
+            "t", run_after=timedelta(hours=1) if move == "run_now" else None
+        )
+        claim = conn.transaction(isolation="read_committed")
+        await claim.start()
+        await conn.execute(
+            "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, locked_by = 'w', "
+            "lease_id = txid_current(), locked_at = now() WHERE id = $1",
+            job_id,
+        )
+        made = asyncio.create_task(
+            strict.cancel(job_id)
+            if move == "cancel"
+            else strict.cancel_many([job_id])
+            if move == "cancel_many"
+            else strict.run_now(job_id)
+        )
+        await asyncio.sleep(0.3)  # the move waits for the claim's row lock
+        await claim.commit()
+        answer = await asyncio.wait_for(made, 30)
+    finally:
+        await strict.close()
+    status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+    if move == "run_now":
+        assert (answer, status) == (False, "RUNNING")
+    else:
+        assert answer in (True, [job_id])
+        assert status == "CANCELLED"

@@ -17,6 +17,7 @@ from pqrun.errors import JobConflict
 from pqrun.limits import check_int
 
 from .queries import query
+from .session_settings import read_committed
 
 if TYPE_CHECKING:
     from .connections import StoreConnections
@@ -49,8 +50,12 @@ class InterventionMethods:
         """
         # The channel is read once connected: starting the store may learn it.
         async with self._db.acquire() as conn:
-            row = await conn.fetchval(
-                CANCEL, job_id, self._db.channel, timeout=self._db.statement_timeout
+            row = await read_committed(
+                self._db,
+                conn,
+                lambda: conn.fetchval(
+                    CANCEL, job_id, self._db.channel, timeout=self._db.statement_timeout
+                ),
             )
         return row is not None
 
@@ -76,8 +81,12 @@ class InterventionMethods:
         """
         async with self._db.acquire() as conn:
             try:
-                row = await conn.fetchval(
-                    RETRY, job_id, self._db.channel, timeout=self._db.statement_timeout
+                row = await read_committed(
+                    self._db,
+                    conn,
+                    lambda: conn.fetchval(
+                        RETRY, job_id, self._db.channel, timeout=self._db.statement_timeout
+                    ),
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise JobConflict(
@@ -127,8 +136,12 @@ class InterventionMethods:
         for attempt in range(RETRY_MANY_TRIES):
             async with self._db.acquire() as conn:
                 try:
-                    rows = await conn.fetch(
-                        RETRY_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
+                    rows = await read_committed(
+                        self._db,
+                        conn,
+                        lambda: conn.fetch(
+                            RETRY_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
+                        ),
                     )
                 except asyncpg.UniqueViolationError as exc:
                     if attempt + 1 < RETRY_MANY_TRIES:
@@ -146,8 +159,12 @@ class InterventionMethods:
         moved; a job in another state is left as it is."""
         ids = bulk_ids(job_ids)
         async with self._db.acquire() as conn:
-            rows = await conn.fetch(
-                CANCEL_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
+            rows = await read_committed(
+                self._db,
+                conn,
+                lambda: conn.fetch(
+                    CANCEL_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
+                ),
             )
         return sorted(row["id"] for row in rows)
 
@@ -162,8 +179,12 @@ class InterventionMethods:
         is not READY, or already due, is left as it is."""
         ids = bulk_ids(job_ids)
         async with self._db.acquire() as conn:
-            rows = await conn.fetch(
-                RUN_NOW, ids, self._db.channel, timeout=self._db.statement_timeout
+            rows = await read_committed(
+                self._db,
+                conn,
+                lambda: conn.fetch(
+                    RUN_NOW, ids, self._db.channel, timeout=self._db.statement_timeout
+                ),
             )
         return sorted(row["id"] for row in rows)
 

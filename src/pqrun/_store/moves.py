@@ -13,13 +13,11 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
-
 from pqrun.models import Job, JobStatus, job_from_claim, job_from_claim_in_codec
 
 from .queries import query
 from .rows import expected_claim, storable
-from .session_settings import own_transaction
+from .session_settings import own_transaction, read_committed
 
 if TYPE_CHECKING:
     from pqrun._json_encoding import JSONEncoding
@@ -100,24 +98,11 @@ class WorkerMoves:
         arguments = (worker_id, None if job_types is None else list(job_types), limit, asked)
         timeout = self._db.statement_timeout
         async with self._db.acquire() as conn:
-            if self._db.read_committed or conn.is_in_transaction():
-                try:
-                    rows = await conn.fetch(PICKUP, *arguments, timeout=timeout)
-                except asyncpg.SerializationError:
-                    if conn.is_in_transaction():
-                        raise  # the caller's transaction: its isolation is the caller's
-                    # The default isolation is stricter than the store learned when it
-                    # started (changed since, or on this connection only). The claim
-                    # claimed nothing: claim again as below, from now on.
-                    self._db.read_committed = False
-                    async with own_transaction(conn):
-                        rows = await conn.fetch(PICKUP, *arguments, timeout=timeout)
-            else:
-                # Transactions are REPEATABLE READ or SERIALIZABLE by default here, under
-                # which a row another worker claimed after this claim's snapshot fails it
-                # whole: a READ COMMITTED transaction of its own (two round trips more).
-                async with own_transaction(conn):
-                    rows = await conn.fetch(PICKUP, *arguments, timeout=timeout)
+            # Under a stricter default isolation, a row another worker claimed after this
+            # claim's snapshot would fail it whole (docs/state-machine.md, Pickup).
+            rows = await read_committed(
+                self._db, conn, lambda: conn.fetch(PICKUP, *arguments, timeout=timeout)
+            )
             in_codec = self._learn_codec(rows, asked)
             jobs = Claimed(await readable(self._db, conn, rows, worker_id, in_codec=in_codec))
         jobs.rows = len(rows)

@@ -10,16 +10,20 @@ COMMITTED whatever the session's default (``own_transaction``).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+import asyncpg
 
 from .queries import query
 
 if TYPE_CHECKING:
     from asyncpg.transaction import Transaction
 
-    from .connections import Connection
+    from .connections import Connection, StoreConnections
+
+T = TypeVar("T")
 
 #: What the worker's own connections (outcome writer, heartbeats) are opened with:
 #: their statements' guards are written for READ COMMITTED (see own_transaction).
@@ -59,6 +63,32 @@ def own_transaction(conn: Connection) -> Transaction:
     if conn.is_in_transaction():
         return conn.transaction()
     return conn.transaction(isolation="read_committed")
+
+
+async def read_committed(
+    db: StoreConnections, conn: Connection, statement: Callable[[], Awaitable[T]]
+) -> T:
+    """Run one guarded statement of pqrun's (``statement()``) as READ COMMITTED, which its
+    guard is written for: on its own where that is the default (one round trip), else in
+    a READ COMMITTED transaction of its own (BEGIN and COMMIT, two more). Under REPEATABLE
+    READ or SERIALIZABLE, a row changed by a transaction that committed after the
+    statement's snapshot (a worker's claim the statement waited for) fails it ("could not
+    serialize access"), where READ COMMITTED reads the row again and applies the guard.
+    The store learns the default when it starts; a statement that still fails so (the
+    default changed since) changed nothing, and runs again in such a transaction, as do
+    the later ones. Inside a transaction of the caller's, it runs as it is, in that one.
+    """
+    if conn.is_in_transaction():
+        return await statement()
+    if db.read_committed:
+        try:
+            return await statement()
+        except asyncpg.SerializationError:
+            if conn.is_in_transaction():
+                raise
+            db.read_committed = False
+    async with own_transaction(conn):
+        return await statement()
 
 
 @asynccontextmanager
