@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
-from pqrun import Handler, JobContext, PgJobStore, Worker
+from pqrun import Handler, JobContext, JobStatus, PgJobStore, Worker
 
-from .helpers import QUICK, counts
+from .helpers import QUICK, counts, wait_until
 
 JOBS = 3000
 
@@ -80,22 +82,22 @@ async def test_racing_workers_claim_without_errors_under_a_stricter_default_isol
 
 @pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
 @pytest.mark.parametrize("known", [True, False], ids=["learned", "changed-after-start"])
-@pytest.mark.parametrize("move", ["cancel", "cancel_many", "run_now"])
+@pytest.mark.parametrize("move", ["cancel", "cancel_many", "run_now", "wait"])
 async def test_a_move_of_yours_that_waits_for_a_workers_move_is_made_under_a_stricter_default(
     dsn: str, store: PgJobStore, conn: asyncpg.Connection, isolation: str, known: bool, move: str
 ) -> None:
-    # cancel() (or run_now()) waiting for the row lock of a worker's claim of the same job
-    # raised "could not serialize access due to concurrent update" once the claim
-    # committed, where READ COMMITTED reads the row again and makes the move its guard
-    # allows (a RUNNING job is cancelled; a job claimed meanwhile is not made due).
+    # cancel() (or run_now(), or the mark of a wait()) waiting for the row lock of a
+    # worker's claim of the same job raised "could not serialize access due to concurrent
+    # update" once the claim committed, where READ COMMITTED reads the row again and
+    # makes the move its guard allows (a RUNNING job is cancelled; a job claimed
+    # meanwhile is not made due; a waiter hears of the job's end).
     strict = PgJobStore(dsn, server_settings={"default_transaction_isolation": isolation})
     try:
         await strict.start()
         if not known:
             strict._db.read_committed = True  # as learned before the default changed
-        job_id = await strict.enqueue(
-            "t", run_after=timedelta(hours=1) if move == "run_now" else None
-        )
+        later = timedelta(hours=1) if move == "run_now" else None
+        job_id = await strict.enqueue("t", run_after=later)
         claim = conn.transaction(isolation="read_committed")
         await claim.start()
         await conn.execute(
@@ -103,21 +105,38 @@ async def test_a_move_of_yours_that_waits_for_a_workers_move_is_made_under_a_str
             "lease_id = txid_current(), locked_at = now() WHERE id = $1",
             job_id,
         )
-        made = asyncio.create_task(
-            strict.cancel(job_id)
-            if move == "cancel"
-            else strict.cancel_many([job_id])
-            if move == "cancel_many"
-            else strict.run_now(job_id)
-        )
-        await asyncio.sleep(0.3)  # the move waits for the claim's row lock
+        moves: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+            "cancel": lambda: strict.cancel(job_id),
+            "cancel_many": lambda: strict.cancel_many([job_id]),
+            "run_now": lambda: strict.run_now(job_id),
+            "wait": lambda: strict.wait(job_id, timeout=60),
+        }
+        made: asyncio.Task[Any] = asyncio.create_task(moves[move]())
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as watcher:
+
+            async def the_move_waits_for_the_claim() -> bool:
+                waiting = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                return bool(waiting)
+
+            await wait_until(the_move_waits_for_the_claim, within=30)
         await claim.commit()
-        answer = await asyncio.wait_for(made, 30)
+        if move == "wait":
+            await conn.execute(
+                "UPDATE jobs SET status = 'DONE', finished_at = now(), result = 'null' "
+                "WHERE id = $1",
+                job_id,
+            )
+        answer = await asyncio.wait_for(made, 60)
     finally:
         await strict.close()
     status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
     if move == "run_now":
         assert (answer, status) == (False, "RUNNING")
+    elif move == "wait":
+        assert (answer.id, answer.status, status) == (job_id, JobStatus.DONE, "DONE")
     else:
         assert answer in (True, [job_id])
         assert status == "CANCELLED"

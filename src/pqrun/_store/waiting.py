@@ -18,6 +18,7 @@ from pqrun.models import Job
 
 from .inspection import GET_JOB
 from .queries import query
+from .session_settings import read_committed
 
 if TYPE_CHECKING:
     from .connections import Connection, StoreConnections
@@ -164,8 +165,14 @@ class WaitMethods:
             # the job's end is written (never deleted, delete_done) and announced; one
             # that comes before the LISTEN is ready is read below.
             async with self._db.acquire(join=False) as conn:
-                await conn.fetchval(
-                    MARK_AWAITED, job_id, self._db.channel, timeout=self._db.statement_timeout
+                # (READ COMMITTED: under a stricter default, a mark that waited for a
+                # worker's move of the job would fail to serialize.)
+                await read_committed(
+                    self._db,
+                    conn,
+                    lambda: conn.fetchval(
+                        MARK_AWAITED, job_id, self._db.channel, timeout=self._db.statement_timeout
+                    ),
                 )
             woken = await self._waiters.watch(job_id)
             try:
