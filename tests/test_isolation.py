@@ -140,3 +140,57 @@ async def test_a_move_of_yours_that_waits_for_a_workers_move_is_made_under_a_str
     else:
         assert answer in (True, [job_id])
         assert status == "CANCELLED"
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+@pytest.mark.parametrize("known", [True, False], ids=["learned", "changed-after-start"])
+@pytest.mark.parametrize("move", ["enqueue_dependent", "release", "mark_done"])
+async def test_a_statement_that_waits_for_another_move_of_the_job_is_made_under_a_stricter_default(
+    dsn: str, store: PgJobStore, conn: asyncpg.Connection, isolation: str, known: bool, move: str
+) -> None:
+    # A dependent's enqueue waiting for its parent's row (locked by the worker finishing
+    # it), a release on shutdown or a hand-made completion waiting for a cancel of the
+    # same job: each raised "could not serialize access" once the other committed,
+    # where READ COMMITTED reads the row again (the dependent waits for its parent; the
+    # cancelled job is left as it is).
+    strict = PgJobStore(dsn, server_settings={"default_transaction_isolation": isolation})
+    try:
+        await strict.start()
+        if not known:
+            strict._db.read_committed = True  # as learned before the default changed
+        await strict.enqueue("t")
+        (job,) = await strict.pickup_batch("w", None, 1)
+        other = conn.transaction(isolation="read_committed")
+        await other.start()
+        if move == "enqueue_dependent":
+            # The worker's completion holds the parent, which stays RUNNING after all.
+            await conn.execute("UPDATE jobs SET updated_at = now() WHERE id = $1", job.id)
+        else:
+            await conn.execute("UPDATE jobs SET status = 'CANCELLED' WHERE id = $1", job.id)
+        moves: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+            "enqueue_dependent": lambda: strict.enqueue("t", depends_on=[job.id]),
+            "release": lambda: strict.release([job], "shutting down"),
+            "mark_done": lambda: strict.mark_done(job, None, 1),
+        }
+        made: asyncio.Task[Any] = asyncio.create_task(moves[move]())
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as watcher:
+
+            async def the_statement_waits() -> bool:
+                waiting = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                return bool(waiting)
+
+            await wait_until(the_statement_waits, within=30)
+        await other.commit()
+        answer = await asyncio.wait_for(made, 60)
+    finally:
+        await strict.close()
+    if move == "enqueue_dependent":
+        status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", answer)
+        assert status == "WAITING"
+    else:
+        assert not answer  # not moved: the job was cancelled meanwhile
+        status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job.id)
+        assert status == "CANCELLED"

@@ -37,7 +37,7 @@ from .given_pool import open_given_pool, secrets_of, where_to_connect
 from .pool_floor import quiet_pool_floor_warnings
 from .queries import Qualified, qualified_statements
 from .secrets import cause_without_secrets, error_text, redact_dsn
-from .session_settings import check_schema_name, per_transaction, quote_ident
+from .session_settings import check_schema_name, per_transaction, quote_ident, read_committed
 from .startup import LoopLock, StartAttempts, start_once
 
 logger = logging.getLogger("pqrun")
@@ -410,27 +410,32 @@ class StoreConnections:
         async with self.pooled() as conn, conn.transaction(), self.joinable(conn):
             yield conn
 
-    # -- one statement on a connection of acquire()'s, bounded by the statement timeout.
+    # -- one statement on a connection of acquire()'s, bounded by the statement timeout,
+    # -- READ COMMITTED whatever the default isolation (session_settings.read_committed).
 
     async def fetch(self, sql: str, *args: Any, conn: Connection | None = None) -> list[Any]:
         """The rows of ``sql``."""
         async with self.acquire(conn) as c:
-            return await c.fetch(sql, *args, timeout=self.statement_timeout)
+            timeout = self.statement_timeout
+            return await read_committed(self, c, lambda: c.fetch(sql, *args, timeout=timeout))
 
     async def fetchrow(self, sql: str, *args: Any, conn: Connection | None = None) -> Any:
         """The first row of ``sql``, or None."""
         async with self.acquire(conn) as c:
-            return await c.fetchrow(sql, *args, timeout=self.statement_timeout)
+            timeout = self.statement_timeout
+            return await read_committed(self, c, lambda: c.fetchrow(sql, *args, timeout=timeout))
 
     async def fetchval(self, sql: str, *args: Any, conn: Connection | None = None) -> Any:
         """The first column of the first row of ``sql``, or None."""
         async with self.acquire(conn) as c:
-            return await c.fetchval(sql, *args, timeout=self.statement_timeout)
+            timeout = self.statement_timeout
+            return await read_committed(self, c, lambda: c.fetchval(sql, *args, timeout=timeout))
 
     async def execute(self, sql: str, *args: Any, conn: Connection | None = None) -> str:
         """The status of ``sql`` ("UPDATE 1", ...)."""
         async with self.acquire(conn) as c:
-            return await c.execute(sql, *args, timeout=self.statement_timeout)
+            timeout = self.statement_timeout
+            return await read_committed(self, c, lambda: c.execute(sql, *args, timeout=timeout))
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

@@ -24,6 +24,7 @@ from pqrun.observers import tell
 
 from .queries import dbapi_query, query
 from .rows import ENQUEUE_PARAMETERS, NewJobRow, new_job_row
+from .session_settings import read_committed
 
 if TYPE_CHECKING:
     from pqrun.observers import JobObserver
@@ -227,8 +228,12 @@ async def enqueue_row(
     async def insert() -> int:
         async with db.acquire(conn) as c:
             for _ in dedupe_attempts(row.dedupe_key):
-                job_id: int | None = await c.fetchval(
-                    ENQUEUE, *row, trace_context, timeout=db.statement_timeout
+                # READ COMMITTED: under a stricter default, a parent locked by a worker's
+                # move, or a dedupe key committed after the snapshot, fails the insert.
+                job_id: int | None = await read_committed(
+                    db,
+                    c,
+                    lambda: c.fetchval(ENQUEUE, *row, trace_context, timeout=db.statement_timeout),
                 )
                 if job_id is not None:
                     return job_id
@@ -292,8 +297,16 @@ async def insert_rows(
     async with db.acquire(conn) as c:
         for _ in range(DEDUPE_TRIES):
             columns = [list(column) for column in zip(*(rows[i] for i in pending), strict=True)]
-            found = await c.fetch(
-                ENQUEUE_MANY, *columns, trace_context, timeout=db.statement_timeout
+            found = await read_committed(
+                db,
+                c,
+                # (Called at once, in this pass: the pass's own columns.)
+                lambda: c.fetch(
+                    ENQUEUE_MANY,
+                    *columns,  # noqa: B023
+                    trace_context,
+                    timeout=db.statement_timeout,
+                ),
             )
             for position, record in zip(pending, found, strict=True):
                 ids[position] = record["id"]

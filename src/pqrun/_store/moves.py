@@ -317,15 +317,17 @@ class WorkerMoves:
         jobs = sorted(jobs, key=lambda job: job.id)  # the one lock order, as in completions
         # The channel is read once connected: starting the store may learn it.
         async with self._db.acquire() as conn:
-            rows = await conn.fetch(
-                RELEASE,
+            arguments = (
                 [j.id for j in jobs],
                 [j.locked_by for j in jobs],
                 [j.attempts for j in jobs],
                 [j.lease_id for j in jobs],
                 reason,
                 self._db.channel,
-                timeout=self._db.statement_timeout,
+            )
+            timeout = self._db.statement_timeout
+            rows = await read_committed(
+                self._db, conn, lambda: conn.fetch(RELEASE, *arguments, timeout=timeout)
             )
         return [row["id"] for row in rows]
 

@@ -84,8 +84,6 @@ async def read_committed(
         try:
             return await statement()
         except asyncpg.SerializationError:
-            if conn.is_in_transaction():
-                raise
             db.read_committed = False
     async with own_transaction(conn):
         return await statement()
