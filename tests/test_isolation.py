@@ -91,11 +91,8 @@ async def test_a_move_of_yours_that_waits_for_a_workers_move_is_made_under_a_str
     # update" once the claim committed, where READ COMMITTED reads the row again and
     # makes the move its guard allows (a RUNNING job is cancelled; a job claimed
     # meanwhile is not made due; a waiter hears of the job's end).
-    strict = PgJobStore(dsn, server_settings={"default_transaction_isolation": isolation})
+    strict = await strict_store(dsn, isolation, known=known)
     try:
-        await strict.start()
-        if not known:
-            strict._db.read_committed = True  # as learned before the default changed
         later = timedelta(hours=1) if move == "run_now" else None
         job_id = await strict.enqueue("t", run_after=later)
         claim = conn.transaction(isolation="read_committed")
@@ -112,16 +109,7 @@ async def test_a_move_of_yours_that_waits_for_a_workers_move_is_made_under_a_str
             "wait": lambda: strict.wait(job_id, timeout=60),
         }
         made: asyncio.Task[Any] = asyncio.create_task(moves[move]())
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as watcher:
-
-            async def the_move_waits_for_the_claim() -> bool:
-                waiting = await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                return bool(waiting)
-
-            await wait_until(the_move_waits_for_the_claim, within=30)
+        await until_a_statement_waits_for_a_lock(dsn)
         await claim.commit()
         if move == "wait":
             await conn.execute(
@@ -153,11 +141,8 @@ async def test_a_statement_that_waits_for_another_move_of_the_job_is_made_under_
     # same job: each raised "could not serialize access" once the other committed,
     # where READ COMMITTED reads the row again (the dependent waits for its parent; the
     # cancelled job is left as it is).
-    strict = PgJobStore(dsn, server_settings={"default_transaction_isolation": isolation})
+    strict = await strict_store(dsn, isolation, known=known)
     try:
-        await strict.start()
-        if not known:
-            strict._db.read_committed = True  # as learned before the default changed
         await strict.enqueue("t")
         (job,) = await strict.pickup_batch("w", None, 1)
         other = conn.transaction(isolation="read_committed")
@@ -173,16 +158,7 @@ async def test_a_statement_that_waits_for_another_move_of_the_job_is_made_under_
             "mark_done": lambda: strict.mark_done(job, None, 1),
         }
         made: asyncio.Task[Any] = asyncio.create_task(moves[move]())
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as watcher:
-
-            async def the_statement_waits() -> bool:
-                waiting = await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                return bool(waiting)
-
-            await wait_until(the_statement_waits, within=30)
+        await until_a_statement_waits_for_a_lock(dsn)
         await other.commit()
         answer = await asyncio.wait_for(made, 60)
     finally:
@@ -194,3 +170,31 @@ async def test_a_statement_that_waits_for_another_move_of_the_job_is_made_under_
         assert not answer  # not moved: the job was cancelled meanwhile
         status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job.id)
         assert status == "CANCELLED"
+
+
+async def strict_store(dsn: str, isolation: str, *, known: bool) -> PgJobStore:
+    """A started store whose connections default to ``isolation``; ``known=False``: as
+    if it had learned READ COMMITTED at start and the default changed after."""
+    strict = PgJobStore(dsn, server_settings={"default_transaction_isolation": isolation})
+    await strict.start()
+    if not known:
+        strict._db.read_committed = True
+    return strict
+
+
+async def until_a_statement_waits_for_a_lock(dsn: str) -> None:
+    """Until a backend of the test database waits for a lock (the move under test waits
+    for the row the other transaction holds)."""
+    watcher = await asyncpg.connect(dsn)
+    try:
+
+        async def waiting() -> bool:
+            found = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return bool(found)
+
+        await wait_until(waiting, within=30)
+    finally:
+        await watcher.close()
