@@ -106,8 +106,9 @@ class StoreConnections:
         self.opening = LoopLock()
         self.starting = StartAttempts()
         #: False where the pool's transactions are REPEATABLE READ or SERIALIZABLE by
-        #: default (a server's, database's or role's setting, or server_settings): claims
-        #: then ask for READ COMMITTED (moves.py), which their guards are written for.
+        #: default (a server's, database's or role's setting, or server_settings): pqrun's
+        #: statements then ask for READ COMMITTED, which their guards are written for
+        #: (session_settings.read_committed).
         self.read_committed = True
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout

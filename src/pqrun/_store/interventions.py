@@ -9,7 +9,7 @@ an explicit retry.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -48,16 +48,7 @@ class InterventionMethods:
         A RUNNING job's worker is told, and cancels the handler (an ``async`` one: a plain
         function in a thread runs to its end). Whatever the run answers is ignored.
         """
-        # The channel is read once connected: starting the store may learn it.
-        async with self._db.acquire() as conn:
-            row = await read_committed(
-                self._db,
-                conn,
-                lambda: conn.fetchval(
-                    CANCEL, job_id, self._db.channel, timeout=self._db.statement_timeout
-                ),
-            )
-        return row is not None
+        return await self._move(CANCEL, job_id) is not None
 
     async def cancel_type(self, job_type: str) -> list[int]:
         """``cancel()`` every READY or RUNNING job of ``job_type``, oldest first; the
@@ -79,21 +70,14 @@ class InterventionMethods:
         False if the job is in another state (or not found). Raises JobConflict when an
         active job holds the same dedupe_key.
         """
-        async with self._db.acquire() as conn:
-            try:
-                row = await read_committed(
-                    self._db,
-                    conn,
-                    lambda: conn.fetchval(
-                        RETRY, job_id, self._db.channel, timeout=self._db.statement_timeout
-                    ),
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise JobConflict(
-                    f"job {job_id} cannot be retried while another job with the same "
-                    f"dedupe_key is READY or RUNNING ({exc.detail}); cancel that job or "
-                    "let it finish first"
-                ) from exc
+        try:
+            row = await self._move(RETRY, job_id)
+        except asyncpg.UniqueViolationError as exc:
+            raise JobConflict(
+                f"job {job_id} cannot be retried while another job with the same "
+                f"dedupe_key is READY or RUNNING ({exc.detail}); cancel that job or "
+                "let it finish first"
+            ) from exc
         return row is not None
 
     async def retry_failed(
@@ -134,22 +118,15 @@ class InterventionMethods:
         """
         ids = bulk_ids(job_ids)
         for attempt in range(RETRY_MANY_TRIES):
-            async with self._db.acquire() as conn:
-                try:
-                    rows = await read_committed(
-                        self._db,
-                        conn,
-                        lambda: conn.fetch(
-                            RETRY_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
-                        ),
-                    )
-                except asyncpg.UniqueViolationError as exc:
-                    if attempt + 1 < RETRY_MANY_TRIES:
-                        continue
-                    raise JobConflict(
-                        f"jobs {ids[:5]}... could not be retried: jobs with the same "
-                        f"dedupe_key keep being enqueued ({exc.detail}); try again"
-                    ) from exc
+            try:
+                rows = await self._move(RETRY_MANY, ids)
+            except asyncpg.UniqueViolationError as exc:
+                if attempt + 1 < RETRY_MANY_TRIES:
+                    continue
+                raise JobConflict(
+                    f"jobs {ids[:5]}... could not be retried: jobs with the same "
+                    f"dedupe_key keep being enqueued ({exc.detail}); try again"
+                ) from exc
             return sorted(row["id"] for row in rows)
         raise AssertionError("unreachable")
 
@@ -158,15 +135,7 @@ class InterventionMethods:
         CANCELLED (the worker of a RUNNING one cancels its handler). Returns the ids
         moved; a job in another state is left as it is."""
         ids = bulk_ids(job_ids)
-        async with self._db.acquire() as conn:
-            rows = await read_committed(
-                self._db,
-                conn,
-                lambda: conn.fetch(
-                    CANCEL_MANY, ids, self._db.channel, timeout=self._db.statement_timeout
-                ),
-            )
-        return sorted(row["id"] for row in rows)
+        return sorted(row["id"] for row in await self._move(CANCEL_MANY, ids))
 
     async def run_now(self, job_id: int) -> bool:
         """A READY job due later is due now (its ``run_after`` becomes the database's
@@ -178,15 +147,18 @@ class InterventionMethods:
         """``run_now()`` these jobs in one statement. Returns the ids moved; a job that
         is not READY, or already due, is left as it is."""
         ids = bulk_ids(job_ids)
+        return sorted(row["id"] for row in await self._move(RUN_NOW, ids))
+
+    async def _move(self, statement: str, ids: int | list[int]) -> Any:
+        """One of these guarded moves of a job (``ids`` an id: its one value, or None) or of
+        many (a list of ids: their rows), READ COMMITTED whatever the default isolation.
+        The channel is read once connected: starting the store may learn it."""
         async with self._db.acquire() as conn:
-            rows = await read_committed(
-                self._db,
-                conn,
-                lambda: conn.fetch(
-                    RUN_NOW, ids, self._db.channel, timeout=self._db.statement_timeout
-                ),
+            timeout = self._db.statement_timeout
+            run = conn.fetch if isinstance(ids, list) else conn.fetchval
+            return await read_committed(
+                self._db, conn, lambda: run(statement, ids, self._db.channel, timeout=timeout)
             )
-        return sorted(row["id"] for row in rows)
 
 
 def bulk_ids(job_ids: Iterable[int]) -> list[int]:

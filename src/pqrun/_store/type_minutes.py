@@ -115,21 +115,19 @@ class TypeMinuteMethods:
                     "and the longer runs)"
                 )
             buckets.extend(row.run_ms_buckets)
-        # A transaction of its own (a few a minute): READ COMMITTED, or two workers adding
-        # to one minute's row fail one of them under a stricter default isolation.
-        async with self._db.acquire() as conn, own_transaction(conn):
-            await conn.execute(
-                ADD_TYPE_MINUTES,
-                [row.job_type for row in ordered],
-                [row.age_seconds for row in ordered],
-                [row.done for row in ordered],
-                [row.failed for row in ordered],
-                [row.retried for row in ordered],
-                [row.run_ms_sum for row in ordered],
-                buckets,
-                RUN_MS_BUCKETS,
-                timeout=self._db.statement_timeout,
-            )
+        # (READ COMMITTED, as every statement of the store's: under a stricter default
+        # isolation, two workers adding to one minute's row failed one of them.)
+        await self._db.execute(
+            ADD_TYPE_MINUTES,
+            [row.job_type for row in ordered],
+            [row.age_seconds for row in ordered],
+            [row.done for row in ordered],
+            [row.failed for row in ordered],
+            [row.retried for row in ordered],
+            [row.run_ms_sum for row in ordered],
+            buckets,
+            RUN_MS_BUCKETS,
+        )
 
     async def sample_ready_depth(self, count_cap: int = STATUS_COUNT_CAP) -> float:
         """Sample this minute's READY jobs per type into the rollup, unless another worker
